@@ -1,0 +1,123 @@
+"""The run configuration: three small dataclasses that serialise to JSON.
+
+Names of priors, likelihoods, objectives and so on are kept as strings here; they become objects
+only in :mod:`pyro_vae.registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyro_vae.errors import ConfigError
+
+BINARIZE_MODES = ("dynamic", "static", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, and how it is turned into what the likelihood scores."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    binarize: str = "dynamic"
+    binarize_seed: int = 0  # fixes static binarisation and every evaluation split
+    download: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The generative model p(z) p(x|z) and the guide q(z|x)."""
+
+    latent_dim: int = 16
+    hidden: tuple[int, ...] = (256, 256)
+    prior: str = "normal"
+    likelihood: str = "bernoulli"
+    guide: str = "diagonal"
+    gaussian_scale: float = 0.1  # sigma of the fixed-scale Gaussian likelihood
+    scale_floor: float = 0.01  # lower bound on learned likelihood scales (Mattei & Frellsen 2018)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the model is fitted with SVI."""
+
+    elbo: str = "trace"
+    num_particles: int = 1
+    vectorize_particles: bool = True
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    beta: float = 1.0
+    warmup_epochs: int = 0
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 50
+    eval_samples: int = 1000  # K of the evaluation run at the end of training
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.data.binarize in BINARIZE_MODES, f"--binarize must be one of {BINARIZE_MODES}")
+        _check(self.train.device in DEVICES, f"--device must be one of {DEVICES}")
+        _check(self.model.latent_dim >= 1, "--latent-dim must be at least 1")
+        _check(
+            len(self.model.hidden) >= 1 and all(h >= 1 for h in self.model.hidden),
+            "--hidden must be a comma-separated list of positive widths, e.g. 512,512",
+        )
+        _check(self.model.gaussian_scale > 0, "--gaussian-scale must be positive")
+        _check(self.model.scale_floor > 0, "--scale-floor must be positive")
+        _check(self.train.epochs >= 1, "--epochs must be at least 1")
+        _check(self.train.batch_size >= 1, "--batch-size must be at least 1")
+        _check(self.train.num_particles >= 1, "--num-particles must be at least 1")
+        _check(self.train.lr > 0, "--lr must be positive")
+        _check(self.train.beta > 0, "--beta must be positive (beta=1 is the true ELBO)")
+        _check(self.train.warmup_epochs >= 0, "--warmup-epochs must be non-negative")
+        _check(self.train.log_every >= 1, "--log-every must be at least 1")
+        _check(self.train.eval_samples >= 1, "--eval-samples must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        try:
+            model = dict(d["model"])
+            model["hidden"] = tuple(model["hidden"])
+            return cls(DataConfig(**d["data"]), ModelConfig(**model), TrainConfig(**d["train"]))
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"not a valid pyro_vae run config ({e})") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config is not valid JSON ({e})") from None
+
+    def replace(self, **sections: dict[str, Any]) -> RunConfig:
+        """A copy with fields of the named sections replaced, e.g. ``replace(train={"epochs": 5})``."""
+        parts = {}
+        for name in ("data", "model", "train"):
+            part = getattr(self, name)
+            changes = sections.get(name, {})
+            unknown = set(changes) - {f.name for f in dataclasses.fields(part)}
+            _check(not unknown, f"unknown {name} option(s): {sorted(unknown)}")
+            parts[name] = dataclasses.replace(part, **changes)
+        return RunConfig(**parts)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)

@@ -1,0 +1,219 @@
+"""Fitting a VAE with SVI: a step that does not wait for the device, and an epoch loop.
+
+The training split is one tensor on the training device; minibatches are indexed by a permutation
+drawn on that device and, with dynamic binarisation, binarised there. The only host syncs are the
+logged numbers (every ``log_every`` steps and once per epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import pyro.optim
+import pyro.poutine as poutine
+import torch
+from pyro.infer import SVI
+from pyro.infer.util import zero_grads
+from tqdm.auto import tqdm
+
+from pyro_vae.errors import TrainingDiverged
+from pyro_vae.infer.importance import importance_log_likelihood
+from pyro_vae.models.vae import VAE
+
+
+class DeviceSVI(SVI):
+    """:class:`pyro.infer.SVI` whose ``step`` returns the loss as a detached device tensor.
+
+    Pyro's ``SVI.step`` returns a Python float, which waits for the device every step. This step
+    computes ``loss.differentiable_loss`` (see :mod:`pyro_vae.infer.elbo` for ELBOs that need no
+    sync), back-propagates, and applies the Pyro optimizer to the parameters the step touched.
+    """
+
+    def step(self, *args, **kwargs) -> torch.Tensor:
+        with poutine.trace(param_only=True) as param_capture:
+            loss = self.loss_class.differentiable_loss(self.model, self.guide, *args, **kwargs)
+            loss.backward()
+        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+        self.optim(params)
+        zero_grads(params)
+        return loss.detach()
+
+
+@dataclass(frozen=True)
+class BetaSchedule:
+    """KL weight with linear warm-up: ``beta * min(1, (step + 1) / warmup_steps)``.
+
+    Starts at ``beta / warmup_steps`` (Pyro's scale must be positive) and reaches ``beta``.
+    """
+
+    beta: float = 1.0
+    warmup_steps: int = 0
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps <= 0:
+            return self.beta
+        return self.beta * min(1.0, (step + 1) / self.warmup_steps)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch's record. Objectives are in nats per datapoint."""
+
+    epoch: int
+    step: int
+    beta: float
+    train_objective: float  # mean beta-weighted ELBO of the epoch's minibatches (= ELBO at beta=1)
+    val_elbo: float  # single-sample ELBO on the validation split, beta = 1
+    seconds: float
+
+
+class Trainer:
+    """Fits a :class:`~pyro_vae.models.VAE` by SVI, one epoch at a time.
+
+    Parameters
+    ----------
+    vae : VAE
+        The model, already on the training device.
+    train_x : Tensor
+        Training data ``(N, D)`` on the training device: probabilities in [0, 1] when
+        ``dynamic_binarize`` is set (binarised afresh at every visit), else the data as scored.
+    elbo : pyro.infer.ELBO
+        The objective, e.g. :class:`~pyro_vae.infer.elbo.DeviceTrace_ELBO`.
+    lr : float
+        Adam learning rate.
+    batch_size : int
+        Minibatch size; the last minibatch of an epoch may be smaller.
+    beta : BetaSchedule
+        KL weight per step.
+    val_x : Tensor, optional
+        Validation data as scored (already binarised), on the device.
+    log_every : int
+        Steps between updates of the progress bar (each is one host sync).
+    progress : bool
+        Show a progress bar.
+    """
+
+    def __init__(
+        self,
+        vae: VAE,
+        train_x: torch.Tensor,
+        *,
+        elbo: pyro.infer.ELBO,
+        lr: float,
+        batch_size: int,
+        beta: BetaSchedule | None = None,
+        dynamic_binarize: bool = False,
+        val_x: torch.Tensor | None = None,
+        log_every: int = 50,
+        progress: bool = True,
+    ):
+        vae.check_param_store()
+        self.vae = vae
+        self.train_x = train_x
+        self.val_x = val_x
+        self.batch_size = batch_size
+        self.beta = beta or BetaSchedule()
+        self.dynamic_binarize = dynamic_binarize
+        self.log_every = log_every
+        self.progress = progress
+        self.optim = pyro.optim.Adam({"lr": lr})
+        self.svi = DeviceSVI(vae.model, vae.guide, self.optim, loss=elbo)
+        self.epoch = 0
+        self.step = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.train_x.shape[0] / self.batch_size)
+
+    def train_epoch(self) -> EpochStats:
+        """One pass over the training data in a random order, then a validation ELBO."""
+        start = time.perf_counter()
+        n = self.train_x.shape[0]
+        device = self.train_x.device
+        perm = torch.randperm(n, device=device)
+        total = torch.zeros((), device=device)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {self.epoch + 1}",
+            unit="step",
+            disable=not self.progress,
+            leave=False,
+        )
+        with pyro.validation_enabled(False), bar:
+            for i in range(0, n, self.batch_size):
+                index = perm[i : i + self.batch_size]
+                xb = self.train_x[index]
+                if self.dynamic_binarize:
+                    xb = torch.bernoulli(xb)
+                beta = self.beta(self.step)
+                loss = self.svi.step(xb, index=index, num_data=n, beta=beta)
+                total = total + loss
+                self.step += 1
+                bar.update()
+                if self.step % self.log_every == 0:
+                    value = -float(loss) / n
+                    self._check_finite(value)
+                    bar.set_postfix(elbo=f"{value:.2f}", beta=f"{beta:.2f}")
+            objective = -float(total) / (self.steps_per_epoch * n)
+            self._check_finite(objective)
+            val_elbo = self.validation_elbo()
+        self.epoch += 1
+        return EpochStats(
+            epoch=self.epoch,
+            step=self.step,
+            beta=self.beta(self.step - 1),
+            train_objective=objective,
+            val_elbo=val_elbo,
+            seconds=time.perf_counter() - start,
+        )
+
+    def validation_elbo(self) -> float:
+        """Mean single-sample ELBO (beta = 1) on the validation split, nats per datapoint."""
+        if self.val_x is None:
+            return math.nan
+        result = importance_log_likelihood(
+            self.vae.model, self.vae.guide, self.val_x, num_samples=1, max_plate_nesting=1
+        )
+        return float(result.elbo.mean())
+
+    def _check_finite(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"the ELBO became {value} at step {self.step} (epoch {self.epoch + 1}); "
+                "try a smaller --lr, or a larger --scale-floor for a learned Gaussian"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: parameters, Adam state, RNG, counters."""
+        return {
+            "model": self.vae.state_dict(),
+            "optim": self.optim.get_state(),
+            "rng": rng_state(self.train_x.device),
+            "epoch": self.epoch,
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.vae.load_state_dict(state["model"])
+        self.optim.set_state(state["optim"])
+        set_rng_state(state["rng"], self.train_x.device)
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The torch RNG states that training draws from (CPU, and the CUDA device if used)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -1,0 +1,134 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyro_vae.infer import LogWeightAccumulator, importance_log_likelihood
+from tests.ppca import PPCA
+
+
+@pytest.fixture
+def ppca():
+    return PPCA(d=5, D=20, s2=0.5)
+
+
+def test_exact_guide_recovers_exact_log_px_with_zero_variance(ppca):
+    x = ppca.sample_data(40)
+    r = importance_log_likelihood(ppca.model, ppca.exact_guide, x, num_samples=64)
+    exact = ppca.exact_log_px(x)
+    assert r.log_px.shape == (40,)
+    torch.testing.assert_close(r.log_px, exact, rtol=0, atol=1e-9)
+    # every weight equals p(x): the ELBO is exact too, ESS = K, zero error bar
+    torch.testing.assert_close(r.elbo, exact, rtol=0, atol=1e-9)
+    torch.testing.assert_close(r.ess, torch.full_like(r.ess, 64.0), rtol=1e-9, atol=0)
+    assert r.stderr.max() < 1e-6
+
+
+def test_bound_rises_monotonically_towards_exact_with_wrong_guide(ppca):
+    x = ppca.sample_data(50)
+    exact = ppca.exact_log_px(x).mean().item()
+    ks = (1, 10, 100, 1000)
+    means = {k: 0.0 for k in ks}
+    repeats = 4
+    for rep in range(repeats):
+        pyro.set_rng_seed(rep)
+        for k in ks:
+            r = importance_log_likelihood(ppca.model, ppca.wrong_guide, x, num_samples=k)
+            means[k] += r.log_px.mean().item() / repeats
+    values = [means[k] for k in ks]
+    assert values == sorted(values), f"L_K not increasing in K: {means}"
+    assert values[-1] <= exact + 0.05, f"L_1000={values[-1]} above exact {exact}"
+    assert values[0] < exact - 1.0, "the wrong guide should leave a visible gap at K=1"
+    assert exact - values[-1] < 0.1 * (exact - values[0]), f"L_1000 not close to exact: {means}"
+
+
+def test_stderr_covers_the_error_of_log_px(ppca):
+    """The delta-method error bar matches the spread of repeated estimates."""
+    x = ppca.sample_data(20)
+    runs = []
+    for rep in range(30):
+        pyro.set_rng_seed(100 + rep)
+        runs.append(importance_log_likelihood(ppca.model, ppca.wrong_guide, x, num_samples=500))
+    spread = torch.stack([r.log_px for r in runs]).std(0)
+    stderr = torch.stack([r.stderr for r in runs]).mean(0)
+    ratio = (stderr / spread).median().item()
+    assert 0.6 < ratio < 1.6, f"stderr/observed spread = {ratio}"
+
+
+def test_k1_log_px_equals_elbo_and_matches_pyro_trace_elbo(ppca):
+    x = ppca.sample_data(30)
+    pyro.set_rng_seed(7)
+    r = importance_log_likelihood(ppca.model, ppca.wrong_guide, x, num_samples=1)
+    torch.testing.assert_close(r.log_px, r.elbo, rtol=0, atol=1e-12)
+    assert torch.isnan(r.stderr).all()
+    assert (r.ess == 1).all()
+    pyro.set_rng_seed(7)
+    pyro_loss = Trace_ELBO().loss(ppca.model, ppca.wrong_guide, x)
+    assert r.elbo.sum().item() == pytest.approx(-pyro_loss, abs=1e-8)
+
+
+def test_chunked_equals_unchunked_for_a_fixed_seed(ppca):
+    # 32 datapoints x 5 latent dims x chunk 8 = 1280 normal draws per chunk: a multiple of 16,
+    # for which torch's CPU normal sampler yields the same stream chunked or not.
+    x = ppca.sample_data(32)
+    pyro.set_rng_seed(3)
+    whole = importance_log_likelihood(ppca.model, ppca.wrong_guide, x, num_samples=64)
+    pyro.set_rng_seed(3)
+    chunked = importance_log_likelihood(
+        ppca.model, ppca.wrong_guide, x, num_samples=64, chunk_size=8, keep_log_weights=True
+    )
+    for field in ("log_px", "elbo", "ess", "stderr"):
+        torch.testing.assert_close(getattr(chunked, field), getattr(whole, field))
+    assert chunked.log_weights.shape == (64, 32)
+
+
+def test_accumulator_streams_exactly_like_logsumexp():
+    lw = torch.randn(997, 13, dtype=torch.float64) * 30 - 500  # wide range, far from 0
+    lw[:, 0] = -math.inf  # a datapoint with zero density
+    lw[5, 0] = -3.0
+    acc = LogWeightAccumulator()
+    for chunk in lw.split(100):
+        acc.update(chunk)
+    r = acc.result()
+    expected = torch.logsumexp(lw, 0) - math.log(997)
+    torch.testing.assert_close(r.log_px, expected)
+    w = torch.softmax(lw, 0)
+    torch.testing.assert_close(r.ess, 1.0 / (w * w).sum(0))
+    assert r.ess[0].item() == pytest.approx(1.0)
+
+
+def test_sites_outside_the_data_plate_are_rejected():
+    def model(x):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(w, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("w", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="outside pyro.plate"):
+        importance_log_likelihood(model, guide, torch.zeros(3), num_samples=4)
+
+
+def test_other_plates_inside_data_are_summed_per_datapoint():
+    """A model with a nested pixel plate gives the same answer as its to_event form."""
+
+    def model_plate(x):
+        with pyro.plate("pixels", x.shape[1], dim=-1), pyro.plate("data", x.shape[0], dim=-2):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    def model_event(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(torch.zeros(x.shape[1]), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pass
+
+    x = torch.randn(6, 4, dtype=torch.float64)
+    a = importance_log_likelihood(model_plate, guide, x, num_samples=3)
+    b = importance_log_likelihood(model_event, guide, x, num_samples=3)
+    torch.testing.assert_close(a.log_px, b.log_px)
+    torch.testing.assert_close(b.log_px, dist.Normal(0.0, 1.0).log_prob(x).sum(-1))
