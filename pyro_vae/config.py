@@ -107,7 +107,7 @@ class RunConfig:
             raise ConfigError(f"config is not valid JSON ({e})") from None
 
     def replace(self, **sections: dict[str, Any]) -> RunConfig:
-        """A copy with fields of the named sections replaced, e.g. ``replace(train={"epochs": 5})``."""
+        """A copy with fields of named sections replaced: ``replace(train={"epochs": 5})``."""
         parts = {}
         for name in ("data", "model", "train"):
             part = getattr(self, name)

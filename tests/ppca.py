@@ -46,7 +46,7 @@ class PPCA:
             pyro.sample("z", dist.MultivariateNormal(loc, covariance_matrix=cov))
 
     def wrong_guide(self, x, shift=1.0, inflate=1.2):
-        """A diagonal Gaussian, mean shifted by ``shift`` posterior sds, scale inflated: q != p(z|x)."""
+        """Diagonal Gaussian, mean shifted by ``shift`` posterior sds, scale inflated."""
         loc, cov = self.posterior(x)
         sd = cov.diagonal().sqrt()
         with pyro.plate("data", x.shape[0]):

@@ -33,9 +33,15 @@ class DeviceSVI(SVI):
     sync), back-propagates, and applies the Pyro optimizer to the parameters the step touched.
     """
 
+    def __init__(self, model, guide, optim, loss: pyro.infer.ELBO, **kwargs):
+        if not hasattr(loss, "differentiable_loss"):
+            raise TypeError("DeviceSVI needs an ELBO object with differentiable_loss")
+        super().__init__(model, guide, optim, loss, **kwargs)
+        self.elbo = loss
+
     def step(self, *args, **kwargs) -> torch.Tensor:
         with poutine.trace(param_only=True) as param_capture:
-            loss = self.loss_class.differentiable_loss(self.model, self.guide, *args, **kwargs)
+            loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
             loss.backward()
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
         self.optim(params)

@@ -37,7 +37,7 @@ class DiagonalNormalEncoder(Encoder):
         self.net = MLP([data_dim, *hidden, 2 * latent_dim])
 
     def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's outputs ``(mu, log_var)``, each of shape ``x.shape[:-1] + (latent_dim,)``."""
+        """The encoder's outputs ``(mu, log_var)``, each ``x.shape[:-1] + (latent_dim,)``."""
         loc, log_var = self.net(x).chunk(2, dim=-1)
         return loc, log_var
 

@@ -33,7 +33,8 @@ class VAE(nn.Module):
     encoder : Encoder
         The amortised guide family, ``encoder(x)`` -> q(z|x).
     decoder : nn.Module
-        Maps z to the likelihood's parameters, output width ``likelihood.params_per_dim * data_dim``.
+        Maps z to the likelihood's parameters, of width
+        ``likelihood.params_per_dim * data_dim``.
     prior : Prior
         ``prior()`` -> p(z).
     likelihood : Likelihood
@@ -44,7 +45,7 @@ class VAE(nn.Module):
     Notes
     -----
     Datapoints (rows of ``x``, shape ``(B, D)``) live in ``pyro.plate("data", num_data,
-    subsample=index)``: with ``index`` the minibatch's indices into a data set of ``num_data`` points,
+    subsample=index)``: with ``index`` the minibatch's indices into ``num_data`` points,
     the minibatch ELBO is an unbiased estimate of the full-data ELBO. The latent site "z" is scaled
     by ``beta`` in both model and guide (``poutine.scale``), which weights the KL term of the ELBO
     (the seeds' weighted-KL objective); ``beta=1`` is the true ELBO.

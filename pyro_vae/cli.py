@@ -1,0 +1,267 @@
+"""The ``pyro-vae`` command line: parses options, calls :mod:`pyro_vae.jobs`, prints results.
+
+Bad input (an unknown option or name, a missing run directory, a corrupt checkpoint, data the
+likelihood cannot score) prints one line starting ``pyro-vae: error:`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pyro_vae import jobs
+from pyro_vae.config import RunConfig
+from pyro_vae.data.datasets import is_path
+from pyro_vae.errors import ConfigError, PyroVAEError
+
+# CLI option dest -> (config section, field)
+TRAIN_OPTIONS = {
+    "dataset": ("data", "dataset"),
+    "data_dir": ("data", "data_dir"),
+    "binarize": ("data", "binarize"),
+    "binarize_seed": ("data", "binarize_seed"),
+    "download": ("data", "download"),
+    "latent_dim": ("model", "latent_dim"),
+    "hidden": ("model", "hidden"),
+    "prior": ("model", "prior"),
+    "likelihood": ("model", "likelihood"),
+    "guide": ("model", "guide"),
+    "gaussian_scale": ("model", "gaussian_scale"),
+    "scale_floor": ("model", "scale_floor"),
+    "elbo": ("train", "elbo"),
+    "num_particles": ("train", "num_particles"),
+    "vectorize_particles": ("train", "vectorize_particles"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "beta": ("train", "beta"),
+    "warmup_epochs": ("train", "warmup_epochs"),
+    "seed": ("train", "seed"),
+    "device": ("train", "device"),
+    "log_every": ("train", "log_every"),
+    "eval_samples": ("train", "eval_samples"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths like 512,512, got '{text}'") from None
+    return widths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = RunConfig()
+    parser = _Parser(prog="pyro-vae", description="VAEs as Pyro programs, evaluated honestly.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser(
+        "train",
+        help="fit a VAE with SVI, checkpoint every epoch, evaluate log p(x) at the end",
+        argument_default=argparse.SUPPRESS,
+    )
+    g = t.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        help=f"digits, mnist, fashion-mnist, kmnist, or a .npz/.npy/.pt file "
+        f"(default {d.data.dataset})",
+    )
+    g.add_argument("--data-dir", help="first directory to look in for data files")
+    g.add_argument("--binarize", help=f"dynamic, static or none (default {d.data.binarize})")
+    g.add_argument(
+        "--binarize-seed",
+        type=int,
+        help=f"seed of static and evaluation binarisation (default {d.data.binarize_seed})",
+    )
+    g.add_argument(
+        "--no-download", dest="download", action="store_false", help="never download data"
+    )
+    g = t.add_argument_group("model")
+    g.add_argument("--latent-dim", type=int, help=f"dimension of z (default {d.model.latent_dim})")
+    g.add_argument(
+        "--hidden", type=_hidden, help="hidden widths of encoder and decoder (default 256,256)"
+    )
+    g.add_argument("--prior", help=f"p(z): normal (default {d.model.prior})")
+    g.add_argument(
+        "--likelihood",
+        help=f"p(x|z): bernoulli, gaussian, gaussian-learned (default {d.model.likelihood})",
+    )
+    g.add_argument("--guide", help=f"q(z|x): diagonal (default {d.model.guide})")
+    g.add_argument(
+        "--gaussian-scale",
+        type=float,
+        help=f"sigma of --likelihood gaussian (default {d.model.gaussian_scale})",
+    )
+    g.add_argument(
+        "--scale-floor",
+        type=float,
+        help=f"minimum sigma of gaussian-learned (default {d.model.scale_floor})",
+    )
+    g = t.add_argument_group("training")
+    g.add_argument(
+        "--elbo",
+        help=f"trace (Trace_ELBO) or meanfield (TraceMeanField_ELBO) (default {d.train.elbo})",
+    )
+    g.add_argument(
+        "--num-particles",
+        type=int,
+        help=f"samples of z per datapoint per step (default {d.train.num_particles})",
+    )
+    g.add_argument(
+        "--no-vectorize-particles",
+        dest="vectorize_particles",
+        action="store_false",
+        help="draw particles in a Python loop",
+    )
+    g.add_argument("--epochs", type=int, help=f"default {d.train.epochs}")
+    g.add_argument("--batch-size", type=int, help=f"default {d.train.batch_size}")
+    g.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.train.lr})")
+    g.add_argument(
+        "--beta", type=float, help=f"KL weight; 1 is the true ELBO (default {d.train.beta})"
+    )
+    g.add_argument(
+        "--warmup-epochs",
+        type=int,
+        help=f"epochs of linear KL warm-up to --beta (default {d.train.warmup_epochs})",
+    )
+    g.add_argument("--seed", type=int, help=f"default {d.train.seed}")
+    g.add_argument("--device", help=f"auto, cpu or cuda (default {d.train.device})")
+    g.add_argument(
+        "--log-every",
+        type=int,
+        help=f"steps between progress updates (default {d.train.log_every})",
+    )
+    g.add_argument(
+        "--eval-samples",
+        type=int,
+        help=f"K of the evaluation after training (default {d.train.eval_samples})",
+    )
+    g = t.add_argument_group("run")
+    g.add_argument("--out", help="run directory (default runs/DATASET-TIMESTAMP)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g.add_argument(
+        "--no-eval", dest="evaluate", action="store_false", help="skip the final evaluation"
+    )
+    _progress_flags(g)
+
+    e = sub.add_parser(
+        "evaluate", help="importance-sampled log p(x) vs ELBO; writes evaluation.json"
+    )
+    e.add_argument("run_dir")
+    e.add_argument(
+        "--num-samples",
+        type=int,
+        default=1000,
+        help="K, importance samples per datapoint (default 1000)",
+    )
+    e.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="particles per vectorised pass (default: automatic)",
+    )
+    e.add_argument("--split", default="test", help="train, val or test (default test)")
+    e.add_argument("--device", default="auto", help="auto (the run's device), cpu or cuda")
+    _progress_flags(e)
+
+    s = sub.add_parser("sample", help="draw from the model; writes a PNG of means and samples")
+    s.add_argument("run_dir")
+    s.add_argument("--num", type=int, default=64, help="number of draws (default 64)")
+    s.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png)")
+    return parser
+
+
+def _progress_flags(group) -> None:
+    group.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="show progress bars (default: when stderr is a terminal)",
+    )
+    group.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _show_progress(args) -> bool:
+    flag = getattr(args, "progress", None)
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def train_config(args: argparse.Namespace) -> RunConfig:
+    """The run's config: defaults (or, with --resume, the saved config) plus the given options."""
+    given = {dest: getattr(args, dest) for dest in TRAIN_OPTIONS if hasattr(args, dest)}
+    if getattr(args, "resume", False):
+        base = jobs.RunDir(args.out).require().read_config()
+    else:
+        base = RunConfig()
+    sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
+    for dest, value in given.items():
+        section, field = TRAIN_OPTIONS[dest]
+        sections[section][field] = value
+    return base.replace(**sections)
+
+
+def _default_out(dataset: str) -> str:
+    name = Path(dataset).stem if is_path(dataset) else dataset
+    return str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    progress = _show_progress(args)
+    if args.command == "train":
+        if getattr(args, "resume", False) and not hasattr(args, "out"):
+            raise ConfigError("--resume needs --out RUN_DIR, the run to continue")
+        config = train_config(args)
+        out = getattr(args, "out", None) or _default_out(config.data.dataset)
+        try:
+            result = jobs.train(
+                config,
+                out,
+                resume=getattr(args, "resume", False),
+                evaluate_at_end=getattr(args, "evaluate", True),
+                progress=progress,
+            )
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted: the last finished epoch is saved; continue with "
+                f"pyro-vae train --out {out} --resume",
+                file=sys.stderr,
+            )
+            return 130
+        print(f"run directory: {result.run_dir}")
+    elif args.command == "evaluate":
+        summary = jobs.evaluate(
+            args.run_dir,
+            num_samples=args.num_samples,
+            chunk_size=args.chunk_size,
+            split=args.split,
+            device=args.device,
+            progress=progress,
+        )
+        print(jobs.format_evaluation(summary))
+        print(f"wrote {jobs.RunDir(args.run_dir).evaluation_path}")
+    elif args.command == "sample":
+        path = jobs.sample(args.run_dir, num=args.num, out=args.out)
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except PyroVAEError as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

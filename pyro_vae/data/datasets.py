@@ -1,0 +1,328 @@
+"""Named data sets and users' own files, as float tensors of flattened datapoints.
+
+Every data set is returned as train / val / test tensors of shape ``(N, D)`` with the image shape
+kept beside them. Pixel data are scaled to [0, 1]; binarisation is a separate step
+(:mod:`pyro_vae.data.binarize`). Nothing here falls back to another data set: a missing file is an
+error that says where files were looked for and how to provide them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyro_vae.errors import DataError
+
+ENV_VAR = "PYRO_VAE_DATA"
+SPLIT_NAMES = ("train", "val", "test")
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+TORCHVISION_VAL_SIZE = 5000  # the last 5,000 training images are held out for validation
+
+
+@dataclass(frozen=True)
+class IdxSource:
+    """A torchvision data set in IDX files: its class name, and where Debian ships it."""
+
+    torchvision_class: str
+    system_dirs: tuple[str, ...] = ()
+    # sha256 of the decompressed files, where known (gzip bytes differ between repackagings)
+    sha256: dict[str, str] = field(default_factory=dict)
+
+
+IDX_SOURCES = {
+    "mnist": IdxSource("MNIST"),
+    "fashion-mnist": IdxSource(
+        "FashionMNIST",
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+        sha256={
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",  # noqa: E501
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",  # noqa: E501
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",  # noqa: E501
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",  # noqa: E501
+        },
+    ),
+    "kmnist": IdxSource("KMNIST"),
+}
+DATASET_NAMES = ("digits", *IDX_SOURCES)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A data set split three ways. ``x`` tensors are float32 ``(N, D)``; labels may be absent."""
+
+    name: str
+    splits: dict[str, torch.Tensor]
+    image_shape: tuple[int, ...]
+    labels: dict[str, torch.Tensor] | None = None
+    source: str = ""
+
+    def split(self, name: str) -> torch.Tensor:
+        if name not in self.splits:
+            raise DataError(f"unknown split '{name}'; choose one of {', '.join(self.splits)}")
+        return self.splits[name]
+
+    @property
+    def data_dim(self) -> int:
+        return self.splits["train"].shape[1]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pyro_vae"
+
+
+def is_path(name: str) -> bool:
+    """Whether a ``--dataset`` value names a file rather than a built-in data set."""
+    return os.sep in name or name.endswith((".npz", ".npy", ".pt"))
+
+
+def load_dataset(name: str, data_dir: str | None = None, *, download: bool = True) -> Dataset:
+    """Load a named data set (``digits``, ``mnist``, ``fashion-mnist``, ``kmnist``) or a file.
+
+    Parameters
+    ----------
+    name : str
+        A name from :data:`DATASET_NAMES`, or a path to an ``.npz``/``.npy``/``.pt`` file.
+    data_dir : str, optional
+        First directory to look in for IDX files; then ``$PYRO_VAE_DATA``, the cache directory
+        (``~/.cache/pyro_vae``) and known system directories (Debian's ``dataset-fashion-mnist``).
+    download : bool
+        If the files are nowhere, download them with torchvision into the cache directory.
+    """
+    if is_path(name):
+        return load_file(name)
+    if name == "digits":
+        return load_digits()
+    if name in IDX_SOURCES:
+        return load_idx_dataset(name, data_dir, download=download)
+    raise DataError(
+        f"unknown dataset '{name}'; choose one of {', '.join(DATASET_NAMES)}, "
+        "or give the path of an .npz, .npy or .pt file"
+    )
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images, grey levels 0..16), scaled to [0, 1].
+
+    A fixed permutation (seed 0) holds out 20% for test and 10% for validation.
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = torch.tensor(bunch.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    splits, labels = _fixed_split(x, y, test_fraction=0.2, val_fraction=0.1)
+    return Dataset("digits", splits, (8, 8), labels, source="sklearn.datasets.load_digits")
+
+
+def _fixed_split(x, y, test_fraction, val_fraction, seed=0):
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+    parts = {
+        "test": perm[:n_test],
+        "val": perm[n_test : n_test + n_val],
+        "train": perm[n_test + n_val :],
+    }
+    splits = {k: x[parts[k]] for k in SPLIT_NAMES}
+    labels = None if y is None else {k: y[parts[k]] for k in SPLIT_NAMES}
+    return splits, labels
+
+
+def candidate_dirs(name: str, data_dir: str | None) -> list[Path]:
+    """Directories searched for a named IDX data set, in order."""
+    roots = [Path(data_dir)] if data_dir else []
+    if os.environ.get(ENV_VAR):
+        roots.append(Path(os.environ[ENV_VAR]))
+    roots.append(default_cache_dir())
+    source = IDX_SOURCES[name]
+    dirs = []
+    for root in roots:
+        dirs += [root, root / name, root / source.torchvision_class / "raw"]
+    dirs += [Path(d) for d in source.system_dirs]
+    return dirs
+
+
+def _find_idx_files(name: str, dirs: list[Path]) -> dict[str, Path] | None:
+    for d in dirs:
+        found = {}
+        for key, base in IDX_FILES.items():
+            for candidate in (d / f"{base}.gz", d / base):
+                if candidate.is_file():
+                    found[key] = candidate
+                    break
+        if len(found) == len(IDX_FILES):
+            return found
+    return None
+
+
+def load_idx_dataset(name: str, data_dir: str | None = None, *, download: bool = True) -> Dataset:
+    """MNIST-style IDX files, found locally or downloaded through torchvision's data set classes."""
+    dirs = candidate_dirs(name, data_dir)
+    files = _find_idx_files(name, dirs)
+    if files is None and download:
+        _download(name)
+        files = _find_idx_files(name, dirs)
+    if files is None:
+        looked = ", ".join(str(d) for d in dict.fromkeys(dirs))
+        hint = " (or: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
+        raise DataError(
+            f"{name} files not found. Looked for {', '.join(IDX_FILES.values())} (optionally .gz) "
+            f"in: {looked}. Put the four files in one of these directories, pass --data-dir, "
+            f"or set ${ENV_VAR}{hint}; with network access, omit --no-download to fetch them."
+        )
+    source = IDX_SOURCES[name]
+    arrays = {key: _read_idx(path, source.sha256) for key, path in files.items()}
+    train_x = _images_to_float(arrays["train_images"])
+    test_x = _images_to_float(arrays["test_images"])
+    train_y = torch.from_numpy(arrays["train_labels"].astype(np.int64))
+    test_y = torch.from_numpy(arrays["test_labels"].astype(np.int64))
+    n_train = train_x.shape[0] - TORCHVISION_VAL_SIZE
+    splits = {"train": train_x[:n_train], "val": train_x[n_train:], "test": test_x}
+    labels = {"train": train_y[:n_train], "val": train_y[n_train:], "test": test_y}
+    image_shape = tuple(arrays["train_images"].shape[1:])
+    return Dataset(name, splits, image_shape, labels, source=str(files["train_images"].parent))
+
+
+def _download(name: str) -> None:
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, IDX_SOURCES[name].torchvision_class)
+    root = default_cache_dir()
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except Exception as e:  # network errors come in many types; say what happened and go on
+        print(
+            f"pyro-vae: could not download {name} into {root}: {type(e).__name__}: {e}",
+            file=sys.stderr,
+        )
+
+
+def _images_to_float(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images.reshape(images.shape[0], -1).astype(np.float32) / 255.0)
+
+
+def _read_idx(path: Path, known_sha256: dict[str, str]) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (gzip or not); verify its checksum where known."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    base = path.name.removesuffix(".gz")
+    expected = known_sha256.get(base)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise DataError(f"{path} does not match the known checksum of {base}: corrupt download?")
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != header + int(np.prod(dims)):
+        raise DataError(f"{path} is truncated or corrupt (header says shape {dims})")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def load_file(path: str) -> Dataset:
+    """A user's data: ``.npz`` (arrays ``x`` or ``train``/``val``/``test``, optional ``y``/labels),
+    ``.npy`` or ``.pt`` (one tensor). Shapes ``(N, D)``, ``(N, H, W)`` or ``(N, 1, H, W)``.
+
+    A single array is split by a fixed permutation (seed 0): 20% test, 10% validation.
+    Values are used as given (not rescaled).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file not found: {path}")
+    arrays, labels = _read_user_file(p)
+    if set(arrays) == {"x"}:
+        x = _as_datapoints(arrays["x"], "x", p)
+        y = labels.get("x")
+        splits, split_labels = _fixed_split(x[0], y, test_fraction=0.2, val_fraction=0.1)
+        image_shape = x[1]
+    elif {"train", "test"} <= set(arrays):
+        parts = {k: _as_datapoints(arrays[k], k, p) for k in arrays}
+        shapes = {v[1] for v in parts.values()}
+        if len(shapes) != 1:
+            raise DataError(f"{p}: train/val/test have different datapoint shapes {sorted(shapes)}")
+        image_shape = shapes.pop()
+        if "val" not in parts:
+            splits_tv, _ = _fixed_split(
+                parts["train"][0], None, test_fraction=0.0, val_fraction=0.1
+            )
+            parts["train"], parts["val"] = (
+                (splits_tv["train"], image_shape),
+                (
+                    splits_tv["val"],
+                    image_shape,
+                ),
+            )
+        splits = {k: parts[k][0] for k in SPLIT_NAMES}
+        split_labels = None
+    else:
+        raise DataError(
+            f"{p}: expected an array named 'x', or arrays 'train' and 'test' (and optionally "
+            "'val'); "
+            f"found {sorted(arrays)}"
+        )
+    if splits["train"].shape[0] == 0:
+        raise DataError(f"{p}: the training split is empty")
+    return Dataset(p.stem, splits, image_shape, split_labels, source=str(p.resolve()))
+
+
+def _read_user_file(p: Path) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as f:
+                raw = {k: f[k] for k in f.files}
+            labels = {}
+            for key in ("y", "labels"):
+                if key in raw:
+                    labels["x"] = torch.as_tensor(raw.pop(key)).long()
+            arrays = raw if len(raw) != 1 else {"x": next(iter(raw.values()))}
+            return arrays, labels
+        if p.suffix == ".npy":
+            return {"x": np.load(p, allow_pickle=False)}, {}
+        if p.suffix == ".pt":
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+            if not isinstance(obj, torch.Tensor):
+                raise DataError(f"{p}: expected one tensor, found {type(obj).__name__}")
+            return {"x": obj.numpy()}, {}
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"cannot read {p}: {e}") from None
+    raise DataError(f"{p}: unsupported file type '{p.suffix}'; use .npz, .npy or .pt")
+
+
+def _as_datapoints(a, key: str, p: Path) -> tuple[torch.Tensor, tuple[int, ...]]:
+    t = torch.as_tensor(np.asarray(a))
+    if not (
+        t.is_floating_point() or t.dtype in (torch.uint8, torch.int32, torch.int64, torch.bool)
+    ):
+        raise DataError(f"{p}: array '{key}' has unsupported dtype {t.dtype}")
+    if t.dim() == 4 and t.shape[1] == 1:
+        t = t[:, 0]
+    if t.dim() not in (2, 3):
+        raise DataError(
+            f"{p}: array '{key}' has shape {tuple(t.shape)}; expected (N, D), (N, H, W) or "
+            "(N, 1, H, W)"
+        )
+    image_shape = tuple(t.shape[1:])
+    t = t.reshape(t.shape[0], -1).float()
+    if not torch.isfinite(t).all():
+        raise DataError(f"{p}: array '{key}' contains NaN or infinite values")
+    return t, image_shape

@@ -1,0 +1,307 @@
+"""The jobs behind the command line: train a run, evaluate it, draw samples from it.
+
+Each job reads and writes a :class:`~pyro_vae.runs.RunDir` and returns plain results; printing is
+left to the caller (``echo``), so the same jobs serve the CLI, scripts and tests.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_vae import registry
+from pyro_vae.config import RunConfig
+from pyro_vae.data import load_dataset, prepare_split
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.infer import BetaSchedule, EpochStats, Trainer, importance_log_likelihood
+from pyro_vae.models import VAE, Likelihood, Support
+from pyro_vae.runs import RunDir
+
+# Options that may change when a run is resumed: they do not change what is being fitted.
+RESUMABLE = {"train": {"epochs", "device", "log_every", "eval_samples"}, "data": {"data_dir"}}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    return torch.device(name)
+
+
+def load_splits(
+    config: RunConfig, likelihood: Likelihood, splits=("train", "val", "test")
+) -> tuple[Dataset, dict[str, torch.Tensor]]:
+    """The data set and its splits as the likelihood scores them, each checked against it.
+
+    With dynamic binarisation the training split stays as probabilities, binarised per minibatch.
+    """
+    d = config.data
+    dataset = load_dataset(d.dataset, d.data_dir, download=d.download)
+    prepared = {}
+    for split in splits:
+        x = prepare_split(dataset.split(split), split, d.binarize, d.binarize_seed)
+        if not (d.binarize == "dynamic" and split == "train"):
+            likelihood.check_data(x, f"the {split} split of {dataset.name}")
+        prepared[split] = x
+    return dataset, prepared
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    history: list[EpochStats]
+    evaluation: dict[str, Any] | None
+
+
+def train(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    evaluate_at_end: bool = True,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> TrainResult:
+    """Fit a VAE as ``config`` says, checkpointing into ``out`` after every epoch.
+
+    With ``resume=True``, continue the run in ``out`` from its last checkpoint; the result equals
+    an uninterrupted run with the same seed. Only the options in :data:`RESUMABLE` may differ from
+    the run's saved config.
+    """
+    run = RunDir(out)
+    registry.check_names(config.model, config.train)
+    if resume:
+        run.require()
+        _check_resumable(run.read_config(), config)
+    elif run.exists():
+        raise ConfigError(
+            f"{run.path} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    device = resolve_device(config.train.device)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.train.seed)
+    likelihood = registry.build_likelihood(config.model)
+    dataset, data = load_splits(config, likelihood, ("train", "val"))
+    vae = registry.build_vae(config.model, dataset.data_dim).to(device)
+    trainer = Trainer(
+        vae,
+        data["train"].to(device),
+        elbo=registry.build_elbo(config.train),
+        lr=config.train.lr,
+        batch_size=config.train.batch_size,
+        dynamic_binarize=config.data.binarize == "dynamic",
+        val_x=data["val"].to(device),
+        log_every=config.train.log_every,
+        progress=progress,
+    )
+    warmup = config.train.warmup_epochs * trainer.steps_per_epoch
+    trainer.beta = BetaSchedule(config.train.beta, warmup)
+    meta = {"data_dim": dataset.data_dim, "image_shape": list(dataset.image_shape)}
+    history: list[EpochStats] = []
+    if resume:
+        state = run.load_checkpoint(_identity(config), map_location=device)
+        _load_model_state(trainer, state)
+        history = [row for row in run.read_metrics() if row.epoch <= trainer.epoch]
+    run.write_config(config)
+    if trainer.epoch >= config.train.epochs:
+        echo(
+            f"{run.path}: already trained for {trainer.epoch} epochs "
+            f"(--epochs {config.train.epochs})"
+        )
+    report_every = max(1, config.train.epochs // 10)
+    while trainer.epoch < config.train.epochs:
+        stats = trainer.train_epoch()
+        history.append(stats)
+        run.save_checkpoint({**trainer.state_dict(), "meta": meta}, _identity(config))
+        run.write_metrics(history)
+        if stats.epoch % report_every == 0 or stats.epoch == config.train.epochs:
+            echo(
+                f"epoch {stats.epoch:4d}/{config.train.epochs}  train objective "
+                f"{stats.train_objective:9.3f}  val ELBO {stats.val_elbo:9.3f} nats  "
+                f"beta {stats.beta:.3g}  ({stats.seconds:.2f} s)"
+            )
+    evaluation = None
+    if evaluate_at_end:
+        evaluation = evaluate(run.path, num_samples=config.train.eval_samples, progress=progress)
+        echo(format_evaluation(evaluation))
+    return TrainResult(run.path, history, evaluation)
+
+
+def _identity(config: RunConfig) -> RunConfig:
+    """The config with the resumable options reset: what a checkpoint must match."""
+    defaults = RunConfig()
+    return config.replace(
+        **{
+            section: {name: getattr(getattr(defaults, section), name) for name in names}
+            for section, names in RESUMABLE.items()
+        }
+    )
+
+
+def _check_resumable(saved: RunConfig, given: RunConfig) -> None:
+    a, b = _identity(saved).to_dict(), _identity(given).to_dict()
+    diffs = [
+        f"{section}.{key}: run has {a[section][key]!r}, asked for {b[section][key]!r}"
+        for section in a
+        for key in a[section]
+        if a[section][key] != b[section][key]
+    ]
+    if diffs:
+        raise ConfigError("cannot resume with different options: " + "; ".join(diffs))
+
+
+def _load_model_state(trainer: Trainer, state: dict[str, Any]) -> None:
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint does not match its run's model: {first}") from None
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, VAE, dict[str, Any]]:
+    """The config, the trained VAE (on ``device``) and the checkpoint's metadata of a run."""
+    run = RunDir(run_dir).require()
+    config = run.read_config()
+    dev = resolve_device(device if device != "auto" else config.train.device)
+    state = run.load_checkpoint(_identity(config), map_location=dev)
+    meta = state.get("meta") or {}
+    if "data_dim" not in meta:
+        raise CheckpointError(f"{run.checkpoint_path} lacks the data shape (meta)")
+    pyro.clear_param_store()
+    vae = registry.build_vae(config.model, int(meta["data_dim"])).to(dev)
+    try:
+        vae.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint does not match its run's model: {first}") from None
+    vae.eval()
+    return config, vae, {**meta, "epoch": int(state["epoch"])}
+
+
+def evaluate(
+    run_dir: str | Path,
+    *,
+    num_samples: int = 1000,
+    chunk_size: int | None = None,
+    split: str = "test",
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Importance-sampled log p(x) against the ELBO on a split; writes ``evaluation.json``.
+
+    The split is binarised (if the run binarises) with the run's fixed ``binarize_seed`` and the
+    estimator is seeded with the run's seed, so evaluating twice gives the same numbers.
+    """
+    if num_samples < 1:
+        raise ConfigError("--num-samples must be at least 1")
+    if chunk_size is not None and chunk_size < 1:
+        raise ConfigError("--chunk-size must be at least 1")
+    config, vae, meta = load_run(run_dir, device)
+    _, data = load_splits(config, vae.likelihood, (split,))
+    x = data[split].to(next(vae.parameters()).device)
+    pyro.set_rng_seed(config.train.seed)
+    start = time.perf_counter()
+    result = importance_log_likelihood(
+        vae.model,
+        vae.guide,
+        x,
+        num_samples=num_samples,
+        chunk_size=chunk_size,
+        max_plate_nesting=1,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    n = x.shape[0]
+    log_px = result.log_px.cpu()
+    summary: dict[str, Any] = {
+        "log_px": log_px.mean().item(),
+        "log_px_stderr": (result.stderr.cpu().pow(2).sum().sqrt() / n).item()
+        if num_samples > 1
+        else math.nan,
+        "log_px_std": log_px.std().item() if n > 1 else 0.0,
+        "elbo": result.elbo.mean().item(),
+        "gap": result.gap.mean().item(),
+        "ess_mean": result.ess.mean().item(),
+        "ess_min": result.ess.min().item(),
+        "num_samples": num_samples,
+        "num_datapoints": n,
+        "dataset": config.data.dataset,
+        "split": split,
+        "binarize": config.data.binarize,
+        "binarize_seed": config.data.binarize_seed,
+        "likelihood": config.model.likelihood,
+        "prior": config.model.prior,
+        "guide": config.model.guide,
+        "objective": config.train.elbo,
+        "epochs_trained": meta["epoch"],
+        "seed": config.train.seed,
+        "seconds": seconds,
+    }
+    if vae.likelihood.support is Support.BINARY:
+        summary["bits_per_dim"] = -summary["log_px"] / (meta["data_dim"] * math.log(2))
+    RunDir(run_dir).write_evaluation(summary)
+    return summary
+
+
+def format_evaluation(s: dict[str, Any]) -> str:
+    """A short, readable summary of :func:`evaluate`'s result."""
+    lines = [
+        f"{s['dataset']} ({s['split']} split, binarize={s['binarize']}), {s['num_datapoints']} "
+        f"datapoints, K={s['num_samples']} importance samples, {s['epochs_trained']} epochs:",
+        f"  log p(x)  {s['log_px']:10.3f} nats  (± {s['log_px_stderr']:.3f} Monte Carlo stderr)",
+        f"  ELBO      {s['elbo']:10.3f} nats",
+        f"  gap       {s['gap']:10.3f} nats  (log p(x) - ELBO, estimates KL(q || posterior))",
+        f"  ESS       {s['ess_mean']:10.1f} of {s['num_samples']} on average "
+        f"(min {s['ess_min']:.1f})",
+    ]
+    if "bits_per_dim" in s:
+        lines.append(f"  bits/dim  {s['bits_per_dim']:10.4f}")
+    return "\n".join(lines)
+
+
+def sample(run_dir: str | Path, *, num: int = 64, out: str | Path | None = None) -> Path:
+    """Draw ``num`` samples and write a PNG with two labelled grids: decoder means and samples."""
+    if num < 1:
+        raise ConfigError("--num must be at least 1")
+    config, vae, meta = load_run(run_dir, "cpu")
+    shape = meta.get("image_shape") or []
+    if len(shape) != 2:
+        raise ConfigError(f"sample grids need image data; this run's datapoints have shape {shape}")
+    pyro.set_rng_seed(config.train.seed)
+    drawn = vae.sample(num)
+    out_path = Path(out) if out is not None else Path(run_dir) / "samples.png"
+    _save_sample_figure(drawn.mean, drawn.sample, tuple(shape), out_path, config)
+    return out_path
+
+
+def _save_sample_figure(means, samples, shape, path: Path, config: RunConfig) -> None:
+    from matplotlib.figure import Figure
+    from torchvision.utils import make_grid
+
+    nrow = max(1, int(math.ceil(math.sqrt(means.shape[0]))))
+    fig = Figure(figsize=(10, 5.4), dpi=120)
+    axes = fig.subplots(1, 2)
+    panels = (
+        (means, "decoder means E[x | z] (not samples)"),
+        (samples, "samples x ~ p(x | z)"),
+    )
+    for ax, (images, title) in zip(axes, panels, strict=True):
+        imgs = images.clamp(0, 1).reshape(-1, 1, *shape)
+        grid = make_grid(imgs, nrow=nrow, padding=1, pad_value=0.5)[0]
+        ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(
+        f"z ~ p(z), {config.data.dataset}, {config.model.likelihood} likelihood", fontsize=11
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")

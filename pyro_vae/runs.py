@@ -1,0 +1,136 @@
+"""A run directory on disk: config.json, metrics.csv, checkpoint.pt, evaluation.json.
+
+Files are written atomically (a temporary file in the same directory, then ``os.replace``), so a
+crash leaves the previous version intact. Checkpoints are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyro_vae.config import RunConfig
+from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.infer.svi import EpochStats
+
+CHECKPOINT_FORMAT = 1
+METRIC_FIELDS = [f.name for f in dataclasses.fields(EpochStats)]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+class RunDir:
+    """The files of one training run."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.json")
+    metrics_path = property(lambda self: self.path / "metrics.csv")
+    checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+    evaluation_path = property(lambda self: self.path / "evaluation.json")
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def require(self) -> RunDir:
+        """Raise a clear error unless this is a run directory with a checkpoint."""
+        if not self.path.is_dir():
+            raise CheckpointError(f"run directory not found: {self.path}")
+        if not self.config_path.is_file():
+            raise CheckpointError(f"{self.path} is not a pyro-vae run directory (no config.json)")
+        if not self.checkpoint_path.is_file():
+            raise CheckpointError(
+                f"{self.path} has no checkpoint.pt: training never finished an epoch"
+            )
+        return self
+
+    # config
+    def write_config(self, config: RunConfig) -> None:
+        atomic_write_text(self.config_path, config.to_json() + "\n")
+
+    def read_config(self) -> RunConfig:
+        try:
+            return RunConfig.from_json(self.config_path.read_text())
+        except OSError as e:
+            raise CheckpointError(f"cannot read {self.config_path}: {e}") from None
+        except ConfigError as e:
+            raise CheckpointError(f"{self.config_path}: {e}") from None
+
+    # checkpoint
+    def save_checkpoint(self, state: dict[str, Any], config: RunConfig) -> None:
+        payload = {"format": CHECKPOINT_FORMAT, "config": config.to_json(), **state}
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
+
+    def load_checkpoint(self, config: RunConfig, map_location=None) -> dict[str, Any]:
+        try:
+            state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"no checkpoint at {self.checkpoint_path}") from None
+        except Exception as e:
+            raise CheckpointError(
+                f"{self.checkpoint_path} is corrupt or not a pyro-vae checkpoint "
+                f"({type(e).__name__})"
+            ) from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{self.checkpoint_path} is not a pyro-vae checkpoint (format)")
+        if state.get("config") != config.to_json():
+            raise CheckpointError(
+                f"{self.checkpoint_path} was written for another config than {self.config_path}"
+            )
+        return state
+
+    # metrics
+    def write_metrics(self, rows: list[EpochStats]) -> None:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=METRIC_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(dataclasses.asdict(row))
+        atomic_write_text(self.metrics_path, out.getvalue())
+
+    def read_metrics(self) -> list[EpochStats]:
+        if not self.metrics_path.is_file():
+            return []
+        with self.metrics_path.open() as f:
+            rows = list(csv.DictReader(f))
+        types = {f.name: f.type for f in dataclasses.fields(EpochStats)}
+        cast = {"int": int, "float": float}
+        return [EpochStats(**{k: cast[types[k]](v) for k, v in row.items()}) for row in rows]
+
+    # evaluation
+    def write_evaluation(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.evaluation_path, json.dumps(summary, indent=2) + "\n")
