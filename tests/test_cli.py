@@ -1,0 +1,165 @@
+"""The command line: an end-to-end run in a subprocess, and every kind of bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae.cli import main
+
+TINY = ["--epochs", "1", "--hidden", "32", "--latent-dim", "2", "--eval-samples", "20"]
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    return subprocess.run(
+        [sys.executable, "-m", "pyro_vae.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_train_evaluate_sample_end_to_end(tmp_path):
+    run_dir = tmp_path / "run"
+    r = run_cli("train", *TINY, "--out", str(run_dir))
+    assert r.returncode == 0, r.stderr
+    assert "log p(x)" in r.stdout and "ELBO" in r.stdout and "gap" in r.stdout
+    for name in ("config.json", "metrics.csv", "checkpoint.pt", "evaluation.json"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "config.json").read_text())["model"]["latent_dim"] == 2
+
+    r = run_cli("evaluate", str(run_dir), "--num-samples", "30", "--chunk-size", "7")
+    assert r.returncode == 0, r.stderr
+    ev = json.loads((run_dir / "evaluation.json").read_text())
+    required = {"log_px", "log_px_stderr", "elbo", "gap", "ess_mean", "num_samples"}
+    required |= {"num_datapoints", "dataset", "split", "binarize"}
+    assert required <= set(ev)
+    assert ev["num_samples"] == 30 and ev["dataset"] == "digits" and ev["split"] == "test"
+    assert ev["log_px"] >= ev["elbo"] and 1 <= ev["ess_mean"] <= 30
+
+    png = tmp_path / "grid.png"
+    r = run_cli("sample", str(run_dir), "--num", "16", "--out", str(png))
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_input_in_a_subprocess_is_one_line_without_traceback(tmp_path):
+    r = run_cli("evaluate", str(tmp_path / "missing"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("pyro-vae: error:")
+
+
+def _error(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("pyro-vae: error:") and "\n" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "r"
+    assert main(["train", *TINY, "--out", str(run_dir), "--no-eval", "--no-progress"]) == 0
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--dataset", "cifar"], "unknown dataset"),
+        (["train", "--frobnicate"], "unrecognized arguments"),
+        (["train", "--likelihood", "poisson"], "unknown --likelihood 'poisson'"),
+        (["train", "--elbo", "renyi"], "unknown --elbo"),
+        (["train", "--hidden", "a,b"], "512,512"),
+        (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--binarize", "sometimes"], "--binarize"),
+        (["train", "--resume"], "--out"),
+        (["bogus-command"], "invalid choice"),
+        (["evaluate", "/nonexistent/run"], "not found"),
+        (["sample", "/nonexistent/run"], "not found"),
+    ],
+)
+def test_bad_options(capsys, argv, message):
+    assert message in _error(capsys, *argv)
+
+
+def test_non_binary_data_for_bernoulli(capsys, tmp_path):
+    np.savez(tmp_path / "grey.npz", x=np.random.default_rng(0).random((40, 6)))
+    err = _error(capsys, "train", "--dataset", str(tmp_path / "grey.npz"), "--binarize", "none")
+    assert "binary" in err and "--binarize dynamic" in err
+
+
+def test_nan_in_data(capsys, tmp_path):
+    x = np.random.default_rng(0).random((40, 6))
+    x[3, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x)
+    assert "NaN" in _error(capsys, "train", "--dataset", str(tmp_path / "nan.npz"))
+
+
+def test_wrong_shape(capsys, tmp_path):
+    np.save(tmp_path / "flat.npy", np.zeros(10))
+    assert "expected (N, D)" in _error(capsys, "train", "--dataset", str(tmp_path / "flat.npy"))
+
+
+def test_values_outside_0_1_cannot_be_binarised(capsys, tmp_path):
+    np.savez(tmp_path / "big.npz", x=np.full((40, 6), 3.0))
+    assert "[0, 1]" in _error(capsys, "train", "--dataset", str(tmp_path / "big.npz"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_gpu(capsys, tmp_path):
+    assert "CUDA" in _error(capsys, "train", "--device", "cuda", "--out", str(tmp_path / "c"))
+
+
+def test_existing_run_is_not_overwritten(capsys, trained_run):
+    assert "--resume" in _error(capsys, "train", *TINY, "--out", str(trained_run))
+
+
+def test_corrupt_checkpoint(capsys, trained_run, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((trained_run / "config.json").read_text())
+    (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert "corrupt" in _error(capsys, "evaluate", str(bad))
+
+
+def test_checkpoint_of_another_config(capsys, trained_run, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((trained_run / "config.json").read_text())
+    config["model"]["latent_dim"] = 7
+    (other / "config.json").write_text(json.dumps(config))
+    (other / "checkpoint.pt").write_bytes((trained_run / "checkpoint.pt").read_bytes())
+    assert "another config" in _error(capsys, "evaluate", str(other))
+
+
+def test_broken_config_json(capsys, trained_run, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "checkpoint.pt").write_bytes((trained_run / "checkpoint.pt").read_bytes())
+    assert "JSON" in _error(capsys, "evaluate", str(broken))
+
+
+def test_resume_continues_and_refuses_changes(capsys, trained_run):
+    assert "latent_dim" in _error(
+        capsys, "train", "--out", str(trained_run), "--resume", "--latent-dim", "9"
+    )
+    code = main(["train", "--out", str(trained_run), "--resume", "--epochs", "2", "--no-eval"])
+    assert code == 0
+    rows = (trained_run / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and rows[-1].startswith("2,")
+
+
+def test_evaluate_bad_numbers(capsys, trained_run):
+    assert "--num-samples" in _error(capsys, "evaluate", str(trained_run), "--num-samples", "0")
+    assert "unknown split" in _error(capsys, "evaluate", str(trained_run), "--split", "dev")
