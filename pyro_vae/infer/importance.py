@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 
 DATA_PLATE = "data"
 _PARTICLE_PLATE = "_importance_particles"
-_AUTO_CHUNK_ELEMENTS = 2**24  # auto chunk: about this many x-sized elements per chunk
+# automatic chunk: about this many x-sized elements per chunk. On a CPU, 2**22 float32 values
+# (16 MB tiles) stay near the cache; larger tiles made the estimator 1.6x slower (benchmarks/).
+_AUTO_CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**26}
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def importance_log_likelihood(
         K, the number of importance samples per datapoint.
     chunk_size : int, optional
         Particles drawn per vectorised pass; memory grows with ``chunk_size``, not with K.
-        By default about ``2**24 / x.numel()`` particles, at least 1 and at most K.
+        By default :func:`auto_chunk_size`.
     max_plate_nesting : int, optional
         Number of plate dimensions in the programs; found from one trace when not given.
     keep_log_weights : bool
@@ -171,7 +173,7 @@ def importance_log_likelihood(
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     if chunk_size is None:
-        chunk_size = max(1, min(num_samples, _AUTO_CHUNK_ELEMENTS // max(1, x.numel())))
+        chunk_size = auto_chunk_size(x, num_samples)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     n = x.shape[0]
@@ -189,6 +191,12 @@ def importance_log_likelihood(
             if keep_log_weights:
                 kept.append(lw)
         return accumulator.result(torch.cat(kept).double() if keep_log_weights else None)
+
+
+def auto_chunk_size(x: torch.Tensor, num_samples: int) -> int:
+    """Particles per chunk so that a chunk holds about 2**22 (CPU) or 2**26 (CUDA) x-sized values."""
+    budget = _AUTO_CHUNK_ELEMENTS.get(x.device.type, _AUTO_CHUNK_ELEMENTS["cpu"])
+    return max(1, min(num_samples, budget // max(1, x.numel())))
 
 
 def _traces(model, guide, x):

@@ -1,0 +1,305 @@
+"""Speed and memory of pyro_vae against hand-written PyTorch, in one process on one device.
+
+Measures, for the same 784-512-512-50 MLP VAE, the same data held on the device and the same batch:
+  * training throughput (images/s) of pyro_vae's SVI step with Trace_ELBO and TraceMeanField_ELBO,
+    and of a hand-written PyTorch step computing the same ELBO (the reference limit), and the
+    ratio reference / pyro (1.0 is parity, larger is slower);
+  * evaluation: importance_log_likelihood with K samples on N test points, batched, against the
+    same estimator called one datapoint at a time (how per-point evaluation code works), and the
+    peak memory of the batched call.
+Times are medians of repeats after warm-up. Data: Fashion-MNIST's first images (dynamically
+binarised once) when the files are found offline, else random binary images of the same shape.
+
+Usage: python benchmarks/bench.py [--device cpu|cuda] [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import torch
+import torch.nn.functional as F
+
+from pyro_vae.config import ModelConfig
+from pyro_vae.errors import DataError
+from pyro_vae.infer import (
+    DeviceSVI,
+    DeviceTrace_ELBO,
+    DeviceTraceMeanField_ELBO,
+    importance_log_likelihood,
+)
+from pyro_vae.registry import build_vae
+
+LATENT, HIDDEN, DATA_DIM = 50, (512, 512), 784
+ELBOS = (("trace", DeviceTrace_ELBO), ("meanfield", DeviceTraceMeanField_ELBO))
+
+
+def load_images(n: int, device: torch.device) -> tuple[torch.Tensor, str]:
+    from pyro_vae.data import load_dataset
+
+    try:
+        x = load_dataset("fashion-mnist", download=False).split("train")[:n]
+        source = "fashion-mnist (binarised)"
+    except DataError:
+        x = torch.rand(n, DATA_DIM)
+        source = "random binary images (fashion-mnist not found)"
+    g = torch.Generator().manual_seed(0)
+    return torch.bernoulli(x, generator=g).to(device), source
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds_per_call(fns: dict, calls: int, repeats: int, device) -> dict[str, float]:
+    """Interleaved timing: each repeat times ``calls`` calls of every function in turn."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync(device)
+            times[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+class ReferenceStep:
+    """The same VAE step written directly in PyTorch: the speed limit for this network."""
+
+    def __init__(self, vae, lr: float, num_data: int, analytic_kl: bool):
+        self.enc, self.dec = vae.encoder.net, vae.decoder
+        params = list(self.enc.parameters()) + list(self.dec.parameters())
+        self.opt = torch.optim.Adam(params, lr=lr)
+        self.num_data = num_data
+        self.analytic_kl = analytic_kl
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        loc, log_var = self.enc(x).chunk(2, dim=-1)
+        scale = torch.exp(0.5 * log_var)
+        eps = torch.randn_like(loc)
+        z = loc + scale * eps
+        log_px_z = -F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
+        if self.analytic_kl:
+            kl = 0.5 * (scale**2 + loc**2 - 1.0 - log_var).sum(-1)
+        else:  # one-sample estimate log q(z|x) - log p(z), as Trace_ELBO
+            kl = (-0.5 * eps**2 - torch.log(scale) + 0.5 * z**2).sum(-1)
+        loss = -(log_px_z - kl).sum() * (self.num_data / x.shape[0])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+
+def bench_train(device, batch_sizes, steps, repeats, data) -> list[dict]:
+    rows = []
+    n = data.shape[0]
+    for batch_size in batch_sizes:
+        batches = [data[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+        for elbo_name, elbo_cls in ELBOS:
+            pyro.clear_param_store()
+            pyro.set_rng_seed(0)
+            vae = build_vae(ModelConfig(latent_dim=LATENT, hidden=HIDDEN), DATA_DIM).to(device)
+            svi = DeviceSVI(
+                vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-4}), elbo_cls(max_plate_nesting=1)
+            )
+            ref_vae = build_vae(ModelConfig(latent_dim=LATENT, hidden=HIDDEN), DATA_DIM).to(device)
+            ref = ReferenceStep(ref_vae, 1e-4, n, analytic_kl=elbo_name == "meanfield")
+            steppers = _steppers(svi, ref, batches, n)
+            with pyro.validation_enabled(False):
+                median_seconds_per_call(steppers, 5, 1, device)  # warm-up
+                t = median_seconds_per_call(steppers, steps, repeats, device)
+            row = {
+                "batch_size": batch_size,
+                "elbo": elbo_name,
+                "pyro_images_per_s": batch_size / t["pyro"],
+                "reference_images_per_s": batch_size / t["ref"],
+                "ratio": t["pyro"] / t["ref"],
+                "pyro_ms_per_step": 1e3 * t["pyro"],
+                "reference_ms_per_step": 1e3 * t["ref"],
+            }
+            rows.append(row)
+            print(
+                f"  train batch {batch_size:5d} {elbo_name:9s}: "
+                f"pyro {row['pyro_ms_per_step']:7.2f} "
+                f"ms/step, reference {row['reference_ms_per_step']:7.2f} ms/step, "
+                f"ratio {row['ratio']:.2f}",
+                file=sys.stderr,
+            )
+    return rows
+
+
+def _steppers(svi, ref, batches, num_data) -> dict:
+    """Two step functions cycling through the same minibatches."""
+    index = torch.arange(batches[0].shape[0], device=batches[0].device)
+    counter = {"pyro": 0, "ref": 0}
+
+    def pyro_step():
+        counter["pyro"] += 1
+        svi.step(batches[counter["pyro"] % len(batches)], index=index, num_data=num_data)
+
+    def ref_step():
+        counter["ref"] += 1
+        ref(batches[counter["ref"] % len(batches)])
+
+    return {"pyro": pyro_step, "ref": ref_step}
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator peak, or the process's peak RSS on Linux CPUs."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.mb = math.nan
+
+    @staticmethod
+    def _status(key: str) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key):
+                return float(line.split()[1]) / 1024  # kB -> MB
+        return math.nan
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device) / 2**20
+        elif Path("/proc/self/clear_refs").exists():
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.base = self._status("VmRSS:")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.base
+        elif hasattr(self, "base"):
+            self.mb = self._status("VmHWM:") - self.base
+
+
+def bench_evaluate(device, num_samples, num_points, loop_points, repeats, data) -> dict:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = build_vae(ModelConfig(latent_dim=LATENT, hidden=HIDDEN), DATA_DIM).to(device)
+    x = data[:num_points]
+
+    def batched():
+        importance_log_likelihood(
+            vae.model, vae.guide, x, num_samples=num_samples, max_plate_nesting=1
+        )
+
+    def loop():
+        for i in range(loop_points):
+            importance_log_likelihood(
+                vae.model, vae.guide, x[i : i + 1], num_samples=num_samples, max_plate_nesting=1
+            )
+
+    importance_log_likelihood(vae.model, vae.guide, x[:8], num_samples=64, max_plate_nesting=1)
+    sync(device)
+    with PeakMemory(device) as mem:
+        batched()
+        sync(device)
+    t = median_seconds_per_call({"batched": batched, "loop": loop}, 1, repeats, device)
+    batched_s = t["batched"]
+    loop_s = t["loop"] / loop_points * num_points
+    flops = (
+        2
+        * num_samples
+        * num_points
+        * sum(a * b for a, b in zip((LATENT, *HIDDEN), (*HIDDEN, DATA_DIM), strict=True))
+    )
+    result = {
+        "num_samples": num_samples,
+        "num_datapoints": num_points,
+        "batched_s": batched_s,
+        "loop_s": loop_s,
+        "loop_points_timed": loop_points,
+        "repeats": repeats,
+        "speedup": loop_s / batched_s,
+        "peak_memory_mb": mem.mb,
+        "decoder_tflops": flops / batched_s / 1e12,
+    }
+    print(
+        f"  evaluate K={num_samples} N={num_points}: batched {batched_s:.2f} s, per-point loop "
+        f"{loop_s:.2f} s (timed on {loop_points} points), speedup {result['speedup']:.2f}x, "
+        f"peak {mem.mb:.0f} MB",
+        file=sys.stderr,
+    )
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="about a minute on a 2-core CPU")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench: --device cuda, but PyTorch sees no CUDA device", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    data, source = load_images(10000, device)
+    if args.quick:
+        train_rows = bench_train(device, (128,), steps=20, repeats=3, data=data)
+        evaluation = bench_evaluate(device, 5000, 100, 10, 3, data)
+    else:
+        train_rows = bench_train(device, (128, 1024), steps=30, repeats=5, data=data)
+        evaluation = bench_evaluate(device, 5000, 1000, 100, 3, data)
+    device_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine()
+    )
+    results = {
+        "device": args.device,
+        "device_name": device_name,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "data": source,
+        "network": f"{DATA_DIM}-{'-'.join(map(str, HIDDEN))}-{LATENT} MLP, Bernoulli likelihood",
+        "quick": args.quick,
+        "train": train_rows,
+        "evaluate": evaluation,
+    }
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def format_table(r: dict) -> str:
+    lines = [
+        f"device {r['device']} ({r['device_name']}, {r['threads']} threads), torch {r['torch']}, "
+        f"pyro {r['pyro']}; {r['network']}; data: {r['data']}",
+        "",
+        "| batch | ELBO | pyro_vae images/s | reference images/s | ratio (ref/pyro time) |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for t in r["train"]:
+        lines.append(
+            f"| {t['batch_size']} | {t['elbo']} | {t['pyro_images_per_s']:,.0f} | "
+            f"{t['reference_images_per_s']:,.0f} | {t['ratio']:.2f} |"
+        )
+    e = r["evaluate"]
+    lines += [
+        "",
+        "| K | points | batched s | per-point loop s | speedup | peak memory MB |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {e['num_samples']} | {e['num_datapoints']} | {e['batched_s']:.2f} | {e['loop_s']:.2f}"
+        f" | {e['speedup']:.2f} | {e['peak_memory_mb']:.0f} |",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
