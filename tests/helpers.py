@@ -14,3 +14,11 @@ def tiny_vae(data_dim=12, latent_dim=3, likelihood="bernoulli", hidden=(16,), **
 def binary_data(n=20, d=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.bernoulli(torch.rand(n, d, generator=g), generator=g)
+
+
+def requires_cuda(fn):
+    import pytest
+
+    return pytest.mark.cuda(
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(fn)
+    )

@@ -163,3 +163,14 @@ def test_resume_continues_and_refuses_changes(capsys, trained_run):
 def test_evaluate_bad_numbers(capsys, trained_run):
     assert "--num-samples" in _error(capsys, "evaluate", str(trained_run), "--num-samples", "0")
     assert "unknown split" in _error(capsys, "evaluate", str(trained_run), "--split", "dev")
+
+
+@pytest.mark.slow
+def test_quick_start_default_job(tmp_path):
+    """The README's main job, with its defaults: trains, evaluates, and learns something."""
+    r = run_cli("train", "--out", str(tmp_path / "default"))
+    assert r.returncode == 0, r.stderr
+    ev = json.loads((tmp_path / "default" / "evaluation.json").read_text())
+    assert ev["num_samples"] == 1000 and ev["epochs_trained"] == 100
+    assert ev["log_px"] >= ev["elbo"] > -30.0  # an untrained model scores about -44 nats
+    assert ev["ess_mean"] > 100

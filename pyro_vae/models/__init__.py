@@ -3,6 +3,7 @@
 from pyro_vae.models.guides import DiagonalNormalEncoder, Encoder
 from pyro_vae.models.likelihoods import Bernoulli, Gaussian, LearnedGaussian, Likelihood, Support
 from pyro_vae.models.nets import MLP
+from pyro_vae.models.ppca import ProbabilisticPCA
 from pyro_vae.models.priors import Prior, StandardNormal
 from pyro_vae.models.vae import VAE, Generated
 
@@ -17,6 +18,7 @@ __all__ = [
     "LearnedGaussian",
     "Likelihood",
     "Prior",
+    "ProbabilisticPCA",
     "StandardNormal",
     "Support",
 ]
