@@ -15,6 +15,7 @@ from pyro_vae import jobs
 from pyro_vae.config import RunConfig
 from pyro_vae.data.datasets import is_path
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.runs import RunDir
 
 # CLI option dest -> (config section, field)
 TRAIN_OPTIONS = {
@@ -199,7 +200,7 @@ def train_config(args: argparse.Namespace) -> RunConfig:
     """The run's config: defaults (or, with --resume, the saved config) plus the given options."""
     given = {dest: getattr(args, dest) for dest in TRAIN_OPTIONS if hasattr(args, dest)}
     if getattr(args, "resume", False):
-        base = jobs.RunDir(args.out).require().read_config()
+        base = RunDir(args.out).require().read_config()
     else:
         base = RunConfig()
     sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
@@ -248,7 +249,7 @@ def run(argv: list[str] | None = None) -> int:
             progress=progress,
         )
         print(jobs.format_evaluation(summary))
-        print(f"wrote {jobs.RunDir(args.run_dir).evaluation_path}")
+        print(f"wrote {RunDir(args.run_dir).evaluation_path}")
     elif args.command == "sample":
         path = jobs.sample(args.run_dir, num=args.num, out=args.out)
         print(f"wrote {path}")

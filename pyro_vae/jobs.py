@@ -92,19 +92,20 @@ def train(
     likelihood = registry.build_likelihood(config.model)
     dataset, data = load_splits(config, likelihood, ("train", "val"))
     vae = registry.build_vae(config.model, dataset.data_dim).to(device)
+    train_x = data["train"].to(device)
+    steps_per_epoch = math.ceil(train_x.shape[0] / config.train.batch_size)
     trainer = Trainer(
         vae,
-        data["train"].to(device),
+        train_x,
         elbo=registry.build_elbo(config.train),
         lr=config.train.lr,
         batch_size=config.train.batch_size,
+        beta=BetaSchedule(config.train.beta, config.train.warmup_epochs * steps_per_epoch),
         dynamic_binarize=config.data.binarize == "dynamic",
         val_x=data["val"].to(device),
         log_every=config.train.log_every,
         progress=progress,
     )
-    warmup = config.train.warmup_epochs * trainer.steps_per_epoch
-    trainer.beta = BetaSchedule(config.train.beta, warmup)
     meta = {"data_dim": dataset.data_dim, "image_shape": list(dataset.image_shape)}
     history: list[EpochStats] = []
     if resume:
