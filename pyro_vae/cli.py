@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from pyro_vae import jobs
+from pyro_vae import jobs, registry
 from pyro_vae.config import RunConfig
 from pyro_vae.data.datasets import is_path
 from pyro_vae.errors import ConfigError, PyroVAEError
@@ -23,6 +23,7 @@ TRAIN_OPTIONS = {
     "data_dir": ("data", "data_dir"),
     "binarize": ("data", "binarize"),
     "binarize_seed": ("data", "binarize_seed"),
+    "dequantize": ("data", "dequantize"),
     "download": ("data", "download"),
     "latent_dim": ("model", "latent_dim"),
     "hidden": ("model", "hidden"),
@@ -31,6 +32,9 @@ TRAIN_OPTIONS = {
     "guide": ("model", "guide"),
     "gaussian_scale": ("model", "gaussian_scale"),
     "scale_floor": ("model", "scale_floor"),
+    "num_components": ("model", "num_components"),
+    "flows": ("model", "flows"),
+    "rank": ("model", "rank"),
     "elbo": ("train", "elbo"),
     "num_particles": ("train", "num_particles"),
     "vectorize_particles": ("train", "vectorize_particles"),
@@ -44,6 +48,10 @@ TRAIN_OPTIONS = {
     "log_every": ("train", "log_every"),
     "eval_samples": ("train", "eval_samples"),
 }
+
+
+def _names(table: dict, default: str) -> str:
+    return f"{', '.join(table)} (default {default})"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,17 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--no-download", dest="download", action="store_false", help="never download data"
     )
+    g.add_argument(
+        "--dequantize",
+        help="uniform or none: (k + u) / levels, for densities on 8-bit data "
+        f"(default {d.data.dequantize})",
+    )
     g = t.add_argument_group("model")
     g.add_argument("--latent-dim", type=int, help=f"dimension of z (default {d.model.latent_dim})")
     g.add_argument(
         "--hidden", type=_hidden, help="hidden widths of encoder and decoder (default 256,256)"
     )
-    g.add_argument("--prior", help=f"p(z): normal (default {d.model.prior})")
+    g.add_argument("--prior", help=f"p(z): {_names(registry.PRIORS, d.model.prior)}")
     g.add_argument(
-        "--likelihood",
-        help=f"p(x|z): bernoulli, gaussian, gaussian-learned (default {d.model.likelihood})",
+        "--likelihood", help=f"p(x|z): {_names(registry.LIKELIHOODS, d.model.likelihood)}"
     )
-    g.add_argument("--guide", help=f"q(z|x): diagonal (default {d.model.guide})")
+    g.add_argument("--guide", help=f"q(z|x): {_names(registry.GUIDES, d.model.guide)}")
     g.add_argument(
         "--gaussian-scale",
         type=float,
@@ -104,12 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--scale-floor",
         type=float,
-        help=f"minimum sigma of gaussian-learned (default {d.model.scale_floor})",
+        help="minimum scale of gaussian-learned, laplace, discretized-logistic "
+        f"(default {d.model.scale_floor})",
     )
+    g.add_argument(
+        "--num-components",
+        type=int,
+        help=f"components of mog, pseudo-inputs of vamp (default {d.model.num_components})",
+    )
+    g.add_argument(
+        "--flows", type=int, help=f"steps of the flow prior and iaf guide (default {d.model.flows})"
+    )
+    g.add_argument("--rank", type=int, help=f"rank of the lowrank guide (default {d.model.rank})")
     g = t.add_argument_group("training")
     g.add_argument(
         "--elbo",
-        help=f"trace (Trace_ELBO) or meanfield (TraceMeanField_ELBO) (default {d.train.elbo})",
+        help="trace (Trace_ELBO), meanfield (TraceMeanField_ELBO) or iwae (IWAE bound with "
+        f"--num-particles K) (default {d.train.elbo})",
     )
     g.add_argument(
         "--num-particles",

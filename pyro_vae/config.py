@@ -14,6 +14,7 @@ from typing import Any
 from pyro_vae.errors import ConfigError
 
 BINARIZE_MODES = ("dynamic", "static", "none")
+DEQUANTIZE_MODES = ("uniform", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -24,7 +25,8 @@ class DataConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     binarize: str = "dynamic"
-    binarize_seed: int = 0  # fixes static binarisation and every evaluation split
+    binarize_seed: int = 0  # fixes static binarisation, dequantisation noise of val/test splits
+    dequantize: str = "none"
     download: bool = True
 
 
@@ -38,7 +40,10 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     guide: str = "diagonal"
     gaussian_scale: float = 0.1  # sigma of the fixed-scale Gaussian likelihood
-    scale_floor: float = 0.01  # lower bound on learned likelihood scales (Mattei & Frellsen 2018)
+    scale_floor: float = 0.001  # lower bound on learned likelihood scales (Mattei & Frellsen 2018)
+    num_components: int = 10  # mixture prior components / VampPrior pseudo-inputs
+    flows: int = 2  # coupling steps of the flow prior, IAF steps of the iaf guide
+    rank: int = 2  # rank of the lowrank guide's covariance factor
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,17 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(self.data.binarize in BINARIZE_MODES, f"--binarize must be one of {BINARIZE_MODES}")
+        _check(
+            self.data.dequantize in DEQUANTIZE_MODES,
+            f"--dequantize must be one of {DEQUANTIZE_MODES}",
+        )
+        _check(
+            self.data.dequantize == "none" or self.data.binarize == "none",
+            "choose binarisation or dequantisation, not both (add --binarize none)",
+        )
+        _check(self.model.num_components >= 1, "--num-components must be at least 1")
+        _check(self.model.flows >= 1, "--flows must be at least 1")
+        _check(self.model.rank >= 1, "--rank must be at least 1")
         _check(self.train.device in DEVICES, f"--device must be one of {DEVICES}")
         _check(self.model.latent_dim >= 1, "--latent-dim must be at least 1")
         _check(

@@ -18,11 +18,12 @@ import torch
 
 from pyro_vae import registry
 from pyro_vae.config import RunConfig
-from pyro_vae.data import load_dataset, prepare_split
+from pyro_vae.data import load_dataset, minibatch_transform, prepare_split
 from pyro_vae.data.datasets import Dataset
-from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.data.transforms import is_quantised
+from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.infer import BetaSchedule, EpochStats, Trainer, importance_log_likelihood
-from pyro_vae.models import VAE, Likelihood, Support
+from pyro_vae.models import VAE, Likelihood
 from pyro_vae.runs import RunDir
 
 # Options that may change when a run is resumed: they do not change what is being fitted.
@@ -37,22 +38,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_splits(
-    config: RunConfig, likelihood: Likelihood, splits=("train", "val", "test")
-) -> tuple[Dataset, dict[str, torch.Tensor]]:
+def load_data(config: RunConfig) -> Dataset:
+    d = config.data
+    return load_dataset(d.dataset, d.data_dir, download=d.download)
+
+
+def prepare_splits(
+    config: RunConfig, dataset: Dataset, likelihood: Likelihood, splits=("train", "val", "test")
+) -> dict[str, torch.Tensor]:
     """The data set and its splits as the likelihood scores them, each checked against it.
 
-    With dynamic binarisation the training split stays as probabilities, binarised per minibatch.
+    With dynamic binarisation or dequantisation the training split stays as stored and is
+    transformed per minibatch; a sample of it is transformed here to check it.
     """
     d = config.data
-    dataset = load_dataset(d.dataset, d.data_dir, download=d.download)
+    if is_quantised(d.binarize, d.dequantize, dataset.levels) and not likelihood.is_discrete:
+        kind = "binarised" if d.binarize != "none" else f"quantised ({dataset.levels} levels)"
+        raise DataError(
+            f"the {config.model.likelihood} likelihood is a density, and {dataset.name} data "
+            f"are {kind}: a density of discrete values is no valid log-likelihood. Use "
+            "--dequantize uniform (with --binarize none), or a discrete likelihood "
+            "(--likelihood bernoulli with --binarize, or discretized-logistic)"
+        )
     prepared = {}
     for split in splits:
-        x = prepare_split(dataset.split(split), split, d.binarize, d.binarize_seed)
-        if not (d.binarize == "dynamic" and split == "train"):
-            likelihood.check_data(x, f"the {split} split of {dataset.name}")
+        x = prepare_split(
+            dataset.split(split), split, d.binarize, d.binarize_seed, d.dequantize, dataset.levels
+        )
+        transform = minibatch_transform(d.binarize, d.dequantize, dataset.levels)
+        scored = transform(x[:1000]) if split == "train" and transform is not None else x
+        likelihood.check_data(scored, f"the {split} split of {dataset.name}")
         prepared[split] = x
-    return dataset, prepared
+    return prepared
 
 
 @dataclass(frozen=True)
@@ -89,9 +106,10 @@ def train(
     device = resolve_device(config.train.device)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.train.seed)
-    likelihood = registry.build_likelihood(config.model)
-    dataset, data = load_splits(config, likelihood, ("train", "val"))
-    vae = registry.build_vae(config.model, dataset.data_dim).to(device)
+    dataset = load_data(config)
+    likelihood = registry.build_likelihood(config.model, dataset.levels)
+    data = prepare_splits(config, dataset, likelihood, ("train", "val"))
+    vae = registry.build_vae(config.model, dataset.data_dim, dataset.levels).to(device)
     train_x = data["train"].to(device)
     steps_per_epoch = math.ceil(train_x.shape[0] / config.train.batch_size)
     trainer = Trainer(
@@ -101,12 +119,16 @@ def train(
         lr=config.train.lr,
         batch_size=config.train.batch_size,
         beta=BetaSchedule(config.train.beta, config.train.warmup_epochs * steps_per_epoch),
-        dynamic_binarize=config.data.binarize == "dynamic",
+        transform=minibatch_transform(config.data.binarize, config.data.dequantize, dataset.levels),
         val_x=data["val"].to(device),
         log_every=config.train.log_every,
         progress=progress,
     )
-    meta = {"data_dim": dataset.data_dim, "image_shape": list(dataset.image_shape)}
+    meta = {
+        "data_dim": dataset.data_dim,
+        "image_shape": list(dataset.image_shape),
+        "levels": dataset.levels,
+    }
     history: list[EpochStats] = []
     if resume:
         state = run.load_checkpoint(_identity(config), map_location=device)
@@ -178,7 +200,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, VAE,
     if "data_dim" not in meta:
         raise CheckpointError(f"{run.checkpoint_path} lacks the data shape (meta)")
     pyro.clear_param_store()
-    vae = registry.build_vae(config.model, int(meta["data_dim"])).to(dev)
+    vae = registry.build_vae(config.model, int(meta["data_dim"]), meta.get("levels")).to(dev)
     try:
         vae.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
@@ -207,7 +229,7 @@ def evaluate(
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError("--chunk-size must be at least 1")
     config, vae, meta = load_run(run_dir, device)
-    _, data = load_splits(config, vae.likelihood, (split,))
+    data = prepare_splits(config, load_data(config), vae.likelihood, (split,))
     x = data[split].to(next(vae.parameters()).device)
     pyro.set_rng_seed(config.train.seed)
     start = time.perf_counter()
@@ -239,6 +261,8 @@ def evaluate(
         "split": split,
         "binarize": config.data.binarize,
         "binarize_seed": config.data.binarize_seed,
+        "dequantize": config.data.dequantize,
+        "levels": meta.get("levels"),
         "likelihood": config.model.likelihood,
         "prior": config.model.prior,
         "guide": config.model.guide,
@@ -247,10 +271,21 @@ def evaluate(
         "seed": config.train.seed,
         "seconds": seconds,
     }
-    if vae.likelihood.support is Support.BINARY:
-        summary["bits_per_dim"] = -summary["log_px"] / (meta["data_dim"] * math.log(2))
+    bpd = bits_per_dim(summary["log_px"], meta["data_dim"], vae.likelihood, config, meta)
+    if bpd is not None:
+        summary["bits_per_dim"] = bpd
     RunDir(run_dir).write_evaluation(summary)
     return summary
+
+
+def bits_per_dim(log_px: float, data_dim: int, likelihood, config: RunConfig, meta) -> float | None:
+    """-log2 P(x) / D for a discrete likelihood; for a density of uniformly dequantised data with
+    L levels, the bound -(log p(x) - D ln L) / (D ln 2) on the levels' probability; else None."""
+    if likelihood.is_discrete:
+        return -log_px / (data_dim * math.log(2))
+    if config.data.dequantize == "uniform" and meta.get("levels"):
+        return -(log_px - data_dim * math.log(meta["levels"])) / (data_dim * math.log(2))
+    return None
 
 
 def format_evaluation(s: dict[str, Any]) -> str:

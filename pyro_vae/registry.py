@@ -12,31 +12,55 @@ import pyro.infer
 from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.elbo import DeviceTrace_ELBO, DeviceTraceMeanField_ELBO
+from pyro_vae.infer.iwae_elbo import IWAE_ELBO
 from pyro_vae.models import (
     MLP,
     VAE,
     Bernoulli,
+    Beta,
+    ContinuousBernoulli,
     DiagonalNormalEncoder,
+    DiscretizedLogistic,
     Encoder,
+    FlowPrior,
+    FullCovarianceEncoder,
     Gaussian,
+    IAFEncoder,
     LearnedGaussian,
+    LearnedLaplace,
     Likelihood,
+    LowRankEncoder,
+    MixtureOfGaussians,
     Prior,
     StandardNormal,
+    VampPrior,
 )
 
-PRIORS: dict[str, Callable[[ModelConfig], Prior]] = {
-    "normal": lambda cfg: StandardNormal(cfg.latent_dim),
+# Each factory gets the model config, the data dimension and, for priors, the guide's encoder.
+PRIORS: dict[str, Callable[[ModelConfig, int, Encoder], Prior]] = {
+    "normal": lambda cfg, data_dim, encoder: StandardNormal(cfg.latent_dim),
+    "mog": lambda cfg, data_dim, encoder: MixtureOfGaussians(cfg.latent_dim, cfg.num_components),
+    "vamp": lambda cfg, data_dim, encoder: VampPrior(encoder, data_dim, cfg.num_components),
+    "flow": lambda cfg, data_dim, encoder: FlowPrior(cfg.latent_dim, cfg.flows),
 }
 
-LIKELIHOODS: dict[str, Callable[[ModelConfig], Likelihood]] = {
-    "bernoulli": lambda cfg: Bernoulli(),
-    "gaussian": lambda cfg: Gaussian(cfg.gaussian_scale),
-    "gaussian-learned": lambda cfg: LearnedGaussian(cfg.scale_floor),
+LIKELIHOODS: dict[str, Callable[[ModelConfig, int | None], Likelihood]] = {
+    "bernoulli": lambda cfg, levels: Bernoulli(),
+    "continuous-bernoulli": lambda cfg, levels: ContinuousBernoulli(),
+    "gaussian": lambda cfg, levels: Gaussian(cfg.gaussian_scale),
+    "gaussian-learned": lambda cfg, levels: LearnedGaussian(cfg.scale_floor),
+    "laplace": lambda cfg, levels: LearnedLaplace(cfg.scale_floor),
+    "beta": lambda cfg, levels: Beta(),
+    "discretized-logistic": lambda cfg, levels: DiscretizedLogistic(
+        cfg.scale_floor, _require_levels(levels)
+    ),
 }
 
 GUIDES: dict[str, Callable[[ModelConfig, int], Encoder]] = {
-    "diagonal": lambda cfg, data_dim: DiagonalNormalEncoder(data_dim, cfg.latent_dim, cfg.hidden),
+    "diagonal": lambda cfg, d: DiagonalNormalEncoder(d, cfg.latent_dim, cfg.hidden),
+    "full": lambda cfg, d: FullCovarianceEncoder(d, cfg.latent_dim, cfg.hidden),
+    "lowrank": lambda cfg, d: LowRankEncoder(d, cfg.latent_dim, cfg.hidden, cfg.rank),
+    "iaf": lambda cfg, d: IAFEncoder(d, cfg.latent_dim, cfg.hidden, cfg.flows),
 }
 
 ELBOS: dict[str, Callable[[TrainConfig], pyro.infer.ELBO]] = {
@@ -50,7 +74,17 @@ ELBOS: dict[str, Callable[[TrainConfig], pyro.infer.ELBO]] = {
         vectorize_particles=cfg.vectorize_particles,
         max_plate_nesting=1,
     ),
+    "iwae": lambda cfg: IWAE_ELBO(num_particles=cfg.num_particles, max_plate_nesting=1),
 }
+
+
+def _require_levels(levels: int | None) -> int:
+    if levels is None:
+        raise ConfigError(
+            "--likelihood discretized-logistic needs quantised data (8-bit images); "
+            "these data are continuous"
+        )
+    return levels
 
 
 def lookup(table: dict, name: str, option: str):
@@ -60,15 +94,21 @@ def lookup(table: dict, name: str, option: str):
         raise ConfigError(f"unknown {option} '{name}'; choose one of {', '.join(table)}") from None
 
 
-def build_likelihood(cfg: ModelConfig) -> Likelihood:
-    return lookup(LIKELIHOODS, cfg.likelihood, "--likelihood")(cfg)
+def build_likelihood(cfg: ModelConfig, levels: int | None = None) -> Likelihood:
+    return lookup(LIKELIHOODS, cfg.likelihood, "--likelihood")(cfg, levels)
 
 
-def build_vae(cfg: ModelConfig, data_dim: int) -> VAE:
-    """A VAE for ``data_dim``-dimensional datapoints as the model config describes it."""
-    prior = lookup(PRIORS, cfg.prior, "--prior")(cfg)
-    likelihood = build_likelihood(cfg)
+def build_vae(cfg: ModelConfig, data_dim: int, levels: int | None = None) -> VAE:
+    """A VAE for ``data_dim``-dimensional datapoints as the model config describes it.
+
+    ``levels`` is the number of quantisation levels of the data (for discrete likelihoods).
+    """
+    likelihood = build_likelihood(cfg, levels)
     encoder = lookup(GUIDES, cfg.guide, "--guide")(cfg, data_dim)
+    try:
+        prior = lookup(PRIORS, cfg.prior, "--prior")(cfg, data_dim, encoder)
+    except ValueError as e:
+        raise ConfigError(f"--prior {cfg.prior}: {e}") from None
     decoder = MLP([cfg.latent_dim, *reversed(cfg.hidden), likelihood.params_per_dim * data_dim])
     return VAE(encoder, decoder, prior, likelihood)
 

@@ -174,3 +174,119 @@ def test_quick_start_default_job(tmp_path):
     assert ev["num_samples"] == 1000 and ev["epochs_trained"] == 100
     assert ev["log_px"] >= ev["elbo"] > -30.0  # an untrained model scores about -44 nats
     assert ev["ess_mean"] > 100
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--likelihood", "gaussian"], "--dequantize uniform"),
+        (["--likelihood", "beta", "--binarize", "none"], "is a density"),
+        (["--likelihood", "continuous-bernoulli", "--binarize", "static"], "is a density"),
+        (["--dequantize", "uniform"], "not both"),
+        (
+            [
+                "--likelihood",
+                "discretized-logistic",
+                "--binarize",
+                "none",
+                "--dequantize",
+                "uniform",
+            ],
+            "quantised data",
+        ),
+        (["--likelihood", "bernoulli", "--binarize", "none"], "--binarize dynamic"),
+        (["--prior", "flow", "--latent-dim", "1"], "latent_dim >= 2"),
+        (["--prior", "hierarchical"], "unknown --prior"),
+        (["--guide", "nf"], "unknown --guide"),
+    ],
+)
+def test_wrong_data_for_a_likelihood_is_refused_with_the_fix(capsys, tmp_path, argv, message):
+    err = _error(capsys, "train", *TINY, "--out", str(tmp_path / "x"), *argv)
+    assert message in err
+
+
+def test_dequantize_needs_quantised_data(capsys, tmp_path):
+    np.savez(tmp_path / "real.npz", x=np.random.default_rng(0).random((40, 6)))
+    err = _error(
+        capsys,
+        "train",
+        "--dataset",
+        str(tmp_path / "real.npz"),
+        "--binarize",
+        "none",
+        "--dequantize",
+        "uniform",
+        "--likelihood",
+        "gaussian",
+    )
+    assert "quantised" in err
+    err = _error(
+        capsys,
+        "train",
+        "--dataset",
+        str(tmp_path / "real.npz"),
+        "--binarize",
+        "none",
+        "--likelihood",
+        "discretized-logistic",
+    )
+    assert "quantised" in err
+
+
+def test_uint8_user_images_are_8_bit_data(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (60, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "img.npz", x=images)
+    run_dir = tmp_path / "r"
+    code = main(
+        [
+            "train",
+            "--dataset",
+            str(tmp_path / "img.npz"),
+            "--binarize",
+            "none",
+            "--likelihood",
+            "discretized-logistic",
+            *TINY,
+            "--out",
+            str(run_dir),
+        ]
+    )
+    assert code == 0
+    ev = json.loads((run_dir / "evaluation.json").read_text())
+    assert ev["levels"] == 256
+    assert ev["bits_per_dim"] == pytest.approx(-ev["log_px"] / (16 * np.log(2)))
+    assert ev["bits_per_dim"] > 0  # a probability of discrete data is at most 1
+
+
+def test_dequantised_density_reports_bits_per_dim_of_the_levels(tmp_path):
+    run_dir = tmp_path / "deq"
+    code = main(
+        [
+            "train",
+            *TINY,
+            "--binarize",
+            "none",
+            "--dequantize",
+            "uniform",
+            "--likelihood",
+            "gaussian-learned",
+            "--out",
+            str(run_dir),
+        ]
+    )
+    assert code == 0
+    ev = json.loads((run_dir / "evaluation.json").read_text())
+    assert ev["dequantize"] == "uniform" and ev["levels"] == 17
+    expected = -(ev["log_px"] - 64 * np.log(17)) / (64 * np.log(2))
+    assert ev["bits_per_dim"] == pytest.approx(expected)
+    assert ev["bits_per_dim"] > 0  # it bounds a probability of the levels
+
+
+def test_iwae_objective_is_recorded(tmp_path):
+    run_dir = tmp_path / "iwae"
+    assert (
+        main(["train", *TINY, "--elbo", "iwae", "--num-particles", "5", "--out", str(run_dir)]) == 0
+    )
+    ev = json.loads((run_dir / "evaluation.json").read_text())
+    assert ev["objective"] == "iwae"
+    assert json.loads((run_dir / "config.json").read_text())["train"]["num_particles"] == 5

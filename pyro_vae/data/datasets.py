@@ -2,7 +2,7 @@
 
 Every data set is returned as train / val / test tensors of shape ``(N, D)`` with the image shape
 kept beside them. Pixel data are scaled to [0, 1]; binarisation is a separate step
-(:mod:`pyro_vae.data.binarize`). Nothing here falls back to another data set: a missing file is an
+(:mod:`pyro_vae.data.transforms`). Nothing here falls back to another data set: a missing file is an
 error that says where files were looked for and how to provide them.
 """
 
@@ -67,6 +67,7 @@ class Dataset:
     image_shape: tuple[int, ...]
     labels: dict[str, torch.Tensor] | None = None
     source: str = ""
+    levels: int | None = None  # values are k / (levels - 1) when the data are quantised
 
     def split(self, name: str) -> torch.Tensor:
         if name not in self.splits:
@@ -124,7 +125,9 @@ def load_digits() -> Dataset:
     x = torch.tensor(bunch.data, dtype=torch.float32) / 16.0
     y = torch.tensor(bunch.target, dtype=torch.int64)
     splits, labels = _fixed_split(x, y, test_fraction=0.2, val_fraction=0.1)
-    return Dataset("digits", splits, (8, 8), labels, source="sklearn.datasets.load_digits")
+    return Dataset(
+        "digits", splits, (8, 8), labels, source="sklearn.datasets.load_digits", levels=17
+    )
 
 
 def _fixed_split(x, y, test_fraction, val_fraction, seed=0):
@@ -193,7 +196,8 @@ def load_idx_dataset(name: str, data_dir: str | None = None, *, download: bool =
     splits = {"train": train_x[:n_train], "val": train_x[n_train:], "test": test_x}
     labels = {"train": train_y[:n_train], "val": train_y[n_train:], "test": test_y}
     image_shape = tuple(arrays["train_images"].shape[1:])
-    return Dataset(name, splits, image_shape, labels, source=str(files["train_images"].parent))
+    source_dir = str(files["train_images"].parent)
+    return Dataset(name, splits, image_shape, labels, source=source_dir, levels=256)
 
 
 def _download(name: str) -> None:
@@ -242,7 +246,8 @@ def load_file(path: str) -> Dataset:
     ``.npy`` or ``.pt`` (one tensor). Shapes ``(N, D)``, ``(N, H, W)`` or ``(N, 1, H, W)``.
 
     A single array is split by a fixed permutation (seed 0): 20% test, 10% validation.
-    Values are used as given (not rescaled).
+    uint8 arrays are 8-bit images: scaled to [0, 1] with ``levels = 256``. Other values are used
+    as given.
     """
     p = Path(path)
     if not p.is_file():
@@ -280,7 +285,16 @@ def load_file(path: str) -> Dataset:
         )
     if splits["train"].shape[0] == 0:
         raise DataError(f"{p}: the training split is empty")
-    return Dataset(p.stem, splits, image_shape, split_labels, source=str(p.resolve()))
+    levels = 256 if _all_uint8(arrays) else None
+    if levels:
+        splits = {k: v / 255.0 for k, v in splits.items()}
+    return Dataset(
+        p.stem, splits, image_shape, split_labels, source=str(p.resolve()), levels=levels
+    )
+
+
+def _all_uint8(arrays: dict) -> bool:
+    return all(np.asarray(a).dtype == np.uint8 for a in arrays.values())
 
 
 def _read_user_file(p: Path) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:

@@ -6,6 +6,7 @@ from pyro_vae.infer.importance import (
     LogWeightAccumulator,
     importance_log_likelihood,
 )
+from pyro_vae.infer.iwae_elbo import IWAE_ELBO
 from pyro_vae.infer.svi import BetaSchedule, DeviceSVI, EpochStats, Trainer
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "DeviceTraceMeanField_ELBO",
     "DeviceTrace_ELBO",
     "EpochStats",
+    "IWAE_ELBO",
     "ImportanceResult",
     "LogWeightAccumulator",
     "Trainer",

@@ -208,6 +208,8 @@ def importance_log_likelihood(
             for first in range(0, num_samples, chunk_size):
                 k = min(chunk_size, num_samples - first)
                 lw = _log_weights(model, guide, xb, k, max_plate_nesting)
+                if lw.shape[0] in (1, k) and lw.shape[1] in (1, xb.shape[0]):
+                    lw = lw.expand(k, xb.shape[0])
                 if lw.shape != (k, xb.shape[0]):
                     raise ValueError(
                         f"log weights of shape {tuple(lw.shape)}, expected {(k, xb.shape[0])}"
@@ -248,9 +250,18 @@ def plan_passes(
     return chunk_size, min(batch_size, n)
 
 
-def _traces(model, guide, x):
-    guide_trace = poutine.trace(guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+def vectorized_traces(model, guide, num_particles: int, max_plate_nesting: int, *args, **kwargs):
+    """Guide and replayed model traces with ``num_particles`` draws in a plate left of all others.
+
+    Subsample sites are pruned; gradients flow if enabled.
+    """
+    with pyro.plate(_PARTICLE_PLATE, num_particles, dim=-max_plate_nesting - 1):
+        return _traces(model, guide, *args, **kwargs)
+
+
+def _traces(model, guide, *args, **kwargs):
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
 
@@ -270,25 +281,54 @@ def _guess_max_plate_nesting(model, guide, x) -> int:
 
 def _log_weights(model, guide, x, k: int, max_plate_nesting: int) -> torch.Tensor:
     """log p(x, z) - log q(z|x) for k particles drawn at once: shape ``(k, N)``."""
-    n = x.shape[0]
-    with pyro.plate(_PARTICLE_PLATE, k, dim=-max_plate_nesting - 1):
-        model_trace, guide_trace = _traces(model, guide, x)
-    lw = torch.zeros((k, n), dtype=x.dtype if x.is_floating_point() else None, device=x.device)
+    model_trace, guide_trace = vectorized_traces(model, guide, k, max_plate_nesting, x)
+    return log_weights_from_traces(model_trace, guide_trace, max_plate_nesting)
+
+
+def log_weights_from_traces(
+    model_trace, guide_trace, max_plate_nesting: int, *, keep_scale: bool = False
+) -> torch.Tensor:
+    """Per-particle, per-datapoint log weights ``(k, N)`` from vectorised traces.
+
+    Each site's log-probability is summed over every dimension but the particle and data-plate
+    dimensions. With ``keep_scale``, site scales (e.g. a KL weight from ``poutine.scale``) are
+    applied, except the data plate's subsampling factor ``full_size / size``.
+    """
+    terms = []
     for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
         for name, site in trace.nodes.items():
             if site["type"] == "sample":
-                lw = lw + sign * _per_datapoint_log_prob(name, site, max_plate_nesting, n)
+                lp = _per_datapoint_log_prob(name, site, max_plate_nesting)
+                if keep_scale:
+                    lp = lp * _scale_without_subsampling(site)
+                terms.append(sign * lp)
+    if not terms:
+        raise ValueError("the model and guide have no sample sites")
+    lw = terms[0]
+    for term in terms[1:]:
+        lw = lw + term
     return lw
 
 
-def _per_datapoint_log_prob(name: str, site: dict, max_plate_nesting: int, n: int) -> torch.Tensor:
+def _data_frame(name: str, site: dict):
+    for frame in site["cond_indep_stack"]:
+        if frame.name == DATA_PLATE:
+            return frame
+    raise ValueError(
+        f"sample site '{name}' is outside pyro.plate('{DATA_PLATE}'): a per-datapoint "
+        "log p(x) needs every latent and observed site to belong to one datapoint"
+    )
+
+
+def _scale_without_subsampling(site: dict):
+    frame = _data_frame("", site)
+    full = frame.full_size if frame.full_size is not None else frame.size
+    return site["scale"] * frame.size / full
+
+
+def _per_datapoint_log_prob(name: str, site: dict, max_plate_nesting: int) -> torch.Tensor:
     """A site's log-probability summed over every dimension but particles and datapoints."""
-    frames = {f.name: f for f in site["cond_indep_stack"]}
-    if DATA_PLATE not in frames:
-        raise ValueError(
-            f"sample site '{name}' is outside pyro.plate('{DATA_PLATE}'): a per-datapoint "
-            "log p(x) needs every latent and observed site to belong to one datapoint"
-        )
+    frame = _data_frame(name, site)
     log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
     ndim = max_plate_nesting + 1
     if log_prob.dim() > ndim:
@@ -297,14 +337,14 @@ def _per_datapoint_log_prob(name: str, site: dict, max_plate_nesting: int, n: in
             f"than the {max_plate_nesting} plate(s) declared; use .to_event() for dependent dims"
         )
     log_prob = log_prob.reshape((1,) * (ndim - log_prob.dim()) + tuple(log_prob.shape))
-    data_axis = ndim + frames[DATA_PLATE].dim
+    data_axis = ndim + frame.dim
     other_axes = [a for a in range(1, ndim) if a != data_axis]
     if other_axes:
         log_prob = log_prob.sum(other_axes, keepdim=True)
     log_prob = log_prob.reshape(log_prob.shape[0], log_prob.shape[data_axis])
-    if log_prob.shape[1] not in (1, n):
+    if log_prob.shape[1] not in (1, frame.size):
         raise ValueError(
-            f"site '{name}' spans {log_prob.shape[1]} datapoints, but x has {n}: the '{DATA_PLATE}'"
-            " plate must run over the rows of x"
+            f"site '{name}' spans {log_prob.shape[1]} datapoints, but its '{DATA_PLATE}' plate has "
+            f"{frame.size}: the plate must run over the rows of x"
         )
     return log_prob

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +86,7 @@ class Trainer:
     vae : VAE
         The model, already on the training device.
     train_x : Tensor
-        Training data ``(N, D)`` on the training device: probabilities in [0, 1] when
-        ``dynamic_binarize`` is set (binarised afresh at every visit), else the data as scored.
+        Training data ``(N, D)`` on the training device, as stored.
     elbo : pyro.infer.ELBO
         The objective, e.g. :class:`~pyro_vae.infer.elbo.DeviceTrace_ELBO`.
     lr : float
@@ -95,6 +95,9 @@ class Trainer:
         Minibatch size; the last minibatch of an epoch may be smaller.
     beta : BetaSchedule
         KL weight per step.
+    transform : callable, optional
+        Applied to every minibatch on the device before scoring, e.g. ``torch.bernoulli`` for
+        dynamic binarisation (see :func:`pyro_vae.data.minibatch_transform`).
     val_x : Tensor, optional
         Validation data as scored (already binarised), on the device.
     log_every : int
@@ -112,7 +115,7 @@ class Trainer:
         lr: float,
         batch_size: int,
         beta: BetaSchedule | None = None,
-        dynamic_binarize: bool = False,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         val_x: torch.Tensor | None = None,
         log_every: int = 50,
         progress: bool = True,
@@ -123,7 +126,7 @@ class Trainer:
         self.val_x = val_x
         self.batch_size = batch_size
         self.beta = beta or BetaSchedule()
-        self.dynamic_binarize = dynamic_binarize
+        self.transform = transform
         self.log_every = log_every
         self.progress = progress
         self.optim = pyro.optim.Adam({"lr": lr})
@@ -153,8 +156,8 @@ class Trainer:
             for i in range(0, n, self.batch_size):
                 index = perm[i : i + self.batch_size]
                 xb = self.train_x[index]
-                if self.dynamic_binarize:
-                    xb = torch.bernoulli(xb)
+                if self.transform is not None:
+                    xb = self.transform(xb)
                 beta = self.beta(self.step)
                 loss = self.svi.step(xb, index=index, num_data=n, beta=beta)
                 total = total + loss

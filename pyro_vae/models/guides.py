@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
@@ -44,3 +45,79 @@ class DiagonalNormalEncoder(Encoder):
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
         loc, log_var = self.params(x)
         return dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+
+
+class FullCovarianceEncoder(Encoder):
+    """q(z|x) = N(mu(x), L(x) L(x)^T) with a lower-triangular Cholesky factor from the encoder.
+
+    The diagonal of L is ``exp(0.5 * log_var)``; the strictly lower part is unconstrained. This
+    family contains the exact posterior of linear-Gaussian models such as probabilistic PCA.
+    """
+
+    def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int]):
+        super().__init__(latent_dim)
+        self.num_offdiag = latent_dim * (latent_dim - 1) // 2
+        self.net = MLP([data_dim, *hidden, 2 * latent_dim + self.num_offdiag])
+        rows, cols = torch.tril_indices(latent_dim, latent_dim, offset=-1)
+        self.register_buffer("rows", rows)
+        self.register_buffer("cols", cols)
+
+    def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
+        d = self.latent_dim
+        h = self.net(x)
+        loc, log_var, offdiag = h[..., :d], h[..., d : 2 * d], h[..., 2 * d :]
+        lower = offdiag.new_zeros(*offdiag.shape[:-1], d, d)
+        lower[..., self.rows, self.cols] = offdiag
+        tril = lower + torch.diag_embed(torch.exp(0.5 * log_var))
+        return dist.MultivariateNormal(loc, scale_tril=tril)
+
+
+class LowRankEncoder(Encoder):
+    """q(z|x) = N(mu(x), diag(sigma^2(x)) + F(x) F(x)^T) with a rank-``rank`` factor F."""
+
+    def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int], rank: int = 2):
+        super().__init__(latent_dim)
+        if rank < 1:
+            raise ValueError(f"rank must be at least 1, got {rank}")
+        self.rank = rank
+        self.net = MLP([data_dim, *hidden, (2 + rank) * latent_dim])
+
+    def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
+        d = self.latent_dim
+        h = self.net(x)
+        loc, log_var, factor = h[..., :d], h[..., d : 2 * d], h[..., 2 * d :]
+        factor = factor.reshape(*factor.shape[:-1], d, self.rank)
+        return dist.LowRankMultivariateNormal(loc, factor, torch.exp(log_var))
+
+
+class IAFEncoder(Encoder):
+    """A diagonal Gaussian followed by inverse autoregressive flow steps conditioned on x.
+
+    Kingma et al. (2016): z_0 ~ N(mu(x), sigma^2(x)), then z_t = mu_t(z_{t-1}, h) +
+    sigma_t(z_{t-1}, h) * z_{t-1} with autoregressive networks that also see a context h(x) from
+    the encoder. Sampling and the density of a drawn sample are both one pass per step.
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int],
+        num_flows: int = 2,
+        context_dim: int = 32,
+    ):
+        super().__init__(latent_dim)
+        self.net = MLP([data_dim, *hidden, 2 * latent_dim + context_dim])
+        self.flows = nn.ModuleList(
+            T.conditional_affine_autoregressive(
+                latent_dim, context_dim, hidden_dims=[4 * latent_dim, 4 * latent_dim]
+            )
+            for _ in range(num_flows)
+        )
+
+    def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
+        d = self.latent_dim
+        h = self.net(x)
+        loc, log_var, context = h[..., :d], h[..., d : 2 * d], h[..., 2 * d :]
+        base = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+        return dist.TransformedDistribution(base, [f.condition(context) for f in self.flows])

@@ -17,6 +17,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributions import constraints
 
 from pyro_vae.errors import DataError
 
@@ -25,7 +26,13 @@ class Support(enum.Enum):
     """The values a likelihood assigns probability (or density) to."""
 
     BINARY = "binary values {0, 1}"
+    UNIT_INTERVAL = "values in [0, 1]"
+    OPEN_UNIT_INTERVAL = "values strictly inside (0, 1)"
+    LEVELS = "quantised values k / (levels - 1), k = 0 .. levels - 1"
     REAL = "real values"
+
+
+DISCRETE_SUPPORTS = (Support.BINARY, Support.LEVELS)
 
 
 class Likelihood(nn.Module):
@@ -44,18 +51,43 @@ class Likelihood(nn.Module):
         """The mean of p(x|z): a "mean image", not a sample."""
         return self(h).mean
 
+    @property
+    def is_discrete(self) -> bool:
+        """Whether this likelihood is a probability mass (so bits/dim need no dequantisation)."""
+        return self.support in DISCRETE_SUPPORTS
+
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         """Raise :class:`DataError` if ``x`` lies outside this likelihood's support."""
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).sum())
             raise DataError(f"{what} contain {bad} NaN or infinite values")
+        lo, hi = float(x.min()), float(x.max())
+        span = f"[{lo:.3g}, {hi:.3g}]"
         if self.support is Support.BINARY and not ((x == 0) | (x == 1)).all():
             raise DataError(
                 f"the {self.name} likelihood needs binary data (0/1), but {what} hold values in "
-                f"[{float(x.min()):.3g}, {float(x.max()):.3g}] that are not 0 or 1; "
-                "binarise them (--binarize dynamic or --binarize static) or choose a likelihood "
-                "for continuous data (--likelihood gaussian)"
+                f"{span} that are not 0 or 1; binarise them (--binarize dynamic or --binarize "
+                "static) or choose a likelihood for [0, 1] data (--likelihood continuous-bernoulli)"
             )
+        if self.support is Support.UNIT_INTERVAL and (lo < 0 or hi > 1):
+            raise DataError(
+                f"the {self.name} likelihood needs values in [0, 1], but {what} lie in {span}; "
+                "rescale them, or choose --likelihood gaussian for real-valued data"
+            )
+        if self.support is Support.OPEN_UNIT_INTERVAL and (lo <= 0 or hi >= 1):
+            raise DataError(
+                f"the {self.name} likelihood needs values strictly inside (0, 1), but {what} lie "
+                f"in {span}; for pixel data use --dequantize uniform, which maps level k to "
+                "(k + u) / levels with u ~ U(0, 1), strictly inside (0, 1)"
+            )
+        if self.support is Support.LEVELS:
+            k = x * (self.levels - 1)
+            if lo < 0 or hi > 1 or not torch.allclose(k, k.round(), atol=1e-3):
+                raise DataError(
+                    f"the {self.name} likelihood needs quantised data k / {self.levels - 1} "
+                    f"(k = 0 .. {self.levels - 1}), but {what} are not on that grid; use it on "
+                    "8-bit images without --binarize or --dequantize"
+                )
 
     @property
     def name(self) -> str:
@@ -113,3 +145,122 @@ class LearnedGaussian(Likelihood):
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
         loc, raw = h.chunk(2, dim=-1)
         return dist.Normal(loc, self.floor + F.softplus(raw)).to_event(1)
+
+
+class ContinuousBernoulli(Likelihood):
+    """x_i ~ ContinuousBernoulli(sigmoid(h_i)) on [0, 1], normaliser included
+    (Loaiza-Ganem & Cunningham 2019): a proper density for grey values, unlike the Bernoulli."""
+
+    support = Support.UNIT_INTERVAL
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=h).to_event(1)
+
+
+class LearnedLaplace(Likelihood):
+    """x ~ Laplace(mu(z), b(z)) per dimension, ``b = floor + softplus(raw)``."""
+
+    support = Support.REAL
+    params_per_dim = 2
+
+    def __init__(self, floor: float):
+        super().__init__()
+        if not floor > 0:
+            raise ValueError(f"scale floor must be positive, got {floor}")
+        self.floor = float(floor)
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        loc, raw = h.chunk(2, dim=-1)
+        return dist.Laplace(loc, self.floor + F.softplus(raw)).to_event(1)
+
+
+class Beta(Likelihood):
+    """x ~ Beta(a(z), b(z)) per dimension on (0, 1), ``a, b = 0.01 + softplus(raw)``.
+
+    Data must be strictly inside (0, 1): 8-bit pixels get there by uniform dequantisation,
+    (k + u) / 256, which is how pyro_vae squeezes 0 and 1 (``--dequantize uniform``).
+    """
+
+    support = Support.OPEN_UNIT_INTERVAL
+    params_per_dim = 2
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        a, b = (0.01 + F.softplus(t) for t in h.chunk(2, dim=-1))
+        return dist.Beta(a, b).to_event(1)
+
+
+class DiscretizedLogistic(Likelihood):
+    """Each x_i in {0, 1/(L-1), ..., 1} gets the mass of a logistic(mu(z), s(z)) over its bin,
+    with the end bins open to -inf and +inf (Salimans et al. 2017, one component per pixel).
+    A probability, so log p(x) converts to bits/dim directly.
+    """
+
+    support = Support.LEVELS
+    params_per_dim = 2
+
+    def __init__(self, floor: float, levels: int = 256):
+        super().__init__()
+        if not floor > 0:
+            raise ValueError(f"scale floor must be positive, got {floor}")
+        if levels < 2:
+            raise ValueError(f"levels must be at least 2, got {levels}")
+        self.floor = float(floor)
+        self.levels = int(levels)
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        loc, raw = h.chunk(2, dim=-1)
+        scale = self.floor + F.softplus(raw)
+        return DiscretizedLogisticDistribution(loc, scale, self.levels).to_event(1)
+
+
+class DiscretizedLogisticDistribution(dist.TorchDistribution):
+    """A logistic(loc, scale) discretised to the grid k / (levels - 1) on [0, 1]."""
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.unit_interval
+
+    def __init__(self, loc, scale, levels: int = 256, validate_args=None):
+        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
+        self.levels = levels
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiscretizedLogisticDistribution, _instance)
+        new.loc = self.loc.expand(batch_shape)
+        new.scale = self.scale.expand(batch_shape)
+        new.levels = self.levels
+        super(DiscretizedLogisticDistribution, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc.clamp(0, 1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        half = 0.5 / (self.levels - 1)
+        upper = (value - self.loc + half) / self.scale
+        lower = (value - self.loc - half) / self.scale
+        first = F.logsigmoid(upper)  # bin 0: P(y < 0 + half)
+        last = F.logsigmoid(-lower)  # bin L-1: P(y > 1 - half)
+        # log(sigmoid(u) - sigmoid(l)), computed on the side of the bin away from saturation
+        right = (upper + lower) > 0
+        hi = torch.where(right, F.logsigmoid(-lower), F.logsigmoid(upper))
+        lo = torch.where(right, F.logsigmoid(-upper), F.logsigmoid(lower))
+        middle = hi + _log1mexp(lo - hi)
+        return torch.where(value < half, first, torch.where(value > 1 - half, last, middle))
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            u = torch.rand(shape, device=self.loc.device).clamp(1e-6, 1 - 1e-6)
+            y = self.loc.expand(shape) + self.scale.expand(shape) * (torch.log(u) - torch.log1p(-u))
+            return (y.clamp(0, 1) * (self.levels - 1)).round() / (self.levels - 1)
+
+
+def _log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(a)) for a <= 0, accurate near 0 and far below it (Maechler 2012)."""
+    a = a.clamp(max=-1e-12)
+    return torch.where(
+        a > -0.6931471805599453, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a))
+    )

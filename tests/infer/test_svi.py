@@ -29,7 +29,7 @@ def test_training_on_digits_lowers_the_loss_and_log_px_bounds_the_elbo():
         elbo=DeviceTrace_ELBO(max_plate_nesting=1),
         lr=3e-3,
         batch_size=128,
-        dynamic_binarize=True,
+        transform=torch.bernoulli,
         val_x=prepare_split(data.split("val"), "val", "dynamic", seed=0),
         progress=False,
     )
