@@ -35,3 +35,40 @@ def test_ppca_bound_smoke(tmp_path):
     assert max(abs(g) for g in exact) < 1e-8
     assert (tmp_path / "bound_vs_k.png").stat().st_size > 1000
     assert "| guide | K |" in (tmp_path / "table.md").read_text()
+
+
+def _run_script(name, tmp_path, *extra):
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / name),
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--eval-samples",
+            "8",
+            "--latent-dim",
+            "2",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    return list(csv.DictReader((tmp_path / "table.csv").read_text().splitlines()))
+
+
+def test_swap_priors_smoke(tmp_path):
+    rows = _run_script("swap_priors.py", tmp_path)
+    assert [r["variant"] for r in rows] == ["normal", "mog", "vamp", "flow"]
+    assert all(float(r["log_px"]) >= float(r["elbo"]) for r in rows)
+    assert (tmp_path / "priors.png").stat().st_size > 1000
+
+
+def test_swap_likelihoods_smoke(tmp_path):
+    rows = _run_script("swap_likelihoods.py", tmp_path)
+    assert len(rows) == 7
+    assert all(float(r["bits_per_dim"]) > 0 for r in rows)  # every row gets bits/dim
+    assert (tmp_path / "likelihoods.png").stat().st_size > 1000

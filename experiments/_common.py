@@ -1,0 +1,142 @@
+"""Shared by the experiment scripts: train variants of one base config, tabulate, plot."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+
+from pyro_vae import jobs
+from pyro_vae.config import RunConfig
+
+COLUMNS = [
+    "variant",
+    "data",
+    "log_px",
+    "log_px_stderr",
+    "elbo",
+    "gap",
+    "ess_mean",
+    "bits_per_dim",
+    "seconds",
+]
+
+
+def parser(description: str, default_out: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", type=Path, default=Path(default_out))
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--eval-samples", type=int, default=1000)
+    p.add_argument("--latent-dim", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def base_config(args) -> RunConfig:
+    return RunConfig().replace(
+        data={"dataset": args.dataset},
+        model={"latent_dim": args.latent_dim},
+        train={
+            "epochs": args.epochs,
+            "eval_samples": args.eval_samples,
+            "device": args.device,
+            "seed": args.seed,
+        },
+    )
+
+
+def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[dict]:
+    """Train and evaluate each ``name -> (data description, config)`` into ``out/runs/name``."""
+    rows = []
+    for name, (data, config) in variants.items():
+        run_dir = out / "runs" / name
+        if run_dir.exists():
+            raise SystemExit(f"{run_dir} exists: choose another --out")
+        start = time.perf_counter()
+        result = jobs.train(config, run_dir, progress=False, echo=lambda s: None)
+        ev = result.evaluation
+        row = {"variant": name, "data": data, "seconds": time.perf_counter() - start}
+        row |= {k: ev.get(k, math.nan) for k in COLUMNS if k not in row}
+        rows.append(row)
+        print(
+            f"  {name:22s} log p(x) {ev['log_px']:9.3f}  ELBO {ev['elbo']:9.3f}  "
+            f"({row['seconds']:.0f} s)",
+            file=sys.stderr,
+        )
+    return rows
+
+
+def write_table(rows: list[dict], out: Path, title: str) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "table.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        f"**{title}**",
+        "",
+        "| variant | data | log p(x) | MC stderr | ELBO | gap | mean ESS | bits/dim |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        bpd = "" if math.isnan(r["bits_per_dim"]) else f"{r['bits_per_dim']:.4f}"
+        lines.append(
+            f"| {r['variant']} | {r['data']} | {r['log_px']:.3f} | {r['log_px_stderr']:.3f} | "
+            f"{r['elbo']:.3f} | {r['gap']:.3f} | {r['ess_mean']:.0f} | {bpd} |"
+        )
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n")
+    return table
+
+
+def plot_bars(rows: list[dict], path: Path, title: str, value: str = "log_px") -> None:
+    """Per variant: log p(x) with its Monte Carlo error bar and the ELBO below it (the gap is the
+    line between them), or bits/dim bars coloured by the data each variant scores."""
+    from matplotlib.figure import Figure
+
+    names = [r["variant"] for r in rows]
+    fig = Figure(figsize=(max(6, 1.1 * len(rows) + 2), 4.2), dpi=120)
+    ax = fig.subplots()
+    xs = list(range(len(rows)))
+    if value == "bits_per_dim":
+        kinds = list(dict.fromkeys(r["data"] for r in rows))
+        colours = dict(
+            zip(kinds, ("tab:gray", "tab:green", "tab:blue", "tab:orange"), strict=False)
+        )
+        for kind in kinds:
+            sel = [(x, r) for x, r in zip(xs, rows, strict=True) if r["data"] == kind]
+            ax.bar(
+                [x for x, _ in sel],
+                [r["bits_per_dim"] for _, r in sel],
+                color=colours[kind],
+                label=f"scores {kind}",
+            )
+        ax.set_ylabel("bits per dimension (lower is better)")
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        for x, r in zip(xs, rows, strict=True):
+            ax.plot([x, x], [r["elbo"], r["log_px"]], color="0.6", lw=2, zorder=1)
+        ax.errorbar(
+            xs,
+            [r["log_px"] for r in rows],
+            yerr=[r["log_px_stderr"] for r in rows],
+            fmt="o",
+            color="tab:blue",
+            capsize=4,
+            label="log p(x), importance-sampled",
+        )
+        ax.plot(xs, [r["elbo"] for r in rows], "s", mfc="white", color="tab:orange", label="ELBO")
+        ax.set_ylabel("nats per datapoint (higher is better)")
+        ax.legend(loc="best", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(names, rotation=20, ha="right")
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
