@@ -288,10 +288,16 @@ def bits_per_dim(log_px: float, data_dim: int, likelihood, config: RunConfig, me
     return None
 
 
+def _data_label(s: dict[str, Any]) -> str:
+    if s.get("dequantize", "none") != "none":
+        return f"dequantize={s['dequantize']}"
+    return f"binarize={s['binarize']}"
+
+
 def format_evaluation(s: dict[str, Any]) -> str:
     """A short, readable summary of :func:`evaluate`'s result."""
     lines = [
-        f"{s['dataset']} ({s['split']} split, binarize={s['binarize']}), {s['num_datapoints']} "
+        f"{s['dataset']} ({s['split']} split, {_data_label(s)}), {s['num_datapoints']} "
         f"datapoints, K={s['num_samples']} importance samples, {s['epochs_trained']} epochs:",
         f"  log p(x)  {s['log_px']:10.3f} nats  (± {s['log_px_stderr']:.3f} Monte Carlo stderr)",
         f"  ELBO      {s['elbo']:10.3f} nats",
