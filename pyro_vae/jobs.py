@@ -16,15 +16,30 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae import registry
+from pyro_vae import arviz_compat, registry
 from pyro_vae.config import RunConfig
 from pyro_vae.data import load_dataset, minibatch_transform, prepare_split
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.data.transforms import is_quantised
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.infer import BetaSchedule, EpochStats, Trainer, importance_log_likelihood
+from pyro_vae.infer.diagnostics import active_units, bounds_vs_k, guide_means, kl_per_dimension
 from pyro_vae.models import VAE, Likelihood
 from pyro_vae.runs import RunDir
+
+BOUND_KS = (1, 5, 50, 500, 5000)  # L_K reported for these K (those up to --num-samples)
+# What makes two evaluations comparable datapoint by datapoint (see compare()).
+IDENTITY_KEYS = (
+    "dataset",
+    "split",
+    "binarize",
+    "binarize_seed",
+    "dequantize",
+    "levels",
+    "num_samples",
+    "num_datapoints",
+    "seed",
+)
 
 # Options that may change when a run is resumed: they do not change what is being fitted.
 RESUMABLE = {"train": {"epochs", "device", "log_every", "eval_samples"}, "data": {"data_dir"}}
@@ -240,21 +255,44 @@ def evaluate(
         num_samples=num_samples,
         chunk_size=chunk_size,
         max_plate_nesting=1,
+        keep_log_weights=True,
         progress=progress,
     )
     seconds = time.perf_counter() - start
+    per_point = {
+        "log_px": result.log_px.cpu(),
+        "elbo": result.elbo.cpu(),
+        "ess": result.ess.cpu(),
+        "stderr": result.stderr.cpu(),
+        "khat": torch.from_numpy(arviz_compat.psis_khat(result.log_weights.T.cpu().numpy())),
+    }
+    bounds = bounds_vs_k(result.log_weights.cpu(), BOUND_KS + (num_samples,))
+    with torch.no_grad():
+        q = vae.encoder(x)
+        n_active, _ = active_units(guide_means(q).cpu())
+        kl = kl_per_dimension(q, vae.prior)
     n = x.shape[0]
-    log_px = result.log_px.cpu()
+    khat = per_point["khat"]
+    unreliable = int((khat > arviz_compat.KHAT_THRESHOLD).sum())
     summary: dict[str, Any] = {
-        "log_px": log_px.mean().item(),
-        "log_px_stderr": (result.stderr.cpu().pow(2).sum().sqrt() / n).item()
+        "log_px": per_point["log_px"].mean().item(),
+        "log_px_stderr": (per_point["stderr"].pow(2).sum().sqrt() / n).item()
         if num_samples > 1
         else math.nan,
-        "log_px_std": log_px.std().item() if n > 1 else 0.0,
-        "elbo": result.elbo.mean().item(),
-        "gap": result.gap.mean().item(),
-        "ess_mean": result.ess.mean().item(),
-        "ess_min": result.ess.min().item(),
+        "log_px_std": per_point["log_px"].std().item() if n > 1 else 0.0,
+        "elbo": per_point["elbo"].mean().item(),
+        "gap": (per_point["log_px"] - per_point["elbo"]).mean().item(),
+        "ess_mean": per_point["ess"].mean().item(),
+        "ess_min": per_point["ess"].min().item(),
+        "khat_mean": khat.mean().item(),
+        "khat_max": khat.max().item(),
+        "khat_threshold": arviz_compat.KHAT_THRESHOLD,
+        "num_khat_above_threshold": unreliable,
+        "frac_khat_above_threshold": unreliable / n,
+        "bounds_vs_k": {str(k): v.mean().item() for k, v in bounds.items()},
+        "active_units": n_active,
+        "latent_dim": vae.latent_dim,
+        "kl_per_dim": None if kl is None else [round(v, 6) for v in kl.cpu().tolist()],
         "num_samples": num_samples,
         "num_datapoints": n,
         "dataset": config.data.dataset,
@@ -274,7 +312,16 @@ def evaluate(
     bpd = bits_per_dim(summary["log_px"], meta["data_dim"], vae.likelihood, config, meta)
     if bpd is not None:
         summary["bits_per_dim"] = bpd
-    RunDir(run_dir).write_evaluation(summary)
+    run = RunDir(run_dir)
+    run.write_evaluation(summary)
+    attrs = {k: summary[k] for k in IDENTITY_KEYS + ("likelihood", "prior", "guide", "objective")}
+    run.write_inference_data(
+        arviz_compat.to_inference_data(
+            {k: per_point[k].numpy() for k in ("log_px", "elbo")},
+            {k: per_point[k].numpy() for k in ("khat", "ess", "stderr")},
+            attrs,
+        )
+    )
     return summary
 
 
@@ -305,6 +352,16 @@ def format_evaluation(s: dict[str, Any]) -> str:
         f"  ESS       {s['ess_mean']:10.1f} of {s['num_samples']} on average "
         f"(min {s['ess_min']:.1f})",
     ]
+    if "khat_max" in s:
+        verdict = "reliable" if s["num_khat_above_threshold"] == 0 else "NOT reliable for these"
+        lines.append(
+            f"  k-hat     {s['khat_mean']:10.2f} mean, {s['khat_max']:.2f} max; "
+            f"{s['num_khat_above_threshold']} of {s['num_datapoints']} datapoints above "
+            f"{s['khat_threshold']} ({verdict})"
+        )
+        bounds = ", ".join(f"L_{k} {v:.2f}" for k, v in s["bounds_vs_k"].items())
+        lines.append(f"  bound/K   {bounds}")
+        lines.append(f"  active    {s['active_units']} of {s['latent_dim']} latent dimensions")
     if "bits_per_dim" in s:
         lines.append(f"  bits/dim  {s['bits_per_dim']:10.4f}")
     return "\n".join(lines)

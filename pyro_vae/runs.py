@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from pyro_vae import arviz_compat
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.infer.svi import EpochStats
@@ -60,6 +61,7 @@ class RunDir:
     metrics_path = property(lambda self: self.path / "metrics.csv")
     checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
     evaluation_path = property(lambda self: self.path / "evaluation.json")
+    inference_data_path = property(lambda self: self.path / "evaluation.nc")
 
     def exists(self) -> bool:
         return self.config_path.is_file()
@@ -134,3 +136,26 @@ class RunDir:
     # evaluation
     def write_evaluation(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.evaluation_path, json.dumps(summary, indent=2) + "\n")
+
+    def read_evaluation(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.evaluation_path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(
+                f"{self.path} has no evaluation.json: run pyro-vae evaluate {self.path}"
+            ) from None
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{self.evaluation_path} is not valid JSON ({e})") from None
+
+    def write_inference_data(self, idata) -> None:
+        """evaluation.nc, written to a temporary name and renamed into place."""
+        tmp = self.inference_data_path.with_suffix(".nc.tmp")
+        arviz_compat.save_netcdf(idata, tmp)
+        os.replace(tmp, self.inference_data_path)
+
+    def read_inference_data(self):
+        if not self.inference_data_path.is_file():
+            raise CheckpointError(
+                f"{self.path} has no evaluation.nc: run pyro-vae evaluate {self.path}"
+            )
+        return arviz_compat.load_netcdf(self.inference_data_path)

@@ -43,6 +43,19 @@ def test_train_evaluate_sample_end_to_end(tmp_path):
     assert required <= set(ev)
     assert ev["num_samples"] == 30 and ev["dataset"] == "digits" and ev["split"] == "test"
     assert ev["log_px"] >= ev["elbo"] and 1 <= ev["ess_mean"] <= 30
+    assert set(ev["bounds_vs_k"]) == {"1", "5", "30"}  # BOUND_KS up to K, and K itself
+    assert ev["bounds_vs_k"]["1"] == pytest.approx(ev["elbo"])
+    assert ev["bounds_vs_k"]["30"] == pytest.approx(ev["log_px"])
+    assert 0 <= ev["num_khat_above_threshold"] <= ev["num_datapoints"]
+    assert 0 <= ev["active_units"] <= ev["latent_dim"] == 2
+    assert len(ev["kl_per_dim"]) == 2
+    from pyro_vae import arviz_compat
+
+    idata = arviz_compat.load_netcdf(run_dir / "evaluation.nc")
+    log_px = idata.log_likelihood["log_px"].values[0, 0]
+    assert log_px.shape == (359,) and log_px.mean() == pytest.approx(ev["log_px"])
+    assert idata.sample_stats["khat"].values.shape == (1, 1, 359)
+    assert idata.attrs["dataset"] == "digits" and idata.attrs["num_samples"] == 30
 
     png = tmp_path / "grid.png"
     r = run_cli("sample", str(run_dir), "--num", "16", "--out", str(png))
