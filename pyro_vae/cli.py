@@ -15,7 +15,7 @@ from pyro_vae import jobs, registry
 from pyro_vae.config import RunConfig
 from pyro_vae.data.datasets import is_path
 from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.runs import RunDir
+from pyro_vae.runs import RunDir, atomic_write_text
 
 # CLI option dest -> (config section, field)
 TRAIN_OPTIONS = {
@@ -196,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto (the run's device), cpu or cuda")
     _progress_flags(e)
 
+    c = sub.add_parser(
+        "compare", help="rank evaluated runs by held-out log p(x), with paired differences"
+    )
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--markdown", default=None, help="also write the table as Markdown here")
+    c.add_argument("--csv", default=None, help="also write the table as CSV here")
+
     s = sub.add_parser("sample", help="draw from the model; writes a PNG of means and samples")
     s.add_argument("run_dir")
     s.add_argument("--num", type=int, default=64, help="number of draws (default 64)")
@@ -273,6 +280,17 @@ def run(argv: list[str] | None = None) -> int:
         )
         print(jobs.format_evaluation(summary))
         print(f"wrote {RunDir(args.run_dir).evaluation_path}")
+    elif args.command == "compare":
+        rows = jobs.compare(args.run_dirs)
+        print(jobs.format_comparison(rows))
+        if args.markdown:
+            atomic_write_text(
+                Path(args.markdown), jobs.format_comparison(rows, markdown=True) + "\n"
+            )
+            print(f"wrote {args.markdown}")
+        if args.csv:
+            jobs.write_comparison_csv(rows, args.csv)
+            print(f"wrote {args.csv}")
     elif args.command == "sample":
         path = jobs.sample(args.run_dir, num=args.num, out=args.out)
         print(f"wrote {path}")

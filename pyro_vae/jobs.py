@@ -6,6 +6,7 @@ left to the caller (``echo``), so the same jobs serve the CLI, scripts and tests
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.infer import BetaSchedule, EpochStats, Trainer, importance_log_likelihood
 from pyro_vae.infer.diagnostics import active_units, bounds_vs_k, guide_means, kl_per_dimension
 from pyro_vae.models import VAE, Likelihood
-from pyro_vae.runs import RunDir
+from pyro_vae.runs import RunDir, atomic_write_text
 
 BOUND_KS = (1, 5, 50, 500, 5000)  # L_K reported for these K (those up to --num-samples)
 # What makes two evaluations comparable datapoint by datapoint (see compare()).
@@ -38,7 +39,6 @@ IDENTITY_KEYS = (
     "levels",
     "num_samples",
     "num_datapoints",
-    "seed",
 )
 
 # Options that may change when a run is resumed: they do not change what is being fitted.
@@ -314,7 +314,9 @@ def evaluate(
         summary["bits_per_dim"] = bpd
     run = RunDir(run_dir)
     run.write_evaluation(summary)
-    attrs = {k: summary[k] for k in IDENTITY_KEYS + ("likelihood", "prior", "guide", "objective")}
+    attrs = {
+        k: summary[k] for k in IDENTITY_KEYS + ("likelihood", "prior", "guide", "objective", "seed")
+    }
     run.write_inference_data(
         arviz_compat.to_inference_data(
             {k: per_point[k].numpy() for k in ("log_px", "elbo")},
@@ -404,3 +406,125 @@ def _save_sample_figure(means, samples, shape, path: Path, config: RunConfig) ->
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One run's row in :func:`compare`; differences are to the best run, datapoint by datapoint."""
+
+    run: str
+    log_px: float
+    log_px_stderr: float
+    elbo: float
+    gap: float
+    khat_max: float
+    frac_khat_above_threshold: float
+    diff: float  # mean of log p(x_i) - log p_best(x_i)
+    diff_se: float  # its standard error over datapoints (and Monte Carlo)
+    label: str
+
+
+def compare(run_dirs: list[str | Path]) -> list[Comparison]:
+    """Rank evaluated runs by mean held-out log p(x), with paired differences to the best.
+
+    The difference of run r to the best run b is the mean over datapoints of
+    d_i = log p_r(x_i) - log p_b(x_i), with standard error sqrt(var(d) / N + MC), where MC is the
+    Monte Carlo variance of both means: paired, like ArviZ's ``compare`` on elpd. Runs must have
+    been evaluated on the same datapoints (data set, split, binarisation or dequantisation and
+    its seed) with the same K; otherwise this raises.
+    """
+    if len(run_dirs) < 1:
+        raise ConfigError("compare needs at least one run directory")
+    runs = [RunDir(d) for d in run_dirs]
+    evaluations = [r.read_evaluation() for r in runs]
+    first = evaluations[0]
+    for run, ev in zip(runs[1:], evaluations[1:], strict=True):
+        differ = [k for k in IDENTITY_KEYS if ev.get(k) != first.get(k)]
+        if differ:
+            detail = "; ".join(f"{k}: {first.get(k)!r} vs {ev.get(k)!r}" for k in differ)
+            raise ConfigError(
+                f"cannot compare {runs[0].path} and {run.path}: evaluated differently ({detail}); "
+                "re-evaluate them alike (pyro-vae evaluate RUN --num-samples K --split S)"
+            )
+    per_point = []
+    for run in runs:
+        idata = run.read_inference_data()
+        per_point.append(
+            (
+                torch.as_tensor(idata.log_likelihood["log_px"].values[0, 0]),
+                torch.as_tensor(idata.sample_stats["stderr"].values[0, 0]),
+            )
+        )
+    order = sorted(range(len(runs)), key=lambda i: -evaluations[i]["log_px"])
+    best_lp, best_se = per_point[order[0]]
+    rows = []
+    for i in order:
+        ev, (lp, se) = evaluations[i], per_point[i]
+        d = lp - best_lp
+        n = d.shape[0]
+        mc = (torch.nan_to_num(se) ** 2 + torch.nan_to_num(best_se) ** 2).sum() / n**2
+        diff_se = 0.0 if i == order[0] else math.sqrt(d.var().item() / n + mc.item())
+        rows.append(
+            Comparison(
+                run=str(runs[i].path),
+                log_px=ev["log_px"],
+                log_px_stderr=ev["log_px_stderr"],
+                elbo=ev["elbo"],
+                gap=ev["gap"],
+                khat_max=ev.get("khat_max", math.nan),
+                frac_khat_above_threshold=ev.get("frac_khat_above_threshold", math.nan),
+                diff=d.mean().item(),
+                diff_se=diff_se,
+                label=f"{ev['prior']}/{ev['likelihood']}/{ev['guide']}/{ev['objective']}",
+            )
+        )
+    return rows
+
+
+def format_comparison(rows: list[Comparison], markdown: bool = False) -> str:
+    header = [
+        "rank",
+        "run",
+        "model (prior/likelihood/guide/objective)",
+        "log p(x)",
+        "MC se",
+        "ELBO",
+        "gap",
+        "k-hat max",
+        "k-hat>0.7",
+        "diff to best",
+        "diff se",
+    ]
+    body = [
+        [
+            str(i + 1),
+            r.run,
+            r.label,
+            f"{r.log_px:.3f}",
+            f"{r.log_px_stderr:.3f}",
+            f"{r.elbo:.3f}",
+            f"{r.gap:.3f}",
+            f"{r.khat_max:.2f}",
+            f"{100 * r.frac_khat_above_threshold:.1f}%",
+            f"{r.diff:.3f}",
+            f"{r.diff_se:.3f}",
+        ]
+        for i, r in enumerate(rows)
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
+    widths = [max(len(h), *(len(b[j]) for b in body)) for j, h in enumerate(header)]
+    fmt = "  ".join(f"{{:{'<' if j < 3 else '>'}{w}}}" for j, w in enumerate(widths))
+    return "\n".join(fmt.format(*line) for line in [header, *body])
+
+
+def write_comparison_csv(rows: list[Comparison], path: str | Path) -> None:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(dataclasses.asdict(rows[0])), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(dataclasses.asdict(r) for r in rows)
+    atomic_write_text(Path(path), out.getvalue())

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,3 +304,39 @@ def test_iwae_objective_is_recorded(tmp_path):
     ev = json.loads((run_dir / "evaluation.json").read_text())
     assert ev["objective"] == "iwae"
     assert json.loads((run_dir / "config.json").read_text())["train"]["num_particles"] == 5
+
+
+def test_compare_ranks_runs_with_paired_differences(capsys, tmp_path):
+    from pyro_vae import arviz_compat
+
+    runs = []
+    for seed in (0, 1):
+        run_dir = tmp_path / f"s{seed}"
+        assert main(["train", *TINY, "--seed", str(seed), "--out", str(run_dir), "--no-eval"]) == 0
+        assert main(["evaluate", str(run_dir), "--num-samples", "20"]) == 0
+        runs.append(run_dir)
+    capsys.readouterr()
+    md, csv_path = tmp_path / "c.md", tmp_path / "c.csv"
+    assert main(["compare", *map(str, runs), "--markdown", str(md), "--csv", str(csv_path)]) == 0
+    out = capsys.readouterr().out
+    assert "diff to best" in out and md.read_text().startswith("| rank |")
+    rows = list(__import__("csv").DictReader(csv_path.read_text().splitlines()))
+    assert float(rows[0]["log_px"]) >= float(rows[1]["log_px"])
+    assert float(rows[0]["diff"]) == 0.0
+    lp = {
+        r: arviz_compat.load_netcdf(r / "evaluation.nc").log_likelihood["log_px"].values[0, 0]
+        for r in runs
+    }
+    best, other = Path(rows[0]["run"]), Path(rows[1]["run"])
+    assert float(rows[1]["diff"]) == pytest.approx((lp[other] - lp[best]).mean())
+    paired_se = (lp[other] - lp[best]).std(ddof=1) / np.sqrt(359)
+    assert float(rows[1]["diff_se"]) == pytest.approx(paired_se, rel=0.05)
+
+    # evaluated with another K: refused, naming the difference
+    assert main(["evaluate", str(runs[1]), "--num-samples", "10"]) == 0
+    capsys.readouterr()
+    assert "num_samples: 20 vs 10" in _error(capsys, "compare", *map(str, runs))
+
+
+def test_compare_needs_evaluated_runs(capsys, trained_run):
+    assert "evaluate" in _error(capsys, "compare", str(trained_run))
