@@ -323,14 +323,15 @@ def test_compare_ranks_runs_with_paired_differences(capsys, tmp_path):
     rows = list(__import__("csv").DictReader(csv_path.read_text().splitlines()))
     assert float(rows[0]["log_px"]) >= float(rows[1]["log_px"])
     assert float(rows[0]["diff"]) == 0.0
-    lp = {
-        r: arviz_compat.load_netcdf(r / "evaluation.nc").log_likelihood["log_px"].values[0, 0]
-        for r in runs
-    }
+    idata = {r: arviz_compat.load_netcdf(r / "evaluation.nc") for r in runs}
+    lp = {r: d.log_likelihood["log_px"].values[0, 0] for r, d in idata.items()}
+    se = {r: d.sample_stats["stderr"].values[0, 0] for r, d in idata.items()}
     best, other = Path(rows[0]["run"]), Path(rows[1]["run"])
-    assert float(rows[1]["diff"]) == pytest.approx((lp[other] - lp[best]).mean())
-    paired_se = (lp[other] - lp[best]).std(ddof=1) / np.sqrt(359)
-    assert float(rows[1]["diff_se"]) == pytest.approx(paired_se, rel=0.05)
+    d = lp[other] - lp[best]
+    assert float(rows[1]["diff"]) == pytest.approx(d.mean())
+    monte_carlo = ((se[other] ** 2 + se[best] ** 2).sum()) / 359**2
+    expected_se = np.sqrt(d.var(ddof=1) / 359 + monte_carlo)
+    assert float(rows[1]["diff_se"]) == pytest.approx(expected_se, rel=1e-6)
 
     # evaluated with another K: refused, naming the difference
     assert main(["evaluate", str(runs[1]), "--num-samples", "10"]) == 0
