@@ -77,4 +77,9 @@ def load_netcdf(path):
 
 
 def plot_khat(khat: np.ndarray, ax) -> None:
-    _arviz().plot_khat(khat, ax=ax, show_hlines=True, markersize=8)
+    with warnings.catch_warnings():
+        # 0.2x deprecates arrays here in favour of ELPDData; our k-hats are not from an elpd
+        warnings.filterwarnings("ignore", message="support for arrays", category=FutureWarning)
+        # ArviZ 0.23's plotting code uses a matplotlib API deprecated in matplotlib 3.11
+        warnings.filterwarnings("ignore", message="Passing a dict or None as alias_mapping")
+        _arviz().plot_khat(khat, ax=ax, show_hlines=True, markersize=8)

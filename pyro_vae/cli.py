@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--markdown", default=None, help="also write the table as Markdown here")
     c.add_argument("--csv", default=None, help="also write the table as CSV here")
 
+    pl = sub.add_parser("plot", help="draw the run's figures (PNG) into RUN_DIR/plots")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default=None, help="directory for the PNGs (default RUN_DIR/plots)")
+
     s = sub.add_parser("sample", help="draw from the model; writes a PNG of means and samples")
     s.add_argument("run_dir")
     s.add_argument("--num", type=int, default=64, help="number of draws (default 64)")
@@ -291,6 +295,9 @@ def run(argv: list[str] | None = None) -> int:
         if args.csv:
             jobs.write_comparison_csv(rows, args.csv)
             print(f"wrote {args.csv}")
+    elif args.command == "plot":
+        for path in jobs.plot(args.run_dir, args.out):
+            print(f"wrote {path}")
     elif args.command == "sample":
         path = jobs.sample(args.run_dir, num=args.num, out=args.out)
         print(f"wrote {path}")

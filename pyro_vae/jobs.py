@@ -528,3 +528,70 @@ def write_comparison_csv(rows: list[Comparison], path: str | Path) -> None:
     writer.writeheader()
     writer.writerows(dataclasses.asdict(r) for r in rows)
     atomic_write_text(Path(path), out.getvalue())
+
+
+def plot(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Draw every figure of a run into ``out_dir`` (default RUN_DIR/plots); return the paths.
+
+    Figures that need an evaluation (bound vs K, k-hat, gap) are drawn when evaluation.nc exists.
+    """
+    from pyro_vae import plots
+
+    run = RunDir(run_dir).require()
+    config, vae, meta = load_run(run_dir, "cpu")
+    out = Path(out_dir) if out_dir is not None else run.path / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    history = run.read_metrics()
+    if history:
+        figures["training"] = plots.training_curves(
+            [r.epoch for r in history],
+            [r.train_objective for r in history],
+            [r.val_elbo for r in history],
+            [r.beta for r in history],
+        )
+    shape = tuple(meta.get("image_shape") or ())
+    dataset = load_data(config)
+    x = prepare_splits(config, dataset, vae.likelihood, ("test",))["test"]
+    labels = None if dataset.labels is None else dataset.labels["test"].numpy()
+    pyro.set_rng_seed(config.train.seed)
+    with torch.no_grad():
+        means = guide_means(vae.encoder(x))
+        if len(shape) == 2:
+            figures["samples"] = None  # drawn by sample(), labelled means and samples
+            figures["reconstructions"] = plots.reconstructions(
+                x[:16], vae.reconstruct(x[:16]), shape
+            )
+            _, variances = active_units(means)
+            dims = variances.argsort(descending=True)[: min(6, vae.latent_dim)].tolist()
+            values = torch.linspace(-2.5, 2.5, 9)
+            z = torch.zeros(len(dims), len(values), vae.latent_dim)
+            for row, d in enumerate(dims):
+                z[row, :, d] = values
+            decoded = vae.likelihood.mean(vae.decoder(z.reshape(-1, vae.latent_dim)))
+            figures["traversals"] = plots.traversals(decoded, shape, dims, values.tolist())
+    projected = vae.latent_dim > 2
+    if projected:
+        centred = means - means.mean(0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        points = (centred @ v[:2].T).numpy()
+    else:
+        points = torch.cat([means, torch.zeros(means.shape[0], 2 - vae.latent_dim)], 1).numpy()
+    figures["latent"] = plots.latent_space(points, labels, projected)
+    if run.inference_data_path.is_file():
+        idata = run.read_inference_data()
+        ev = run.read_evaluation()
+        log_px = idata.log_likelihood["log_px"].values[0, 0]
+        elbo = idata.log_likelihood["elbo"].values[0, 0]
+        figures["bound_vs_k"] = plots.bound_vs_k(ev["bounds_vs_k"], ev["elbo"])
+        figures["khat"] = plots.khat(idata.sample_stats["khat"].values[0, 0])
+        figures["gap"] = plots.gap_histogram(log_px - elbo)
+    paths = []
+    for name, fig in figures.items():
+        path = out / f"{name}.png"
+        if name == "samples":
+            sample(run_dir, num=64, out=path)
+        else:
+            fig.savefig(path)
+        paths.append(path)
+    return paths

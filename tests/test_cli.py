@@ -341,3 +341,27 @@ def test_compare_ranks_runs_with_paired_differences(capsys, tmp_path):
 
 def test_compare_needs_evaluated_runs(capsys, trained_run):
     assert "evaluate" in _error(capsys, "compare", str(trained_run))
+
+
+def test_plot_draws_every_figure(capsys, tmp_path):
+    run_dir = tmp_path / "p"
+    assert main(["train", *TINY, "--out", str(run_dir)]) == 0  # trains and evaluates
+    capsys.readouterr()
+    assert main(["plot", str(run_dir)]) == 0
+    names = {p.stem for p in (run_dir / "plots").glob("*.png")}
+    assert names == {
+        "training",
+        "samples",
+        "reconstructions",
+        "traversals",
+        "latent",
+        "bound_vs_k",
+        "khat",
+        "gap",
+    }
+    for p in (run_dir / "plots").glob("*.png"):
+        assert p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 2000
+
+
+def test_plot_of_a_missing_run(capsys):
+    assert "not found" in _error(capsys, "plot", "/nonexistent/run")

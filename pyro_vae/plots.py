@@ -1,0 +1,135 @@
+"""Figures of a run, drawn with matplotlib's object API (no global pyplot state).
+
+Each function takes plain arrays and returns a ``Figure``; :func:`pyro_vae.jobs.plot` gathers the
+arrays from a run directory and saves the figures as PNG.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from pyro_vae import arviz_compat
+
+
+def _grid(images: torch.Tensor, shape, nrow: int) -> np.ndarray:
+    from torchvision.utils import make_grid
+
+    imgs = images.detach().cpu().clamp(0, 1).reshape(-1, 1, *shape)
+    return make_grid(imgs, nrow=nrow, padding=1, pad_value=0.5)[0].numpy()
+
+
+def training_curves(epochs, train, val, beta) -> Figure:
+    fig = Figure(figsize=(6.5, 4), dpi=120)
+    ax = fig.subplots()
+    ax.plot(epochs, train, label="train objective (beta-weighted ELBO)")
+    ax.plot(epochs, val, label="validation ELBO (beta = 1)")
+    if any(b != 1.0 for b in beta):
+        ax2 = ax.twinx()
+        ax2.plot(epochs, beta, color="0.6", ls=":", label="beta")
+        ax2.set_ylabel("KL weight beta")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per datapoint")
+    ax.set_title("Training curves")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def reconstructions(originals, recon, shape) -> Figure:
+    n = originals.shape[0]
+    fig = Figure(figsize=(8, 2.6), dpi=120)
+    axes = fig.subplots(2, 1)
+    for ax, imgs, title in (
+        (axes[0], originals, "test images (as scored)"),
+        (axes[1], recon, "reconstructions E[x | z = E_q[z|x]]"),
+    ):
+        ax.imshow(_grid(imgs, shape, n), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def latent_space(means, labels, projected: bool) -> Figure:
+    fig = Figure(figsize=(5.5, 5), dpi=120)
+    ax = fig.subplots()
+    c = None if labels is None else labels
+    sc = ax.scatter(means[:, 0], means[:, 1], c=c, cmap="tab10", s=8, alpha=0.8)
+    if labels is not None:
+        fig.colorbar(sc, ax=ax, label="label")
+    what = "first two principal components of E_q[z|x]" if projected else "E_q[z|x]"
+    ax.set_xlabel(f"{what}, axis 1")
+    ax.set_ylabel(f"{what}, axis 2")
+    ax.set_title("Latent space of the test split", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def traversals(images, shape, dims, values) -> Figure:
+    """Rows: latent dimensions; columns: the value that dimension is set to."""
+    fig = Figure(figsize=(1 + 0.7 * len(values), 0.8 + 0.7 * len(dims)), dpi=120)
+    ax = fig.subplots()
+    ax.imshow(
+        _grid(images, shape, len(values)), cmap="gray", vmin=0, vmax=1, interpolation="nearest"
+    )
+    h = shape[0] + 1
+    ax.set_yticks([h * i + h / 2 for i in range(len(dims))])
+    ax.set_yticklabels([f"z_{d}" for d in dims], fontsize=8)
+    w = shape[1] + 1
+    ax.set_xticks([w * i + w / 2 for i in range(len(values))])
+    ax.set_xticklabels([f"{v:+.1f}" for v in values], fontsize=7)
+    ax.set_xlabel("value of the dimension (others at 0); decoder means")
+    ax.set_title("Latent traversals (most active dimensions)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def bound_vs_k(bounds: dict[str, float], elbo: float) -> Figure:
+    ks = [int(k) for k in bounds]
+    fig = Figure(figsize=(5.5, 4), dpi=120)
+    ax = fig.subplots()
+    ax.plot(ks, [bounds[str(k)] for k in ks], "o-", label="L_K (mean over datapoints)")
+    ax.axhline(elbo, color="tab:orange", ls="--", label="ELBO")
+    ax.set_xscale("log")
+    ax.set_xlabel("K (importance samples per datapoint)")
+    ax.set_ylabel("nats per datapoint")
+    ax.set_title("Importance-weighted bound against K (one pass of draws)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def khat(khats: np.ndarray) -> Figure:
+    fig = Figure(figsize=(6.5, 4), dpi=120)
+    ax = fig.subplots()
+    arviz_compat.plot_khat(khats, ax)
+    bad = int((khats > arviz_compat.KHAT_THRESHOLD).sum())
+    ax.set_title(
+        f"Pareto k-hat per datapoint: {bad} of {len(khats)} above "
+        f"{arviz_compat.KHAT_THRESHOLD} (unreliable)",
+        fontsize=10,
+    )
+    ax.set_xlabel("datapoint")
+    ax.set_ylabel("k-hat of the importance weights")
+    fig.tight_layout()
+    return fig
+
+
+def gap_histogram(gaps: np.ndarray) -> Figure:
+    fig = Figure(figsize=(5.5, 4), dpi=120)
+    ax = fig.subplots()
+    bins = max(10, int(math.sqrt(len(gaps))))
+    ax.hist(gaps, bins=bins, color="tab:blue", alpha=0.85)
+    ax.axvline(gaps.mean(), color="k", ls="--", label=f"mean {gaps.mean():.3f} nats")
+    ax.set_xlabel("log p(x) - ELBO per datapoint (nats)")
+    ax.set_ylabel("datapoints")
+    ax.set_title("Gap between the importance estimate and the ELBO", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
