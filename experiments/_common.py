@@ -21,6 +21,9 @@ COLUMNS = [
     "gap",
     "ess_mean",
     "bits_per_dim",
+    "khat_max",
+    "frac_khat_above_threshold",
+    "active_units",
     "seconds",
 ]
 
@@ -34,13 +37,17 @@ def parser(description: str, default_out: str) -> argparse.ArgumentParser:
     p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", default="256,256", help="hidden widths, e.g. 512,512")
     return p
 
 
 def base_config(args) -> RunConfig:
     return RunConfig().replace(
         data={"dataset": args.dataset},
-        model={"latent_dim": args.latent_dim},
+        model={
+            "latent_dim": args.latent_dim,
+            "hidden": tuple(int(w) for w in args.hidden.split(",")),
+        },
         train={
             "epochs": args.epochs,
             "eval_samples": args.eval_samples,
@@ -53,6 +60,7 @@ def base_config(args) -> RunConfig:
 def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[dict]:
     """Train and evaluate each ``name -> (data description, config)`` into ``out/runs/name``."""
     rows = []
+    rows_evaluations.clear()
     for name, (data, config) in variants.items():
         run_dir = out / "runs" / name
         if run_dir.exists():
@@ -63,12 +71,16 @@ def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[
         row = {"variant": name, "data": data, "seconds": time.perf_counter() - start}
         row |= {k: ev.get(k, math.nan) for k in COLUMNS if k not in row}
         rows.append(row)
+        rows_evaluations[name] = ev
         print(
             f"  {name:22s} log p(x) {ev['log_px']:9.3f}  ELBO {ev['elbo']:9.3f}  "
             f"({row['seconds']:.0f} s)",
             file=sys.stderr,
         )
     return rows
+
+
+rows_evaluations: dict[str, dict] = {}  # the full evaluation.json of the last run_variants
 
 
 def write_table(rows: list[dict], out: Path, title: str) -> str:
@@ -80,14 +92,16 @@ def write_table(rows: list[dict], out: Path, title: str) -> str:
     lines = [
         f"**{title}**",
         "",
-        "| variant | data | log p(x) | MC stderr | ELBO | gap | mean ESS | bits/dim |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | data | log p(x) | MC stderr | ELBO | gap | mean ESS | k-hat > 0.7 | active "
+        "| bits/dim |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         bpd = "" if math.isnan(r["bits_per_dim"]) else f"{r['bits_per_dim']:.4f}"
         lines.append(
             f"| {r['variant']} | {r['data']} | {r['log_px']:.3f} | {r['log_px_stderr']:.3f} | "
-            f"{r['elbo']:.3f} | {r['gap']:.3f} | {r['ess_mean']:.0f} | {bpd} |"
+            f"{r['elbo']:.3f} | {r['gap']:.3f} | {r['ess_mean']:.0f} | "
+            f"{100 * r['frac_khat_above_threshold']:.1f}% | {r['active_units']} | {bpd} |"
         )
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")

@@ -106,9 +106,10 @@ class Bernoulli(Likelihood):
 class Gaussian(Likelihood):
     """x ~ N(h, scale^2 I) with a fixed scale.
 
-    The seeds' "MSE + lambda * KL" objective is this likelihood with ``scale**2 = lambda / 2``
-    (for a summed squared error), including the constant ``-(D/2) ln(2 pi scale^2)`` that a reported
-    log-likelihood must keep.
+    The seeds' objective ``1/2 sum (x - mu)^2 + lambda * KL`` is ``lambda`` times the negative
+    ELBO of this likelihood with ``scale**2 = lambda``, less the constant
+    ``lambda (D/2) ln(2 pi lambda)``: the same gradients up to the factor ``lambda``
+    (``experiments/seed_recipe.py`` checks it). A reported log-likelihood keeps the constant.
     """
 
     support = Support.REAL
