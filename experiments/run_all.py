@@ -25,21 +25,16 @@ SCRIPTS = (
     "seed_recipe.py",
 )
 BUDGETS = {
-    "small": ["--dataset", "digits", "--epochs", "100", "--eval-samples", "1000"],
-    "full": [
-        "--dataset",
-        "fashion-mnist",
-        "--epochs",
-        "50",
-        "--eval-samples",
-        "5000",
-        "--hidden",
-        "512,512",
-        "--latent-dim",
-        "50",
-    ],
+    "small": {"--dataset": "digits", "--epochs": "100", "--eval-samples": "1000"},
+    "full": {
+        "--dataset": "fashion-mnist",
+        "--epochs": "50",
+        "--eval-samples": "5000",
+        "--hidden": "512,512",
+        "--latent-dim": "50",
+    },
 }
-EXTRA = {"iwae_training.py": {"small": ["--eval-samples", "5000"], "full": []}}
+OVERRIDES = {("iwae_training.py", "small"): {"--eval-samples": "5000"}}
 
 
 def main(argv=None) -> int:
@@ -54,7 +49,8 @@ def main(argv=None) -> int:
         out = args.out / Path(script).stem
         cmd = [sys.executable, str(HERE / script), "--out", str(out)]
         if script != "ppca_bound.py":
-            cmd += BUDGETS[args.budget] + EXTRA.get(script, {}).get(args.budget, [])
+            options = BUDGETS[args.budget] | OVERRIDES.get((script, args.budget), {})
+            cmd += [item for pair in options.items() for item in pair]
             cmd += args.extra.split() if args.extra else []
         print(f"== {script}", file=sys.stderr)
         start = time.perf_counter()
@@ -66,7 +62,7 @@ def main(argv=None) -> int:
         sections += [
             f"## {script} ({minutes:.1f} min)",
             "",
-            "`" + " ".join(cmd[1:]) + "`",
+            "`python experiments/" + " ".join([script, *cmd[2:]]) + "`",
             "",
             (out / "table.md").read_text(),
             "",
