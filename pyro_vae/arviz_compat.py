@@ -1,8 +1,9 @@
 """Every ArviZ call of pyro_vae, in one place.
 
-Python 3.11 gets ArviZ 0.2x (this module's API); ArviZ 1.x (Python >= 3.12) moved PSIS into
-``arviz_stats`` and InferenceData onto xarray's DataTree. Serving both means changing this module
-only. ArviZ 0.2x emits a FutureWarning about its refactor at the first import of each day; it is
+Python 3.11 gets ArviZ 0.2x, the API this module serves; ArviZ 1.x (Python >= 3.12) moved PSIS
+into ``arviz_stats`` and InferenceData onto xarray's DataTree. Until 1.x is served here (untested:
+these machines run Python 3.11), pyproject.toml pins ``arviz<1``; serving it means changing this
+module only. ArviZ 0.2x emits a FutureWarning about its refactor at the first import of each day; it is
 ignored here, narrowly, so that warnings-as-errors runs do not fail on it.
 """
 
