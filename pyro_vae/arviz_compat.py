@@ -3,8 +3,8 @@
 Python 3.11 gets ArviZ 0.2x, the API this module serves; ArviZ 1.x (Python >= 3.12) moved PSIS
 into ``arviz_stats`` and InferenceData onto xarray's DataTree. Until 1.x is served here (untested:
 these machines run Python 3.11), pyproject.toml pins ``arviz<1``; serving it means changing this
-module only. ArviZ 0.2x emits a FutureWarning about its refactor at the first import of each day; it is
-ignored here, narrowly, so that warnings-as-errors runs do not fail on it.
+module only. ArviZ 0.2x emits a FutureWarning about its refactor at the first import of each
+day; it is ignored here, narrowly, so that warnings-as-errors runs do not fail on it.
 """
 
 from __future__ import annotations
