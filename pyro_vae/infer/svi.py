@@ -14,20 +14,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyro
-import pyro.optim
 import pyro.poutine as poutine
 import torch
 from pyro.infer import SVI
-from pyro.infer.util import zero_grads
 from tqdm.auto import tqdm
 
 from pyro_vae.errors import TrainingDiverged
 from pyro_vae.infer.importance import importance_log_likelihood
+from pyro_vae.infer.optim import JointAdam
 from pyro_vae.models.vae import VAE
 
 
 class DeviceSVI(SVI):
     """:class:`pyro.infer.SVI` whose ``step`` returns the loss as a detached device tensor.
+
+    Works with any Pyro optimizer; :class:`~pyro_vae.infer.optim.JointAdam` steps all parameters
+    in one call.
 
     Pyro's ``SVI.step`` returns a Python float, which waits for the device every step. This step
     computes ``loss.differentiable_loss`` (see :mod:`pyro_vae.infer.elbo` for ELBOs that need no
@@ -46,7 +48,8 @@ class DeviceSVI(SVI):
             loss.backward()
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
         self.optim(params)
-        zero_grads(params)
+        for p in params:
+            p.grad = None  # the next backward writes fresh gradients: no zeroing kernels
         return loss.detach()
 
 
@@ -129,7 +132,7 @@ class Trainer:
         self.transform = transform
         self.log_every = log_every
         self.progress = progress
-        self.optim = pyro.optim.Adam({"lr": lr})
+        self.optim = JointAdam({"lr": lr})
         self.svi = DeviceSVI(vae.model, vae.guide, self.optim, loss=elbo)
         self.epoch = 0
         self.step = 0

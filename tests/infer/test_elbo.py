@@ -10,6 +10,7 @@ from pyro_vae.infer import (
     DeviceTraceMeanField_ELBO,
     importance_log_likelihood,
 )
+from pyro_vae.infer.optim import JointAdam
 from tests.helpers import binary_data, tiny_vae
 
 
@@ -62,19 +63,22 @@ def test_vae_k1_log_px_equals_a_single_sample_trace_elbo():
     assert r.elbo.sum().item() == pytest.approx(-loss, abs=1e-4)
 
 
-def test_svi_step_makes_no_host_sync(monkeypatch):
+@pytest.mark.parametrize(
+    "make_optim", [lambda: pyro.optim.Adam({"lr": 1e-2}), lambda: JointAdam({"lr": 1e-2})]
+)
+def test_svi_step_makes_no_host_sync(monkeypatch, make_optim):
     """No .item(), float() or bool() of a tensor inside a training step.
 
     Exempt: torch Adam's step counters, which live on the CPU even when training on CUDA.
     """
     vae = tiny_vae()
     x = binary_data(16)
-    svi = DeviceSVI(
-        vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), DeviceTrace_ELBO(max_plate_nesting=1)
-    )
+    svi = DeviceSVI(vae.model, vae.guide, make_optim(), DeviceTrace_ELBO(max_plate_nesting=1))
     svi.step(x)  # first step creates the optimizers
 
     counters = [s["step"] for opt in svi.optim.optim_objs.values() for s in opt.state.values()]
+    if isinstance(svi.optim, JointAdam):
+        counters = [s["step"] for s in svi.optim.optimizer.state.values()]
     assert counters and all(c.device.type == "cpu" for c in counters)
     originals = {}
 

@@ -1,0 +1,66 @@
+"""The benchmark scripts run and keep their JSON interface (slow: they measure for real)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_quick_json_interface(tmp_path):
+    out = tmp_path / "b.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert d["device"] == "cpu"
+    for row in d["train"]:
+        assert {
+            "batch_size",
+            "elbo",
+            "pyro_images_per_s",
+            "reference_images_per_s",
+            "ratio",
+        } <= set(row)
+        assert row["ratio"] == pytest.approx(
+            row["reference_images_per_s"] / row["pyro_images_per_s"], rel=1e-6
+        )
+    assert {
+        "num_samples",
+        "num_datapoints",
+        "batched_s",
+        "loop_s",
+        "speedup",
+        "peak_memory_mb",
+    } <= set(d["evaluate"])
+
+
+@pytest.mark.slow
+def test_scaling_quick(tmp_path):
+    out, png = tmp_path / "s.json", tmp_path / "s.png"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "scaling.py"),
+            "--quick",
+            "--json",
+            str(out),
+            "--png",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert len(d["train"]["seconds"]) == 3 and len(d["evaluate"]["seconds"]) == 3
+    assert png.stat().st_size > 2000
