@@ -20,7 +20,7 @@ import pyro
 import torch
 from _common import base_config, parser, rows_evaluations, run_variants, write_table
 
-from pyro_vae import jobs
+from pyro_vae import jobs, plots
 from pyro_vae.infer import DeviceTrace_ELBO, DeviceTraceMeanField_ELBO
 
 
@@ -50,23 +50,8 @@ def gradient_variance(run_dir, repeats: int, batch_size: int = 128) -> dict[str,
 
 
 def plot_bounds(evaluations: dict[str, dict], path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), dpi=120)
-    ax = fig.subplots()
-    for name, ev in evaluations.items():
-        ks = [int(k) for k in ev["bounds_vs_k"]]
-        ax.plot(
-            ks, [ev["bounds_vs_k"][str(k)] for k in ks], "o-", label=f"L_K, trained with {name}"
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("K (importance samples per datapoint)")
-    ax.set_ylabel("nats per datapoint (test)")
-    ax.set_title("Importance-weighted bound against K", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
+    series = {f"L_K, trained with {name}": ev["bounds_vs_k"] for name, ev in evaluations.items()}
+    plots.bound_vs_k(series).savefig(path)
 
 
 def main(argv=None) -> int:

@@ -89,12 +89,15 @@ def traversals(images, shape, dims, values) -> Figure:
     return fig
 
 
-def bound_vs_k(bounds: dict[str, float], elbo: float) -> Figure:
-    ks = [int(k) for k in bounds]
+def bound_vs_k(series: dict[str, dict[str, float]], elbo: float | None = None) -> Figure:
+    """L_K against K for one or more runs: ``{label: {"K": mean L_K}}``."""
     fig = Figure(figsize=(5.5, 4), dpi=120)
     ax = fig.subplots()
-    ax.plot(ks, [bounds[str(k)] for k in ks], "o-", label="L_K (mean over datapoints)")
-    ax.axhline(elbo, color="tab:orange", ls="--", label="ELBO")
+    for label, bounds in series.items():
+        ks = sorted(int(k) for k in bounds)
+        ax.plot(ks, [bounds[str(k)] for k in ks], "o-", label=label)
+    if elbo is not None:
+        ax.axhline(elbo, color="tab:orange", ls="--", label="ELBO")
     ax.set_xscale("log")
     ax.set_xlabel("K (importance samples per datapoint)")
     ax.set_ylabel("nats per datapoint")

@@ -16,6 +16,7 @@ from pyro_vae.models.likelihoods import (
     LearnedGaussian,
     LearnedLaplace,
     Likelihood,
+    LocationScale,
     Support,
 )
 from pyro_vae.models.nets import MLP
@@ -38,6 +39,7 @@ __all__ = [
     "LearnedGaussian",
     "LearnedLaplace",
     "Likelihood",
+    "LocationScale",
     "LowRankEncoder",
     "MLP",
     "MixtureOfGaussians",

@@ -124,14 +124,14 @@ class Gaussian(Likelihood):
         return dist.Normal(h, self.scale).to_event(1)
 
 
-class LearnedGaussian(Likelihood):
-    """x ~ N(mu(z), diag sigma(z)^2) with ``sigma = floor + softplus(raw)``: the seeds' model.
+class LocationScale(Likelihood):
+    """Base of likelihoods with a location and a learned scale per dimension: the decoder gives
+    ``(loc, raw)`` and ``scale = floor + softplus(raw)``.
 
-    The floor keeps the density bounded (Mattei & Frellsen 2018): without it the likelihood of
-    continuous data can grow without limit as sigma -> 0.
+    The floor keeps densities bounded (Mattei & Frellsen 2018): without it the likelihood of
+    continuous data can grow without limit as the scale goes to 0.
     """
 
-    support = Support.REAL
     params_per_dim = 2
 
     def __init__(self, floor: float):
@@ -140,12 +140,18 @@ class LearnedGaussian(Likelihood):
             raise ValueError(f"scale floor must be positive, got {floor}")
         self.floor = float(floor)
 
-    def scale(self, h: torch.Tensor) -> torch.Tensor:
-        return self.floor + F.softplus(h.chunk(2, dim=-1)[1])
+    def loc_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw = h.chunk(2, dim=-1)
+        return loc, self.floor + F.softplus(raw)
+
+
+class LearnedGaussian(LocationScale):
+    """x ~ N(mu(z), diag sigma(z)^2) with ``sigma = floor + softplus(raw)``: the seeds' model."""
+
+    support = Support.REAL
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
-        loc, raw = h.chunk(2, dim=-1)
-        return dist.Normal(loc, self.floor + F.softplus(raw)).to_event(1)
+        return dist.Normal(*self.loc_scale(h)).to_event(1)
 
 
 class ContinuousBernoulli(Likelihood):
@@ -158,21 +164,13 @@ class ContinuousBernoulli(Likelihood):
         return dist.ContinuousBernoulli(logits=h).to_event(1)
 
 
-class LearnedLaplace(Likelihood):
+class LearnedLaplace(LocationScale):
     """x ~ Laplace(mu(z), b(z)) per dimension, ``b = floor + softplus(raw)``."""
 
     support = Support.REAL
-    params_per_dim = 2
-
-    def __init__(self, floor: float):
-        super().__init__()
-        if not floor > 0:
-            raise ValueError(f"scale floor must be positive, got {floor}")
-        self.floor = float(floor)
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
-        loc, raw = h.chunk(2, dim=-1)
-        return dist.Laplace(loc, self.floor + F.softplus(raw)).to_event(1)
+        return dist.Laplace(*self.loc_scale(h)).to_event(1)
 
 
 class Beta(Likelihood):
@@ -190,28 +188,22 @@ class Beta(Likelihood):
         return dist.Beta(a, b).to_event(1)
 
 
-class DiscretizedLogistic(Likelihood):
+class DiscretizedLogistic(LocationScale):
     """Each x_i in {0, 1/(L-1), ..., 1} gets the mass of a logistic(mu(z), s(z)) over its bin,
     with the end bins open to -inf and +inf (Salimans et al. 2017, one component per pixel).
     A probability, so log p(x) converts to bits/dim directly.
     """
 
     support = Support.LEVELS
-    params_per_dim = 2
 
     def __init__(self, floor: float, levels: int = 256):
-        super().__init__()
-        if not floor > 0:
-            raise ValueError(f"scale floor must be positive, got {floor}")
+        super().__init__(floor)
         if levels < 2:
             raise ValueError(f"levels must be at least 2, got {levels}")
-        self.floor = float(floor)
         self.levels = int(levels)
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
-        loc, raw = h.chunk(2, dim=-1)
-        scale = self.floor + F.softplus(raw)
-        return DiscretizedLogisticDistribution(loc, scale, self.levels).to_event(1)
+        return DiscretizedLogisticDistribution(*self.loc_scale(h), self.levels).to_event(1)
 
 
 class DiscretizedLogisticDistribution(dist.TorchDistribution):
