@@ -58,9 +58,12 @@ def base_config(args) -> RunConfig:
 
 
 def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[dict]:
-    """Train and evaluate each ``name -> (data description, config)`` into ``out/runs/name``."""
+    """Train and evaluate each ``name -> (data description, config)`` into ``out/runs/name``.
+
+    Each row holds the table's COLUMNS and, under ``"evaluation"``, the run's whole
+    evaluation.json (not written to the CSV).
+    """
     rows = []
-    rows_evaluations.clear()
     for name, (data, config) in variants.items():
         run_dir = out / "runs" / name
         if run_dir.exists():
@@ -68,10 +71,14 @@ def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[
         start = time.perf_counter()
         result = jobs.train(config, run_dir, progress=False, echo=lambda s: None)
         ev = result.evaluation
-        row = {"variant": name, "data": data, "seconds": time.perf_counter() - start}
+        row = {
+            "variant": name,
+            "data": data,
+            "seconds": time.perf_counter() - start,
+            "evaluation": ev,
+        }
         row |= {k: ev.get(k, math.nan) for k in COLUMNS if k not in row}
         rows.append(row)
-        rows_evaluations[name] = ev
         print(
             f"  {name:22s} log p(x) {ev['log_px']:9.3f}  ELBO {ev['elbo']:9.3f}  "
             f"({row['seconds']:.0f} s)",
@@ -80,13 +87,10 @@ def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[
     return rows
 
 
-rows_evaluations: dict[str, dict] = {}  # the full evaluation.json of the last run_variants
-
-
 def write_table(rows: list[dict], out: Path, title: str) -> str:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "table.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = [

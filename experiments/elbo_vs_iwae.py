@@ -18,7 +18,7 @@ import sys
 
 import pyro
 import torch
-from _common import base_config, parser, rows_evaluations, run_variants, write_table
+from _common import base_config, parser, run_variants, write_table
 
 from pyro_vae import jobs, plots
 from pyro_vae.infer import DeviceTrace_ELBO, DeviceTraceMeanField_ELBO
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         f"test split, K={args.eval_samples}"
     )
     table = write_table(rows, args.out, title)
-    bounds = {name: rows_evaluations[name] for name in variants}
+    bounds = {row["variant"]: row["evaluation"] for row in rows}
     ks = sorted({int(k) for ev in bounds.values() for k in ev["bounds_vs_k"]})
     lines = [
         "",

@@ -20,7 +20,7 @@ import pyro
 import torch
 from _common import base_config, parser, run_variants, write_table
 
-from pyro_vae import jobs
+from pyro_vae import jobs, plots
 from pyro_vae.config import ModelConfig
 from pyro_vae.infer import DeviceTraceMeanField_ELBO
 from pyro_vae.registry import build_vae
@@ -68,25 +68,16 @@ def gradient_check(lam: float, data_dim: int = 64, n: int = 32) -> dict[str, flo
 
 def plot_samples(run_dirs: dict[str, object], path) -> None:
     from matplotlib.figure import Figure
-    from torchvision.utils import make_grid
 
     fig = Figure(figsize=(2.6 * len(run_dirs), 5.6), dpi=120)
     axes = fig.subplots(2, len(run_dirs), squeeze=False)
     for col, (name, run_dir) in enumerate(run_dirs.items()):
-        config, vae, meta = jobs.load_run(run_dir, "cpu")
+        _, vae, meta = jobs.load_run(run_dir, "cpu")
         pyro.set_rng_seed(0)
         drawn = vae.sample(16)
         shape = tuple(meta["image_shape"])
-        for row, (imgs, what) in enumerate(
-            ((drawn.mean, "means E[x|z]"), (drawn.sample, "samples x ~ p(x|z)"))
-        ):
-            grid = make_grid(
-                imgs.clamp(0, 1).reshape(-1, 1, *shape), nrow=4, padding=1, pad_value=0.5
-            )[0]
-            ax = axes[row][col]
-            ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(f"{name}: {what}", fontsize=8)
-            ax.axis("off")
+        plots.show_grid(axes[0][col], drawn.mean, shape, 4, f"{name}: means E[x|z]", 8)
+        plots.show_grid(axes[1][col], drawn.sample, shape, 4, f"{name}: samples x ~ p(x|z)", 8)
     fig.suptitle("Gaussian likelihood N(mu(z), lambda I): the seeds' lambda", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)

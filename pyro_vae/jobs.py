@@ -76,11 +76,11 @@ def prepare_splits(
             "(--likelihood bernoulli with --binarize, or discretized-logistic)"
         )
     prepared = {}
+    transform = minibatch_transform(d.binarize, d.dequantize, dataset.levels)
     for split in splits:
         x = prepare_split(
             dataset.split(split), split, d.binarize, d.binarize_seed, d.dequantize, dataset.levels
         )
-        transform = minibatch_transform(d.binarize, d.dequantize, dataset.levels)
         scored = transform(x[:1000]) if split == "train" and transform is not None else x
         likelihood.check_data(scored, f"the {split} split of {dataset.name}")
         prepared[split] = x
@@ -264,9 +264,10 @@ def evaluate(
         "elbo": result.elbo.cpu(),
         "ess": result.ess.cpu(),
         "stderr": result.stderr.cpu(),
-        "khat": torch.from_numpy(arviz_compat.psis_khat(result.log_weights.T.cpu().numpy())),
     }
-    bounds = bounds_vs_k(result.log_weights.cpu(), BOUND_KS + (num_samples,))
+    log_weights = result.log_weights.cpu()  # (K, N): copied to the host once
+    per_point["khat"] = torch.from_numpy(arviz_compat.psis_khat(log_weights.T.numpy()))
+    bounds = bounds_vs_k(log_weights, BOUND_KS + (num_samples,))
     with torch.no_grad():
         q = vae.encoder(x)
         n_active, _ = active_units(guide_means(q).cpu())
@@ -377,35 +378,20 @@ def sample(run_dir: str | Path, *, num: int = 64, out: str | Path | None = None)
     shape = meta.get("image_shape") or []
     if len(shape) != 2:
         raise ConfigError(f"sample grids need image data; this run's datapoints have shape {shape}")
-    pyro.set_rng_seed(config.train.seed)
-    drawn = vae.sample(num)
     out_path = Path(out) if out is not None else Path(run_dir) / "samples.png"
-    _save_sample_figure(drawn.mean, drawn.sample, tuple(shape), out_path, config)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _samples_figure(vae, config, tuple(shape), num).savefig(out_path, bbox_inches="tight")
     return out_path
 
 
-def _save_sample_figure(means, samples, shape, path: Path, config: RunConfig) -> None:
-    from matplotlib.figure import Figure
-    from torchvision.utils import make_grid
+def _samples_figure(vae: VAE, config: RunConfig, shape, num: int):
+    """The labelled samples figure, drawn with the run's seed (the same as ``pyro-vae sample``)."""
+    from pyro_vae import plots
 
-    nrow = max(1, int(math.ceil(math.sqrt(means.shape[0]))))
-    fig = Figure(figsize=(10, 5.4), dpi=120)
-    axes = fig.subplots(1, 2)
-    panels = (
-        (means, "decoder means E[x | z] (not samples)"),
-        (samples, "samples x ~ p(x | z)"),
-    )
-    for ax, (images, title) in zip(axes, panels, strict=True):
-        imgs = images.clamp(0, 1).reshape(-1, 1, *shape)
-        grid = make_grid(imgs, nrow=nrow, padding=1, pad_value=0.5)[0]
-        ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=10)
-        ax.axis("off")
-    fig.suptitle(
-        f"z ~ p(z), {config.data.dataset}, {config.model.likelihood} likelihood", fontsize=11
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
+    pyro.set_rng_seed(config.train.seed)
+    drawn = vae.sample(num)
+    title = f"z ~ p(z), {config.data.dataset}, {config.model.likelihood} likelihood"
+    return plots.samples(drawn.mean, drawn.sample, shape, title)
 
 
 @dataclass(frozen=True)
@@ -558,7 +544,6 @@ def plot(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     with torch.no_grad():
         means = guide_means(vae.encoder(x))
         if len(shape) == 2:
-            figures["samples"] = None  # drawn by sample(), labelled means and samples
             figures["reconstructions"] = plots.reconstructions(
                 x[:16], vae.reconstruct(x[:16]), shape
             )
@@ -578,6 +563,8 @@ def plot(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     else:
         points = torch.cat([means, torch.zeros(means.shape[0], 2 - vae.latent_dim)], 1).numpy()
     figures["latent"] = plots.latent_space(points, labels, projected)
+    if len(shape) == 2:
+        figures["samples"] = _samples_figure(vae, config, shape, 64)
     if run.inference_data_path.is_file():
         idata = run.read_inference_data()
         ev = run.read_evaluation()
@@ -590,9 +577,6 @@ def plot(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     paths = []
     for name, fig in figures.items():
         path = out / f"{name}.png"
-        if name == "samples":
-            sample(run_dir, num=64, out=path)
-        else:
-            fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight" if name == "samples" else None)
         paths.append(path)
     return paths

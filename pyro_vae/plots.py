@@ -15,11 +15,30 @@ from matplotlib.figure import Figure
 from pyro_vae import arviz_compat
 
 
-def _grid(images: torch.Tensor, shape, nrow: int) -> np.ndarray:
+def image_grid(images: torch.Tensor, shape, nrow: int) -> np.ndarray:
+    """Flattened images, clamped to [0, 1], tiled ``nrow`` per row (torchvision's make_grid)."""
     from torchvision.utils import make_grid
 
     imgs = images.detach().cpu().clamp(0, 1).reshape(-1, 1, *shape)
     return make_grid(imgs, nrow=nrow, padding=1, pad_value=0.5)[0].numpy()
+
+
+def show_grid(ax, images: torch.Tensor, shape, nrow: int, title: str, fontsize: int = 9) -> None:
+    grid = image_grid(images, shape, nrow)
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=fontsize)
+    ax.axis("off")
+
+
+def samples(means: torch.Tensor, draws: torch.Tensor, shape, title: str) -> Figure:
+    """Decoder means and samples from p(x|z), side by side and labelled as such."""
+    nrow = max(1, math.ceil(math.sqrt(means.shape[0])))
+    fig = Figure(figsize=(10, 5.4), dpi=120)
+    axes = fig.subplots(1, 2)
+    show_grid(axes[0], means, shape, nrow, "decoder means E[x | z] (not samples)", 10)
+    show_grid(axes[1], draws, shape, nrow, "samples x ~ p(x | z)", 10)
+    fig.suptitle(title, fontsize=11)
+    return fig
 
 
 def training_curves(epochs, train, val, beta) -> Figure:
@@ -44,13 +63,8 @@ def reconstructions(originals, recon, shape) -> Figure:
     n = originals.shape[0]
     fig = Figure(figsize=(8, 2.6), dpi=120)
     axes = fig.subplots(2, 1)
-    for ax, imgs, title in (
-        (axes[0], originals, "test images (as scored)"),
-        (axes[1], recon, "reconstructions E[x | z = E_q[z|x]]"),
-    ):
-        ax.imshow(_grid(imgs, shape, n), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
+    show_grid(axes[0], originals, shape, n, "test images (as scored)")
+    show_grid(axes[1], recon, shape, n, "reconstructions E[x | z = E_q[z|x]]")
     fig.tight_layout()
     return fig
 
@@ -75,7 +89,7 @@ def traversals(images, shape, dims, values) -> Figure:
     fig = Figure(figsize=(1 + 0.7 * len(values), 0.8 + 0.7 * len(dims)), dpi=120)
     ax = fig.subplots()
     ax.imshow(
-        _grid(images, shape, len(values)), cmap="gray", vmin=0, vmax=1, interpolation="nearest"
+        image_grid(images, shape, len(values)), cmap="gray", vmin=0, vmax=1, interpolation="nearest"
     )
     h = shape[0] + 1
     ax.set_yticks([h * i + h / 2 for i in range(len(dims))])
