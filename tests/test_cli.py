@@ -365,3 +365,46 @@ def test_plot_draws_every_figure(capsys, tmp_path):
 
 def test_plot_of_a_missing_run(capsys):
     assert "not found" in _error(capsys, "plot", "/nonexistent/run")
+
+
+@pytest.mark.parametrize(
+    "argv, check",
+    [
+        (["--prior", "mog", "--num-components", "4"], lambda v: v.prior.logits.shape == (4,)),
+        (
+            ["--prior", "vamp", "--num-components", "3"],
+            lambda v: v.prior.pseudo_inputs.shape == (3, 64),
+        ),
+        (["--prior", "flow", "--flows", "3"], lambda v: len(v.prior.couplings) == 3),
+        (["--guide", "iaf", "--flows", "1"], lambda v: len(v.encoder.flows) == 1),
+        (["--guide", "lowrank", "--rank", "3"], lambda v: v.encoder.rank == 3),
+        (
+            ["--likelihood", "gaussian-learned", "--scale-floor", "0.2"],
+            lambda v: v.likelihood.floor == 0.2,
+        ),
+        (
+            ["--likelihood", "gaussian", "--gaussian-scale", "0.3"],
+            lambda v: float(v.likelihood.scale) == pytest.approx(0.3),
+        ),
+    ],
+)
+def test_model_options_reach_the_model(argv, check):
+    from pyro_vae.cli import build_parser, train_config
+    from pyro_vae.registry import build_vae
+
+    config = train_config(build_parser().parse_args(["train", "--latent-dim", "4", *argv]))
+    assert check(build_vae(config.model, data_dim=64))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num-components", "0"], "--num-components"),
+        (["--flows", "0"], "--flows"),
+        (["--rank", "0"], "--rank"),
+        (["--dequantize", "sometimes"], "--dequantize"),
+        (["--scale-floor", "0"], "--scale-floor"),
+    ],
+)
+def test_bad_model_option_values(capsys, argv, message):
+    assert message in _error(capsys, "train", *argv)
