@@ -20,10 +20,12 @@ def test_readme_python_block_runs(index):
     exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {})
 
 
-def test_every_train_option_is_documented():
-    train = build_parser()._subparsers._group_actions[0].choices["train"]
-    flags = {s for a in train._actions for s in a.option_strings if s.startswith("--")}
-    flags -= {"--help"}
-    missing = sorted(f for f in flags if f"`{f}" not in README)
-    assert not missing, f"README lacks {missing}"
-    assert set(TRAIN_OPTIONS) <= {a.dest for a in train._actions}
+def test_every_option_of_every_command_is_documented():
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) == {"train", "evaluate", "compare", "plot", "sample"}
+    for name, parser in commands.items():
+        flags = {s for a in parser._actions for s in a.option_strings if s.startswith("--")}
+        missing = sorted(f for f in flags - {"--help"} if f"{f}" not in README)
+        assert not missing, f"README lacks {name} {missing}"
+        assert f"pyro-vae {name}" in README
+    assert set(TRAIN_OPTIONS) <= {a.dest for a in commands["train"]._actions}
