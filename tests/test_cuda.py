@@ -50,3 +50,13 @@ def test_train_and_evaluate_on_cuda(tmp_path):
     result = jobs.train(config, tmp_path / "r", progress=False, echo=lambda s: None)
     assert result.history[-1].val_elbo > result.history[0].val_elbo - 1.0
     assert result.evaluation["log_px"] >= result.evaluation["elbo"]
+
+
+@requires_cuda
+def test_free_memory_and_pass_budget_on_cuda():
+    from pyro_vae.infer.importance import _AUTO_CHUNK_ELEMENTS, free_memory_bytes, pass_budget
+
+    device = torch.device("cuda")
+    free = free_memory_bytes(device)
+    assert 0 < free <= torch.cuda.get_device_properties(device).total_memory
+    assert 1 <= pass_budget(device) <= _AUTO_CHUNK_ELEMENTS["cuda"]

@@ -28,10 +28,15 @@ from tqdm.auto import tqdm
 
 DATA_PLATE = "data"
 _PARTICLE_PLATE = "_importance_particles"
-# automatic chunk: about this many x-sized elements per chunk. On a CPU, 2**22 float32 values
+# automatic pass size: at most this many x-sized elements per pass. On a CPU, 2**22 float32 values
 # (16 MB tiles) stay near the cache; larger tiles made the estimator 1.6x slower (benchmarks/).
-_AUTO_CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**26}
+_AUTO_CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**28}
 _MIN_AUTO_CHUNK = 64
+# ... and no more than this share of the device's free memory, at this many bytes of peak memory
+# per x-sized element of a pass. Measured for the benchmark's 784-512-512-50 VAE on CPU: 15 to 26
+# bytes (peak growth 21, 100, 243 MB for passes of 2**20, 2**22, 2**24 elements).
+_FREE_MEMORY_SHARE = 0.5
+_BYTES_PER_ELEMENT = 32
 
 
 @dataclass(frozen=True)
@@ -227,17 +232,19 @@ def plan_passes(
 ) -> tuple[int, int]:
     """Particles per pass and datapoints per pass.
 
-    Automatic sizes keep a pass near a budget of x-sized values (2**22 on a CPU, about 16 MB of
-    float32, which stays near the cache; 2**26 on CUDA) while drawing at least 64 particles per
-    pass where K allows: the guide's encoder runs once per pass, so tiny particle chunks over many
+    Automatic sizes keep a pass near a budget of x-sized values (:func:`pass_budget`: at most
+    2**22 on a CPU, about 16 MB of float32, which stays near the cache, and 2**28 on CUDA, both
+    lowered to fit half the device's free memory) while drawing at least 64 particles per pass
+    where K allows: the guide's encoder runs once per pass, so tiny particle chunks over many
     datapoints would repeat it needlessly. With only ``chunk_size`` given, all datapoints go in
     one pass.
     """
     n = x.shape[0]
     per_point = max(1, x[0].numel())
-    budget = _AUTO_CHUNK_ELEMENTS.get(x.device.type, _AUTO_CHUNK_ELEMENTS["cpu"])
+    budget = pass_budget(x.device)
     if batch_size is None and chunk_size is None:
-        k = min(num_samples, max(_MIN_AUTO_CHUNK, budget // (n * per_point)))
+        floor = max(1, min(_MIN_AUTO_CHUNK, budget // per_point))  # within budget for 1 point
+        k = min(num_samples, max(floor, budget // (n * per_point)))
         batch_size = max(1, min(n, budget // (k * per_point)))
     elif batch_size is None:
         batch_size = n
@@ -248,6 +255,37 @@ def plan_passes(
             f"chunk_size and batch_size must be at least 1, got {chunk_size}, {batch_size}"
         )
     return chunk_size, min(batch_size, n)
+
+
+def pass_budget(device: torch.device) -> int:
+    """x-sized elements per automatic pass on ``device``: the device's cap, lowered to fit
+    ``_FREE_MEMORY_SHARE`` of its free memory at ``_BYTES_PER_ELEMENT`` bytes each."""
+    cap = _AUTO_CHUNK_ELEMENTS.get(device.type, _AUTO_CHUNK_ELEMENTS["cpu"])
+    free = free_memory_bytes(device)
+    if free is None:
+        return cap
+    return max(1, min(cap, int(free * _FREE_MEMORY_SHARE) // _BYTES_PER_ELEMENT))
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on ``device`` in bytes, or None when it cannot be read.
+
+    CUDA: the driver's free memory (``torch.cuda.mem_get_info``); memory cached by PyTorch's
+    allocator is reusable, so it counts as free. CPU: ``MemAvailable`` from ``/proc/meminfo``.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        reserved = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return free + reserved
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
 
 
 def vectorized_traces(model, guide, num_particles: int, max_plate_nesting: int, *args, **kwargs):
