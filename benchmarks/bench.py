@@ -4,11 +4,18 @@ Measures, for the same 784-512-512-50 MLP VAE, the same data held on the device 
   * training throughput (images/s) of pyro_vae's SVI step with Trace_ELBO and TraceMeanField_ELBO,
     and of a hand-written PyTorch step computing the same ELBO (the reference limit), and the
     ratio reference / pyro (1.0 is parity, larger is slower);
-  * evaluation: importance_log_likelihood with K samples on N test points, batched, against the
-    same estimator called one datapoint at a time (how per-point evaluation code works), and the
-    peak memory of the batched call.
-Times are medians of repeats after warm-up. Data: Fashion-MNIST's first images (dynamically
-binarised once) when the files are found offline, else random binary images of the same shape.
+    Both in float32 and with the networks in bfloat16 (``VAE.precision``; the reference runs its
+    networks under the same autocast);
+  * framework overhead: the same steps for a 784-16-4 network at batch 8, whose arithmetic is
+    negligible, so the time is Python and operator dispatch: the floor of a step on a GPU, where
+    the kernels themselves take microseconds;
+  * evaluation: importance_log_likelihood with K samples on N test images, batched, against the
+    same estimator called one datapoint at a time (how per-point evaluation code works), the
+    peak memory of the batched call, and the batched call with the networks in bfloat16 (time,
+    and its difference from float32 on the same draws).
+Times are medians of repeats after warm-up. Data: Fashion-MNIST (dynamically binarised once;
+training images for training, test images for evaluation) when the files are found offline,
+else random binary images of the same shape.
 
 Usage: python benchmarks/bench.py [--device cpu|cuda] [--quick] [--json PATH]
 """
@@ -16,6 +23,7 @@ Usage: python benchmarks/bench.py [--device cpu|cuda] [--quick] [--json PATH]
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -45,11 +53,11 @@ LATENT, HIDDEN, DATA_DIM = 50, (512, 512), 784
 ELBOS = (("trace", DeviceTrace_ELBO), ("meanfield", DeviceTraceMeanField_ELBO))
 
 
-def load_images(n: int, device: torch.device) -> tuple[torch.Tensor, str]:
+def load_images(n: int, device: torch.device, split: str = "train") -> tuple[torch.Tensor, str]:
     from pyro_vae.data import load_dataset
 
     try:
-        x = load_dataset("fashion-mnist", download=False).split("train")[:n]
+        x = load_dataset("fashion-mnist", download=False).split(split)[:n]
         source = "fashion-mnist (binarised)"
     except DataError:
         x = torch.rand(n, DATA_DIM)
@@ -81,6 +89,7 @@ class ReferenceStep:
     """The same VAE step written directly in PyTorch: the speed limit for this network."""
 
     def __init__(self, vae, lr: float, num_data: int, analytic_kl: bool):
+        self.vae = vae
         self.enc, self.dec = vae.encoder.net, vae.decoder
         params = list(self.enc.parameters()) + list(self.dec.parameters())
         self.opt = torch.optim.Adam(params, lr=lr)
@@ -104,19 +113,25 @@ class ReferenceStep:
         return loss.detach()
 
 
-def bench_train(device, batch_sizes, steps, repeats, data) -> list[dict]:
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def bench_train(
+    device, batch_sizes, steps, repeats, data, precisions=PRECISIONS, cfg=None, label=""
+) -> list[dict]:
+    cfg = cfg or ModelConfig(latent_dim=LATENT, hidden=HIDDEN)
     rows = []
     n = data.shape[0]
     for batch_size in batch_sizes:
         batches = [data[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
-        for elbo_name, elbo_cls in ELBOS:
+        for (elbo_name, elbo_cls), precision in itertools.product(ELBOS, precisions):
             pyro.clear_param_store()
             pyro.set_rng_seed(0)
-            vae = build_vae(ModelConfig(latent_dim=LATENT, hidden=HIDDEN), DATA_DIM).to(device)
+            vae = build_vae(cfg, DATA_DIM).to(device)
             svi = DeviceSVI(
                 vae.model, vae.guide, JointAdam({"lr": 1e-4}), elbo_cls(max_plate_nesting=1)
             )
-            vae_pp = build_vae(ModelConfig(latent_dim=LATENT, hidden=HIDDEN), DATA_DIM).to(device)
+            vae_pp = build_vae(cfg, DATA_DIM).to(device)
             vae_pp.name = "per_param"
             svi_pp = DeviceSVI(
                 vae_pp.model,
@@ -124,16 +139,19 @@ def bench_train(device, batch_sizes, steps, repeats, data) -> list[dict]:
                 pyro.optim.Adam({"lr": 1e-4}),
                 elbo_cls(max_plate_nesting=1),
             )
-            ref_vae = build_vae(ModelConfig(latent_dim=LATENT, hidden=HIDDEN), DATA_DIM).to(device)
+            ref_vae = build_vae(cfg, DATA_DIM).to(device)
             ref = ReferenceStep(ref_vae, 1e-4, n, analytic_kl=elbo_name == "meanfield")
-            steppers = _steppers(svi, ref, batches, n)
-            steppers["per_param"] = _steppers(svi_pp, ref, batches, n)["pyro"]
+            steppers = _steppers(svi, ref, batches, n, precisions[precision])
+            steppers["per_param"] = _steppers(svi_pp, ref, batches, n, precisions[precision])[
+                "pyro"
+            ]
             with pyro.validation_enabled(False):
                 median_seconds_per_call(steppers, 5, 1, device)  # warm-up
                 t = median_seconds_per_call(steppers, steps, repeats, device)
             row = {
                 "batch_size": batch_size,
                 "elbo": elbo_name,
+                "precision": precision,
                 "pyro_images_per_s": batch_size / t["pyro"],
                 "reference_images_per_s": batch_size / t["ref"],
                 "ratio": t["pyro"] / t["ref"],
@@ -144,7 +162,7 @@ def bench_train(device, batch_sizes, steps, repeats, data) -> list[dict]:
             }
             rows.append(row)
             print(
-                f"  train batch {batch_size:5d} {elbo_name:9s}: "
+                f"  {label}train batch {batch_size:5d} {elbo_name:9s} {precision}: "
                 f"pyro {row['pyro_ms_per_step']:7.2f} "
                 f"ms/step, reference {row['reference_ms_per_step']:7.2f} ms/step, "
                 f"ratio {row['ratio']:.2f}",
@@ -153,20 +171,44 @@ def bench_train(device, batch_sizes, steps, repeats, data) -> list[dict]:
     return rows
 
 
-def _steppers(svi, ref, batches, num_data) -> dict:
-    """Two step functions cycling through the same minibatches."""
+def _steppers(svi, ref, batches, num_data, precision=None) -> dict:
+    """Two step functions cycling through the same minibatches, networks in ``precision``."""
     index = torch.arange(batches[0].shape[0], device=batches[0].device)
     counter = {"pyro": 0, "ref": 0}
+    vae = svi.model.__self__
 
     def pyro_step():
         counter["pyro"] += 1
-        svi.step(batches[counter["pyro"] % len(batches)], index=index, num_data=num_data)
+        with vae.precision(precision):
+            svi.step(batches[counter["pyro"] % len(batches)], index=index, num_data=num_data)
 
     def ref_step():
         counter["ref"] += 1
-        ref(batches[counter["ref"] % len(batches)])
+        with ref.vae.precision(precision):
+            ref(batches[counter["ref"] % len(batches)])
 
     return {"pyro": pyro_step, "ref": ref_step}
+
+
+def bench_overhead(device, steps, repeats, data) -> dict:
+    """Step times of a network too small to compute much: Python and dispatch per step."""
+    cfg = ModelConfig(latent_dim=4, hidden=(16,))
+    rows = bench_train(
+        device, (8,), steps, repeats, data[:512], {"fp32": None}, cfg, label="overhead: "
+    )
+    return {
+        "network": f"{DATA_DIM}-16-4 MLP",
+        "batch_size": 8,
+        "rows": [
+            {
+                "elbo": r["elbo"],
+                "pyro_us_per_step": 1e3 * r["pyro_ms_per_step"],
+                "reference_us_per_step": 1e3 * r["reference_ms_per_step"],
+                "ratio": r["ratio"],
+            }
+            for r in rows
+        ],
+    }
 
 
 def _status_mb(key: str) -> float:
@@ -243,13 +285,19 @@ def bench_evaluate(device, num_samples, num_points, loop_points, repeats, data) 
                 vae.model, vae.guide, x[i : i + 1], num_samples=num_samples, max_plate_nesting=1
             )
 
+    def batched_bf16():
+        with vae.precision(torch.bfloat16):
+            batched()
+
     importance_log_likelihood(vae.model, vae.guide, x[:8], num_samples=64, max_plate_nesting=1)
     sync(device)
     with PeakMemory(device) as mem:
         batched()
         sync(device)
     peak_mb = mem.mb if device.type == "cuda" else cpu_peak_mb(num_samples, num_points)
-    t = median_seconds_per_call({"batched": batched, "loop": loop}, 1, repeats, device)
+    bf16_diff = bf16_difference(vae, x[: min(num_points, 200)], num_samples)
+    fns = {"batched": batched, "loop": loop, "bf16": batched_bf16}
+    t = median_seconds_per_call(fns, 1, repeats, device)
     batched_s = t["batched"]
     loop_s = t["loop"] / loop_points * num_points
     flops = (
@@ -269,14 +317,39 @@ def bench_evaluate(device, num_samples, num_points, loop_points, repeats, data) 
         "peak_memory_mb": peak_mb,
         "decoder_tflops": flops / batched_s / 1e12,
         "tflops": flops / batched_s / 1e12,  # counts the decoder's matmuls, the bulk of the work
+        "bf16_batched_s": t["bf16"],
+        "bf16_tflops": flops / t["bf16"] / 1e12,
+        "bf16_speedup": batched_s / t["bf16"],
+        **bf16_diff,
     }
     print(
         f"  evaluate K={num_samples} N={num_points}: batched {batched_s:.2f} s, per-point loop "
         f"{loop_s:.2f} s (timed on {loop_points} points), speedup {result['speedup']:.2f}x, "
-        f"peak {peak_mb:.0f} MB",
+        f"peak {peak_mb:.0f} MB; bf16 {t['bf16']:.2f} s",
         file=sys.stderr,
     )
     return result
+
+
+def bf16_difference(vae, x, num_samples) -> dict:
+    """log p(x) with the networks in bf16 minus float32, on the same random draws."""
+    estimates = []
+    for precision in (None, torch.bfloat16):
+        pyro.set_rng_seed(1)
+        with vae.precision(precision):
+            estimates.append(
+                importance_log_likelihood(
+                    vae.model, vae.guide, x, num_samples=num_samples, max_plate_nesting=1
+                )
+            )
+    full, low = estimates
+    d = low.log_px - full.log_px
+    return {
+        "bf16_diff_points": x.shape[0],
+        "bf16_mean_diff_log_px": d.mean().item(),
+        "bf16_max_abs_diff_log_px": d.abs().max().item(),
+        "bf16_mean_stderr_log_px": full.stderr.mean().item(),
+    }
 
 
 def main(argv=None) -> int:
@@ -284,6 +357,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="about a minute on a 2-core CPU")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--eval-points",
+        type=int,
+        default=None,
+        help="test images of the evaluation (default: 100 quick, 1000 on CPU, 10000 on CUDA)",
+    )
     parser.add_argument(
         "--peak-tflops",
         type=float,
@@ -306,12 +385,17 @@ def main(argv=None) -> int:
         return 2
     device = torch.device(args.device)
     data, source = load_images(10000, device)
+    test_data, _ = load_images(10000, device, split="test")
+    default_points = 100 if args.quick else 10000 if device.type == "cuda" else 1000
+    points = args.eval_points or default_points
     if args.quick:
         train_rows = bench_train(device, (128,), steps=20, repeats=3, data=data)
-        evaluation = bench_evaluate(device, 5000, 100, 10, 3, data)
+        overhead = bench_overhead(device, steps=50, repeats=3, data=data)
+        evaluation = bench_evaluate(device, 5000, points, 10, 3, test_data)
     else:
         train_rows = bench_train(device, (128, 1024), steps=30, repeats=5, data=data)
-        evaluation = bench_evaluate(device, 5000, 1000, 100, 3, data)
+        overhead = bench_overhead(device, steps=200, repeats=5, data=data)
+        evaluation = bench_evaluate(device, 5000, points, 100, 3, test_data)
     device_name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -327,6 +411,7 @@ def main(argv=None) -> int:
         "network": f"{DATA_DIM}-{'-'.join(map(str, HIDDEN))}-{LATENT} MLP, Bernoulli likelihood",
         "quick": args.quick,
         "train": train_rows,
+        "overhead": overhead,
         "evaluate": evaluation | {"peak_tflops": args.peak_tflops},
     }
     print(format_table(results))
@@ -340,22 +425,41 @@ def format_table(r: dict) -> str:
         f"device {r['device']} ({r['device_name']}, {r['threads']} threads), torch {r['torch']}, "
         f"pyro {r['pyro']}; {r['network']}; data: {r['data']}",
         "",
-        "| batch | ELBO | pyro_vae images/s | reference images/s | ratio "
-        "| ratio, Pyro's per-param Adam |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| batch | ELBO | networks | pyro_vae ms/step | reference ms/step | pyro_vae images/s "
+        "| reference images/s | ratio | ratio, Pyro's per-param Adam |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for t in r["train"]:
         lines.append(
-            f"| {t['batch_size']} | {t['elbo']} | {t['pyro_images_per_s']:,.0f} | "
-            f"{t['reference_images_per_s']:,.0f} | {t['ratio']:.2f} | {t['per_param_ratio']:.2f} |"
+            f"| {t['batch_size']} | {t['elbo']} | {t.get('precision', 'fp32')} "
+            f"| {t['pyro_ms_per_step']:.2f} | {t['reference_ms_per_step']:.2f} "
+            f"| {t['pyro_images_per_s']:,.0f} | {t['reference_images_per_s']:,.0f} "
+            f"| {t['ratio']:.2f} | {t['per_param_ratio']:.2f} |"
         )
-    e = r["evaluate"]
+    o = r["overhead"]
     lines += [
         "",
-        "| K | points | batched s | per-point loop s | speedup | peak memory MB |",
-        "|---:|---:|---:|---:|---:|---:|",
-        f"| {e['num_samples']} | {e['num_datapoints']} | {e['batched_s']:.2f} | {e['loop_s']:.2f}"
-        f" | {e['speedup']:.2f} | {e['peak_memory_mb']:.0f} |",
+        f"Framework overhead ({o['network']}, batch {o['batch_size']}):",
+        "",
+        "| ELBO | pyro_vae us/step | reference us/step | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in o["rows"]:
+        lines.append(
+            f"| {row['elbo']} | {row['pyro_us_per_step']:.0f} "
+            f"| {row['reference_us_per_step']:.0f} | {row['ratio']:.2f} |"
+        )
+    e = r["evaluate"]
+    peak = f"{e['peak_tflops']:g}" if e.get("peak_tflops") else "n/a"
+    lines += [
+        "",
+        "| K | points | batched s | TFLOP/s (peak) | per-point loop s | speedup | peak memory MB "
+        "| bf16 s | bf16 speedup | bf16 - fp32 log p(x), mean / max abs |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| {e['num_samples']} | {e['num_datapoints']} | {e['batched_s']:.2f} "
+        f"| {e['tflops']:.3f} ({peak}) | {e['loop_s']:.2f} | {e['speedup']:.2f} "
+        f"| {e['peak_memory_mb']:.0f} | {e['bf16_batched_s']:.2f} | {e['bf16_speedup']:.2f} "
+        f"| {e['bf16_mean_diff_log_px']:+.4f} / {e['bf16_max_abs_diff_log_px']:.4f} |",
     ]
     return "\n".join(lines)
 

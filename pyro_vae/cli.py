@@ -47,6 +47,7 @@ TRAIN_OPTIONS = {
     "device": ("train", "device"),
     "log_every": ("train", "log_every"),
     "eval_samples": ("train", "eval_samples"),
+    "precision": ("train", "precision"),
 }
 
 
@@ -168,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"K of the evaluation after training (default {d.train.eval_samples})",
     )
+    g.add_argument(
+        "--precision",
+        help="precision of the networks in training steps; bf16 is mixed precision, faster "
+        "where the hardware has bf16 matrix units (the final evaluation stays fp32): "
+        f"{_names(registry.PRECISIONS, d.train.precision)}",
+    )
     g = t.add_argument_group("run")
     g.add_argument("--out", help="run directory (default runs/DATASET-TIMESTAMP)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -194,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--split", default="test", help="train, val or test (default test)")
     e.add_argument("--device", default="auto", help="auto (the run's device), cpu or cuda")
+    e.add_argument(
+        "--precision",
+        default="fp32",
+        help="precision of the networks: fp32 (default, the reference) or bf16 (faster "
+        "approximation; compare refuses to mix it with fp32)",
+    )
     _progress_flags(e)
 
     c = sub.add_parser(
@@ -280,6 +293,7 @@ def run(argv: list[str] | None = None) -> int:
             chunk_size=args.chunk_size,
             split=args.split,
             device=args.device,
+            precision=args.precision,
             progress=progress,
         )
         print(jobs.format_evaluation(summary))

@@ -62,6 +62,7 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 50
     eval_samples: int = 1000  # K of the evaluation run at the end of training
+    precision: str = "fp32"  # of the networks in training steps (registry.PRECISIONS)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pyro.infer
+import torch
 
 from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.errors import ConfigError
@@ -63,6 +64,9 @@ GUIDES: dict[str, Callable[[ModelConfig, int], Encoder]] = {
     "iaf": lambda cfg, d: IAFEncoder(d, cfg.latent_dim, cfg.hidden, cfg.flows),
 }
 
+# Precision of the encoder and decoder networks (VAE.precision); log-densities stay float32.
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 ELBOS: dict[str, Callable[[TrainConfig], pyro.infer.ELBO]] = {
     "trace": lambda cfg: DeviceTrace_ELBO(
         num_particles=cfg.num_particles,
@@ -117,9 +121,14 @@ def build_elbo(cfg: TrainConfig) -> pyro.infer.ELBO:
     return lookup(ELBOS, cfg.elbo, "--elbo")(cfg)
 
 
+def build_precision(name: str) -> torch.dtype:
+    return lookup(PRECISIONS, name, "--precision")
+
+
 def check_names(model: ModelConfig, train: TrainConfig) -> None:
     """Fail early, before any data are loaded, on a name no table knows."""
     lookup(PRIORS, model.prior, "--prior")
     lookup(LIKELIHOODS, model.likelihood, "--likelihood")
     lookup(GUIDES, model.guide, "--guide")
     lookup(ELBOS, train.elbo, "--elbo")
+    lookup(PRECISIONS, train.precision, "--precision")

@@ -33,6 +33,7 @@ def test_bench_quick_json_interface(tmp_path):
         assert row["ratio"] == pytest.approx(
             row["reference_images_per_s"] / row["pyro_images_per_s"], rel=1e-6
         )
+    assert {row["precision"] for row in d["train"]} == {"fp32", "bf16"}
     assert {
         "num_samples",
         "num_datapoints",
@@ -40,7 +41,20 @@ def test_bench_quick_json_interface(tmp_path):
         "loop_s",
         "speedup",
         "peak_memory_mb",
+        "tflops",
+        "bf16_batched_s",
+        "bf16_max_abs_diff_log_px",
     } <= set(d["evaluate"])
+    assert (
+        0
+        <= abs(d["evaluate"]["bf16_mean_diff_log_px"])
+        <= d["evaluate"]["bf16_max_abs_diff_log_px"]
+    )
+    assert d["evaluate"]["bf16_max_abs_diff_log_px"] < 0.5  # bf16 networks: close, not exact
+    for row in d["overhead"]["rows"]:
+        assert row["ratio"] == pytest.approx(
+            row["pyro_us_per_step"] / row["reference_us_per_step"], rel=1e-6
+        )
 
 
 @pytest.mark.slow

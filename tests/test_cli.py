@@ -93,6 +93,7 @@ def trained_run(tmp_path_factory):
         (["train", "--frobnicate"], "unrecognized arguments"),
         (["train", "--likelihood", "poisson"], "unknown --likelihood 'poisson'"),
         (["train", "--elbo", "renyi"], "unknown --elbo"),
+        (["train", "--precision", "fp16"], "unknown --precision 'fp16'; choose one of fp32, bf16"),
         (["train", "--hidden", "a,b"], "512,512"),
         (["train", "--epochs", "0"], "--epochs"),
         (["train", "--binarize", "sometimes"], "--binarize"),
@@ -337,6 +338,39 @@ def test_compare_ranks_runs_with_paired_differences(capsys, tmp_path):
     assert main(["evaluate", str(runs[1]), "--num-samples", "10"]) == 0
     capsys.readouterr()
     assert "num_samples: 20 vs 10" in _error(capsys, "compare", *map(str, runs))
+
+
+def test_precision_is_recorded_and_not_mixed_in_compare(capsys, tmp_path):
+    run_dir = tmp_path / "bf16"
+    assert main(["train", *TINY, "--precision", "bf16", "--out", str(run_dir)]) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["precision"] == "bf16"
+    ev = json.loads((run_dir / "evaluation.json").read_text())
+    assert ev["precision"] == "fp32"  # training in bf16; the evaluation after it in fp32
+    other = tmp_path / "fp32"
+    assert main(["train", *TINY, "--seed", "1", "--out", str(other)]) == 0
+    assert main(["compare", str(run_dir), str(other)]) == 0
+    assert main(["evaluate", str(other), "--num-samples", "20", "--precision", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "networks in bf16" in out
+    ev = json.loads((other / "evaluation.json").read_text())
+    assert ev["precision"] == "bf16"
+    err = _error(capsys, "compare", str(run_dir), str(other))
+    assert "precision: 'fp32' vs 'bf16'" in err and "--precision P" in err
+    assert "unknown --precision" in _error(capsys, "evaluate", str(other), "--precision", "x")
+
+
+def test_evaluations_without_a_precision_count_as_fp32(trained_run, tmp_path):
+    from pyro_vae import jobs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run in (a, b):
+        __import__("shutil").copytree(trained_run, run)
+        jobs.evaluate(run, num_samples=5, progress=False)
+    old = json.loads((a / "evaluation.json").read_text())
+    del old["precision"]  # as written before the option existed
+    (a / "evaluation.json").write_text(json.dumps(old))
+    assert len(jobs.compare([a, b])) == 2
 
 
 def test_compare_needs_evaluated_runs(capsys, trained_run):

@@ -107,6 +107,9 @@ class Trainer:
         Steps between updates of the progress bar (each is one host sync).
     progress : bool
         Show a progress bar.
+    precision : torch.dtype, optional
+        Precision of the networks in training steps (``torch.bfloat16``: mixed precision through
+        :meth:`VAE.precision`); parameters, optimizer state and the validation ELBO stay float32.
     """
 
     def __init__(
@@ -122,8 +125,10 @@ class Trainer:
         val_x: torch.Tensor | None = None,
         log_every: int = 50,
         progress: bool = True,
+        precision: torch.dtype | None = None,
     ):
         vae.check_param_store()
+        self.precision = precision
         self.vae = vae
         self.train_x = train_x
         self.val_x = val_x
@@ -147,7 +152,6 @@ class Trainer:
         n = self.train_x.shape[0]
         device = self.train_x.device
         perm = torch.randperm(n, device=device)
-        total = torch.zeros((), device=device)
         bar = tqdm(
             total=self.steps_per_epoch,
             desc=f"epoch {self.epoch + 1}",
@@ -156,22 +160,8 @@ class Trainer:
             leave=False,
         )
         with pyro.validation_enabled(False), bar:
-            for i in range(0, n, self.batch_size):
-                index = perm[i : i + self.batch_size]
-                xb = self.train_x[index]
-                if self.transform is not None:
-                    xb = self.transform(xb)
-                beta = self.beta(self.step)
-                loss = self.svi.step(xb, index=index, num_data=n, beta=beta)
-                total = total + loss
-                self.step += 1
-                bar.update()
-                if self.step % self.log_every == 0:
-                    value = -float(loss) / n
-                    self._check_finite(value)
-                    bar.set_postfix(elbo=f"{value:.2f}", beta=f"{beta:.2f}")
-            objective = -float(total) / (self.steps_per_epoch * n)
-            self._check_finite(objective)
+            with self.vae.precision(self.precision):
+                objective = self._run_steps(n, perm, bar)
             val_elbo = self.validation_elbo()
         self.epoch += 1
         return EpochStats(
@@ -182,6 +172,27 @@ class Trainer:
             val_elbo=val_elbo,
             seconds=time.perf_counter() - start,
         )
+
+    def _run_steps(self, n: int, perm: torch.Tensor, bar) -> float:
+        """The epoch's SVI steps; returns its mean training objective per datapoint."""
+        total = torch.zeros((), device=perm.device)
+        for i in range(0, n, self.batch_size):
+            index = perm[i : i + self.batch_size]
+            xb = self.train_x[index]
+            if self.transform is not None:
+                xb = self.transform(xb)
+            beta = self.beta(self.step)
+            loss = self.svi.step(xb, index=index, num_data=n, beta=beta)
+            total = total + loss
+            self.step += 1
+            bar.update()
+            if self.step % self.log_every == 0:
+                value = -float(loss) / n
+                self._check_finite(value)
+                bar.set_postfix(elbo=f"{value:.2f}", beta=f"{beta:.2f}")
+        objective = -float(total) / (self.steps_per_epoch * n)
+        self._check_finite(objective)
+        return objective
 
     def validation_elbo(self) -> float:
         """Mean single-sample ELBO (beta = 1) on the validation split, nats per datapoint."""

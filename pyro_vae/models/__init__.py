@@ -21,6 +21,7 @@ from pyro_vae.models.likelihoods import (
 )
 from pyro_vae.models.nets import MLP
 from pyro_vae.models.ppca import ProbabilisticPCA
+from pyro_vae.models.precision import networks_in
 from pyro_vae.models.priors import FlowPrior, MixtureOfGaussians, Prior, StandardNormal, VampPrior
 from pyro_vae.models.vae import VAE, Generated
 
@@ -49,4 +50,5 @@ __all__ = [
     "Support",
     "VAE",
     "VampPrior",
+    "networks_in",
 ]

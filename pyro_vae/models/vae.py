@@ -13,6 +13,7 @@ from torch import nn
 
 from pyro_vae.models.guides import Encoder
 from pyro_vae.models.likelihoods import Likelihood
+from pyro_vae.models.precision import networks_in
 from pyro_vae.models.priors import Prior
 
 
@@ -117,6 +118,26 @@ class VAE(nn.Module):
         with self._plate(x, index, num_data):
             with self._kl_weight(beta):
                 return pyro.sample("z", self.encoder(x))
+
+    def networks(self) -> list[nn.Module]:
+        """The networks whose precision :meth:`precision` sets: the encoder's ``net`` and the
+        decoder."""
+        net = getattr(self.encoder, "net", None)
+        if not isinstance(net, nn.Module):
+            raise TypeError(
+                f"{type(self.encoder).__name__} has no network '.net' to run in another precision"
+            )
+        return [net, self.decoder]
+
+    def precision(self, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+        """Context in which the encoder and decoder networks compute in ``dtype`` (e.g.
+        ``torch.bfloat16``); distributions, draws and log-densities stay float32.
+
+        ``None`` or ``torch.float32`` changes nothing. See :func:`networks_in`.
+        """
+        if dtype is None or dtype == torch.float32:
+            return contextlib.nullcontext()
+        return networks_in(dtype, self.networks())
 
     def check_param_store(self) -> None:
         """Raise if Pyro's param store holds other tensors under this VAE's parameter names.

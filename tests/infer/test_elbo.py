@@ -63,10 +63,11 @@ def test_vae_k1_log_px_equals_a_single_sample_trace_elbo():
     assert r.elbo.sum().item() == pytest.approx(-loss, abs=1e-4)
 
 
+@pytest.mark.parametrize("precision", [None, torch.bfloat16])
 @pytest.mark.parametrize(
     "make_optim", [lambda: pyro.optim.Adam({"lr": 1e-2}), lambda: JointAdam({"lr": 1e-2})]
 )
-def test_svi_step_makes_no_host_sync(monkeypatch, make_optim):
+def test_svi_step_makes_no_host_sync(monkeypatch, make_optim, precision):
     """No .item(), float() or bool() of a tensor inside a training step.
 
     Exempt: torch Adam's step counters, which live on the CPU even when training on CUDA.
@@ -90,7 +91,7 @@ def test_svi_step_makes_no_host_sync(monkeypatch, make_optim):
 
         return forbidden
 
-    with pyro.validation_enabled(False):
+    with pyro.validation_enabled(False), vae.precision(precision):
         for name in ("item", "__bool__", "__float__", "tolist", "cpu", "numpy"):
             originals[name] = getattr(torch.Tensor, name)
             monkeypatch.setattr(torch.Tensor, name, forbidding(name))

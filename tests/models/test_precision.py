@@ -1,0 +1,124 @@
+"""Networks in bfloat16 (VAE.precision): float32 outside the networks, close to float32 inside."""
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae.infer import BetaSchedule, DeviceTrace_ELBO, Trainer
+from pyro_vae.infer import importance_log_likelihood as estimate
+from pyro_vae.models import MLP, networks_in
+from tests.helpers import binary_data, tiny_vae
+
+
+def test_float32_and_none_change_nothing():
+    net = MLP([5, 7, 3])
+    x = torch.randn(4, 5)
+    for dtype in (None, torch.float32):
+        with networks_in(dtype, [net]):
+            assert "forward" not in vars(net)
+            torch.testing.assert_close(net(x), net.forward(x), rtol=0, atol=0)
+
+
+def test_bf16_networks_compute_in_bf16_and_return_float32():
+    torch.manual_seed(0)
+    net = MLP([20, 64, 10])
+    x = torch.randn(50, 20)
+    exact = net(x)
+    with networks_in(torch.bfloat16, [net]):
+        low = net(x)
+    assert low.dtype == torch.float32
+    rel = (low - exact).abs().max() / exact.abs().max()
+    assert 0 < rel < 2e-2  # rounded to bfloat16's 8 bits, not exact, not garbage
+    # restored afterwards: the float32 network again, bit for bit
+    assert "forward" not in vars(net)
+    torch.testing.assert_close(net(x), exact, rtol=0, atol=0)
+
+
+def test_forward_is_restored_after_an_error():
+    net = MLP([3, 4, 2])
+    with pytest.raises(RuntimeError, match="boom"), networks_in(torch.bfloat16, [net]):
+        raise RuntimeError("boom")
+    assert "forward" not in vars(net)
+
+
+def test_vae_precision_covers_encoder_and_decoder_only():
+    vae = tiny_vae()
+    with vae.precision(torch.bfloat16):
+        patched = {name for name, m in vae.named_modules() if "forward" in vars(m)}
+    assert patched == {"encoder.net", "decoder"}
+
+    class NoNet(torch.nn.Module):
+        latent_dim = 3
+
+    vae.encoder = NoNet()
+    with pytest.raises(TypeError, match="no network '.net'"):
+        vae.precision(torch.bfloat16)
+
+
+def test_bf16_estimate_is_close_to_float32_on_the_same_draws():
+    vae = tiny_vae(data_dim=12, latent_dim=3, hidden=(32,))
+    x = binary_data(40)
+    pyro.set_rng_seed(0)
+    full = estimate(vae.model, vae.guide, x, num_samples=500)
+    pyro.set_rng_seed(0)
+    with vae.precision(torch.bfloat16):
+        low = estimate(vae.model, vae.guide, x, num_samples=500)
+    assert low.log_px.dtype == torch.float64
+    diff = (low.log_px - full.log_px).abs()
+    assert (diff > 0).any()  # the networks really ran in bf16
+    assert (diff < 0.02).all()  # per datapoint, against log p(x) of about -8 nats
+    assert abs((low.log_px - full.log_px).mean()) < 0.005
+
+
+def _structured_data(n, seed=0):
+    """Noisy copies of four binary prototypes: something for a VAE to learn."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.bernoulli(torch.full((4, 12), 0.5), generator=g)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    flips = torch.bernoulli(torch.full((n, 12), 0.05), generator=g)
+    return (prototypes[labels] + flips) % 2
+
+
+def _fit(precision, epochs=20):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = tiny_vae(data_dim=12, latent_dim=3, hidden=(32,))
+    x = _structured_data(400)
+    trainer = Trainer(
+        vae,
+        x,
+        elbo=DeviceTrace_ELBO(max_plate_nesting=1),
+        lr=1e-2,
+        batch_size=50,
+        beta=BetaSchedule(),
+        val_x=x,
+        progress=False,
+        precision=precision,
+    )
+    return vae, [trainer.train_epoch() for _ in range(epochs)]
+
+
+def test_bf16_training_keeps_float32_parameters_and_learns_like_float32():
+    vae, low = _fit(torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in vae.parameters())
+    assert not any("forward" in vars(m) for m in vae.modules())  # restored after each epoch
+    _, full = _fit(None)
+    assert low[-1].val_elbo > low[0].val_elbo + 1.0  # it learns
+    assert low[-1].val_elbo == pytest.approx(full[-1].val_elbo, abs=0.1)
+
+
+def test_bf16_gradients_are_close_to_float32():
+    vae = tiny_vae(data_dim=12, latent_dim=3, hidden=(32,))
+    x = binary_data(64)
+    grads = {}
+    for dtype in (None, torch.bfloat16):
+        pyro.set_rng_seed(1)
+        elbo = DeviceTrace_ELBO(max_plate_nesting=1, num_particles=50, vectorize_particles=True)
+        with vae.precision(dtype):
+            loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+        vae.zero_grad()
+        loss.backward()
+        grads[dtype] = torch.cat([p.grad.flatten() for p in vae.parameters()])
+        assert grads[dtype].dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(grads[None], grads[torch.bfloat16], dim=0)
+    assert cos > 0.99
