@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -133,3 +135,18 @@ def test_run_all_collects_tables(tmp_path):
     results = (tmp_path / "results.md").read_text()
     assert "## ppca_bound.py" in results and "## swap_priors.py" in results
     assert results.count("| guide | K |") == 1 and "| variant |" in results
+
+
+def test_precision_experiment_measures_a_small_nonzero_difference(tmp_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import precision
+    finally:
+        sys.path.pop(0)
+    assert precision.main(["--out", str(tmp_path), "--epochs", "2", "--eval-samples", "50"]) == 0
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    r = precision.compare_precisions(tmp_path / "run", 50)
+    assert 0 < r["max_abs_diff"] < 0.1  # bf16 networks really differ, by little
+    assert abs(r["mean_diff"]) <= r["max_abs_diff"]
+    assert r["log_px_bf16"] - r["log_px_fp32"] == pytest.approx(r["mean_diff"], abs=1e-9)
+    assert "| bf16 |" in (tmp_path / "table.md").read_text()
