@@ -78,3 +78,19 @@ def test_scaling_quick(tmp_path):
     d = json.loads(out.read_text())
     assert len(d["train"]["seconds"]) == 3 and len(d["evaluate"]["seconds"]) == 3
     assert png.stat().st_size > 2000
+
+
+@pytest.mark.slow
+def test_alternatives_runs(tmp_path):
+    out = tmp_path / "a.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "alternatives.py"), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert [row["what"].split(",")[0] for row in d["compile"]] == ["evaluate K=1000", "train step"]
+    assert all(row["eager"] > 0 and row["compiled"] > 0 for row in d["compile"])
+    assert d["jit"]["DeviceTrace_ELBO"] > 0 and d["jit"]["JitTrace_ELBO"] > 0
