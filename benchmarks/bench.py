@@ -26,6 +26,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -107,9 +108,9 @@ class ReferenceStep:
         else:  # one-sample estimate log q(z|x) - log p(z), as Trace_ELBO
             kl = (-0.5 * eps**2 - torch.log(scale) + 0.5 * z**2).sum(-1)
         loss = -(log_px_z - kl).sum() * (self.num_data / x.shape[0])
-        self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        self.opt.zero_grad(set_to_none=True)  # as DeviceSVI: no gradients held between steps
         return loss.detach()
 
 
@@ -119,35 +120,24 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 def bench_train(
     device, batch_sizes, steps, repeats, data, precisions=PRECISIONS, cfg=None, label=""
 ) -> list[dict]:
+    """Training rows; peak memory is measured for the benchmark's network (``cfg`` None)."""
+    measure_memory = cfg is None
     cfg = cfg or ModelConfig(latent_dim=LATENT, hidden=HIDDEN)
     rows = []
-    n = data.shape[0]
     for batch_size in batch_sizes:
-        batches = [data[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
-        for (elbo_name, elbo_cls), precision in itertools.product(ELBOS, precisions):
-            pyro.clear_param_store()
-            pyro.set_rng_seed(0)
-            vae = build_vae(cfg, DATA_DIM).to(device)
-            svi = DeviceSVI(
-                vae.model, vae.guide, JointAdam({"lr": 1e-4}), elbo_cls(max_plate_nesting=1)
+        for elbo_name, precision in itertools.product(dict(ELBOS), precisions):
+            steppers = train_steppers(
+                device, batch_size, elbo_name, precisions[precision], data, cfg
             )
-            vae_pp = build_vae(cfg, DATA_DIM).to(device)
-            vae_pp.name = "per_param"
-            svi_pp = DeviceSVI(
-                vae_pp.model,
-                vae_pp.guide,
-                pyro.optim.Adam({"lr": 1e-4}),
-                elbo_cls(max_plate_nesting=1),
-            )
-            ref_vae = build_vae(cfg, DATA_DIM).to(device)
-            ref = ReferenceStep(ref_vae, 1e-4, n, analytic_kl=elbo_name == "meanfield")
-            steppers = _steppers(svi, ref, batches, n, precisions[precision])
-            steppers["per_param"] = _steppers(svi_pp, ref, batches, n, precisions[precision])[
-                "pyro"
-            ]
             with pyro.validation_enabled(False):
                 median_seconds_per_call(steppers, 5, 1, device)  # warm-up
                 t = median_seconds_per_call(steppers, steps, repeats, device)
+                memory = {
+                    name: train_peak_mb(device, steppers, name, (batch_size, elbo_name, precision))
+                    if measure_memory
+                    else math.nan
+                    for name in ("pyro", "ref")
+                }
             row = {
                 "batch_size": batch_size,
                 "elbo": elbo_name,
@@ -159,6 +149,8 @@ def bench_train(
                 "reference_ms_per_step": 1e3 * t["ref"],
                 "pyro_per_param_adam_ms_per_step": 1e3 * t["per_param"],
                 "per_param_ratio": t["per_param"] / t["ref"],
+                "pyro_peak_memory_mb": memory["pyro"],
+                "reference_peak_memory_mb": memory["ref"],
             }
             rows.append(row)
             print(
@@ -169,6 +161,59 @@ def bench_train(
                 file=sys.stderr,
             )
     return rows
+
+
+def train_steppers(device, batch_size, elbo_name, precision, data, cfg) -> dict:
+    """Step functions, each with its own freshly initialised VAE: pyro_vae's SVI ("pyro"), the
+    same with Pyro's per-parameter Adam ("per_param"), and the hand-written step ("ref")."""
+    n = data.shape[0]
+    batches = [data[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    elbo_cls = dict(ELBOS)[elbo_name]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = build_vae(cfg, DATA_DIM).to(device)
+    svi = DeviceSVI(vae.model, vae.guide, JointAdam({"lr": 1e-4}), elbo_cls(max_plate_nesting=1))
+    vae_pp = build_vae(cfg, DATA_DIM).to(device)
+    vae_pp.name = "per_param"
+    svi_pp = DeviceSVI(
+        vae_pp.model, vae_pp.guide, pyro.optim.Adam({"lr": 1e-4}), elbo_cls(max_plate_nesting=1)
+    )
+    ref_vae = build_vae(cfg, DATA_DIM).to(device)
+    ref = ReferenceStep(ref_vae, 1e-4, n, analytic_kl=elbo_name == "meanfield")
+    steppers = _steppers(svi, ref, batches, n, precision)
+    steppers["per_param"] = _steppers(svi_pp, ref, batches, n, precision)["pyro"]
+    return steppers
+
+
+def train_peak_mb(device, steppers, name, spec) -> float:
+    """Peak memory of 3 training steps beyond what is held before them (parameters, optimizer
+    state, data): CUDA's allocator peak, or on a CPU the RSS high-water mark in a fresh child."""
+    if device.type == "cuda":
+        steppers[name]()
+        sync(device)
+        with PeakMemory(device) as mem:
+            for _ in range(3):
+                steppers[name]()
+            sync(device)
+        return mem.mb
+    batch_size, elbo_name, precision = spec
+    return _child_mb(["--peak-memory-train", f"{batch_size},{elbo_name},{precision},{name}"])
+
+
+def cpu_train_peak_child(batch_size: int, elbo_name: str, precision: str, name: str) -> float:
+    """In this (fresh) process: peak RSS growth of 3 training steps after 3 warm-up steps, MB."""
+    device = torch.device("cpu")
+    data = load_images(max(2048, 2 * batch_size), device)[0]
+    cfg = ModelConfig(latent_dim=LATENT, hidden=HIDDEN)
+    step = train_steppers(device, batch_size, elbo_name, PRECISIONS[precision], data, cfg)[name]
+    with pyro.validation_enabled(False):
+        for _ in range(3):
+            step()
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_mb("VmRSS:")
+        for _ in range(3):
+            step()
+    return _status_mb("VmHWM:") - before
 
 
 def _steppers(svi, ref, batches, num_data, precision=None) -> dict:
@@ -238,11 +283,17 @@ def cpu_peak_child(num_samples: int, num_points: int) -> float:
 
 
 def cpu_peak_mb(num_samples: int, num_points: int) -> float:
-    r = subprocess.run(
-        [sys.executable, __file__, "--peak-memory", f"{num_samples},{num_points}"],
-        capture_output=True,
-        text=True,
-    )
+    return _child_mb(["--peak-memory", f"{num_samples},{num_points}"])
+
+
+def _child_mb(args: list[str]) -> float:
+    """Run this script with ``args`` in a fresh process; its last line is a number of MB.
+
+    glibc's malloc keeps freed large blocks for reuse once its mmap threshold has adapted, and
+    reused memory never raises the RSS high-water mark; a fixed threshold returns every large
+    block to the system when freed, so each step's peak is seen."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    r = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     try:
         return float(r.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -375,10 +426,20 @@ def main(argv=None) -> int:
         metavar="K,N",
         help="only print the peak memory (MB) of one CPU estimate with K samples on N images",
     )
+    parser.add_argument(
+        "--peak-memory-train",
+        default=None,
+        metavar="B,ELBO,PRECISION,STEP",
+        help="only print the peak memory (MB) of CPU training steps (STEP: pyro, per_param, ref)",
+    )
     args = parser.parse_args(argv)
     if args.peak_memory:
         k, n = (int(v) for v in args.peak_memory.split(","))
         print(cpu_peak_child(k, n))
+        return 0
+    if args.peak_memory_train:
+        batch_size, elbo_name, precision, name = args.peak_memory_train.split(",")
+        print(cpu_train_peak_child(int(batch_size), elbo_name, precision, name))
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench: --device cuda, but PyTorch sees no CUDA device", file=sys.stderr)
@@ -426,15 +487,17 @@ def format_table(r: dict) -> str:
         f"pyro {r['pyro']}; {r['network']}; data: {r['data']}",
         "",
         "| batch | ELBO | networks | pyro_vae ms/step | reference ms/step | pyro_vae images/s "
-        "| reference images/s | ratio | ratio, Pyro's per-param Adam |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| reference images/s | ratio | ratio, Pyro's per-param Adam "
+        "| peak MB, pyro_vae / reference |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for t in r["train"]:
         lines.append(
             f"| {t['batch_size']} | {t['elbo']} | {t.get('precision', 'fp32')} "
             f"| {t['pyro_ms_per_step']:.2f} | {t['reference_ms_per_step']:.2f} "
             f"| {t['pyro_images_per_s']:,.0f} | {t['reference_images_per_s']:,.0f} "
-            f"| {t['ratio']:.2f} | {t['per_param_ratio']:.2f} |"
+            f"| {t['ratio']:.2f} | {t['per_param_ratio']:.2f} "
+            f"| {t['pyro_peak_memory_mb']:.0f} / {t['reference_peak_memory_mb']:.0f} |"
         )
     o = r["overhead"]
     lines += [
