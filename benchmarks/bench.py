@@ -23,10 +23,10 @@ Usage: python benchmarks/bench.py [--device cpu|cuda] [--quick] [--json PATH]
 from __future__ import annotations
 
 import argparse
+import ctypes
 import itertools
 import json
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -202,6 +202,7 @@ def train_peak_mb(device, steppers, name, spec) -> float:
 
 def cpu_train_peak_child(batch_size: int, elbo_name: str, precision: str, name: str) -> float:
     """In this (fresh) process: peak RSS growth of 3 training steps after 3 warm-up steps, MB."""
+    _return_freed_memory()
     device = torch.device("cpu")
     data = load_images(max(2048, 2 * batch_size), device)[0]
     cfg = ModelConfig(latent_dim=LATENT, hidden=HIDDEN)
@@ -263,16 +264,30 @@ def _status_mb(key: str) -> float:
     return math.nan
 
 
+def _return_freed_memory() -> None:
+    """Make glibc's malloc give every large freed block back to the system.
+
+    Once its mmap threshold has adapted, malloc keeps freed large blocks for reuse, and reused
+    memory never raises the RSS high-water mark: a step could then appear to need nothing. A
+    fixed threshold (``mallopt(M_MMAP_THRESHOLD, 128 KiB)``) maps and unmaps each large block.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: the high-water mark may undercount
+
+
 def cpu_peak_child(num_samples: int, num_points: int) -> float:
     """In this (fresh) process: peak RSS growth of one batched estimate, in MB.
 
     A fresh process holds no memory freed by earlier work, which the allocator would reuse
     unseen by the RSS high-water mark; so the CPU peak is measured in a child process.
     """
+    _return_freed_memory()
     device = torch.device("cpu")
     pyro.set_rng_seed(0)
     vae = build_vae(ModelConfig(latent_dim=LATENT, hidden=HIDDEN), DATA_DIM)
-    x = load_images(num_points, device)[0]
+    x = load_images(num_points, device, split="test")[0]
     # a small estimate first: one-time initialisation (thread pools, kernels) is not the estimator's
     importance_log_likelihood(vae.model, vae.guide, x[:8], num_samples=64, max_plate_nesting=1)
     # VmHWM is the all-time peak (loading the data set set it); reset it to the current RSS
@@ -287,13 +302,8 @@ def cpu_peak_mb(num_samples: int, num_points: int) -> float:
 
 
 def _child_mb(args: list[str]) -> float:
-    """Run this script with ``args`` in a fresh process; its last line is a number of MB.
-
-    glibc's malloc keeps freed large blocks for reuse once its mmap threshold has adapted, and
-    reused memory never raises the RSS high-water mark; a fixed threshold returns every large
-    block to the system when freed, so each step's peak is seen."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    r = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    """Run this script with ``args`` in a fresh process; its last line is a number of MB."""
+    r = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     try:
         return float(r.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

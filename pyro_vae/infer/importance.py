@@ -33,8 +33,9 @@ _PARTICLE_PLATE = "_importance_particles"
 _AUTO_CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**28}
 _MIN_AUTO_CHUNK = 64
 # ... and no more than this share of the device's free memory, at this many bytes of peak memory
-# per x-sized element of a pass. Measured for the benchmark's 784-512-512-50 VAE on CPU: 15 to 26
-# bytes (peak growth 21, 100, 243 MB for passes of 2**20, 2**22, 2**24 elements).
+# per x-sized element of a pass. Measured for the benchmark's 784-512-512-50 VAE on CPU: 12 to 14
+# bytes (peak growth 14, 51, 198 MB for passes of 2**20, 2**22, 2**24 elements); 32 leaves room
+# for networks wider than the data.
 _FREE_MEMORY_SHARE = 0.5
 _BYTES_PER_ELEMENT = 32
 
