@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size",
         type=int,
         default=None,
-        help="particles per vectorised pass (default: automatic)",
+        help="particles per vectorised pass (default: automatic, sized from free device memory)",
     )
     e.add_argument("--split", default="test", help="train, val or test (default test)")
     e.add_argument("--device", default="auto", help="auto (the run's device), cpu or cuda")

@@ -4,8 +4,9 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.infer import BetaSchedule, DeviceTrace_ELBO, Trainer
+from pyro_vae.infer import BetaSchedule, DeviceSVI, DeviceTrace_ELBO, Trainer
 from pyro_vae.infer import importance_log_likelihood as estimate
+from pyro_vae.infer.optim import JointAdam
 from pyro_vae.models import MLP, networks_in
 from tests.helpers import binary_data, tiny_vae
 
@@ -122,3 +123,28 @@ def test_bf16_gradients_are_close_to_float32():
         assert grads[dtype].dtype == torch.float32
     cos = torch.nn.functional.cosine_similarity(grads[None], grads[torch.bfloat16], dim=0)
     assert cos > 0.99
+
+
+@pytest.mark.parametrize(
+    "prior, guide, likelihood",
+    [
+        ("normal", "full", "bernoulli"),
+        ("normal", "lowrank", "bernoulli"),
+        ("normal", "iaf", "bernoulli"),
+        ("vamp", "diagonal", "bernoulli"),
+        ("mog", "diagonal", "continuous-bernoulli"),
+        ("flow", "diagonal", "beta"),
+    ],
+)
+def test_bf16_works_with_every_kind_of_piece(prior, guide, likelihood):
+    vae = tiny_vae(prior=prior, guide=guide, likelihood=likelihood, hidden=(16,))
+    x = binary_data(16)
+    if likelihood != "bernoulli":
+        x = x * 0.9 + 0.05  # inside (0, 1) for densities on the unit interval
+    svi = DeviceSVI(vae.model, vae.guide, JointAdam({"lr": 1e-3}), DeviceTrace_ELBO())
+    with vae.precision(torch.bfloat16):
+        losses = [svi.step(x) for _ in range(3)]
+        r = estimate(vae.model, vae.guide, x, num_samples=20)
+    assert all(torch.isfinite(loss) and loss.dtype == torch.float32 for loss in losses)
+    assert torch.isfinite(r.log_px).all() and (r.log_px >= r.elbo - 1e-9).all()
+    assert all(p.dtype == torch.float32 for p in vae.parameters())
