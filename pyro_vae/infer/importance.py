@@ -207,13 +207,17 @@ def importance_log_likelihood(
         if max_plate_nesting is None:
             max_plate_nesting = _guess_max_plate_nesting(model, guide, x[:batch_size])
         parts = []
+        validate = poutine.util.is_validation_enabled()
         for start in range(0, n, batch_size):
             xb = x[start : start + batch_size]
             accumulator = LogWeightAccumulator()
             kept = []
             for first in range(0, num_samples, chunk_size):
                 k = min(chunk_size, num_samples - first)
-                lw = _log_weights(model, guide, xb, k, max_plate_nesting)
+                # Pyro's checks (supports, shapes) run on each block's first pass: the other
+                # passes repeat the same programs on the same data with new draws.
+                with pyro.validation_enabled(validate and first == 0):
+                    lw = _log_weights(model, guide, xb, k, max_plate_nesting)
                 if lw.shape[0] in (1, k) and lw.shape[1] in (1, xb.shape[0]):
                     lw = lw.expand(k, xb.shape[0])
                 if lw.shape != (k, xb.shape[0]):

@@ -237,3 +237,44 @@ def test_free_memory_is_read_on_cpu():
 
     free = free_memory_bytes(torch.device("cpu"))
     assert free is None or 0 < free < 2**50
+
+
+def test_pyro_validation_runs_on_each_blocks_first_pass(ppca, monkeypatch):
+    from pyro.poutine.util import is_validation_enabled
+
+    from pyro_vae.infer import importance
+
+    seen = []
+    original = importance._log_weights
+
+    def recording(*args, **kwargs):
+        seen.append(is_validation_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(importance, "_log_weights", recording)
+    x = ppca.sample_data(10)
+    with pyro.validation_enabled(True):
+        importance_log_likelihood(
+            ppca.model, ppca.wrong_guide, x, num_samples=30, chunk_size=10, batch_size=5
+        )
+    assert seen == [True, False, False] * 2
+    seen.clear()
+    with pyro.validation_enabled(False):
+        importance_log_likelihood(
+            ppca.model, ppca.wrong_guide, x, num_samples=30, chunk_size=10, batch_size=5
+        )
+    assert seen == [False] * 6
+
+
+def test_invalid_data_in_a_later_block_is_still_refused():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Bernoulli(probs=0.5 * torch.ones(x.shape[1])).to_event(1), obs=x)
+
+    def guide(x):
+        pass
+
+    x = torch.ones(6, 3)
+    x[4, 1] = 0.5  # not binary, in the second block of 3
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="support|within"):
+        importance_log_likelihood(model, guide, x, num_samples=4, chunk_size=2, batch_size=3)
