@@ -94,28 +94,13 @@ class Likelihood(nn.Module):
         return type(self).__name__
 
 
-class BinaryBernoulli(dist.Bernoulli):
-    """:class:`pyro.distributions.Bernoulli` whose ``log_prob`` assumes 0/1 values.
-
-    ``log p(x) = log sigmoid((2x - 1) * logits)``: one product and one fused log-sigmoid, where
-    the general form (binary cross-entropy, defined for any x in [0, 1]) takes several passes
-    over the (particles, datapoints, pixels) tensor. Equal to ``Bernoulli.log_prob`` for binary x
-    (tested), and the Bernoulli likelihood refuses other data before it is scored.
-    """
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
-        return torch.nn.functional.logsigmoid((2 * value - 1) * self.logits)
-
-
 class Bernoulli(Likelihood):
     """x_i ~ Bernoulli(sigmoid(h_i)), for binary data."""
 
     support = Support.BINARY
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
-        return BinaryBernoulli(logits=h).to_event(1)
+        return dist.Bernoulli(logits=h).to_event(1)
 
 
 class Gaussian(Likelihood):

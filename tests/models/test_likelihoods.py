@@ -115,23 +115,3 @@ def test_uniform_dequantisation_stays_in_its_bin():
     x = dequantize(k / (levels - 1), levels)
     assert ((x > 0) & (x < 1)).all()
     torch.testing.assert_close(torch.floor(x * levels), k)
-
-
-def test_binary_bernoulli_equals_bernoulli_on_binary_data():
-    import pyro.distributions as pdist
-
-    from pyro_vae.models.likelihoods import BinaryBernoulli
-
-    torch.manual_seed(0)
-    logits = (torch.randn(4, 6, 9) * 8).requires_grad_()  # includes large |logits|
-    x = torch.bernoulli(torch.rand(6, 9))
-    fast = BinaryBernoulli(logits=logits).to_event(1).log_prob(x)
-    slow = pdist.Bernoulli(logits=logits).to_event(1).log_prob(x)
-    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-5)
-    (g_fast,) = torch.autograd.grad(fast.sum(), logits)
-    (g_slow,) = torch.autograd.grad(slow.sum(), logits)
-    torch.testing.assert_close(g_fast, g_slow, rtol=1e-6, atol=1e-6)
-    expanded = BinaryBernoulli(logits=torch.zeros(3)).expand((2, 3))
-    assert isinstance(expanded, BinaryBernoulli)
-    with pytest.raises(ValueError):
-        BinaryBernoulli(logits=torch.zeros(3), validate_args=True).log_prob(torch.full((3,), 0.5))
