@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from bench import DATA_DIM, HIDDEN, LATENT, load_images, median_seconds_per_call
+from bench import DATA_DIM, HIDDEN, LATENT, cycling, load_images, median_seconds_per_call
 from pyro.infer import SVI, JitTrace_ELBO
 
 from pyro_vae.config import ModelConfig
@@ -38,15 +38,9 @@ def _vae(cfg, name, device, compiled=False):
     return vae
 
 
-def _stepper(svi, batches, num_data):
+def _svi_cycling(svi, vae, batches, num_data):
     index = torch.arange(batches[0].shape[0], device=batches[0].device)
-    count = [0]
-
-    def step():
-        count[0] += 1
-        svi.step(batches[count[0] % len(batches)], index=index, num_data=num_data)
-
-    return step
+    return cycling(lambda xb: svi.step(xb, index=index, num_data=num_data), batches, vae)
 
 
 def compile_rows(device, data, test) -> list[dict]:
@@ -62,8 +56,9 @@ def compile_rows(device, data, test) -> list[dict]:
 
     batches = [data[i : i + 128] for i in range(0, 2048, 128)]
     steps = {
-        name: _stepper(
+        name: _svi_cycling(
             DeviceSVI(vae.model, vae.guide, JointAdam({"lr": 1e-4}), DeviceTrace_ELBO()),
+            vae,
             batches,
             2048,
         )
@@ -98,7 +93,8 @@ def jit_row(device, data) -> dict:
             ),
         ),
     ):
-        steps[name] = _stepper(make(_vae(cfg, name, device)), batches, 512)
+        vae = _vae(cfg, name, device)
+        steps[name] = _svi_cycling(make(vae), vae, batches, 512)
     with pyro.validation_enabled(False), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated")
         median_seconds_per_call(steps, 20, 1, device)

@@ -18,6 +18,7 @@ training images for training, test images for evaluation) when the files are fou
 else random binary images of the same shape.
 
 Usage: python benchmarks/bench.py [--device cpu|cuda] [--quick] [--json PATH]
+       [--eval-points N] [--peak-tflops P]
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from pyro_vae.infer.optim import JointAdam
 from pyro_vae.registry import build_vae
 
 LATENT, HIDDEN, DATA_DIM = 50, (512, 512), 784
-ELBOS = (("trace", DeviceTrace_ELBO), ("meanfield", DeviceTraceMeanField_ELBO))
+ELBOS = {"trace": DeviceTrace_ELBO, "meanfield": DeviceTraceMeanField_ELBO}
 
 
 def load_images(n: int, device: torch.device, split: str = "train") -> tuple[torch.Tensor, str]:
@@ -118,14 +119,21 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def bench_train(
-    device, batch_sizes, steps, repeats, data, precisions=PRECISIONS, cfg=None, label=""
+    device,
+    batch_sizes,
+    steps,
+    repeats,
+    data,
+    precisions=PRECISIONS,
+    cfg=None,
+    label="",
+    measure_memory=True,
 ) -> list[dict]:
-    """Training rows; peak memory is measured for the benchmark's network (``cfg`` None)."""
-    measure_memory = cfg is None
+    """Training rows for ``cfg`` (default: the benchmark's network)."""
     cfg = cfg or ModelConfig(latent_dim=LATENT, hidden=HIDDEN)
     rows = []
     for batch_size in batch_sizes:
-        for elbo_name, precision in itertools.product(dict(ELBOS), precisions):
+        for elbo_name, precision in itertools.product(ELBOS, precisions):
             steppers = train_steppers(
                 device, batch_size, elbo_name, precisions[precision], data, cfg
             )
@@ -168,7 +176,7 @@ def train_steppers(device, batch_size, elbo_name, precision, data, cfg) -> dict:
     same with Pyro's per-parameter Adam ("per_param"), and the hand-written step ("ref")."""
     n = data.shape[0]
     batches = [data[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
-    elbo_cls = dict(ELBOS)[elbo_name]
+    elbo_cls = ELBOS[elbo_name]
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     vae = build_vae(cfg, DATA_DIM).to(device)
@@ -180,9 +188,16 @@ def train_steppers(device, batch_size, elbo_name, precision, data, cfg) -> dict:
     )
     ref_vae = build_vae(cfg, DATA_DIM).to(device)
     ref = ReferenceStep(ref_vae, 1e-4, n, analytic_kl=elbo_name == "meanfield")
-    steppers = _steppers(svi, ref, batches, n, precision)
-    steppers["per_param"] = _steppers(svi_pp, ref, batches, n, precision)["pyro"]
-    return steppers
+    index = torch.arange(batch_size, device=data.device)
+
+    def svi_step(svi):
+        return lambda xb: svi.step(xb, index=index, num_data=n)
+
+    return {
+        "pyro": cycling(svi_step(svi), batches, vae, precision),
+        "per_param": cycling(svi_step(svi_pp), batches, vae_pp, precision),
+        "ref": cycling(ref, batches, ref_vae, precision),
+    }
 
 
 def train_peak_mb(device, steppers, name, spec) -> float:
@@ -217,30 +232,32 @@ def cpu_train_peak_child(batch_size: int, elbo_name: str, precision: str, name: 
     return _status_mb("VmHWM:") - before
 
 
-def _steppers(svi, ref, batches, num_data, precision=None) -> dict:
-    """Two step functions cycling through the same minibatches, networks in ``precision``."""
-    index = torch.arange(batches[0].shape[0], device=batches[0].device)
-    counter = {"pyro": 0, "ref": 0}
-    vae = svi.model.__self__
+def cycling(step, batches, vae, precision=None):
+    """A no-argument function calling ``step`` on the next minibatch, with ``vae``'s networks in
+    ``precision``."""
+    count = [0]
 
-    def pyro_step():
-        counter["pyro"] += 1
+    def run():
+        count[0] += 1
         with vae.precision(precision):
-            svi.step(batches[counter["pyro"] % len(batches)], index=index, num_data=num_data)
+            step(batches[count[0] % len(batches)])
 
-    def ref_step():
-        counter["ref"] += 1
-        with ref.vae.precision(precision):
-            ref(batches[counter["ref"] % len(batches)])
-
-    return {"pyro": pyro_step, "ref": ref_step}
+    return run
 
 
 def bench_overhead(device, steps, repeats, data) -> dict:
     """Step times of a network too small to compute much: Python and dispatch per step."""
     cfg = ModelConfig(latent_dim=4, hidden=(16,))
     rows = bench_train(
-        device, (8,), steps, repeats, data[:512], {"fp32": None}, cfg, label="overhead: "
+        device,
+        (8,),
+        steps,
+        repeats,
+        data[:512],
+        {"fp32": None},
+        cfg,
+        label="overhead: ",
+        measure_memory=False,
     )
     return {
         "network": f"{DATA_DIM}-16-4 MLP",

@@ -112,6 +112,15 @@ def write_table(rows: list[dict], out: Path, title: str) -> str:
     return table
 
 
+def report_bars(
+    rows: list[dict], out: Path, title: str, figure: str, value: str = "log_px"
+) -> None:
+    """Print and write the table (``table.csv``, ``table.md``) and the bar figure ``figure``."""
+    print(write_table(rows, out, title))
+    plot_bars(rows, out / figure, title, value=value)
+    print(f"wrote {out}/table.csv, table.md, {figure}")
+
+
 def plot_bars(rows: list[dict], path: Path, title: str, value: str = "log_px") -> None:
     """Per variant: log p(x) with its Monte Carlo error bar and the ELBO below it (the gap is the
     line between them), or bits/dim bars coloured by the data each variant scores."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from _common import base_config, parser, plot_bars, run_variants, write_table
+from _common import base_config, parser, report_bars, run_variants
 
 
 def main(argv=None) -> int:
@@ -31,9 +31,7 @@ def main(argv=None) -> int:
         f"Training objective on {args.dataset}, {args.epochs} epochs, test split, "
         f"K={args.eval_samples}"
     )
-    print(write_table(rows, args.out, title))
-    plot_bars(rows, args.out / "iwae_training.png", title)
-    print(f"wrote {args.out}/table.csv, table.md, iwae_training.png")
+    report_bars(rows, args.out, title, "iwae_training.png")
     return 0
 
 

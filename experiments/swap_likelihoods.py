@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from _common import base_config, parser, plot_bars, run_variants, write_table
+from _common import base_config, parser, report_bars, run_variants
 
 DENSITIES = ("continuous-bernoulli", "gaussian", "gaussian-learned", "laplace", "beta")
 
@@ -38,9 +38,7 @@ def main(argv=None) -> int:
     title = (
         f"Likelihoods on {args.dataset}, {args.epochs} epochs, test split, K={args.eval_samples}"
     )
-    print(write_table(rows, args.out, title))
-    plot_bars(rows, args.out / "likelihoods.png", title, value="bits_per_dim")
-    print(f"wrote {args.out}/table.csv, table.md, likelihoods.png")
+    report_bars(rows, args.out, title, "likelihoods.png", value="bits_per_dim")
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from _common import base_config, parser, plot_bars, run_variants, write_table
+from _common import base_config, parser, report_bars, run_variants
 
 PRIORS = ("normal", "mog", "vamp", "flow")
 
@@ -22,9 +22,7 @@ def main(argv=None) -> int:
     variants = {p: ("binarised", base.replace(model={"prior": p})) for p in PRIORS}
     rows = run_variants(variants, args.out)
     title = f"Priors on {args.dataset}, {args.epochs} epochs, test split, K={args.eval_samples}"
-    print(write_table(rows, args.out, title))
-    plot_bars(rows, args.out / "priors.png", title)
-    print(f"wrote {args.out}/table.csv, table.md, priors.png")
+    report_bars(rows, args.out, title, "priors.png")
     return 0
 
 

@@ -357,10 +357,11 @@ def _data_label(s: dict[str, Any]) -> str:
 
 def format_evaluation(s: dict[str, Any]) -> str:
     """A short, readable summary of :func:`evaluate`'s result."""
+    precision = _identity_value(s, "precision")
     lines = [
         f"{s['dataset']} ({s['split']} split, {_data_label(s)}), {s['num_datapoints']} "
         f"datapoints, K={s['num_samples']} importance samples, {s['epochs_trained']} epochs"
-        + (f", networks in {s['precision']}:" if s.get("precision", "fp32") != "fp32" else ":"),
+        + (f", networks in {precision}:" if precision != "fp32" else ":"),
         f"  log p(x)  {s['log_px']:10.3f} nats  (± {s['log_px_stderr']:.3f} Monte Carlo stderr)",
         f"  ELBO      {s['elbo']:10.3f} nats",
         f"  gap       {s['gap']:10.3f} nats  (log p(x) - ELBO, estimates KL(q || posterior))",

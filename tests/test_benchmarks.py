@@ -14,7 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_quick_json_interface(tmp_path):
     out = tmp_path / "b.json"
     r = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--json", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench.py"),
+            "--quick",
+            "--eval-points",
+            "40",
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -33,6 +41,7 @@ def test_bench_quick_json_interface(tmp_path):
         assert row["ratio"] == pytest.approx(
             row["reference_images_per_s"] / row["pyro_images_per_s"], rel=1e-6
         )
+    assert d["evaluate"]["num_datapoints"] == 40  # --eval-points
     assert {row["precision"] for row in d["train"]} == {"fp32", "bf16"}
     for row in d["train"]:  # measured in a child process: a step needs some memory, not gigabytes
         assert 0 < row["pyro_peak_memory_mb"] < 2000 and 0 < row["reference_peak_memory_mb"] < 2000

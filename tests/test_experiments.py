@@ -10,26 +10,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_ppca_bound_smoke(tmp_path):
+def _run(name, tmp_path, *args):
+    """Run experiments/NAME with --out tmp_path and ``args``; return the rows of its table.csv."""
     r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "ppca_bound.py"),
-            "--out",
-            str(tmp_path),
-            "--ks",
-            "1,10,100",
-            "--points",
-            "20",
-            "--repeats",
-            "2",
-        ],
+        [sys.executable, str(ROOT / "experiments" / name), "--out", str(tmp_path), *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert r.returncode == 0, r.stderr
-    rows = list(csv.DictReader((tmp_path / "table.csv").read_text().splitlines()))
+    return list(csv.DictReader((tmp_path / "table.csv").read_text().splitlines()))
+
+
+def test_ppca_bound_smoke(tmp_path):
+    rows = _run("ppca_bound.py", tmp_path, "--ks", "1,10,100", "--points", "20", "--repeats", "2")
     assert len(rows) == 6
     wrong = [float(row["L_K"]) for row in rows if row["guide"] == "wrong"]
     assert wrong == sorted(wrong)  # the bound rises with K
@@ -40,26 +34,8 @@ def test_ppca_bound_smoke(tmp_path):
 
 
 def _run_script(name, tmp_path, *extra):
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / name),
-            "--out",
-            str(tmp_path),
-            "--epochs",
-            "1",
-            "--eval-samples",
-            "8",
-            "--latent-dim",
-            "2",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr
-    return list(csv.DictReader((tmp_path / "table.csv").read_text().splitlines()))
+    """A training experiment, shrunk to one epoch of a 2-d latent space."""
+    return _run(name, tmp_path, "--epochs", "1", "--eval-samples", "8", "--latent-dim", "2", *extra)
 
 
 def test_swap_priors_smoke(tmp_path):
