@@ -1,7 +1,11 @@
-"""Exceptions that carry a message meant for a person.
+"""Exceptions that carry a message meant for a person, and the facts behind it.
 
-The command line prints these as one line and exits non-zero; anything else is a bug.
+The library's messages state what is wrong and the fix in words; they never name a command-line
+flag. The command line prints these as one line (adding its own flag hints from the fields) and
+exits non-zero; anything else is a bug.
 """
+
+from __future__ import annotations
 
 
 class PyroVAEError(Exception):
@@ -12,6 +16,45 @@ class DataError(PyroVAEError, ValueError):
     """Data that cannot be used: missing files, wrong shapes, NaNs, a support mismatch."""
 
 
+class UnsupportedDataError(DataError):
+    """Data outside the support of the distribution that scores them (e.g. grey pixels under a
+    Bernoulli likelihood).
+
+    Attributes
+    ----------
+    what : str
+        Which data, e.g. "the train split of digits".
+    distribution : str
+        The likelihood or distribution, e.g. "Bernoulli".
+    support : str
+        One of ``"binary"``, ``"unit_interval"``, ``"open_unit_interval"``, ``"levels"``,
+        ``"positive"``, ``"real"``, or the constraint's own name for others.
+    low, high : float
+        The data's range.
+    num_invalid : int
+        Values outside the support.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        what: str,
+        distribution: str,
+        support: str,
+        low: float,
+        high: float,
+        num_invalid: int,
+    ):
+        super().__init__(message)
+        self.what = what
+        self.distribution = distribution
+        self.support = support
+        self.low = low
+        self.high = high
+        self.num_invalid = num_invalid
+
+
 class ConfigError(PyroVAEError, ValueError):
     """An option or configuration value that is not valid."""
 
@@ -20,5 +63,49 @@ class CheckpointError(PyroVAEError):
     """A run directory or checkpoint that is missing, corrupt or does not match its config."""
 
 
-class TrainingDiverged(PyroVAEError, FloatingPointError):
+class NonFiniteError(PyroVAEError, FloatingPointError):
+    """A computed quantity became NaN or infinite.
+
+    Attributes
+    ----------
+    cause : str
+        ``"data"`` when the inputs are to blame (non-finite values, or values so large that the
+        networks overflow), ``"model"`` otherwise (the parameters or the optimisation).
+    data_abs_max : float or None
+        The largest absolute value of the data involved, where known.
+    """
+
+    def __init__(self, message: str, *, cause: str = "model", data_abs_max: float | None = None):
+        super().__init__(message)
+        self.cause = cause
+        self.data_abs_max = data_abs_max
+
+
+class TrainingDiverged(NonFiniteError):
     """The loss became NaN or infinite during training."""
+
+
+class NonFiniteEstimate(NonFiniteError):
+    """An estimate of log p(x) (or its ELBO or ESS) is NaN for some datapoints.
+
+    Attributes
+    ----------
+    datapoints : list of int
+        Indices (rows of x) of the datapoints whose estimate is not finite.
+    site : str or None
+        The first sample site found whose log-density is not finite, with its program
+        (``"guide site 'z'"``), where one was found.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        datapoints: list[int],
+        site: str | None = None,
+        cause: str = "model",
+        data_abs_max: float | None = None,
+    ):
+        super().__init__(message, cause=cause, data_abs_max=data_abs_max)
+        self.datapoints = datapoints
+        self.site = site

@@ -1,0 +1,106 @@
+"""Progress reports for long work: a bar on a terminal, plain lines in a log, or nothing.
+
+Long loops (training epochs, the estimator's passes) take a ``progress`` argument:
+
+* ``True`` or ``"bar"``: a tqdm bar on stderr (for a terminal);
+* ``"lines"``: a plain line on stderr every ``interval`` seconds, with the count, the share done,
+  the time so far and an estimate of the time left (for logs, where a bar is unreadable);
+* ``False``, ``None`` or ``"off"``: nothing.
+
+Nothing is printed unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from tqdm.auto import tqdm
+
+MODES = ("bar", "lines", "off")
+LINE_INTERVAL = 10.0  # seconds between plain progress lines
+
+
+def progress_mode(progress: bool | str | None) -> str:
+    """``"bar"``, ``"lines"`` or ``"off"`` for a ``progress`` argument."""
+    if progress is True:
+        return "bar"
+    if progress is False or progress is None:
+        return "off"
+    if progress in MODES:
+        return progress
+    raise ValueError(f"progress must be True, False or one of {MODES}, got {progress!r}")
+
+
+def progress_bar(
+    total: int,
+    desc: str,
+    unit: str,
+    progress: bool | str | None,
+    *,
+    interval: float = LINE_INTERVAL,
+    stream: TextIO | None = None,
+):
+    """A context manager with ``update(n=1)`` and ``set_postfix(**values)`` for ``total`` units."""
+    mode = progress_mode(progress)
+    if mode == "lines":
+        return LineProgress(total, desc, unit, interval=interval, stream=stream)
+    return tqdm(total=total, desc=desc, unit=unit, disable=mode == "off", leave=False)
+
+
+class LineProgress:
+    """Plain progress lines, at most one every ``interval`` seconds, and one at the end when any
+    was printed: ``log p(x): 120/480 passes (25%), 38 s, about 114 s left``."""
+
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        unit: str,
+        *,
+        interval: float = LINE_INTERVAL,
+        stream: TextIO | None = None,
+    ):
+        self.total = total
+        self.desc = desc
+        self.unit = unit
+        self.interval = interval
+        self.stream = stream
+        self.count = 0
+        self.postfix = ""
+        self.printed = 0
+        self._start = time.monotonic()
+        self._last = self._start
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close(finished=exc[0] is None)
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        now = time.monotonic()
+        if now - self._last >= self.interval and self.count < self.total:
+            self._last = now
+            elapsed = now - self._start
+            left = elapsed * (self.total - self.count) / self.count
+            self._write(
+                f"{self.count}/{self.total} {self.unit}s ({100 * self.count / self.total:.0f}%), "
+                f"{elapsed:.0f} s, about {left:.0f} s left"
+            )
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self, finished: bool = True) -> None:
+        if self.printed and finished:
+            elapsed = time.monotonic() - self._start
+            self._write(f"{self.count}/{self.total} {self.unit}s, done in {elapsed:.0f} s")
+
+    def _write(self, text: str) -> None:
+        extra = f"  {self.postfix}" if self.postfix else ""
+        stream = self.stream if self.stream is not None else sys.stderr
+        print(f"{self.desc}: {text}{extra}", file=stream, flush=True)
+        self.printed += 1
