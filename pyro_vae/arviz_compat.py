@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 
 KHAT_THRESHOLD = 0.7  # Vehtari et al. (2024): above it the importance estimate is unreliable
+# PSIS fits its Pareto tail to the largest ceil(min(K / 5, 3 sqrt(K))) weights and needs more than
+# 4 of them (ArviZ reports inf below that): the smallest K with a k-hat.
+PSIS_MIN_SAMPLES = 21
 
 
 @cache
@@ -36,9 +39,13 @@ def psis_khat(log_weights: np.ndarray) -> np.ndarray:
     generalised Pareto to the largest weights: k-hat < 0.5 good, 0.5-0.7 fine for moderate
     accuracy, > 0.7 the estimate (and its standard error) cannot be trusted. A row whose weights
     are all equal (the guide is the exact posterior) has no tail to fit; its k-hat is set to 0,
-    where ArviZ would report inf.
+    where ArviZ would report inf. With fewer than :data:`PSIS_MIN_SAMPLES` weights per row there
+    is no tail to fit: every k-hat is NaN (undefined), where ArviZ reports inf or, for one
+    weight, fails.
     """
     lw = np.asarray(log_weights, dtype=np.float64)
+    if lw.shape[-1] < PSIS_MIN_SAMPLES:
+        return np.full(lw.shape[:-1], np.nan)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)
         _, khat = _arviz().psislw(lw)

@@ -7,15 +7,25 @@ likelihood cannot score) prints one line starting ``pyro-vae: error:`` and exits
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from pyro_vae import jobs, registry
 from pyro_vae.config import RunConfig
 from pyro_vae.data.datasets import is_path
-from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.runs import RunDir, atomic_write_text
+from pyro_vae.errors import ConfigError, NonFiniteError, PyroVAEError, UnsupportedDataError
+from pyro_vae.runs import RunDir, atomic_write_text, check_output_dir, check_output_file
+
+# Flag advice the CLI adds to a library error about data outside a likelihood's support.
+SUPPORT_HINTS = {
+    "binary": "--binarize dynamic or --binarize static, or --likelihood continuous-bernoulli",
+    "unit_interval": "rescale the data, or --likelihood gaussian for real-valued data",
+    "open_unit_interval": "--dequantize uniform with --binarize none",
+    "levels": "--binarize none without --dequantize",
+}
 
 # CLI option dest -> (config section, field)
 TRAIN_OPTIONS = {
@@ -71,7 +81,8 @@ def _hidden(text: str) -> tuple[int, ...]:
 def build_parser() -> argparse.ArgumentParser:
     d = RunConfig()
     parser = _Parser(prog="pyro-vae", description="VAEs as Pyro programs, evaluated honestly.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     t = sub.add_parser(
         "train",
@@ -223,8 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw from the model; writes a PNG of means and samples")
     s.add_argument("run_dir")
     s.add_argument("--num", type=int, default=64, help="number of draws (default 64)")
-    s.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png)")
+    s.add_argument(
+        "--out",
+        default=None,
+        help="PNG path (.png is added when missing; a directory gets samples.png; "
+        "default RUN_DIR/samples.png)",
+    )
+    s.add_argument("--seed", type=int, default=None, help="seed of the draws (default: the run's)")
     return parser
+
+
+def _version() -> str:
+    try:
+        return version("pyro_vae")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _progress_flags(group) -> None:
@@ -233,14 +257,20 @@ def _progress_flags(group) -> None:
         dest="progress",
         action="store_true",
         default=None,
-        help="show progress bars (default: when stderr is a terminal)",
+        help="show progress bars (default: bars when stderr is a terminal, else a plain "
+        "progress line every few seconds)",
     )
-    group.add_argument("--no-progress", dest="progress", action="store_false")
+    group.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress reports"
+    )
 
 
-def _show_progress(args) -> bool:
+def _show_progress(args) -> str:
+    """``"bar"`` on a terminal, ``"lines"`` in a log (stderr not a terminal), or as asked."""
     flag = getattr(args, "progress", None)
-    return sys.stderr.isatty() if flag is None else flag
+    if flag is None:
+        return "bar" if sys.stderr.isatty() else "lines"
+    return "bar" if flag else "off"
 
 
 def train_config(args: argparse.Namespace) -> RunConfig:
@@ -262,14 +292,30 @@ def _default_out(dataset: str) -> str:
     return str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def echo(text: str) -> None:
+    """Print a line to stdout; once a reader closes the pipe (``| head``), drop the rest
+    silently and let the job finish."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        echo(parser.format_help().rstrip())
+        return 0
     progress = _show_progress(args)
     if args.command == "train":
         if getattr(args, "resume", False) and not hasattr(args, "out"):
             raise ConfigError("--resume needs --out RUN_DIR, the run to continue")
         config = train_config(args)
         out = getattr(args, "out", None) or _default_out(config.data.dataset)
+        check_output_dir(out, "--out")
         try:
             result = jobs.train(
                 config,
@@ -277,6 +323,7 @@ def run(argv: list[str] | None = None) -> int:
                 resume=getattr(args, "resume", False),
                 evaluate_at_end=getattr(args, "evaluate", True),
                 progress=progress,
+                echo=echo,
             )
         except KeyboardInterrupt:
             print(
@@ -285,7 +332,7 @@ def run(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 130
-        print(f"run directory: {result.run_dir}")
+        echo(f"run directory: {result.run_dir}")
     elif args.command == "evaluate":
         summary = jobs.evaluate(
             args.run_dir,
@@ -296,33 +343,61 @@ def run(argv: list[str] | None = None) -> int:
             precision=args.precision,
             progress=progress,
         )
-        print(jobs.format_evaluation(summary))
-        print(f"wrote {RunDir(args.run_dir).evaluation_path}")
+        run_dir = RunDir(args.run_dir)
+        echo(jobs.format_evaluation(summary))
+        echo(f"wrote {run_dir.evaluation_path} and {run_dir.inference_data_path}")
     elif args.command == "compare":
+        for path, flag in ((args.markdown, "--markdown"), (args.csv, "--csv")):
+            if path:
+                check_output_file(path, flag)
         rows = jobs.compare(args.run_dirs)
-        print(jobs.format_comparison(rows))
+        caveats = jobs.comparison_caveats(rows)
+        echo("\n".join([jobs.format_comparison(rows), *caveats]))
         if args.markdown:
-            atomic_write_text(
-                Path(args.markdown), jobs.format_comparison(rows, markdown=True) + "\n"
-            )
-            print(f"wrote {args.markdown}")
+            table = jobs.format_comparison(rows, markdown=True)
+            notes = "".join(f"\n{line}\n" for line in caveats)
+            atomic_write_text(Path(args.markdown), table + "\n" + notes)
+            echo(f"wrote {args.markdown}")
         if args.csv:
             jobs.write_comparison_csv(rows, args.csv)
-            print(f"wrote {args.csv}")
+            echo(f"wrote {args.csv}")
     elif args.command == "plot":
+        if args.out is not None:
+            check_output_dir(args.out, "--out")
         for path in jobs.plot(args.run_dir, args.out):
-            print(f"wrote {path}")
+            echo(f"wrote {path}")
     elif args.command == "sample":
-        path = jobs.sample(args.run_dir, num=args.num, out=args.out)
-        print(f"wrote {path}")
+        if args.out is not None:
+            check_output_file(jobs.samples_path(args.run_dir, args.out), "--out")
+        path = jobs.sample(args.run_dir, num=args.num, out=args.out, seed=args.seed)
+        echo(f"wrote {path}")
     return 0
+
+
+def advice(error: PyroVAEError) -> str:
+    """The command-line fix for a library error, in flags ("" when there is none to add)."""
+    if isinstance(error, UnsupportedDataError):
+        return SUPPORT_HINTS.get(error.support, "")
+    if isinstance(error, NonFiniteError):
+        if error.cause == "data":
+            return "standardise or rescale the data file (the networks expect values near 1)"
+        return "retrain with a smaller --lr, or a larger --scale-floor for a learned scale"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
     except PyroVAEError as e:
-        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        hint = advice(e)
+        message = " ".join(str(e).split())  # one line, whatever the message holds
+        print(f"pyro-vae: error: {message}" + (f" ({hint})" if hint else ""), file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that cannot be written or read: a full disk, permissions
+        if isinstance(e, BrokenPipeError):
+            return 0
+        where = f": {e.filename}" if e.filename else ""
+        print(f"pyro-vae: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ from pyro_vae.errors import ConfigError
 BINARIZE_MODES = ("dynamic", "static", "none")
 DEQUANTIZE_MODES = ("uniform", "none")
 DEVICES = ("auto", "cpu", "cuda")
+# Seeds reach NumPy's generator through pyro.set_rng_seed, which takes 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,15 @@ class RunConfig:
             len(self.model.hidden) >= 1 and all(h >= 1 for h in self.model.hidden),
             "--hidden must be a comma-separated list of positive widths, e.g. 512,512",
         )
+        for flag, value in (
+            ("--gaussian-scale", self.model.gaussian_scale),
+            ("--scale-floor", self.model.scale_floor),
+            ("--lr", self.train.lr),
+            ("--beta", self.train.beta),
+        ):
+            _check(math.isfinite(value), f"{flag} must be a finite number, got {value}")
+        check_seed(self.train.seed, "--seed")
+        check_seed(self.data.binarize_seed, "--binarize-seed")
         _check(self.model.gaussian_scale > 0, "--gaussian-scale must be positive")
         _check(self.model.scale_floor > 0, "--scale-floor must be positive")
         _check(self.train.epochs >= 1, "--epochs must be at least 1")
@@ -133,6 +145,14 @@ class RunConfig:
             _check(not unknown, f"unknown {name} option(s): {sorted(unknown)}")
             parts[name] = dataclasses.replace(part, **changes)
         return RunConfig(**parts)
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """Raise :class:`ConfigError` unless ``seed`` is an integer in 0 .. :data:`MAX_SEED`."""
+    _check(
+        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED,
+        f"{flag} must be an integer from 0 to {MAX_SEED}, got {seed}",
+    )
 
 
 def _check(ok: bool, message: str) -> None:

@@ -14,17 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 
 from pyro_vae import arviz_compat, registry
-from pyro_vae.config import RunConfig
+from pyro_vae.config import RunConfig, check_seed
 from pyro_vae.data import load_dataset, minibatch_transform, prepare_split
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.data.transforms import is_quantised
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.infer import BetaSchedule, EpochStats, Trainer, importance_log_likelihood
 from pyro_vae.infer.diagnostics import active_units, bounds_vs_k, guide_means, kl_per_dimension
+from pyro_vae.infer.importance import free_memory_bytes
 from pyro_vae.models import VAE, Likelihood
 from pyro_vae.runs import RunDir, atomic_write_text
 
@@ -156,7 +158,7 @@ def train(
     run.write_config(config)
     if trainer.epoch >= config.train.epochs:
         echo(
-            f"{run.path}: already trained for {trainer.epoch} epochs "
+            f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
             f"(--epochs {config.train.epochs})"
         )
     report_every = max(1, config.train.epochs // 10)
@@ -255,6 +257,7 @@ def evaluate(
     config, vae, meta = load_run(run_dir, device)
     data = prepare_splits(config, load_data(config), vae.likelihood, (split,))
     x = data[split].to(next(vae.parameters()).device)
+    _check_log_weights_fit(num_samples, x)
     pyro.set_rng_seed(config.train.seed)
     start = time.perf_counter()
     with vae.precision(dtype):
@@ -283,23 +286,17 @@ def evaluate(
         n_active, _ = active_units(guide_means(q).cpu())
         kl = kl_per_dimension(q, vae.prior)
     n = x.shape[0]
-    khat = per_point["khat"]
-    unreliable = int((khat > arviz_compat.KHAT_THRESHOLD).sum())
     summary: dict[str, Any] = {
         "log_px": per_point["log_px"].mean().item(),
         "log_px_stderr": (per_point["stderr"].pow(2).sum().sqrt() / n).item()
         if num_samples > 1
-        else math.nan,
+        else None,
         "log_px_std": per_point["log_px"].std().item() if n > 1 else 0.0,
         "elbo": per_point["elbo"].mean().item(),
         "gap": (per_point["log_px"] - per_point["elbo"]).mean().item(),
         "ess_mean": per_point["ess"].mean().item(),
         "ess_min": per_point["ess"].min().item(),
-        "khat_mean": khat.mean().item(),
-        "khat_max": khat.max().item(),
-        "khat_threshold": arviz_compat.KHAT_THRESHOLD,
-        "num_khat_above_threshold": unreliable,
-        "frac_khat_above_threshold": unreliable / n,
+        **khat_summary(per_point["khat"], num_samples),
         "bounds_vs_k": {str(k): v.mean().item() for k, v in bounds.items()},
         "active_units": n_active,
         "latent_dim": vae.latent_dim,
@@ -339,6 +336,48 @@ def evaluate(
     return summary
 
 
+def _check_log_weights_fit(num_samples: int, x: torch.Tensor) -> None:
+    """Refuse a K whose K x N float64 log weights (kept for k-hat and L_K, about twice over while
+    they are joined) would not fit in the host's free memory."""
+    need = 2 * 8 * num_samples * x.shape[0]
+    free = free_memory_bytes(torch.device("cpu"))
+    if free is not None and need > free:
+        raise ConfigError(
+            f"--num-samples {num_samples} on {x.shape[0]} datapoints keeps {need / 1e9:.3g} GB "
+            f"of log weights, more than the {free / 1e9:.3g} GB of free memory; choose a smaller "
+            "K (or evaluate on fewer datapoints)"
+        )
+
+
+def khat_summary(khat: torch.Tensor, num_samples: int) -> dict[str, Any]:
+    """The k-hat fields of an evaluation. Below :data:`~pyro_vae.arviz_compat.PSIS_MIN_SAMPLES`
+    importance samples PSIS has no tail to fit: the fields are None and ``khat_note`` says why."""
+    threshold = arviz_compat.KHAT_THRESHOLD
+    if num_samples < arviz_compat.PSIS_MIN_SAMPLES:
+        why = (
+            "K=1 is the ELBO, with no importance weights to diagnose"
+            if num_samples == 1
+            else f"K={num_samples} is too small for PSIS (it needs at least "
+            f"{arviz_compat.PSIS_MIN_SAMPLES} importance samples per datapoint)"
+        )
+        return {
+            "khat_mean": None,
+            "khat_max": None,
+            "khat_threshold": threshold,
+            "num_khat_above_threshold": None,
+            "frac_khat_above_threshold": None,
+            "khat_note": f"not computed: {why}",
+        }
+    unreliable = int((khat > threshold).sum())
+    return {
+        "khat_mean": khat.mean().item(),
+        "khat_max": khat.max().item(),
+        "khat_threshold": threshold,
+        "num_khat_above_threshold": unreliable,
+        "frac_khat_above_threshold": unreliable / khat.shape[0],
+    }
+
+
 def bits_per_dim(log_px: float, data_dim: int, likelihood, config: RunConfig, meta) -> float | None:
     """-log2 P(x) / D for a discrete likelihood; for a density of uniformly dequantised data with
     L levels, the bound -(log p(x) - D ln L) / (D ln 2) on the levels' probability; else None."""
@@ -355,53 +394,98 @@ def _data_label(s: dict[str, Any]) -> str:
     return f"binarize={s['binarize']}"
 
 
+def plural(n: int, noun: str) -> str:
+    """``"1 epoch"``, ``"2 epochs"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def format_evaluation(s: dict[str, Any]) -> str:
     """A short, readable summary of :func:`evaluate`'s result."""
     precision = _identity_value(s, "precision")
+    stderr = s.get("log_px_stderr")
+    error_bar = (
+        f"(± {stderr:.3f} Monte Carlo stderr)"
+        if stderr is not None and math.isfinite(stderr)
+        else "(no Monte Carlo stderr from one sample)"
+    )
     lines = [
-        f"{s['dataset']} ({s['split']} split, {_data_label(s)}), {s['num_datapoints']} "
-        f"datapoints, K={s['num_samples']} importance samples, {s['epochs_trained']} epochs"
+        f"{s['dataset']} ({s['split']} split, {_data_label(s)}), "
+        f"{plural(s['num_datapoints'], 'datapoint')}, K={s['num_samples']} importance "
+        f"{'sample' if s['num_samples'] == 1 else 'samples'}, "
+        f"{plural(s['epochs_trained'], 'epoch')}"
         + (f", networks in {precision}:" if precision != "fp32" else ":"),
-        f"  log p(x)  {s['log_px']:10.3f} nats  (± {s['log_px_stderr']:.3f} Monte Carlo stderr)",
+        f"  log p(x)  {s['log_px']:10.3f} nats  {error_bar}",
         f"  ELBO      {s['elbo']:10.3f} nats",
         f"  gap       {s['gap']:10.3f} nats  (log p(x) - ELBO, estimates KL(q || posterior))",
         f"  ESS       {s['ess_mean']:10.1f} of {s['num_samples']} on average "
         f"(min {s['ess_min']:.1f})",
     ]
-    if "khat_max" in s:
-        verdict = "reliable" if s["num_khat_above_threshold"] == 0 else "NOT reliable for these"
+    if s.get("khat_note"):
+        lines.append(f"  k-hat     {s['khat_note']}")
+    elif s.get("khat_max") is not None:
+        above = s["num_khat_above_threshold"]
+        verdict = "reliable" if above == 0 else "NOT reliable for these"
         lines.append(
             f"  k-hat     {s['khat_mean']:10.2f} mean, {s['khat_max']:.2f} max; "
-            f"{s['num_khat_above_threshold']} of {s['num_datapoints']} datapoints above "
+            f"{above} of {s['num_datapoints']} datapoints above "
             f"{s['khat_threshold']} ({verdict})"
         )
+    if "bounds_vs_k" in s:
         bounds = ", ".join(f"L_{k} {v:.2f}" for k, v in s["bounds_vs_k"].items())
         lines.append(f"  bound/K   {bounds}")
+    if "active_units" in s:
         lines.append(f"  active    {s['active_units']} of {s['latent_dim']} latent dimensions")
     if "bits_per_dim" in s:
         lines.append(f"  bits/dim  {s['bits_per_dim']:10.4f}")
     return "\n".join(lines)
 
 
-def sample(run_dir: str | Path, *, num: int = 64, out: str | Path | None = None) -> Path:
-    """Draw ``num`` samples and write a PNG with two labelled grids: decoder means and samples."""
-    if num < 1:
-        raise ConfigError("--num must be at least 1")
+MAX_SAMPLES_FIGURE = 4096  # draws in one samples figure
+
+
+def samples_path(run_dir: str | Path, out: str | Path | None) -> Path:
+    """Where :func:`sample` writes: ``out`` (``.png`` added when it has no suffix; a directory
+    gets ``samples.png`` inside it), by default ``RUN_DIR/samples.png``."""
+    if out is None:
+        return Path(run_dir) / "samples.png"
+    path = Path(out)
+    if path.is_dir():
+        return path / "samples.png"
+    if path.suffix == "":
+        return path.with_name(path.name + ".png")
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"the samples figure is a PNG; {path} names a '{path.suffix}' file")
+    return path
+
+
+def sample(
+    run_dir: str | Path, *, num: int = 64, out: str | Path | None = None, seed: int | None = None
+) -> Path:
+    """Draw ``num`` samples and write a PNG with two labelled grids: decoder means and samples.
+
+    ``seed`` (default: the run's seed) seeds the draws. Returns the path written.
+    """
+    if not 1 <= num <= MAX_SAMPLES_FIGURE:
+        raise ConfigError(f"--num must be between 1 and {MAX_SAMPLES_FIGURE}, got {num}")
+    if seed is not None:
+        check_seed(seed)
     config, vae, meta = load_run(run_dir, "cpu")
     shape = meta.get("image_shape") or []
     if len(shape) != 2:
         raise ConfigError(f"sample grids need image data; this run's datapoints have shape {shape}")
-    out_path = Path(out) if out is not None else Path(run_dir) / "samples.png"
+    out_path = samples_path(run_dir, out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _samples_figure(vae, config, tuple(shape), num).savefig(out_path, bbox_inches="tight")
+    figure = _samples_figure(vae, config, tuple(shape), num, seed)
+    figure.savefig(out_path, bbox_inches="tight")
     return out_path
 
 
-def _samples_figure(vae: VAE, config: RunConfig, shape, num: int):
-    """The labelled samples figure, drawn with the run's seed (the same as ``pyro-vae sample``)."""
+def _samples_figure(vae: VAE, config: RunConfig, shape, num: int, seed: int | None = None):
+    """The labelled samples figure, drawn with ``seed`` (default the run's seed, as
+    ``pyro-vae sample`` does)."""
     from pyro_vae import plots
 
-    pyro.set_rng_seed(config.train.seed)
+    pyro.set_rng_seed(config.train.seed if seed is None else seed)
     drawn = vae.sample(num)
     title = f"z ~ p(z), {config.data.dataset}, {config.model.likelihood} likelihood"
     return plots.samples(drawn.mean, drawn.sample, shape, title)
@@ -470,17 +554,41 @@ def compare(run_dirs: list[str | Path]) -> list[Comparison]:
             Comparison(
                 run=str(runs[i].path),
                 log_px=ev["log_px"],
-                log_px_stderr=ev["log_px_stderr"],
+                log_px_stderr=_number(ev.get("log_px_stderr")),
                 elbo=ev["elbo"],
                 gap=ev["gap"],
-                khat_max=ev.get("khat_max", math.nan),
-                frac_khat_above_threshold=ev.get("frac_khat_above_threshold", math.nan),
+                khat_max=_number(ev.get("khat_max")),
+                frac_khat_above_threshold=_number(ev.get("frac_khat_above_threshold")),
                 diff=d.mean().item(),
                 diff_se=diff_se,
                 label=f"{ev['prior']}/{ev['likelihood']}/{ev['guide']}/{ev['objective']}",
             )
         )
     return rows
+
+
+def _number(value) -> float:
+    """A JSON number as a float; null (written for NaN, or a k-hat not computed) as NaN."""
+    return math.nan if value is None else float(value)
+
+
+def comparison_caveats(rows: list[Comparison]) -> list[str]:
+    """One line for each run whose estimate is unreliable (PSIS k-hat above the threshold) for
+    some of its datapoints, naming the share: the ranking rests on those estimates."""
+    threshold = arviz_compat.KHAT_THRESHOLD
+    lines = []
+    for r in rows:
+        share = r.frac_khat_above_threshold
+        if math.isnan(share):
+            lines.append(f"caveat: {r.run}: k-hat was not computed (too few importance samples)")
+        elif share > 0:
+            most = "most of its" if share > 0.5 else "some of its"
+            lines.append(
+                f"caveat: {r.run}: {100 * share:.1f}% of its datapoints have k-hat > {threshold} "
+                f"({most} estimates of log p(x) are unreliable lower bounds; more samples or a "
+                "better proposal may change the ranking)"
+            )
+    return lines
 
 
 def _identity_value(evaluation: dict[str, Any], key: str):
@@ -592,7 +700,9 @@ def plot(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
         elbo = idata.log_likelihood["elbo"].values[0, 0]
         series = {"L_K (mean over datapoints)": ev["bounds_vs_k"]}
         figures["bound_vs_k"] = plots.bound_vs_k(series, ev["elbo"])
-        figures["khat"] = plots.khat(idata.sample_stats["khat"].values[0, 0])
+        khat = idata.sample_stats["khat"].values[0, 0]
+        if np.isfinite(khat).any():  # not computed below PSIS_MIN_SAMPLES
+            figures["khat"] = plots.khat(khat)
         figures["gap"] = plots.gap_histogram(log_px - elbo)
     paths = []
     for name, fig in figures.items():

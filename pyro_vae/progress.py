@@ -7,11 +7,13 @@ Long loops (training epochs, the estimator's passes) take a ``progress`` argumen
   the time so far and an estimate of the time left (for logs, where a bar is unreadable);
 * ``False``, ``None`` or ``"off"``: nothing.
 
-Nothing is printed unless the caller asks for it.
+Nothing is printed unless the caller asks for it. ``$PYRO_VAE_PROGRESS_SECONDS`` sets the
+interval between plain lines (default 10 s).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -20,6 +22,15 @@ from tqdm.auto import tqdm
 
 MODES = ("bar", "lines", "off")
 LINE_INTERVAL = 10.0  # seconds between plain progress lines
+INTERVAL_ENV = "PYRO_VAE_PROGRESS_SECONDS"
+
+
+def line_interval() -> float:
+    """Seconds between plain progress lines: ``$PYRO_VAE_PROGRESS_SECONDS`` or 10."""
+    try:
+        return max(0.0, float(os.environ.get(INTERVAL_ENV, LINE_INTERVAL)))
+    except ValueError:
+        return LINE_INTERVAL
 
 
 def progress_mode(progress: bool | str | None) -> str:
@@ -39,12 +50,13 @@ def progress_bar(
     unit: str,
     progress: bool | str | None,
     *,
-    interval: float = LINE_INTERVAL,
+    interval: float | None = None,
     stream: TextIO | None = None,
 ):
     """A context manager with ``update(n=1)`` and ``set_postfix(**values)`` for ``total`` units."""
     mode = progress_mode(progress)
     if mode == "lines":
+        interval = line_interval() if interval is None else interval
         return LineProgress(total, desc, unit, interval=interval, stream=stream)
     return tqdm(total=total, desc=desc, unit=unit, disable=mode == "off", leave=False)
 

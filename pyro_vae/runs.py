@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -49,6 +50,44 @@ def _umask() -> int:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """Raise :class:`ConfigError` unless ``path`` can be written as a file: not a directory, and
+    no part of its parent a file. Returns the path."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{what} {p} is a directory; give the path of a file")
+    _check_parents(p, what)
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, what: str) -> Path:
+    """Raise :class:`ConfigError` unless ``path`` is a directory or can be created as one."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{what} {p} is a file, not a directory")
+    _check_parents(p, what)
+    return p
+
+
+def _check_parents(p: Path, what: str) -> None:
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {p} lies under {parent}, which is a file")
+            return
+
+
+def json_safe(value):
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class RunDir:
@@ -135,7 +174,9 @@ class RunDir:
 
     # evaluation
     def write_evaluation(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.evaluation_path, json.dumps(summary, indent=2) + "\n")
+        """evaluation.json: valid JSON, with NaN and infinite numbers written as null."""
+        text = json.dumps(json_safe(summary), indent=2, allow_nan=False)
+        atomic_write_text(self.evaluation_path, text + "\n")
 
     def read_evaluation(self) -> dict[str, Any]:
         try:

@@ -12,7 +12,7 @@ import torch
 
 from pyro_vae.cli import main
 
-TINY = ["--epochs", "1", "--hidden", "32", "--latent-dim", "2", "--eval-samples", "20"]
+TINY = ["--epochs", "1", "--hidden", "32", "--latent-dim", "2", "--eval-samples", "25"]
 
 
 def run_cli(*args, cwd=None):
@@ -207,7 +207,7 @@ def test_quick_start_default_job(tmp_path):
                 "--dequantize",
                 "uniform",
             ],
-            "quantised data",
+            "quantised values",
         ),
         (["--likelihood", "bernoulli", "--binarize", "none"], "--binarize dynamic"),
         (["--prior", "flow", "--latent-dim", "1"], "latent_dim >= 2"),

@@ -17,12 +17,17 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import SVI
-from tqdm.auto import tqdm
 
-from pyro_vae.errors import TrainingDiverged
+from pyro_vae.errors import DataError, TrainingDiverged
 from pyro_vae.infer.importance import importance_log_likelihood
 from pyro_vae.infer.optim import JointAdam
 from pyro_vae.models.vae import VAE
+from pyro_vae.progress import progress_bar
+
+# Data with values beyond this magnitude are treated as unscaled when a loss becomes NaN.
+DATA_SCALE_LIMIT = 1e3
+# Rows of a transformed training split checked against the likelihood (all rows as stored are).
+_CHECKED_ROWS = 1000
 
 
 class DeviceSVI(SVI):
@@ -105,8 +110,8 @@ class Trainer:
         Validation data as scored (already binarised), on the device.
     log_every : int
         Steps between updates of the progress bar (each is one host sync).
-    progress : bool
-        Show a progress bar.
+    progress : bool or str
+        ``True``/``"bar"``, ``"lines"`` or ``False``/``"off"``: see :mod:`pyro_vae.progress`.
     precision : torch.dtype, optional
         Precision of the networks in training steps (``torch.bfloat16``: mixed precision through
         :meth:`VAE.precision`); parameters, optimizer state and the validation ELBO stay float32.
@@ -128,6 +133,8 @@ class Trainer:
         precision: torch.dtype | None = None,
     ):
         vae.check_param_store()
+        check_training_data(vae, train_x, transform, val_x)
+        self.data_abs_max = float(train_x.abs().max())
         self.precision = precision
         self.vae = vae
         self.train_x = train_x
@@ -152,13 +159,7 @@ class Trainer:
         n = self.train_x.shape[0]
         device = self.train_x.device
         perm = torch.randperm(n, device=device)
-        bar = tqdm(
-            total=self.steps_per_epoch,
-            desc=f"epoch {self.epoch + 1}",
-            unit="step",
-            disable=not self.progress,
-            leave=False,
-        )
+        bar = progress_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}", "step", self.progress)
         with pyro.validation_enabled(False), bar:
             with self.vae.precision(self.precision):
                 objective = self._run_steps(n, perm, bar)
@@ -204,11 +205,22 @@ class Trainer:
         return float(result.elbo.mean())
 
     def _check_finite(self, value: float) -> None:
-        if not math.isfinite(value):
+        if math.isfinite(value):
+            return
+        where = f"the ELBO became {value} at step {self.step} (epoch {self.epoch + 1})"
+        if self.data_abs_max > DATA_SCALE_LIMIT:
             raise TrainingDiverged(
-                f"the ELBO became {value} at step {self.step} (epoch {self.epoch + 1}); "
-                "try a smaller --lr, or a larger --scale-floor for a learned Gaussian"
+                f"{where}: the training data reach |x| = {self.data_abs_max:.3g}, far outside "
+                "the scale the networks work in; standardise or rescale the data",
+                cause="data",
+                data_abs_max=self.data_abs_max,
             )
+        raise TrainingDiverged(
+            f"{where}; a smaller learning rate, or a larger floor on a learned likelihood "
+            "scale, may help",
+            cause="model",
+            data_abs_max=self.data_abs_max,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: parameters, Adam state, RNG, counters."""
@@ -226,6 +238,33 @@ class Trainer:
         set_rng_state(state["rng"], self.train_x.device)
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
+
+
+def check_training_data(
+    vae: VAE,
+    train_x: torch.Tensor,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    val_x: torch.Tensor | None = None,
+) -> None:
+    """Check the data against the VAE's likelihood once, before any step.
+
+    The training split is checked as the likelihood will score it: a sample of it passed through
+    ``transform`` (drawn on forked random streams, so training draws stay as they were).
+    Raises :class:`~pyro_vae.errors.DataError` (its subclass
+    :class:`~pyro_vae.errors.UnsupportedDataError` for values outside the likelihood's support).
+    """
+    if train_x.dim() != 2 or train_x.shape[0] == 0:
+        raise DataError(
+            f"training data must have shape (N, D) with N >= 1, got {tuple(train_x.shape)}"
+        )
+    scored = train_x[:_CHECKED_ROWS]
+    if transform is not None:
+        devices = [train_x.device] if train_x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            scored = transform(scored)
+    vae.likelihood.check_data(scored, "the training data")
+    if val_x is not None:
+        vae.likelihood.check_data(val_x, "the validation data")
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:

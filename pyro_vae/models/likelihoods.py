@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
 
-from pyro_vae.errors import DataError
+from pyro_vae.errors import DataError, UnsupportedDataError
 
 
 class Support(enum.Enum):
@@ -33,6 +33,27 @@ class Support(enum.Enum):
 
 
 DISCRETE_SUPPORTS = (Support.BINARY, Support.LEVELS)
+# What each support accepts, and the fix for data outside it, in words (the CLI adds flags).
+_SUPPORT_ADVICE = {
+    Support.BINARY: (
+        "binary data (0/1)",
+        "binarise the data (draw each value as the probability of a 1) or choose a likelihood "
+        "for values in [0, 1] such as the continuous Bernoulli",
+    ),
+    Support.UNIT_INTERVAL: (
+        "values in [0, 1]",
+        "rescale the data to [0, 1] or choose a likelihood for real values such as a Gaussian",
+    ),
+    Support.OPEN_UNIT_INTERVAL: (
+        "values strictly inside (0, 1)",
+        "for pixel data dequantise them uniformly, which maps level k of L to (k + u) / L with "
+        "u ~ U(0, 1), strictly inside (0, 1)",
+    ),
+    Support.LEVELS: (
+        "quantised values",
+        "score the stored levels themselves, neither binarised nor dequantised",
+    ),
+}
 
 
 class Likelihood(nn.Module):
@@ -57,37 +78,49 @@ class Likelihood(nn.Module):
         return self.support in DISCRETE_SUPPORTS
 
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        """Raise :class:`DataError` if ``x`` lies outside this likelihood's support."""
+        """Raise :class:`~pyro_vae.errors.UnsupportedDataError` if ``x`` lies outside this
+        likelihood's support (:class:`~pyro_vae.errors.DataError` for NaN or infinite values).
+
+        The message names the likelihood, the data's range and the fix, in words.
+        """
+        if x.numel() == 0:
+            raise DataError(f"{what} hold no values")
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).sum())
             raise DataError(f"{what} contain {bad} NaN or infinite values")
         lo, hi = float(x.min()), float(x.max())
-        span = f"[{lo:.3g}, {hi:.3g}]"
-        if self.support is Support.BINARY and not ((x == 0) | (x == 1)).all():
-            raise DataError(
-                f"the {self.name} likelihood needs binary data (0/1), but {what} hold values in "
-                f"{span} that are not 0 or 1; binarise them (--binarize dynamic or --binarize "
-                "static) or choose a likelihood for [0, 1] data (--likelihood continuous-bernoulli)"
-            )
-        if self.support is Support.UNIT_INTERVAL and (lo < 0 or hi > 1):
-            raise DataError(
-                f"the {self.name} likelihood needs values in [0, 1], but {what} lie in {span}; "
-                "rescale them, or choose --likelihood gaussian for real-valued data"
-            )
-        if self.support is Support.OPEN_UNIT_INTERVAL and (lo <= 0 or hi >= 1):
-            raise DataError(
-                f"the {self.name} likelihood needs values strictly inside (0, 1), but {what} lie "
-                f"in {span}; for pixel data use --dequantize uniform, which maps level k to "
-                "(k + u) / levels with u ~ U(0, 1), strictly inside (0, 1)"
-            )
+        invalid = self._invalid(x)
+        if invalid is None:
+            return
+        needs, fix = _SUPPORT_ADVICE[self.support]
         if self.support is Support.LEVELS:
+            needs = f"quantised values k / {self.levels - 1} (k = 0 .. {self.levels - 1})"
+        count = int(invalid.sum())
+        raise UnsupportedDataError(
+            f"the {self.name} likelihood needs {needs}, but {what} lie in [{lo:.3g}, {hi:.3g}] "
+            f"with {count} of {x.numel()} values outside its support; {fix}",
+            what=what,
+            distribution=self.name,
+            support=self.support.name.lower(),
+            low=lo,
+            high=hi,
+            num_invalid=count,
+        )
+
+    def _invalid(self, x: torch.Tensor) -> torch.Tensor | None:
+        """A mask of the values outside the support, or None when every value is inside."""
+        if self.support is Support.BINARY:
+            bad = (x != 0) & (x != 1)
+        elif self.support is Support.UNIT_INTERVAL:
+            bad = (x < 0) | (x > 1)
+        elif self.support is Support.OPEN_UNIT_INTERVAL:
+            bad = (x <= 0) | (x >= 1)
+        elif self.support is Support.LEVELS:
             k = x * (self.levels - 1)
-            if lo < 0 or hi > 1 or not torch.allclose(k, k.round(), atol=1e-3):
-                raise DataError(
-                    f"the {self.name} likelihood needs quantised data k / {self.levels - 1} "
-                    f"(k = 0 .. {self.levels - 1}), but {what} are not on that grid; use it on "
-                    "8-bit images without --binarize or --dequantize"
-                )
+            bad = (x < 0) | (x > 1) | ((k - k.round()).abs() > 1e-3)
+        else:
+            return None
+        return bad if bool(bad.any()) else None
 
     @property
     def name(self) -> str:

@@ -6,7 +6,7 @@ import torch
 from pyro_vae import jobs
 from pyro_vae.config import RunConfig
 from pyro_vae.data import load_dataset, prepare_split
-from pyro_vae.errors import TrainingDiverged
+from pyro_vae.errors import DataError, TrainingDiverged, UnsupportedDataError
 from pyro_vae.infer import BetaSchedule, DeviceTrace_ELBO, Trainer, importance_log_likelihood
 from pyro_vae.runs import RunDir
 from tests.helpers import binary_data, tiny_vae
@@ -54,8 +54,61 @@ def test_divergence_is_reported_not_silently_logged():
         log_every=2,
         progress=False,
     )
-    with pytest.raises(TrainingDiverged, match="--lr"):
+    with pytest.raises(TrainingDiverged, match="smaller learning rate") as e:
         trainer.train_epoch()
+    assert e.value.cause == "model" and "--" not in str(e.value)
+
+
+def test_divergence_on_unscaled_data_blames_the_data():
+    vae = tiny_vae(data_dim=6, likelihood="gaussian-learned")
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0)) * 1e30
+    trainer = Trainer(
+        vae,
+        x,
+        elbo=DeviceTrace_ELBO(max_plate_nesting=1),
+        lr=1e-3,
+        batch_size=8,
+        log_every=1,
+        progress=False,
+    )
+    with pytest.raises(TrainingDiverged, match="rescale") as e:
+        trainer.train_epoch()
+    assert e.value.cause == "data" and e.value.data_abs_max > 1e29
+    assert "learning rate" not in str(e.value)
+
+
+def _trainer(vae, x, **kwargs):
+    return Trainer(
+        vae,
+        x,
+        elbo=DeviceTrace_ELBO(max_plate_nesting=1),
+        lr=1e-3,
+        batch_size=8,
+        progress=False,
+        **kwargs,
+    )
+
+
+def test_trainer_checks_its_data_against_the_likelihood_at_construction():
+    grey = torch.rand(30, 12, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(UnsupportedDataError, match="Bernoulli likelihood needs binary") as e:
+        _trainer(tiny_vae(), grey)  # the README's example fed load_digits().data / 16
+    assert "the training data" in str(e.value) and "--" not in str(e.value)
+    assert e.value.support == "binary" and 0 <= e.value.low <= e.value.high <= 1
+    with pytest.raises(UnsupportedDataError, match="the validation data"):
+        _trainer(tiny_vae(), binary_data(30), val_x=grey)
+    with pytest.raises(DataError, match="shape"):
+        _trainer(tiny_vae(), torch.zeros(0, 12))
+
+
+def test_trainer_checks_the_data_as_transformed_without_moving_the_random_streams():
+    grey = torch.rand(30, 12, generator=torch.Generator().manual_seed(0))
+    vae = tiny_vae()
+    before = torch.get_rng_state()
+    _trainer(vae, grey, transform=torch.bernoulli)  # dynamic binarisation: fine
+    assert torch.equal(torch.get_rng_state(), before)
+    with pytest.raises(UnsupportedDataError):
+        _trainer(tiny_vae(), grey, transform=lambda x: x * 2)
 
 
 def _small_config(**train):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyro_vae.data import dequantize
-from pyro_vae.errors import DataError
+from pyro_vae.errors import DataError, UnsupportedDataError
 from pyro_vae.models import (
     Bernoulli,
     Beta,
@@ -90,17 +90,24 @@ def test_discretized_logistic_likelihood_checks_its_grid():
 
 
 @pytest.mark.parametrize(
-    "lik, x, message",
+    "lik, x, message, support",
     [
-        (Bernoulli(), [[0.5]], "--binarize"),
-        (ContinuousBernoulli(), [[1.5]], r"\[0, 1\]"),
-        (Beta(), [[0.0, 0.5]], "--dequantize uniform"),
-        (Beta(), [[1.0]], "strictly inside"),
+        (Bernoulli(), [[0.5]], "binarise the data", "binary"),
+        (ContinuousBernoulli(), [[1.5]], r"\[1.5, 1.5\]", "unit_interval"),
+        (Beta(), [[0.0, 0.5]], "dequantise them uniformly", "open_unit_interval"),
+        (Beta(), [[1.0]], "strictly inside", "open_unit_interval"),
+        (DiscretizedLogistic(0.01, 256), [[0.5 / 255]], "k / 255", "levels"),
     ],
+    ids=["bernoulli-grey", "cb-above-1", "beta-at-0", "beta-at-1", "dlogistic-off-grid"],
 )
-def test_wrong_data_are_rejected_with_the_fix(lik, x, message):
-    with pytest.raises(DataError, match=message):
-        lik.check_data(torch.tensor(x))
+def test_wrong_data_are_rejected_with_the_fix_in_words(lik, x, message, support):
+    with pytest.raises(UnsupportedDataError, match=message) as e:
+        lik.check_data(torch.tensor(x), "the test split")
+    text = str(e.value)
+    assert lik.name in text and "the test split" in text
+    assert "--" not in text  # the library names no command-line flag; the CLI adds them
+    assert e.value.support == support and e.value.distribution == lik.name
+    assert e.value.low == pytest.approx(min(x[0])) and e.value.num_invalid >= 1
 
 
 def test_supports_are_declared():

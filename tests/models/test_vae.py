@@ -65,7 +65,7 @@ def test_sample_returns_labelled_means_and_samples():
 
 
 def test_bernoulli_rejects_grey_values_with_a_hint():
-    with pytest.raises(DataError, match="--binarize dynamic"):
+    with pytest.raises(DataError, match="binarise the data"):
         Bernoulli().check_data(torch.tensor([[0.0, 0.5, 1.0]]))
     Bernoulli().check_data(torch.tensor([[0.0, 1.0]]))
 

@@ -1,0 +1,305 @@
+"""The command line at its edges (issue 10): K = 1 and small K, seeds and non-finite numbers,
+closed pipes, output paths, progress in logs, caveats, help and version, and the small messages."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyro_vae.cli import main
+from pyro_vae.jobs import Comparison, comparison_caveats
+
+TINY = ["--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--no-progress"]
+
+
+def _error(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("pyro-vae: error:") and "\n" not in err, err
+    return err
+
+
+def _strict_json(path):
+    def refuse(name):
+        raise AssertionError(f"{path} holds {name}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "r"
+    assert main(["train", *TINY, "--out", str(out), "--no-eval"]) == 0
+    return out
+
+
+# item 5: K = 1 and small K
+def test_k1_evaluation_is_the_elbo_and_says_k_hat_is_undefined(capsys, run_dir):
+    assert main(["evaluate", str(run_dir), "--num-samples", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "K=1 is the ELBO" in out and "1 importance sample," in out
+    ev = _strict_json(run_dir / "evaluation.json")
+    assert ev["khat_max"] is None and ev["log_px_stderr"] is None
+    assert ev["log_px"] == pytest.approx(ev["elbo"])
+
+
+def test_train_with_one_evaluation_sample(capsys, tmp_path):
+    assert main(["train", *TINY, "--eval-samples", "1", "--out", str(tmp_path / "r")]) == 0
+    assert "K=1 is the ELBO" in capsys.readouterr().out
+
+
+def test_small_k_says_it_is_too_small_for_psis_and_writes_valid_json(capsys, run_dir):
+    assert main(["evaluate", str(run_dir), "--num-samples", "5", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "too small for PSIS" in out and "unreliable" not in out
+    ev = _strict_json(run_dir / "evaluation.json")
+    assert ev["num_khat_above_threshold"] is None and "too small" in ev["khat_note"]
+
+
+def test_k_hat_is_computed_from_21_samples(capsys, run_dir):
+    assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
+    ev = _strict_json(run_dir / "evaluation.json")
+    assert ev["khat_max"] is not None and 0 <= ev["num_khat_above_threshold"] <= 359
+    assert "khat_note" not in ev
+
+
+def test_a_k_whose_log_weights_cannot_fit_is_refused(capsys, run_dir):
+    err = _error(capsys, "evaluate", str(run_dir), "--num-samples", "99999999999999999999")
+    assert "free memory" in err
+
+
+# item 7: seeds and non-finite numbers
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seed", "-1"], "--seed must be an integer from 0"),
+        (["--seed", "99999999999999999999999"], "--seed must be an integer from 0"),
+        (["--binarize-seed", "99999999999999999999999"], "--binarize-seed must be"),
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--lr", "nan"], "--lr must be a finite number"),
+        (["--beta", "inf"], "--beta must be a finite number"),
+        (["--gaussian-scale", "inf"], "--gaussian-scale must be a finite number"),
+        (["--scale-floor", "inf"], "--scale-floor must be a finite number"),
+    ],
+    ids=[
+        "seed-negative",
+        "seed-huge",
+        "binarize-seed-huge",
+        "lr-inf",
+        "lr-nan",
+        "beta-inf",
+        "gaussian-scale-inf",
+        "scale-floor-inf",
+    ],
+)
+def test_out_of_range_numbers_are_refused(capsys, tmp_path, argv, message):
+    assert message in _error(capsys, "train", *TINY, "--out", str(tmp_path / "r"), *argv)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num", "99999999999999999999999"], "--num must be between 1 and"),
+        (["--num", "0"], "--num must be between 1 and"),
+        (["--seed", "-3"], "--seed must be an integer from 0"),
+    ],
+    ids=["num-huge", "num-zero", "seed-negative"],
+)
+def test_sample_refuses_out_of_range_numbers(capsys, run_dir, argv, message):
+    assert message in _error(capsys, "sample", str(run_dir), *argv)
+
+
+# item 8: a closed pipe
+def test_evaluate_into_a_closed_pipe_has_no_traceback(run_dir):
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae.cli", "evaluate", str(run_dir), "--num-samples", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as proc:
+        first = proc.stdout.readline()
+        proc.stdout.close()  # what `| head -1` does
+        err = proc.stderr.read().decode()
+        proc.wait(timeout=300)
+    assert first.startswith(b"digits (test split")
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode == 0
+    assert (run_dir / "evaluation.nc").is_file()
+
+
+# item 9: output paths of the wrong kind
+def test_output_paths_of_the_wrong_kind_are_refused(capsys, run_dir, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    assert main(["evaluate", str(run_dir), "--num-samples", "30", "--no-progress"]) == 0
+    capsys.readouterr()
+    err = _error(capsys, "compare", str(run_dir), "--markdown", str(tmp_path))
+    assert "--markdown" in err and "is a directory" in err
+    assert "is a directory" in _error(capsys, "compare", str(run_dir), "--csv", str(tmp_path))
+    assert "lies under" in _error(capsys, "compare", str(run_dir), "--csv", str(a_file / "t.csv"))
+    assert "is a file" in _error(capsys, "plot", str(run_dir), "--out", str(a_file))
+    assert "lies under" in _error(capsys, "plot", str(run_dir), "--out", str(a_file / "plots"))
+    assert "is a file" in _error(capsys, "train", *TINY, "--out", str(a_file))
+    assert "lies under" in _error(capsys, "train", *TINY, "--out", str(a_file / "run"))
+    assert "lies under" in _error(capsys, "sample", str(run_dir), "--out", str(a_file / "s.png"))
+    assert "PNG" in _error(capsys, "sample", str(run_dir), "--out", str(tmp_path / "s.jpg"))
+    assert a_file.read_text() == "not a directory"
+
+
+# item 10: progress in a log
+def test_long_work_prints_plain_progress_lines_when_stderr_is_not_a_terminal(run_dir):
+    env = {**os.environ, "PYTHONWARNINGS": "error", "PYRO_VAE_PROGRESS_SECONDS": "0"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyro_vae.cli",
+            "evaluate",
+            str(run_dir),
+            "--num-samples",
+            "200",
+            "--chunk-size",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines and all(line.startswith("log p(x): ") for line in lines), r.stderr
+    assert "passes (" in lines[0] and "s left" in lines[0]
+    assert lines[-1].startswith("log p(x): 20/20 passes, done in")
+    assert "\r" not in r.stderr  # no bar redrawn in place
+
+
+# item 11: compare's caveat
+def _row(run, share):
+    return Comparison(run, -1.0, 0.01, -1.1, 0.1, 0.9, share, 0.0, 0.0, "m")
+
+
+def test_compare_caveat_names_the_share_of_unreliable_points():
+    lines = comparison_caveats([_row("a", 0.64), _row("b", 0.0), _row("c", 0.05)])
+    assert len(lines) == 2
+    assert "a: 64.0% of its datapoints have k-hat > 0.7" in lines[0] and "most" in lines[0]
+    assert "c: 5.0%" in lines[1] and "some" in lines[1]
+    assert "not computed" in comparison_caveats([_row("d", math.nan)])[0]
+
+
+def test_compare_prints_the_caveat(capsys, run_dir, tmp_path):
+    assert main(["evaluate", str(run_dir), "--num-samples", "5", "--no-progress"]) == 0
+    capsys.readouterr()
+    md = tmp_path / "t.md"
+    assert main(["compare", str(run_dir), "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    assert "caveat:" in out and "k-hat was not computed" in out
+    assert "caveat:" in md.read_text()
+
+
+# item 12: help, version and small messages
+def test_no_arguments_print_help(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pyro-vae") and "train" in out and "evaluate" in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    from importlib.metadata import version
+
+    assert capsys.readouterr().out.strip() == f"pyro-vae {version('pyro_vae')}"
+
+
+def test_sample_seed_and_the_real_path(capsys, run_dir, tmp_path):
+    paths = {}
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        assert (
+            main(
+                [
+                    "sample",
+                    str(run_dir),
+                    "--num",
+                    "4",
+                    "--seed",
+                    seed,
+                    "--out",
+                    str(tmp_path / name),
+                ]
+            )
+            == 0
+        )
+        said = capsys.readouterr().out.strip()
+        assert said == f"wrote {tmp_path / name}.png"
+        paths[name] = (tmp_path / f"{name}.png").read_bytes()
+    assert not (tmp_path / "a").exists()
+    assert paths["a"] == paths["b"] != paths["c"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert main(["sample", str(run_dir), "--num", "4", "--out", str(folder)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {folder / 'samples.png'}"
+    assert (folder / "samples.png").is_file()
+
+
+def test_evaluate_names_both_files_it_wrote(capsys, run_dir):
+    assert main(["evaluate", str(run_dir), "--num-samples", "30", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {run_dir / 'evaluation.json'} and {run_dir / 'evaluation.nc'}" in out
+
+
+def test_one_epoch_is_singular(capsys, run_dir):
+    assert main(["evaluate", str(run_dir), "--num-samples", "30", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "1 epoch:" in out and "1 epochs" not in out
+    assert main(["train", *TINY, "--out", str(run_dir), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "already trained for 1 epoch " in out
+
+
+# items 1 and 4 at the command line: the library's facts plus the flag to change
+def test_grey_data_for_a_bernoulli_get_the_flag_hint(capsys, tmp_path):
+    np.savez(tmp_path / "grey.npz", x=np.random.default_rng(0).random((40, 6)))
+    err = _error(
+        capsys,
+        "train",
+        *TINY,
+        "--dataset",
+        str(tmp_path / "grey.npz"),
+        "--binarize",
+        "none",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert "Bernoulli likelihood needs binary data" in err and "[0, 1]" in err
+    assert err.endswith(
+        "(--binarize dynamic or --binarize static, or --likelihood continuous-bernoulli)"
+    )
+
+
+def test_divergence_on_unscaled_data_does_not_advise_a_smaller_lr(capsys, tmp_path):
+    x = np.random.default_rng(0).normal(size=(60, 6)) * 1e30
+    np.savez(tmp_path / "huge.npz", x=x)
+    err = _error(
+        capsys,
+        "train",
+        *TINY,
+        "--dataset",
+        str(tmp_path / "huge.npz"),
+        "--binarize",
+        "none",
+        "--likelihood",
+        "gaussian-learned",
+        "--out",
+        str(tmp_path / "r"),
+        "--log-every",
+        "1",
+    )
+    assert "rescale" in err and "--lr" not in err, err
