@@ -77,7 +77,8 @@ def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[
             "seconds": time.perf_counter() - start,
             "evaluation": ev,
         }
-        row |= {k: ev.get(k, math.nan) for k in COLUMNS if k not in row}
+        # null in evaluation.json (an undefined number, e.g. k-hat at small K) becomes NaN here
+        row |= {k: _number(ev.get(k)) for k in COLUMNS if k not in row}
         rows.append(row)
         print(
             f"  {name:22s} log p(x) {ev['log_px']:9.3f}  ELBO {ev['elbo']:9.3f}  "
@@ -85,6 +86,14 @@ def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[
             file=sys.stderr,
         )
     return rows
+
+
+def _number(value):
+    return math.nan if value is None else value
+
+
+def _percent(share: float) -> str:
+    return "n/a" if math.isnan(share) else f"{100 * share:.1f}%"
 
 
 def write_table(rows: list[dict], out: Path, title: str) -> str:
@@ -105,7 +114,7 @@ def write_table(rows: list[dict], out: Path, title: str) -> str:
         lines.append(
             f"| {r['variant']} | {r['data']} | {r['log_px']:.3f} | {r['log_px_stderr']:.3f} | "
             f"{r['elbo']:.3f} | {r['gap']:.3f} | {r['ess_mean']:.0f} | "
-            f"{100 * r['frac_khat_above_threshold']:.1f}% | {r['active_units']} | {bpd} |"
+            f"{_percent(r['frac_khat_above_threshold'])} | {r['active_units']} | {bpd} |"
         )
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")

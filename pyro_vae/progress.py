@@ -77,6 +77,7 @@ class LineProgress:
         self.total = total
         self.desc = desc
         self.unit = unit
+        self.units = unit + ("es" if unit.endswith("s") else "s")
         self.interval = interval
         self.stream = stream
         self.count = 0
@@ -99,7 +100,7 @@ class LineProgress:
             elapsed = now - self._start
             left = elapsed * (self.total - self.count) / self.count
             self._write(
-                f"{self.count}/{self.total} {self.unit}s ({100 * self.count / self.total:.0f}%), "
+                f"{self.count}/{self.total} {self.units} ({100 * self.count / self.total:.0f}%), "
                 f"{elapsed:.0f} s, about {left:.0f} s left"
             )
 
@@ -109,7 +110,7 @@ class LineProgress:
     def close(self, finished: bool = True) -> None:
         if self.printed and finished:
             elapsed = time.monotonic() - self._start
-            self._write(f"{self.count}/{self.total} {self.unit}s, done in {elapsed:.0f} s")
+            self._write(f"{self.count}/{self.total} {self.units}, done in {elapsed:.0f} s")
 
     def _write(self, text: str) -> None:
         extra = f"  {self.postfix}" if self.postfix else ""
