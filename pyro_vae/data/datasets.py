@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
-import sys
+import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +32,7 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 TORCHVISION_VAL_SIZE = 5000  # the last 5,000 training images are held out for validation
+TEST_FRACTION, VAL_FRACTION = 0.2, 0.1  # the fixed split of a single array (and of digits)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ def load_digits() -> Dataset:
     bunch = sk_load_digits()
     x = torch.tensor(bunch.data, dtype=torch.float32) / 16.0
     y = torch.tensor(bunch.target, dtype=torch.int64)
-    splits, labels = _fixed_split(x, y, test_fraction=0.2, val_fraction=0.1)
+    splits, labels = _fixed_split(x, y, TEST_FRACTION, VAL_FRACTION)
     return Dataset(
         "digits", splits, (8, 8), labels, source="sklearn.datasets.load_digits", levels=17
     )
@@ -142,6 +146,27 @@ def _fixed_split(x, y, test_fraction, val_fraction, seed=0):
     splits = {k: x[parts[k]] for k in SPLIT_NAMES}
     labels = None if y is None else {k: y[parts[k]] for k in SPLIT_NAMES}
     return splits, labels
+
+
+def _min_split_size(test_fraction: float, val_fraction: float) -> int:
+    """The fewest datapoints for which :func:`_fixed_split` leaves every split it makes (train,
+    and val / test where their fraction is not zero) at least one datapoint. For fractions that
+    sum to well under 1, as here, every larger number works too."""
+    n = 1
+    while True:
+        n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+        if (
+            n - n_test - n_val >= 1
+            and (n_test >= 1 or test_fraction == 0)
+            and (n_val >= 1 or val_fraction == 0)
+        ):
+            return n
+        n += 1
+
+
+# 6: five datapoints give test 1, val round(0.5) = 0 (round half to even), train 4.
+MIN_SPLIT_SIZE = _min_split_size(TEST_FRACTION, VAL_FRACTION)
+MIN_TRAIN_SIZE_FOR_VAL = _min_split_size(0.0, VAL_FRACTION)  # also 6
 
 
 def candidate_dirs(name: str, data_dir: str | None) -> list[Path]:
@@ -175,16 +200,27 @@ def load_idx_dataset(name: str, data_dir: str | None = None, *, download: bool =
     """MNIST-style IDX files, found locally or downloaded through torchvision's data set classes."""
     dirs = candidate_dirs(name, data_dir)
     files = _find_idx_files(name, dirs)
+    failure = None
     if files is None and download:
-        _download(name)
+        failure = _download(name)
         files = _find_idx_files(name, dirs)
     if files is None:
         looked = ", ".join(str(d) for d in dict.fromkeys(dirs))
         hint = " (or: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
+        cache = default_cache_dir()
+        if not download:
+            fetch = (
+                f"downloading is turned off; allow downloading, with network access, to fetch "
+                f"them into {cache}"
+            )
+        elif failure is not None:
+            fetch = f"downloading {name} into {cache} failed ({failure})"
+        else:
+            fetch = f"a download into {cache} finished but did not leave the four files there"
         raise DataError(
             f"{name} files not found. Looked for {', '.join(IDX_FILES.values())} (optionally .gz) "
             f"in: {looked}. Put the four files in one of these directories, pass --data-dir, "
-            f"or set ${ENV_VAR}{hint}; with network access, omit --no-download to fetch them."
+            f"or set ${ENV_VAR}{hint}; {fetch}."
         )
     source = IDX_SOURCES[name]
     arrays = {key: _read_idx(path, source.sha256) for key, path in files.items()}
@@ -200,7 +236,11 @@ def load_idx_dataset(name: str, data_dir: str | None = None, *, download: bool =
     return Dataset(name, splits, image_shape, labels, source=source_dir, levels=256)
 
 
-def _download(name: str) -> None:
+def _download(name: str) -> str | None:
+    """Download a data set with torchvision into the cache directory.
+
+    Returns None on success, else why it failed, in one line (the caller puts it in its error).
+    """
     import torchvision.datasets
 
     cls = getattr(torchvision.datasets, IDX_SOURCES[name].torchvision_class)
@@ -208,11 +248,19 @@ def _download(name: str) -> None:
     try:
         for train in (True, False):
             cls(str(root), train=train, download=True)
-    except Exception as e:  # network errors come in many types; say what happened and go on
-        print(
-            f"pyro-vae: could not download {name} into {root}: {type(e).__name__}: {e}",
-            file=sys.stderr,
-        )
+    except Exception as e:  # network errors come in many types; report what happened
+        return _one_line(e)
+    return None
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as ``Type: message`` on one line (messages of other libraries may span many
+    lines and carry terminal colour codes)."""
+    text = " ".join(_ANSI_ESCAPE.sub("", str(e)).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _images_to_float(images: np.ndarray) -> torch.Tensor:
@@ -245,37 +293,50 @@ def load_file(path: str) -> Dataset:
     """A user's data: ``.npz`` (arrays ``x`` or ``train``/``val``/``test``, optional ``y``/labels),
     ``.npy`` or ``.pt`` (one tensor). Shapes ``(N, D)``, ``(N, H, W)`` or ``(N, 1, H, W)``.
 
-    A single array is split by a fixed permutation (seed 0): 20% test, 10% validation.
-    uint8 arrays are 8-bit images: scaled to [0, 1] with ``levels = 256``. Other values are used
-    as given.
+    A single array is split by a fixed permutation (seed 0): 20% test, 10% validation. It needs at
+    least :data:`MIN_SPLIT_SIZE` (6) datapoints, the fewest for which every split gets one (five
+    give a validation split of ``round(0.5) = 0``). Given ``train`` and ``test`` arrays, each needs
+    at least one datapoint, and without a ``val`` array 10% of ``train`` is held out for it, so
+    ``train`` needs :data:`MIN_TRAIN_SIZE_FOR_VAL` (6).
+
+    Values must be numbers: floats, uint8, int32, int64 or bool; each datapoint must hold at least
+    one value. uint8 arrays are 8-bit images: scaled to [0, 1] with ``levels = 256``. Other values
+    are used as given. Labels (``y`` or ``labels``, beside a single array) are one integer per
+    datapoint.
     """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {path}")
     arrays, labels = _read_user_file(p)
     if set(arrays) == {"x"}:
-        x = _as_datapoints(arrays["x"], "x", p)
-        y = labels.get("x")
-        splits, split_labels = _fixed_split(x[0], y, test_fraction=0.2, val_fraction=0.1)
-        image_shape = x[1]
+        x, image_shape = _as_datapoints(arrays["x"], "x", p)
+        n = x.shape[0]
+        if n < MIN_SPLIT_SIZE:
+            raise DataError(
+                f"{p}: {_datapoints(n)} cannot be split into train/val/test; need at least "
+                f"{MIN_SPLIT_SIZE} so that each split gets one, or give arrays 'train', 'val' and "
+                "'test'"
+            )
+        y = _as_labels(labels["x"], n, p) if "x" in labels else None
+        splits, split_labels = _fixed_split(x, y, TEST_FRACTION, VAL_FRACTION)
     elif {"train", "test"} <= set(arrays):
         parts = {k: _as_datapoints(arrays[k], k, p) for k in arrays}
         shapes = {v[1] for v in parts.values()}
         if len(shapes) != 1:
             raise DataError(f"{p}: train/val/test have different datapoint shapes {sorted(shapes)}")
         image_shape = shapes.pop()
-        if "val" not in parts:
-            splits_tv, _ = _fixed_split(
-                parts["train"][0], None, test_fraction=0.0, val_fraction=0.1
-            )
-            parts["train"], parts["val"] = (
-                (splits_tv["train"], image_shape),
-                (
-                    splits_tv["val"],
-                    image_shape,
-                ),
-            )
-        splits = {k: parts[k][0] for k in SPLIT_NAMES}
+        splits = {k: v[0] for k, v in parts.items()}
+        if "val" not in splits:
+            n_train = splits["train"].shape[0]
+            if n_train < MIN_TRAIN_SIZE_FOR_VAL:
+                raise DataError(
+                    f"{p}: {_datapoints(n_train)} in 'train' cannot be split into train/val; need "
+                    f"at least {MIN_TRAIN_SIZE_FOR_VAL} so that each gets one, or give an array "
+                    "'val'"
+                )
+            held_out, _ = _fixed_split(splits["train"], None, 0.0, VAL_FRACTION)
+            splits["train"], splits["val"] = held_out["train"], held_out["val"]
+        splits = {k: splits[k] for k in SPLIT_NAMES}
         split_labels = None
     else:
         raise DataError(
@@ -293,11 +354,29 @@ def load_file(path: str) -> Dataset:
     )
 
 
+def _datapoints(n: int) -> str:
+    return f"{n} datapoint" if n == 1 else f"{n} datapoints"
+
+
 def _all_uint8(arrays: dict) -> bool:
     return all(np.asarray(a).dtype == np.uint8 for a in arrays.values())
 
 
-def _read_user_file(p: Path) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+SAVE_ONE_TENSOR = "save one tensor with torch.save(tensor, {p}) or use .npz/.npy"
+
+
+def _read_user_file(p: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    if p.suffix not in (".npz", ".npy", ".pt"):
+        raise DataError(f"{p}: unsupported file type '{p.suffix}'; use .npz, .npy or .pt")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p} is empty (0 bytes)")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    # np.load reads anything else as a pickle and then asks to allow that; say what the file is not
+    if p.suffix == ".npy" and magic != b"\x93NUMPY":
+        raise DataError(f"{p} is not an .npy file written by numpy.save")
+    if p.suffix == ".npz" and magic[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise DataError(f"{p} is not an .npz file (a zip archive) written by numpy.savez")
     try:
         if p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as f:
@@ -305,29 +384,86 @@ def _read_user_file(p: Path) -> tuple[dict[str, np.ndarray], dict[str, torch.Ten
             labels = {}
             for key in ("y", "labels"):
                 if key in raw:
-                    labels["x"] = torch.as_tensor(raw.pop(key)).long()
+                    labels["x"] = raw.pop(key)
             arrays = raw if len(raw) != 1 else {"x": next(iter(raw.values()))}
             return arrays, labels
         if p.suffix == ".npy":
             return {"x": np.load(p, allow_pickle=False)}, {}
-        if p.suffix == ".pt":
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-            if not isinstance(obj, torch.Tensor):
-                raise DataError(f"{p}: expected one tensor, found {type(obj).__name__}")
-            return {"x": obj.numpy()}, {}
+        return {"x": _tensor_file_array(p)}, {}
     except DataError:
         raise
+    except pickle.UnpicklingError as e:
+        if p.suffix == ".pt" and "weights_only" in str(e):
+            raise _refused_by_safe_loader(p, str(e)) from None
+        raise DataError(f"cannot read {p}: {_one_line(e)}") from None
+    except ValueError as e:
+        if "Object arrays cannot be loaded" in str(e):  # numpy's refusal of object arrays
+            raise DataError(
+                f"{p}: holds an array of Python objects, which is not loaded for safety; save an "
+                "array of numbers"
+            ) from None
+        raise DataError(f"cannot read {p}: {_one_line(e)}") from None
     except Exception as e:
-        raise DataError(f"cannot read {p}: {e}") from None
-    raise DataError(f"{p}: unsupported file type '{p.suffix}'; use .npz, .npy or .pt")
+        raise DataError(f"cannot read {p}: {_one_line(e)}") from None
+
+
+def _refused_by_safe_loader(p: Path, message: str) -> DataError:
+    """torch.load(weights_only=True)'s refusal in one line.
+
+    torch's message runs to many lines and suggests loading with ``weights_only=False``, which
+    would run whatever code the file holds; say what the file is and how to save a safe one.
+    """
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if found:
+        return DataError(
+            f"{p}: not a plain tensor file (it holds pickled Python objects, such as "
+            f"{found.group(1)}, which are not loaded for safety); {SAVE_ONE_TENSOR.format(p=p)}"
+        )
+    detail = re.search(
+        r"WeightsUnpickler error:(.*?)(?:Please use|Check the documentation|$)", message, re.DOTALL
+    )
+    reason = " ".join(_ANSI_ESCAPE.sub("", detail.group(1)).split()) if detail else ""
+    return DataError(
+        f"{p}: not a plain tensor file, or a corrupt one (the safe loader refused it"
+        f"{': ' + reason if reason else ''}); {SAVE_ONE_TENSOR.format(p=p)}"
+    )
+
+
+def _tensor_file_array(p: Path) -> np.ndarray:
+    with warnings.catch_warnings():
+        # sparse tensors are refused below anyway; their load-time validation warns
+        warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(obj, torch.Tensor):
+        raise DataError(
+            f"{p}: holds a {type(obj).__name__}, not one tensor; {SAVE_ONE_TENSOR.format(p=p)}"
+        )
+    if obj.layout != torch.strided:
+        raise DataError(f"{p}: holds a {obj.layout} tensor; save a dense one (tensor.to_dense())")
+    obj = obj.detach()
+    if obj.dtype == torch.bfloat16:  # numpy has no bfloat16; every bfloat16 is a float32
+        obj = obj.float()
+    return obj.numpy()
+
+
+# numpy dtypes that torch converts and the models can use as they are
+_DTYPES = "floats, uint8, int32, int64 or bool"
+
+
+def _usable_dtype(dtype: np.dtype) -> bool:
+    if dtype.kind == "f":
+        return dtype.itemsize <= 8  # float16/32/64; torch has no long double
+    return dtype in (np.uint8, np.int32, np.int64, np.bool_)
 
 
 def _as_datapoints(a, key: str, p: Path) -> tuple[torch.Tensor, tuple[int, ...]]:
-    t = torch.as_tensor(np.asarray(a))
-    if not (
-        t.is_floating_point() or t.dtype in (torch.uint8, torch.int32, torch.int64, torch.bool)
-    ):
-        raise DataError(f"{p}: array '{key}' has unsupported dtype {t.dtype}")
+    a = np.asarray(a)
+    if not _usable_dtype(a.dtype):
+        raise DataError(
+            f"{p}: array '{key}' has dtype {a.dtype} ({_dtype_kind(a.dtype)}); expected numbers: "
+            f"{_DTYPES}"
+        )
+    t = torch.as_tensor(a)
     if t.dim() == 4 and t.shape[1] == 1:
         t = t[:, 0]
     if t.dim() not in (2, 3):
@@ -335,8 +471,43 @@ def _as_datapoints(a, key: str, p: Path) -> tuple[torch.Tensor, tuple[int, ...]]
             f"{p}: array '{key}' has shape {tuple(t.shape)}; expected (N, D), (N, H, W) or "
             "(N, 1, H, W)"
         )
+    if t.shape[0] == 0:
+        need = "; each of train, val and test needs at least one" if key in SPLIT_NAMES else ""
+        raise DataError(f"{p}: array '{key}' holds no datapoints (shape {a.shape}){need}")
     image_shape = tuple(t.shape[1:])
-    t = t.reshape(t.shape[0], -1).float()
+    d = math.prod(image_shape)
+    if d == 0:
+        raise DataError(f"{p}: the datapoints of array '{key}' hold no values (shape {a.shape})")
+    t = t.reshape(t.shape[0], d).float()
     if not torch.isfinite(t).all():
         raise DataError(f"{p}: array '{key}' contains NaN or infinite values")
     return t, image_shape
+
+
+def _as_labels(a: np.ndarray, n: int, p: Path) -> torch.Tensor:
+    """Labels beside a single array: one integer (or integral float) per datapoint."""
+    if a.dtype.kind not in "iub" and not (a.dtype.kind == "f" and a.dtype.itemsize <= 8):
+        raise DataError(
+            f"{p}: the labels have dtype {a.dtype} ({_dtype_kind(a.dtype)}); expected integers"
+        )
+    if a.ndim != 1:
+        raise DataError(f"{p}: the labels have shape {a.shape}; expected one per datapoint, ({n},)")
+    if a.shape[0] != n:
+        raise DataError(f"{p}: {a.shape[0]} labels for {n} datapoints; expected one each")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise DataError(f"{p}: the labels contain NaN or infinite values")
+    return torch.from_numpy(a.astype(np.int64))
+
+
+def _dtype_kind(dtype: np.dtype) -> str:
+    kinds = {
+        "U": "text",
+        "S": "bytes",
+        "O": "Python objects",
+        "V": "structured records",
+        "M": "dates",
+        "m": "time spans",
+        "c": "complex numbers",
+        "f": "extended-precision floats",
+    }
+    return kinds.get(dtype.kind, "integers of an unsupported width")

@@ -1,4 +1,5 @@
 import gzip
+import io
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,205 @@ def test_static_binarisation_is_fixed_and_dynamic_keeps_probabilities():
 def test_binarising_values_outside_0_1_is_an_error():
     with pytest.raises(DataError, match=r"\[0, 1\]"):
         binarize(torch.tensor([0.0, 2.0]), 0)
+
+
+# --- files that cannot become three non-empty splits, and arrays that would break later ---------
+
+
+@pytest.mark.parametrize("n", [1, 5], ids=["1-image", "5-images"])
+def test_too_few_datapoints_for_the_fixed_split_are_refused(tmp_path, n):
+    np.save(tmp_path / "few.npy", np.random.default_rng(0).random((n, 6)))
+    with pytest.raises(DataError) as e:
+        load_dataset(str(tmp_path / "few.npy"))
+    message = str(e.value)
+    assert f"{n} datapoint{'s' if n > 1 else ''} cannot be split into train/val/test" in message
+    assert "need at least 6" in message and "\n" not in message
+
+
+def test_the_smallest_splittable_file_gives_every_split_a_datapoint(tmp_path):
+    from pyro_vae.data.datasets import MIN_SPLIT_SIZE
+
+    assert MIN_SPLIT_SIZE == 6
+    np.save(tmp_path / "six.npy", np.random.default_rng(0).random((6, 3)))
+    d = load_dataset(str(tmp_path / "six.npy"))
+    assert {k: v.shape[0] for k, v in d.splits.items()} == {"train": 4, "val": 1, "test": 1}
+
+
+def _npz(**arrays):
+    return lambda path: np.savez(path, **arrays)
+
+
+def _rand(*shape):
+    return np.random.default_rng(0).random(shape)
+
+
+def _npy_bytes(a):
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "suffix, write, message",
+    [
+        (".npy", lambda p: np.save(p, np.zeros((0, 6))), r"no datapoints \(shape \(0, 6\)\)"),
+        (".npy", lambda p: np.save(p, np.zeros((0, 4, 4), np.uint8)), "no datapoints"),
+        (".npy", lambda p: np.save(p, np.zeros((10, 0))), r"no values \(shape \(10, 0\)\)"),
+        (".npy", lambda p: np.save(p, np.zeros((10, 1, 0, 3))), "no values"),
+        (".npy", lambda p: np.save(p, np.array([["a", "b"]] * 10)), "dtype <U1.*expected numbers"),
+        (".npy", lambda p: np.save(p, np.ones((10, 2), "M8[s]")), "dtype datetime64"),
+        (".npy", lambda p: np.save(p, np.array([[1, "a"]] * 10, object)), "Python objects"),
+        (".npz", _npz(x=np.zeros((0, 6))), "no datapoints"),
+        (".npz", _npz(train=_rand(10, 6), test=np.zeros((0, 6))), "'test' holds no datapoints"),
+        (
+            ".npz",
+            _npz(train=_rand(10, 6), val=np.zeros((0, 6)), test=_rand(4, 6)),
+            "'val' holds no datapoints",
+        ),
+        (".npz", _npz(train=np.zeros((0, 6)), test=_rand(4, 6)), "'train' holds no datapoints"),
+        (
+            ".npz",
+            _npz(train=_rand(5, 6), test=_rand(4, 6)),
+            "5 datapoints in 'train' cannot be split into train/val; need at least 6",
+        ),
+        (".npz", _npz(x=_rand(10, 6), y=np.arange(3)), "3 labels for 10 datapoints"),
+        (".npz", _npz(x=_rand(10, 6), y=np.array(list("abcdefghij"))), "labels have dtype <U1"),
+        (".npz", _npz(x=_rand(10, 6), labels=np.zeros((10, 2), int)), "labels have shape"),
+        (".npz", _npz(x=_rand(10, 2), y=np.r_[np.nan, np.zeros(9)]), "labels contain NaN"),
+        (".pt", lambda p: torch.save(torch.zeros(0, 6), p), "no datapoints"),
+        (".pt", lambda p: torch.save(torch.rand(10, 6).to_sparse(), p), "sparse"),
+        (".npy", lambda p: p.write_bytes(b""), "is empty"),
+        (".npz", lambda p: p.write_bytes(b""), "is empty"),
+        (".pt", lambda p: p.write_bytes(b""), "is empty"),
+        (".npy", lambda p: p.write_bytes(b"not numpy data"), "not an .npy file"),
+        (".npz", lambda p: p.write_bytes(_npy_bytes(_rand(10, 6))), "not an .npz file"),
+        (".pt", lambda p: p.write_bytes(b"\x80\x02Y" * 9), "not a plain tensor file, or a corrupt"),
+    ],
+    ids=[
+        "npy-0xD",
+        "npy-0xHxW",
+        "npy-Nx0",
+        "npy-Nx1x0xW",
+        "npy-str",
+        "npy-datetime",
+        "npy-object",
+        "npz-x-0xD",
+        "npz-empty-test",
+        "npz-empty-val",
+        "npz-empty-train",
+        "npz-5-train-no-val",
+        "npz-labels-wrong-length",
+        "npz-labels-str",
+        "npz-labels-2d",
+        "npz-labels-nan",
+        "pt-0xD",
+        "pt-sparse",
+        "npy-0-bytes",
+        "npz-0-bytes",
+        "pt-0-bytes",
+        "npy-not-numpy",
+        "npz-holding-npy",
+        "pt-garbage",
+    ],
+)
+def test_unusable_user_files_are_refused_in_one_line(tmp_path, suffix, write, message):
+    path = tmp_path / f"bad{suffix}"
+    write(path)
+    with pytest.raises(DataError, match=message) as e:
+        load_dataset(str(path))
+    message = str(e.value)
+    assert "\n" not in message and str(path) in message
+    assert "allow_pickle" not in message and "weights_only" not in message
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [torch.rand(10, 6).bfloat16(), torch.rand(10, 6, requires_grad=True)],
+    ids=["bfloat16", "requires-grad"],
+)
+def test_tensor_files_of_any_float_tensor_load(tmp_path, tensor):
+    torch.save(tensor, tmp_path / "x.pt")
+    d = load_dataset(str(tmp_path / "x.pt"))
+    assert d.data_dim == 6 and d.splits["train"].dtype == torch.float32
+    assert not d.splits["train"].requires_grad
+
+
+def test_scalar_arrays_and_bool_arrays_are_handled_as_before(tmp_path):
+    np.save(tmp_path / "scalar.npy", np.float32(3))
+    with pytest.raises(DataError, match=r"has shape \(\)"):
+        load_dataset(str(tmp_path / "scalar.npy"))
+    np.save(tmp_path / "bool.npy", np.random.default_rng(0).random((10, 6)) > 0.5)
+    assert set(load_dataset(str(tmp_path / "bool.npy")).splits["train"].unique().tolist()) <= {
+        0.0,
+        1.0,
+    }
+
+
+# --- pickled .pt files: one line, no advice to load them unsafely -------------------------------
+
+
+class _Pickled:
+    """A Python object that only an unsafe torch.load would rebuild."""
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [np.zeros((10, 6)), {"x": np.zeros((10, 6))}, _Pickled()],
+    ids=["numpy-array", "dict-of-numpy", "python-object"],
+)
+def test_pickled_tensor_file_is_one_line_without_the_unsafe_hint(tmp_path, obj):
+    path = tmp_path / "pickled.pt"
+    torch.save(obj, path)
+    with pytest.raises(DataError) as e:
+        load_dataset(str(path))
+    message = str(e.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert "weights_only" not in message and "safe_globals" not in message
+    assert "not a plain tensor file" in message and "pickled Python objects" in message
+    assert f"torch.save(tensor, {path})" in message
+
+
+def test_tensor_file_holding_a_dict_says_to_save_one_tensor(tmp_path):
+    path = tmp_path / "d.pt"
+    torch.save({"x": torch.rand(10, 6)}, path)
+    with pytest.raises(DataError, match=r"holds a dict, not one tensor.*torch\.save\(tensor,"):
+        load_dataset(str(path))
+
+
+# --- IDX data sets that are not found: the advice matches what happened ------------------------
+
+
+def _nowhere(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return str(tmp_path / "mine")
+
+
+def test_not_found_with_download_turned_off_says_it_can_be_allowed(tmp_path, monkeypatch, capsys):
+    data_dir = _nowhere(tmp_path, monkeypatch)
+    with pytest.raises(DataError) as e:
+        load_dataset("kmnist", data_dir, download=False)
+    message = str(e.value)
+    assert "downloading is turned off" in message and "allow downloading" in message
+    assert "--no-download" not in message and "failed" not in message and "\n" not in message
+
+
+def test_failed_download_folds_the_reason_into_the_one_error(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, root, train, download):
+            raise RuntimeError(
+                "Error downloading t10k-images-idx3-ubyte.gz:\n"
+                "Tried https://example.invalid/, got:\n<urlopen error no network>\n"
+            )
+
+    monkeypatch.setattr(torchvision.datasets, "KMNIST", Offline)
+    data_dir = _nowhere(tmp_path, monkeypatch)
+    with pytest.raises(DataError) as e:
+        load_dataset("kmnist", data_dir, download=True)
+    message = str(e.value)
+    assert f"downloading kmnist into {tmp_path / 'cache' / 'pyro_vae'} failed" in message
+    assert "RuntimeError: Error downloading" in message and "<urlopen error no network>" in message
+    assert "turned off" not in message and "--no-download" not in message and "\n" not in message
+    assert capsys.readouterr().err == ""  # the library does not print; the reason is in the error
