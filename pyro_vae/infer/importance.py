@@ -7,6 +7,12 @@ z_1..z_K ~ q(z|x) for every datapoint at once and forms the log importance weigh
 data plate: each datapoint keeps its own K weights, so its estimate, effective sample size and
 error bar are its own.
 
+The estimator refuses what it cannot score and never returns NaN silently: data outside the support
+of an observed site raise :class:`~pyro_vae.errors.UnsupportedDataError` (checked on each block's
+first pass, whether or not Pyro's validation is enabled), and a NaN or +inf estimate raises
+:class:`~pyro_vae.errors.NonFiniteEstimate` (checked once, at the end). A log p(x) of -inf, when
+every weight of a datapoint is zero, is a legitimate answer (see :class:`ImportanceResult`).
+
 References
 ----------
 Burda, Grosse & Salakhutdinov (2016), "Importance Weighted Autoencoders", ICLR.
@@ -22,9 +28,13 @@ from dataclasses import dataclass
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.distributions import ExpandedDistribution, MaskedDistribution
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
-from tqdm.auto import tqdm
+from torch.distributions import Independent, constraints
+
+from pyro_vae.errors import NonFiniteEstimate, PyroVAEError, UnsupportedDataError
+from pyro_vae.progress import progress_bar
 
 DATA_PLATE = "data"
 _PARTICLE_PLATE = "_importance_particles"
@@ -38,6 +48,12 @@ _MIN_AUTO_CHUNK = 64
 # for networks wider than the data.
 _FREE_MEMORY_SHARE = 0.5
 _BYTES_PER_ELEMENT = 32
+# A non-finite estimate is blamed on the data (cause="data") when they hold NaN or infinite
+# values, or values larger in magnitude than this: unscaled data (e.g. raw measurements near 1e4)
+# that networks built for standardised inputs (values near 1) overflow on. Pixels in [0, 255]
+# stay below it.
+UNSCALED_DATA_ABS_MAX = 1e3
+_ROWS_SHOWN = 5  # datapoint indices listed in an error message
 
 
 @dataclass(frozen=True)
@@ -48,14 +64,20 @@ class ImportanceResult:
     ----------
     log_px : Tensor
         ``log (1/K) sum_k w_k``: the IWAE estimate L_K of log p(x) (a lower bound in expectation).
+        It is -inf when every weight of a datapoint is zero, i.e. p(x, z_k) = 0 for all K draws
+        (e.g. a guide that draws outside a bounded prior's support, or a likelihood that gives the
+        datapoint zero density): a legitimate value of the bound, which says that the guide's
+        draws found none of the posterior's mass, not that p(x) = 0.
     elbo : Tensor
-        ``(1/K) sum_k log w_k``: the mean single-sample ELBO over the same K draws.
+        ``(1/K) sum_k log w_k``: the mean single-sample ELBO over the same K draws (-inf when any
+        weight is zero).
     ess : Tensor
-        Effective sample size of the normalised weights, ``(sum w)^2 / sum w^2``, in [1, K].
+        Effective sample size of the normalised weights, ``(sum w)^2 / sum w^2``, in [1, K]; 0 when
+        every weight is zero (no draw carries any weight).
     stderr : Tensor
-        Delta-method Monte Carlo standard error of ``log_px``: ``sqrt((K/ess - 1) / (K - 1))``
-        (NaN when K = 1). It is only as trustworthy as the weights: heavy-tailed weights (low ESS)
-        make it optimistic.
+        Delta-method Monte Carlo standard error of ``log_px``: ``sqrt((K/ess - 1) / (K - 1))``;
+        NaN when K = 1 (one draw has no spread), +inf when every weight is zero (whatever K). It is
+        only as trustworthy as the weights: heavy-tailed weights (low ESS) make it optimistic.
     num_samples : int
         K.
     log_weights : Tensor or None
@@ -96,6 +118,12 @@ class LogWeightAccumulator:
     Keeps a running maximum ``m`` and the rescaled sums ``sum exp(lw - m)`` and
     ``sum exp(2 (lw - m))`` (a streaming log-sum-exp), so memory is O(N) whatever K is.
     Sums are kept in float64.
+
+    The result does not depend on how the weights are split into chunks, for any weights: a
+    datapoint whose weights so far are all zero (log weight -inf) keeps ``m = -inf`` and empty sums
+    until a finite weight arrives, so later weights far below exp's range (say -2e4) are not lost.
+    +inf and NaN log weights give a +inf or NaN ``log_px`` for their datapoint only; the
+    accumulator reports them as they are (:func:`importance_log_likelihood` raises on them).
     """
 
     def __init__(self) -> None:
@@ -106,38 +134,45 @@ class LogWeightAccumulator:
         self._sum_lw: torch.Tensor | None = None
 
     def update(self, log_weights: torch.Tensor) -> None:
+        """Add a chunk of log weights of shape ``(k, N)``."""
         lw = log_weights.double()
         if lw.dim() != 2:
             raise ValueError(f"expected log weights of shape (k, N), got {tuple(lw.shape)}")
-        chunk_max = lw.max(dim=0).values
+        chunk_max = lw.max(dim=0).values  # NaN where the chunk holds a NaN
         if self._shift is None:
-            shift = torch.where(torch.isfinite(chunk_max), chunk_max, torch.zeros_like(chunk_max))
+            shift = chunk_max
             self._s1 = torch.zeros_like(shift)
             self._s2 = torch.zeros_like(shift)
             self._sum_lw = torch.zeros_like(shift)
         else:
             shift = torch.maximum(self._shift, chunk_max)
-            shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-            rescale = torch.exp(self._shift - shift)
+            # Where the maximum is unchanged (-inf to -inf included) the sums stay as they are;
+            # from -inf to a finite maximum, exp(-inf) = 0 rescales the empty sums to 0.
+            rescale = torch.where(shift == self._shift, 1.0, torch.exp(self._shift - shift))
             self._s1 = self._s1 * rescale
             self._s2 = self._s2 * rescale * rescale
         self._shift = shift
-        scaled = torch.exp(lw - shift)
+        scaled = torch.exp(lw - _finite_or_zero(shift))
         self._s1 = self._s1 + scaled.sum(0)
         self._s2 = self._s2 + (scaled * scaled).sum(0)
         self._sum_lw = self._sum_lw + lw.sum(0)
         self.count += lw.shape[0]
 
     def result(self, log_weights: torch.Tensor | None = None) -> ImportanceResult:
+        """The per-datapoint estimates from the weights so far (see :class:`ImportanceResult`)."""
         if self.count == 0:
             raise ValueError("no log weights were accumulated")
         k = self.count
-        log_px = self._shift + torch.log(self._s1) - math.log(k)
-        ess = self._s1 * self._s1 / self._s2
+        # s1 >= 1 wherever the maximum is finite (the largest weight adds exp(0) = 1), so s1 = 0
+        # exactly when every weight is zero.
+        empty = self._s1 == 0
+        log_px = _finite_or_zero(self._shift) + torch.log(self._s1) - math.log(k)
+        ess = torch.where(empty, 0.0, self._s1 * self._s1 / self._s2)
         if k > 1:
             stderr = torch.sqrt(torch.clamp(k / ess - 1.0, min=0.0) / (k - 1))
         else:
             stderr = torch.full_like(log_px, math.nan)
+        stderr = torch.where(empty, math.inf, stderr)
         return ImportanceResult(
             log_px=log_px,
             elbo=self._sum_lw / k,
@@ -146,6 +181,10 @@ class LogWeightAccumulator:
             num_samples=k,
             log_weights=log_weights,
         )
+
+
+def _finite_or_zero(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(t), t, 0.0)
 
 
 def importance_log_likelihood(
@@ -158,7 +197,7 @@ def importance_log_likelihood(
     batch_size: int | None = None,
     max_plate_nesting: int | None = None,
     keep_log_weights: bool = False,
-    progress: bool = False,
+    progress: bool | str | None = False,
 ) -> ImportanceResult:
     """Importance-sampled log p(x) for every datapoint of ``x``, with ELBO, ESS and error bar.
 
@@ -187,13 +226,35 @@ def importance_log_likelihood(
         Number of plate dimensions in the programs; found from one trace when not given.
     keep_log_weights : bool
         Also return all log weights, shape ``(K, N)`` (memory grows with K).
-    progress : bool
-        Show a progress bar over passes.
+    progress : bool, str or None
+        Progress over passes (see :mod:`pyro_vae.progress`): ``True`` or ``"bar"`` for a bar,
+        ``"lines"`` for a plain line every few seconds (for logs), ``False``, ``None`` or
+        ``"off"`` for nothing.
 
     Returns
     -------
     ImportanceResult
-        ``log_px``, ``elbo``, ``ess``, ``stderr``, each of shape ``(N,)``, in float64.
+        ``log_px``, ``elbo``, ``ess``, ``stderr``, each of shape ``(N,)``, in float64. A
+        ``log_px`` of -inf (every weight zero) is a legitimate answer, with ESS 0 and an infinite
+        error bar; NaN and +inf never are.
+
+    Raises
+    ------
+    UnsupportedDataError
+        When a value of an observed site of the model lies outside the support of its
+        distribution (``site["fn"].support``, e.g. grey pixels under a Bernoulli). Every block of
+        datapoints is checked, on its first pass, whether or not Pyro's validation is enabled.
+    NonFiniteEstimate
+        When ``log_px`` or ``elbo`` is NaN or +inf for some datapoints (checked once, after the
+        last pass). Its ``datapoints`` are their rows of ``x``; ``site`` names the first guide or
+        model site whose log-density is not finite when the first of them is traced again (None
+        when none is); ``cause`` is ``"data"`` when ``x`` holds NaN or infinite values or values
+        larger in magnitude than ``UNSCALED_DATA_ABS_MAX`` (1e3: unscaled data, to standardise),
+        ``"model"`` otherwise. Where Pyro's validation (on each block's first pass) refuses a
+        non-finite value, the same error is raised, chained to Pyro's.
+    ValueError
+        For sites outside the data plate, log weights of the wrong shape, or other errors of Pyro's
+        validation.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
@@ -202,7 +263,8 @@ def importance_log_likelihood(
     chunk_size, batch_size = plan_passes(x, num_samples, chunk_size, batch_size)
     n = x.shape[0]
     passes = math.ceil(n / batch_size) * math.ceil(num_samples / chunk_size)
-    bar = tqdm(total=passes, desc="log p(x)", unit="pass", disable=not progress, leave=False)
+    bar = progress_bar(total=passes, desc="log p(x)", unit="pass", progress=progress)
+    validation_error = None
     with torch.no_grad(), bar:
         if max_plate_nesting is None:
             max_plate_nesting = _guess_max_plate_nesting(model, guide, x[:batch_size])
@@ -214,10 +276,17 @@ def importance_log_likelihood(
             kept = []
             for first in range(0, num_samples, chunk_size):
                 k = min(chunk_size, num_samples - first)
-                # Pyro's checks (supports, shapes) run on each block's first pass: the other
-                # passes repeat the same programs on the same data with new draws.
-                with pyro.validation_enabled(validate and first == 0):
-                    lw = _log_weights(model, guide, xb, k, max_plate_nesting)
+                if first == 0:
+                    # The data's support is checked on each block's first pass, and Pyro's checks
+                    # (supports, shapes) run there too: the other passes repeat the same programs
+                    # on the same data with new draws.
+                    lw, error = _first_pass(
+                        model, guide, xb, k, max_plate_nesting, validate, (start, n)
+                    )
+                    validation_error = validation_error or error
+                else:
+                    with pyro.validation_enabled(False):
+                        lw = _log_weights(model, guide, xb, k, max_plate_nesting)
                 if lw.shape[0] in (1, k) and lw.shape[1] in (1, xb.shape[0]):
                     lw = lw.expand(k, xb.shape[0])
                 if lw.shape != (k, xb.shape[0]):
@@ -229,7 +298,290 @@ def importance_log_likelihood(
                     kept.append(lw.double())
                 bar.update()
             parts.append(accumulator.result(torch.cat(kept) if keep_log_weights else None))
-    return ImportanceResult.concat(parts)
+    result = ImportanceResult.concat(parts)
+    retrace = min(num_samples, chunk_size * batch_size)  # particles of one pass, on one point
+    _check_finite(result, model, guide, x, retrace, max_plate_nesting, validation_error)
+    return result
+
+
+def _first_pass(model, guide, x, k, max_plate_nesting, validate, rows):
+    """A block's first pass: its data checked against the supports, validated by Pyro if
+    ``validate``. Returns the log weights and the error of Pyro's validation, if it raised one
+    that was caused by NaN or +inf weights (else None).
+
+    When Pyro's validation refuses a value (e.g. a NaN parameter), the pass is run again, on the
+    same draws, without it: if its weights then hold NaN or +inf values, they were the cause, and
+    the estimate goes on so that :class:`NonFiniteEstimate` names every datapoint affected, as
+    without validation. Any other validation error is raised as it is.
+    """
+    if not validate:
+        with pyro.validation_enabled(False):
+            return _log_weights(model, guide, x, k, max_plate_nesting, check_data=rows), None
+    rng = _rng_state(x.device)
+    try:
+        with pyro.validation_enabled(True):
+            return _log_weights(model, guide, x, k, max_plate_nesting, check_data=rows), None
+    except PyroVAEError:
+        raise
+    except ValueError as error:
+        _set_rng_state(rng, x.device)
+        try:
+            with pyro.validation_enabled(False):
+                lw = _log_weights(model, guide, x, k, max_plate_nesting, check_data=rows)
+        except PyroVAEError:
+            raise
+        except Exception:
+            raise error from None
+        if not bool(_not_finite(lw).any()):
+            raise
+        return lw, error
+
+
+def _rng_state(device: torch.device):
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _not_finite(t: torch.Tensor) -> torch.Tensor:
+    """NaN or +inf: values no estimate may take (-inf is a zero weight)."""
+    return torch.isnan(t) | (t == math.inf)
+
+
+def _check_finite(result, model, guide, x, k, max_plate_nesting, validation_error) -> None:
+    """Raise :class:`NonFiniteEstimate` if some ``log_px`` or ``elbo`` is NaN or +inf."""
+    bad = _not_finite(result.log_px) | _not_finite(result.elbo)
+    if not bool(bad.any()):  # the one host sync of the check
+        if validation_error is not None:  # not expected: NaN or +inf weights give such estimates
+            raise validation_error
+        return
+    rows = bad.nonzero().flatten().tolist()
+    n = x.shape[0]
+    values = x.detach() if x.is_floating_point() else x.detach().double()
+    data_abs_max = float(values.abs().max()) if x.numel() else 0.0  # NaN when x holds a NaN
+    if not math.isfinite(data_abs_max):
+        cause = "data"
+        why = (
+            "the data hold NaN or infinite values: remove or impute them before evaluating the "
+            "model"
+        )
+    elif data_abs_max > UNSCALED_DATA_ABS_MAX:
+        cause = "data"
+        why = (
+            f"the data look unscaled (max |x| = {data_abs_max:.3g}, above "
+            f"{UNSCALED_DATA_ABS_MAX:g}), which overflows networks built for values near 1: "
+            "standardise or rescale them (e.g. to zero mean and unit variance) and fit the model "
+            "on the rescaled data"
+        )
+    else:
+        cause = "model"
+        why = (
+            "the model's parameters or networks produce non-finite values for them (e.g. after "
+            "a diverged fit): check or retrain the model"
+        )
+    first = rows[0]
+    with torch.no_grad():
+        site = _non_finite_site(model, guide, x[first : first + 1], k, max_plate_nesting)
+    where = (
+        f"; the first non-finite log-density, tracing row {first} again, is at {site}"
+        if site is not None
+        else ""
+    )
+    message = (
+        f"the estimate of log p(x) is NaN or +inf for {len(rows)} of {n} datapoints "
+        f"({_rows_text(rows)}){where}; {why}"
+    )
+    error = NonFiniteEstimate(
+        message, datapoints=rows, site=site, cause=cause, data_abs_max=data_abs_max
+    )
+    raise error from validation_error
+
+
+def _non_finite_site(model, guide, x, k, max_plate_nesting) -> str | None:
+    """The first guide, then model, sample site whose log-density is NaN or +inf (for the guide,
+    also -inf) when ``x`` is traced with ``k`` particles; None when none is. The caller's random
+    number streams are left as they were."""
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
+        try:
+            model_trace, guide_trace = vectorized_traces(model, guide, k, max_plate_nesting, x)
+            for program, trace in (("guide", guide_trace), ("model", model_trace)):
+                for name, site in trace.nodes.items():
+                    if site["type"] != "sample":
+                        continue
+                    lp = _per_datapoint_log_prob(name, site, max_plate_nesting)
+                    bad = ~torch.isfinite(lp) if program == "guide" else _not_finite(lp)
+                    if bool(bad.any()):
+                        return f"{program} site '{name}'"
+        except (ValueError, RuntimeError):  # a diagnosis only: it must not hide the estimate's
+            return None
+    return None
+
+
+def _rows_text(rows: list[int]) -> str:
+    """``"row 3"``, ``"rows 3, 7"``, or ``"rows 3, 7, 9, 12, 15 and 40 more"``."""
+    shown = ", ".join(str(r) for r in rows[:_ROWS_SHOWN])
+    more = f" and {len(rows) - _ROWS_SHOWN} more" if len(rows) > _ROWS_SHOWN else ""
+    return f"{'row' if len(rows) == 1 else 'rows'} {shown}{more}"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+# What a support is called in UnsupportedDataError.support, in words, and the fix for data
+# outside it.
+_SUPPORTS = {
+    "binary": (
+        "binary values {0, 1}",
+        "binarise the data or choose a likelihood whose support covers them (e.g. a continuous "
+        "Bernoulli for values in [0, 1])",
+    ),
+    "unit_interval": (
+        "values in [0, 1]",
+        "rescale the data to [0, 1] or choose a likelihood whose support covers them",
+    ),
+    "open_unit_interval": (
+        "values strictly inside (0, 1)",
+        "move the data strictly inside (0, 1) (e.g. by uniform dequantisation of pixel levels) "
+        "or choose a likelihood whose support covers them",
+    ),
+    "positive": (
+        "positive values",
+        "transform the data to positive values or choose a likelihood whose support covers them",
+    ),
+    "real": (
+        "real values (not NaN)",
+        "remove or impute the NaN values",
+    ),
+}
+
+
+def support_name(constraint: constraints.Constraint) -> str:
+    """The name of a torch constraint in :class:`~pyro_vae.errors.UnsupportedDataError`:
+    ``"binary"`` (boolean), ``"unit_interval"`` (interval(0, 1)), ``"open_unit_interval"`` (an
+    open interval (0, 1)), ``"positive"`` (greater than 0), ``"real"``, or ``str(constraint)``
+    for others. Independent constraints (from ``.to_event()``) are named by their base."""
+    c = _base_constraint(constraint)
+    if type(c) is type(constraints.boolean):
+        return "binary"
+    if type(c) is type(constraints.real):
+        return "real"
+    low, high = getattr(c, "lower_bound", None), getattr(c, "upper_bound", None)
+    if type(c) is constraints.interval and _equals(low, 0) and _equals(high, 1):
+        return "unit_interval"
+    if type(c).__name__ == "_OpenInterval" and _equals(low, 0) and _equals(high, 1):
+        return "open_unit_interval"
+    if type(c) is constraints.greater_than and _equals(low, 0):
+        return "positive"
+    return str(c)
+
+
+def _base_constraint(c: constraints.Constraint) -> constraints.Constraint:
+    while isinstance(c, constraints.independent):
+        c = c.base_constraint
+    return c
+
+
+def _equals(bound, number: float) -> bool:
+    try:
+        return float(bound) == number
+    except (TypeError, ValueError, RuntimeError):  # None, or a tensor of many bounds
+        return False
+
+
+def _distribution_name(fn) -> str:
+    """``"Bernoulli"`` for ``Bernoulli(...).to_event(1)``, expanded or masked."""
+    while isinstance(fn, (Independent, ExpandedDistribution, MaskedDistribution)):
+        fn = fn.base_dist
+    return type(fn).__name__
+
+
+def check_observed_support(model_trace, rows: tuple[int, int] = (0, 0)) -> None:
+    """Raise :class:`~pyro_vae.errors.UnsupportedDataError` if the value of an observed sample
+    site of ``model_trace`` lies outside the support of its distribution.
+
+    Each value is checked against the support's base constraint (elementwise for the usual
+    ``.to_event()`` likelihoods), masked values included, with one host sync per observed site.
+    Nothing is drawn and Pyro's validation is not involved. ``rows`` is ``(start, num_data)``:
+    the row of the full data at which the traced block starts, and the number of rows in all,
+    for the message.
+    """
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"]:
+            continue
+        fn = site["fn"]
+        try:
+            support = fn.support
+        except NotImplementedError:
+            continue
+        base = _base_constraint(support)
+        if constraints.is_dependent(base):
+            continue
+        value = site["value"]
+        ok = base.check(value)
+        if bool(ok.all()):
+            continue
+        _raise_unsupported(name, site, base, ok, rows)
+
+
+def _raise_unsupported(name: str, site: dict, base, ok: torch.Tensor, rows: tuple[int, int]):
+    fn, value = site["fn"], site["value"]
+    invalid = ~ok
+    while invalid.dim() > value.dim() - base.event_dim:  # bounds with more batch dims than value
+        invalid = invalid.any(0)
+    count = int(invalid.sum())
+    start, num_data = rows
+    block = None
+    frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+    if frame is not None:
+        axis = value.dim() - fn.event_dim + frame.dim
+        if 0 <= axis < invalid.dim():
+            per_row = invalid.movedim(axis, 0).reshape(invalid.shape[axis], -1).any(1)
+            block = (start, start + per_row.shape[0], (per_row.nonzero().flatten() + start))
+    numbers = value.detach().double()
+    nan = int(torch.isnan(numbers).sum())
+    numbers = numbers[~torch.isnan(numbers)]
+    low = float(numbers.min()) if numbers.numel() else math.nan
+    high = float(numbers.max()) if numbers.numel() else math.nan
+    key = support_name(base)
+    words, fix = _SUPPORTS.get(
+        key,
+        (str(base), "transform the data into it or choose a likelihood whose support covers them"),
+    )
+    distribution = _distribution_name(fn)
+    data, where, later = "the data", "", ""
+    if block is not None:
+        first, stop, bad_rows = block
+        where = f" in {_plural(len(bad_rows), 'datapoint')} ({_rows_text(bad_rows.tolist())})"
+        if first > 0 or stop < num_data:
+            data = f"rows {first}-{stop - 1} of the data"
+            later = " (later rows are not checked yet)" if stop < num_data else ""
+    nans = ""
+    if nan:
+        data += " other than NaN"
+        if key != "real":
+            nans = f" ({nan} of them NaN)"
+            fix = "remove or impute the NaN values" + (f"; {fix}" if count > nan else "")
+    message = (
+        f"the observed site '{name}' has a {distribution} distribution, whose support is {words}, "
+        f"but {data} lie in [{low:.4g}, {high:.4g}], with {_plural(count, 'value')}{nans}{where} "
+        f"outside it{later}; {fix}"
+    )
+    raise UnsupportedDataError(
+        message,
+        what=f"the data observed at site '{name}'",
+        distribution=distribution,
+        support=key,
+        low=low,
+        high=high,
+        num_invalid=count,
+    )
 
 
 def plan_passes(
@@ -311,7 +663,8 @@ def _traces(model, guide, *args, **kwargs):
 def _guess_max_plate_nesting(model, guide, x) -> int:
     """Plate depth from one trace, drawn without moving the caller's random number streams."""
     devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    # Unvalidated: it needs only the plates; the first pass of each block is validated.
+    with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
         traces = _traces(model, guide, x)
     nesting = 0
     for trace in traces:
@@ -322,9 +675,17 @@ def _guess_max_plate_nesting(model, guide, x) -> int:
     return nesting
 
 
-def _log_weights(model, guide, x, k: int, max_plate_nesting: int) -> torch.Tensor:
-    """log p(x, z) - log q(z|x) for k particles drawn at once: shape ``(k, N)``."""
+def _log_weights(
+    model, guide, x, k: int, max_plate_nesting: int, *, check_data: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """log p(x, z) - log q(z|x) for k particles drawn at once: shape ``(k, N)``.
+
+    With ``check_data`` (``rows`` of :func:`check_observed_support`), the observed values are
+    checked against their supports before any log-density is computed.
+    """
     model_trace, guide_trace = vectorized_traces(model, guide, k, max_plate_nesting, x)
+    if check_data is not None:
+        check_observed_support(model_trace, check_data)
     return log_weights_from_traces(model_trace, guide_trace, max_plate_nesting)
 
 
