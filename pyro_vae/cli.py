@@ -378,9 +378,8 @@ def advice(error: PyroVAEError) -> str:
     """The command-line fix for a library error, in flags ("" when there is none to add)."""
     if isinstance(error, UnsupportedDataError):
         return SUPPORT_HINTS.get(error.support, "")
-    if isinstance(error, NonFiniteError):
-        if error.cause == "data":
-            return "standardise or rescale the data file (the networks expect values near 1)"
+    if isinstance(error, NonFiniteError) and error.cause == "model":
+        # the data's own fault (unscaled, NaN) is said by the library; no flag changes it
         return "retrain with a smaller --lr, or a larger --scale-floor for a learned scale"
     return ""
 

@@ -248,8 +248,9 @@ def check_training_data(
 ) -> None:
     """Check the data against the VAE's likelihood once, before any step.
 
-    The training split is checked as the likelihood will score it: a sample of it passed through
-    ``transform`` (drawn on forked random streams, so training draws stay as they were).
+    The training split is checked as the likelihood will score it: all of it, or with a
+    ``transform`` (e.g. dynamic binarisation) its first rows passed through it, drawn on forked
+    random streams so that training draws stay as they were.
     Raises :class:`~pyro_vae.errors.DataError` (its subclass
     :class:`~pyro_vae.errors.UnsupportedDataError` for values outside the likelihood's support).
     """
@@ -257,11 +258,11 @@ def check_training_data(
         raise DataError(
             f"training data must have shape (N, D) with N >= 1, got {tuple(train_x.shape)}"
         )
-    scored = train_x[:_CHECKED_ROWS]
+    scored = train_x
     if transform is not None:
         devices = [train_x.device] if train_x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            scored = transform(scored)
+            scored = transform(train_x[:_CHECKED_ROWS])
     vae.likelihood.check_data(scored, "the training data")
     if val_x is not None:
         vae.likelihood.check_data(val_x, "the validation data")
