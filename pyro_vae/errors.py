@@ -63,6 +63,20 @@ class CheckpointError(PyroVAEError):
     """A run directory or checkpoint that is missing, corrupt or does not match its config."""
 
 
+class RunInUseError(CheckpointError):
+    """A run directory another process holds (a ``train`` running in it).
+
+    Attributes
+    ----------
+    path : str
+        The run directory.
+    """
+
+    def __init__(self, message: str, *, path: str):
+        super().__init__(message)
+        self.path = path
+
+
 class NonFiniteError(PyroVAEError, FloatingPointError):
     """A computed quantity became NaN or infinite.
 

@@ -112,10 +112,25 @@ def train(
 
     With ``resume=True``, continue the run in ``out`` from its last checkpoint; the result equals
     an uninterrupted run with the same seed. Only the options in :data:`RESUMABLE` may differ from
-    the run's saved config.
+    the run's saved config. The run directory is held exclusively while training runs: a second
+    ``train`` into it raises :class:`~pyro_vae.errors.RunInUseError` at once.
     """
     run = RunDir(out)
     registry.check_names(config.model, config.train)
+    if resume:
+        run.require()  # before claiming, which creates the directory
+    created = not run.path.exists()
+    try:
+        with run.claim():
+            return _train_claimed(run, config, resume, evaluate_at_end, progress, echo)
+    except BaseException:
+        if created:
+            run.remove_if_empty()  # a run that failed before its config was written
+        raise
+
+
+def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, progress, echo):
+    """:func:`train` in a run directory this process holds (:meth:`RunDir.claim`)."""
     if resume:
         run.require()
         _check_resumable(run.read_config(), config)
@@ -321,18 +336,15 @@ def evaluate(
     bpd = bits_per_dim(summary["log_px"], meta["data_dim"], vae.likelihood, config, meta)
     if bpd is not None:
         summary["bits_per_dim"] = bpd
-    run = RunDir(run_dir)
-    run.write_evaluation(summary)
     attrs = {
         k: summary[k] for k in IDENTITY_KEYS + ("likelihood", "prior", "guide", "objective", "seed")
     }
-    run.write_inference_data(
-        arviz_compat.to_inference_data(
-            {k: per_point[k].numpy() for k in ("log_px", "elbo")},
-            {k: per_point[k].numpy() for k in ("khat", "ess", "stderr")},
-            attrs,
-        )
+    idata = arviz_compat.to_inference_data(
+        {k: per_point[k].numpy() for k in ("log_px", "elbo")},
+        {k: per_point[k].numpy() for k in ("khat", "ess", "stderr")},
+        attrs,
     )
+    summary["evaluation_id"] = RunDir(run_dir).write_evaluation(summary, idata)
     return summary
 
 
@@ -533,8 +545,8 @@ def compare(run_dirs: list[str | Path]) -> list[Comparison]:
                 "--precision P)"
             )
     per_point = []
-    for run in runs:
-        idata = run.read_inference_data()
+    for run, ev in zip(runs, evaluations, strict=True):
+        idata = run.read_inference_data(ev)
         per_point.append(
             (
                 torch.as_tensor(idata.log_likelihood["log_px"].values[0, 0]),
@@ -694,8 +706,8 @@ def plot(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     if len(shape) == 2:
         figures["samples"] = _samples_figure(vae, config, shape, 64)
     if run.inference_data_path.is_file():
-        idata = run.read_inference_data()
         ev = run.read_evaluation()
+        idata = run.read_inference_data(ev)
         log_px = idata.log_likelihood["log_px"].values[0, 0]
         elbo = idata.log_likelihood["elbo"].values[0, 0]
         series = {"L_K (mean over datapoints)": ev["bounds_vs_k"]}

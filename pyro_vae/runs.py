@@ -6,13 +6,17 @@ crash leaves the previous version intact. Checkpoints are read with ``weights_on
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import io
 import json
 import math
 import os
 import tempfile
+import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ import torch
 
 from pyro_vae import arviz_compat
 from pyro_vae.config import RunConfig
-from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.errors import CheckpointError, ConfigError, RunInUseError
 from pyro_vae.infer.svi import EpochStats
 
 CHECKPOINT_FORMAT = 1
@@ -79,6 +83,19 @@ def _check_parents(p: Path, what: str) -> None:
             return
 
 
+def _damaged_member(data: bytes) -> str | None:
+    """Why a checkpoint's zip archive fails its integrity check, or None when every member's
+    CRC-32 matches."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as e:
+        return f"not a readable zip archive: {e}"
+    except Exception as e:  # a damaged header can fail in other ways while members are read
+        return f"unreadable: {type(e).__name__}"
+    return None if bad is None else f"member {bad} fails its CRC-32 check"
+
+
 def json_safe(value):
     """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
     if isinstance(value, float):
@@ -102,8 +119,47 @@ class RunDir:
     evaluation_path = property(lambda self: self.path / "evaluation.json")
     inference_data_path = property(lambda self: self.path / "evaluation.nc")
 
+    lock_path = property(lambda self: self.path / ".lock")
+
     def exists(self) -> bool:
         return self.config_path.is_file()
+
+    def remove_if_empty(self) -> None:
+        """Remove the directory if it holds nothing but its lock file (a run that never began)."""
+        try:
+            if {p.name for p in self.path.iterdir()} <= {self.lock_path.name}:
+                self.lock_path.unlink(missing_ok=True)
+                self.path.rmdir()
+        except OSError:
+            pass
+
+    @contextlib.contextmanager
+    def claim(self):
+        """Hold this run directory exclusively for the duration of the block (a ``train``).
+
+        An advisory lock (``flock``) on ``RUN_DIR/.lock``, created if absent: a second claim,
+        from any process, raises :class:`~pyro_vae.errors.RunInUseError` at once. The operating
+        system releases the lock when the holder exits, however it exits, so a killed run leaves
+        no stale claim. Readers (evaluate, compare, plot) take no lock: every file is replaced
+        atomically.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                raise RunInUseError(
+                    f"{self.path} is in use by another training process ({holder}); wait for it "
+                    "to finish or choose another run directory",
+                    path=str(self.path),
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
 
     def require(self) -> RunDir:
         """Raise a clear error unless this is a run directory with a checkpoint."""
@@ -137,10 +193,23 @@ class RunDir:
         atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
 
     def load_checkpoint(self, config: RunConfig, map_location=None) -> dict[str, Any]:
+        """The checkpoint's state, after checking every byte of it against the CRC-32 sums its
+        zip archive stores (``torch.load`` does not), then its format and config."""
         try:
-            state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=True)
+            data = self.checkpoint_path.read_bytes()
         except FileNotFoundError:
             raise CheckpointError(f"no checkpoint at {self.checkpoint_path}") from None
+        except OSError as e:
+            raise CheckpointError(f"cannot read {self.checkpoint_path}: {e.strerror}") from None
+        damaged = _damaged_member(data)
+        if damaged is not None:
+            raise CheckpointError(
+                f"checkpoint is corrupt: {self.checkpoint_path} ({damaged}); its bytes changed "
+                "after it was written (disk or copy damage). Restore it from a backup, or train "
+                "again into a new run directory"
+            )
+        try:
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
         except Exception as e:
             raise CheckpointError(
                 f"{self.checkpoint_path} is corrupt or not a pyro-vae checkpoint "
@@ -173,30 +242,104 @@ class RunDir:
         return [EpochStats(**{k: cast[types[k]](v) for k, v in row.items()}) for row in rows]
 
     # evaluation
-    def write_evaluation(self, summary: dict[str, Any]) -> None:
-        """evaluation.json: valid JSON, with NaN and infinite numbers written as null."""
-        text = json.dumps(json_safe(summary), indent=2, allow_nan=False)
-        atomic_write_text(self.evaluation_path, text + "\n")
+    def write_evaluation(self, summary: dict[str, Any], idata) -> str:
+        """evaluation.json (the summary, strict JSON: NaN and infinities as null) and
+        evaluation.nc (the per-datapoint values, an ArviZ InferenceData) as one unit.
+
+        Both carry the same ``evaluation_id``; each is written to a temporary file of its own
+        and renamed into place, under a short lock on ``RUN_DIR/.evaluation.lock`` so that
+        concurrent evaluations replace the pair one after the other, never half of it. A crash
+        between the two renames leaves ids that differ, which readers refuse. Returns the id.
+        """
+        evaluation_id = uuid.uuid4().hex
+        summary = {**summary, "evaluation_id": evaluation_id}
+        idata.attrs["evaluation_id"] = evaluation_id
+        text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)
+        with _locked(self.path / ".evaluation.lock"):
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".evaluation.nc.", suffix=".tmp")
+            os.close(fd)
+            try:
+                arviz_compat.save_netcdf(idata, tmp)
+                os.chmod(tmp, 0o666 & ~_umask())
+                os.replace(tmp, self.inference_data_path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            atomic_write_text(self.evaluation_path, text)
+        return evaluation_id
 
     def read_evaluation(self) -> dict[str, Any]:
+        """The summary of the run's evaluation (evaluation.json)."""
         try:
-            return json.loads(self.evaluation_path.read_text())
+            text = self.evaluation_path.read_text()
         except FileNotFoundError:
             raise CheckpointError(
                 f"{self.path} has no evaluation.json: run pyro-vae evaluate {self.path}"
             ) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"cannot read {self.evaluation_path}: {e}") from None
+        try:
+            summary = json.loads(text)
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{self.evaluation_path} is not valid JSON ({e})") from None
+        if not isinstance(summary, dict):
+            raise CheckpointError(f"{self.evaluation_path} is not an evaluation summary")
+        return summary
 
-    def write_inference_data(self, idata) -> None:
-        """evaluation.nc, written to a temporary name and renamed into place."""
-        tmp = self.inference_data_path.with_suffix(".nc.tmp")
-        arviz_compat.save_netcdf(idata, tmp)
-        os.replace(tmp, self.inference_data_path)
-
-    def read_inference_data(self):
+    def read_inference_data(self, summary: dict[str, Any] | None = None):
+        """evaluation.nc; with ``summary``, refused unless both files are one evaluation's."""
         if not self.inference_data_path.is_file():
             raise CheckpointError(
                 f"{self.path} has no evaluation.nc: run pyro-vae evaluate {self.path}"
             )
-        return arviz_compat.load_netcdf(self.inference_data_path)
+        try:
+            idata = arviz_compat.load_netcdf(self.inference_data_path)
+        except Exception as e:  # h5py/netCDF errors for truncated or foreign files vary
+            raise CheckpointError(
+                f"{self.inference_data_path} is damaged or not an evaluation "
+                f"({type(e).__name__}); run pyro-vae evaluate {self.path} again"
+            ) from None
+        if summary is not None:
+            _check_same_evaluation(self, summary, idata)
+        return idata
+
+
+def _check_same_evaluation(run: RunDir, summary: dict[str, Any], idata) -> None:
+    """Refuse an evaluation.json and an evaluation.nc written by different evaluations."""
+    json_id = summary.get("evaluation_id")
+    nc_id = idata.attrs.get("evaluation_id")
+    problem = None
+    if json_id != nc_id:
+        problem = "they carry different evaluation ids"
+    else:
+        try:
+            n = idata.log_likelihood["log_px"].shape[-1]
+        except (KeyError, AttributeError):
+            n = None
+        if n is None:
+            problem = "evaluation.nc holds no per-datapoint log_px"
+        elif n != summary.get("num_datapoints"):
+            problem = f"{summary.get('num_datapoints')} datapoints in the summary, {n} per point"
+        elif idata.attrs.get("num_samples") != summary.get("num_samples"):
+            problem = (
+                f"K={summary.get('num_samples')} in the summary, "
+                f"K={idata.attrs.get('num_samples')} per point"
+            )
+    if problem:
+        raise CheckpointError(
+            f"{run.evaluation_path} and {run.inference_data_path} are not one evaluation "
+            f"({problem}), e.g. after a crash or a full disk during evaluate; run "
+            f"pyro-vae evaluate {run.path} again"
+        )
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive ``flock`` on ``path`` (created if absent), waited for, held for the block."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
