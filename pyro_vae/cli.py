@@ -277,7 +277,7 @@ def train_config(args: argparse.Namespace) -> RunConfig:
     """The run's config: defaults (or, with --resume, the saved config) plus the given options."""
     given = {dest: getattr(args, dest) for dest in TRAIN_OPTIONS if hasattr(args, dest)}
     if getattr(args, "resume", False):
-        base = RunDir(args.out).require().read_config()
+        base = RunDir(args.out).require(checkpoint=False).read_config()
     else:
         base = RunConfig()
     sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}

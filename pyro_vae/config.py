@@ -121,12 +121,26 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        try:
-            model = dict(d["model"])
-            model["hidden"] = tuple(model["hidden"])
-            return cls(DataConfig(**d["data"]), ModelConfig(**model), TrainConfig(**d["train"]))
-        except (KeyError, TypeError) as e:
-            raise ConfigError(f"not a valid pyro_vae run config ({e})") from None
+        """The config a dict (``to_dict``'s shape) holds; every section and field must be there,
+        with its declared type, and nothing else (:class:`ConfigError` names what is wrong)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"not a valid pyro_vae run config (a {type(d).__name__})")
+        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+        _check_keys(d, set(sections), "the config")
+        parts = {}
+        for name, kind in sections.items():
+            values = d[name]
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section '{name}' is a {type(values).__name__}")
+            fields = {f.name: f for f in dataclasses.fields(kind)}
+            values = {**ADDED_LATER.get(name, {}), **values}
+            _check_keys(values, set(fields), f"config section '{name}'")
+            if name == "model" and isinstance(values["hidden"], list):
+                values["hidden"] = tuple(values["hidden"])
+            for key, value in values.items():
+                _check_type(f"{name}.{key}", value, fields[key].type)
+            parts[name] = kind(**values)
+        return cls(**parts)
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
@@ -145,6 +159,45 @@ class RunConfig:
             _check(not unknown, f"unknown {name} option(s): {sorted(unknown)}")
             parts[name] = dataclasses.replace(part, **changes)
         return RunConfig(**parts)
+
+
+# Fields added after the first release, with the value runs written before them had: a config
+# that lacks them is read with these (any other missing field is refused).
+ADDED_LATER = {
+    "data": {"dequantize": "none"},
+    "model": {"flows": 2, "num_components": 10, "rank": 2},
+    "train": {"precision": "fp32"},
+}
+
+
+def _check_keys(d: dict, expected: set[str], what: str) -> None:
+    missing, unknown = sorted(expected - set(d)), sorted(set(d) - expected)
+    if missing or unknown:
+        parts = ([f"missing {missing}"] if missing else []) + (
+            [f"unknown {unknown}"] if unknown else []
+        )
+        raise ConfigError(f"{what} is not a valid pyro_vae run config: {'; '.join(parts)}")
+
+
+# The types config.json may hold for each declared field type (JSON has no tuples; bool is not
+# an int here, and an int is a float).
+_JSON_TYPES = {
+    "str": (str,),
+    "str | None": (str, type(None)),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "tuple[int, ...]": (tuple,),
+}
+
+
+def _check_type(name: str, value, declared: str) -> None:
+    allowed = _JSON_TYPES[declared]
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if ok and declared == "tuple[int, ...]":
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ok:
+        raise ConfigError(f"config value {name} = {value!r} is not of type {declared}")
 
 
 def check_seed(seed: int, flag: str = "--seed") -> None:

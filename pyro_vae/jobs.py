@@ -118,7 +118,7 @@ def train(
     run = RunDir(out)
     registry.check_names(config.model, config.train)
     if resume:
-        run.require()  # before claiming, which creates the directory
+        run.require(checkpoint=False)  # before claiming, which creates the directory
     created = not run.path.exists()
     try:
         with run.claim():
@@ -132,12 +132,12 @@ def train(
 def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, progress, echo):
     """:func:`train` in a run directory this process holds (:meth:`RunDir.claim`)."""
     if resume:
-        run.require()
         _check_resumable(run.read_config(), config)
     elif run.exists():
         raise ConfigError(
             f"{run.path} already holds a run; pass --resume to continue it or choose another --out"
         )
+    run.check_writable()
     device = resolve_device(config.train.device)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.train.seed)
@@ -166,15 +166,25 @@ def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, prog
         "levels": dataset.levels,
     }
     history: list[EpochStats] = []
-    if resume:
+    if resume and run.checkpoint_path.is_file():
         state = run.load_checkpoint(_identity(config), map_location=device)
         _load_model_state(trainer, state)
-        history = [row for row in run.read_metrics() if row.epoch <= trainer.epoch]
+        rows = run.read_metrics(drop_damaged_tail=True)  # a torn tail is rewritten below
+        history = [row for row in rows if row.epoch <= trainer.epoch]
+    elif resume:
+        echo(f"{run.path}: no epoch was finished; training from the beginning")
     run.write_config(config)
     if trainer.epoch >= config.train.epochs:
+        if evaluate_at_end and run.evaluation_path.is_file():
+            echo(
+                f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
+                f"(--epochs {config.train.epochs}) and evaluated ({run.evaluation_path})"
+            )
+            return TrainResult(run.path, history, run.read_evaluation())
         echo(
             f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
             f"(--epochs {config.train.epochs})"
+            + ("; running its missing evaluation" if evaluate_at_end else "")
         )
     report_every = max(1, config.train.epochs // 10)
     while trainer.epoch < config.train.epochs:
@@ -221,7 +231,7 @@ def _check_resumable(saved: RunConfig, given: RunConfig) -> None:
 def _load_model_state(trainer: Trainer, state: dict[str, Any]) -> None:
     try:
         trainer.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError) as e:
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint does not match its run's model: {first}") from None
 
@@ -232,18 +242,45 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, VAE,
     config = run.read_config()
     dev = resolve_device(device if device != "auto" else config.train.device)
     state = run.load_checkpoint(_identity(config), map_location=dev)
-    meta = state.get("meta") or {}
-    if "data_dim" not in meta:
-        raise CheckpointError(f"{run.checkpoint_path} lacks the data shape (meta)")
+    meta = _checked_meta(run, state)
     pyro.clear_param_store()
-    vae = registry.build_vae(config.model, int(meta["data_dim"]), meta.get("levels")).to(dev)
+    vae = registry.build_vae(config.model, meta["data_dim"], meta.get("levels")).to(dev)
     try:
         vae.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint does not match its run's model: {first}") from None
     vae.eval()
-    return config, vae, {**meta, "epoch": int(state["epoch"])}
+    return config, vae, meta
+
+
+def _checked_meta(run: RunDir, state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's metadata (data shape, levels) and epoch, each checked."""
+    meta = state.get("meta")
+    epoch = state.get("epoch")
+    path = run.checkpoint_path
+    if not isinstance(meta, dict) or not _is_int(meta.get("data_dim")) or meta["data_dim"] < 1:
+        raise CheckpointError(f"{path} lacks the data shape (meta.data_dim)")
+    shape = meta.get("image_shape")
+    if shape is not None and (
+        not isinstance(shape, list)
+        or not all(_is_int(n) and n >= 1 for n in shape)
+        or math.prod(shape) != meta["data_dim"]
+    ):
+        raise CheckpointError(
+            f"{path}: meta.image_shape {shape} does not hold {meta['data_dim']} values "
+            "per datapoint"
+        )
+    levels = meta.get("levels")
+    if levels is not None and (not _is_int(levels) or levels < 2):
+        raise CheckpointError(f"{path}: meta.levels {levels!r} is not a number of levels")
+    if not _is_int(epoch) or epoch < 1:
+        raise CheckpointError(f"{path} lacks the number of epochs trained (epoch)")
+    return {**meta, "epoch": epoch}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def evaluate(
@@ -270,6 +307,7 @@ def evaluate(
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError("--chunk-size must be at least 1")
     config, vae, meta = load_run(run_dir, device)
+    RunDir(run_dir).check_writable()  # before the computation, whose result must go somewhere
     data = prepare_splits(config, load_data(config), vae.likelihood, (split,))
     x = data[split].to(next(vae.parameters()).device)
     _check_log_weights_fit(num_samples, x)

@@ -32,17 +32,27 @@ METRIC_FIELDS = [f.name for f in dataclasses.fields(EpochStats)]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place: a crash or a
+    failed write (a full disk, a read-only directory) leaves the previous version as it was, and
+    raises :class:`~pyro_vae.errors.CheckpointError` saying so."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        kept = "; its previous version is kept" if path.exists() else ""
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}{kept}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -81,6 +91,27 @@ def _check_parents(p: Path, what: str) -> None:
             if not parent.is_dir():
                 raise ConfigError(f"{what} {p} lies under {parent}, which is a file")
             return
+
+
+class _Damaged(Exception):
+    def __init__(self, line: int, why: str):
+        self.line, self.why = line, why
+
+
+_CASTS = {"int": int, "float": float}
+_METRIC_TYPES = {f.name: _CASTS[f.type] for f in dataclasses.fields(EpochStats)}
+
+
+def _metrics_row(line: int, fields: list[str]) -> EpochStats:
+    if len(fields) != len(METRIC_FIELDS):
+        raise _Damaged(line, f"{len(fields)} values, expected {len(METRIC_FIELDS)}")
+    values = {}
+    for name, text in zip(METRIC_FIELDS, fields, strict=True):
+        try:
+            values[name] = _METRIC_TYPES[name](text)
+        except ValueError:
+            raise _Damaged(line, f"{name} = {text!r} is not a number") from None
+    return EpochStats(**values)
 
 
 def _damaged_member(data: bytes) -> str | None:
@@ -124,6 +155,17 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.is_file()
 
+    def check_writable(self) -> None:
+        """Raise :class:`~pyro_vae.errors.CheckpointError` unless a file can be created here
+        (before long work whose result would have nowhere to go)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".writable.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            raise CheckpointError(f"cannot write into {self.path}: {e.strerror or e}") from None
+
     def remove_if_empty(self) -> None:
         """Remove the directory if it holds nothing but its lock file (a run that never began)."""
         try:
@@ -161,13 +203,13 @@ class RunDir:
         finally:
             os.close(fd)  # releases the lock
 
-    def require(self) -> RunDir:
-        """Raise a clear error unless this is a run directory with a checkpoint."""
+    def require(self, checkpoint: bool = True) -> RunDir:
+        """Raise a clear error unless this is a run directory (with a checkpoint, by default)."""
         if not self.path.is_dir():
             raise CheckpointError(f"run directory not found: {self.path}")
         if not self.config_path.is_file():
             raise CheckpointError(f"{self.path} is not a pyro-vae run directory (no config.json)")
-        if not self.checkpoint_path.is_file():
+        if checkpoint and not self.checkpoint_path.is_file():
             raise CheckpointError(
                 f"{self.path} has no checkpoint.pt: training never finished an epoch"
             )
@@ -180,7 +222,7 @@ class RunDir:
     def read_config(self) -> RunConfig:
         try:
             return RunConfig.from_json(self.config_path.read_text())
-        except OSError as e:
+        except (OSError, UnicodeDecodeError) as e:
             raise CheckpointError(f"cannot read {self.config_path}: {e}") from None
         except ConfigError as e:
             raise CheckpointError(f"{self.config_path}: {e}") from None
@@ -232,14 +274,43 @@ class RunDir:
             writer.writerow(dataclasses.asdict(row))
         atomic_write_text(self.metrics_path, out.getvalue())
 
-    def read_metrics(self) -> list[EpochStats]:
-        if not self.metrics_path.is_file():
+    def read_metrics(self, *, drop_damaged_tail: bool = False) -> list[EpochStats]:
+        """The rows of metrics.csv ([] when there is none).
+
+        A damaged row (torn by a crash, a missing or extra column, a value that is not a number,
+        bytes that are not text) raises :class:`~pyro_vae.errors.CheckpointError` naming it; with
+        ``drop_damaged_tail`` (for a resume, which rewrites the file) the rows from the first
+        damaged one on are dropped instead.
+        """
+        try:
+            text = self.metrics_path.read_text()
+        except FileNotFoundError:
             return []
-        with self.metrics_path.open() as f:
-            rows = list(csv.DictReader(f))
-        types = {f.name: f.type for f in dataclasses.fields(EpochStats)}
-        cast = {"int": int, "float": float}
-        return [EpochStats(**{k: cast[types[k]](v) for k, v in row.items()}) for row in rows]
+        except (OSError, UnicodeDecodeError) as e:
+            if drop_damaged_tail:
+                return []
+            raise CheckpointError(f"cannot read {self.metrics_path}: {e}") from None
+        reader = csv.reader(io.StringIO(text))
+        rows: list[EpochStats] = []
+        try:
+            header = next(reader, None)
+            if header != METRIC_FIELDS:
+                raise _Damaged(1, f"its header is {header}, expected {METRIC_FIELDS}")
+            line = 1
+            for line, fields in enumerate(reader, start=2):  # noqa: B007 (used below)
+                rows.append(_metrics_row(line, fields))
+            if text and not text.endswith("\n"):  # every write ends its last row
+                if rows:
+                    rows.pop()
+                raise _Damaged(line, "it was cut off before its end (a torn write)")
+        except (_Damaged, csv.Error) as e:
+            if drop_damaged_tail:
+                return rows
+            where = f"row {e.line}: {e.why}" if isinstance(e, _Damaged) else str(e)
+            raise CheckpointError(
+                f"{self.metrics_path} is damaged ({where}); a resume drops the damaged rows"
+            ) from None
+        return rows
 
     # evaluation
     def write_evaluation(self, summary: dict[str, Any], idata) -> str:

@@ -1,6 +1,7 @@
 """What a run directory guarantees (issue 11): exclusive ownership while training, evaluations
 written as one unit, corruption detected. Concurrency tests start real processes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -151,3 +152,187 @@ def test_a_damaged_evaluation_nc_is_one_line(capsys, run_dir):
     (run_dir / "evaluation.json").write_bytes(b"\xff\xfe\x00garbage")
     assert "cannot read" in _error(capsys, "compare", str(run_dir))
     assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
+
+
+# item 5: a run killed before its first checkpoint
+def test_a_run_without_a_checkpoint_resumes_from_the_beginning(capsys, tmp_path):
+    whole, stuck = tmp_path / "whole", tmp_path / "stuck"
+    assert main(["train", *TINY, "--epochs", "2", "--no-eval", "--out", str(whole)]) == 0
+    assert main(["train", *TINY, "--epochs", "2", "--no-eval", "--out", str(stuck)]) == 0
+    for name in ("checkpoint.pt", "metrics.csv"):
+        (stuck / name).unlink()  # as if killed during epoch 1
+    capsys.readouterr()
+    assert main(["train", "--out", str(stuck), "--resume", "--no-progress"]) == 0
+    assert "training from the beginning" in capsys.readouterr().out
+    assert RunDir(stuck).read_metrics()[-1].val_elbo == RunDir(whole).read_metrics()[-1].val_elbo
+
+
+# item 6: a run killed during its final evaluation
+def test_resume_finishes_a_missing_evaluation_and_skips_a_present_one(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--eval-samples", "21", "--out", str(out)]) == 0
+    (out / "evaluation.json").unlink()
+    (out / "evaluation.nc").unlink()
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "running its missing evaluation" in text and "log p(x)" in text
+    assert (out / "evaluation.json").is_file() and (out / "evaluation.nc").is_file()
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert "and evaluated" in capsys.readouterr().out
+
+
+# item 7: a torn or damaged metrics.csv
+DAMAGED_METRICS = {
+    "torn-last-row": lambda text: text[: len(text) - 9],
+    "missing-column": lambda text: text.replace(",", "", 3),
+    "extra-column": lambda text: text.rstrip("\n") + ",7\n",
+    "not-a-number": lambda text: text[: text.rindex("\n", 0, -1) + 1] + "2,x,1,1,1,1\n",
+    "random-bytes": lambda text: "\x00\x9f garbage \x07",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_METRICS), ids=list(DAMAGED_METRICS))
+def test_resume_goes_on_past_a_damaged_metrics_file_and_plot_names_the_row(
+    capsys, tmp_path, damage
+):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--epochs", "2", "--no-eval", "--out", str(out)]) == 0
+    metrics = out / "metrics.csv"
+    metrics.write_text(DAMAGED_METRICS[damage](metrics.read_text()))
+    err = _error(capsys, "plot", str(out), "--out", str(tmp_path / "plots"))
+    assert "metrics.csv is damaged" in err
+    if damage != "random-bytes":
+        assert "row " in err
+    assert main(["train", "--out", str(out), "--epochs", "3", "--resume", "--no-eval"]) == 0
+    rows = RunDir(out).read_metrics()
+    assert rows[-1].epoch == 3
+
+
+def test_random_bytes_in_metrics_are_one_line(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--no-eval", "--out", str(out)]) == 0
+    (out / "metrics.csv").write_bytes(b"\xff\xfe\x00\x9f")
+    assert "cannot read" in _error(capsys, "plot", str(out), "--out", str(tmp_path / "p"))
+
+
+# items 8, 9, 10: config.json that cannot be trusted
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c["model"].update(latent_dim=4.0), "model.latent_dim = 4.0 is not of type int"),
+        (lambda c: c["model"].update(latent_dim=True), "model.latent_dim = True"),
+        (lambda c: c["train"].update(seed=0.5), "train.seed = 0.5"),
+        (lambda c: c["data"].update(dataset=5), "data.dataset = 5"),
+        (lambda c: c["train"].pop("lr"), "missing ['lr']"),
+        (lambda c: c["model"].update(depth=3), "unknown ['depth']"),
+    ],
+    ids=["float-int", "bool-int", "float-seed", "int-dataset", "missing-key", "extra-key"],
+)
+def test_a_config_with_wrong_types_or_keys_is_refused(capsys, tmp_path, change, message):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--no-eval", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    change(config)
+    (out / "config.json").write_text(json.dumps(config))
+    assert message in _error(capsys, "train", "--out", str(out), "--resume")
+    assert message in _error(capsys, "evaluate", str(out))
+
+
+def test_a_config_written_before_an_option_existed_still_reads(tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--no-eval", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["train"]["precision"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert RunDir(out).read_config().train.precision == "fp32"
+
+
+def test_a_refused_resume_writes_nothing(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--no-eval", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert "cannot resume" in _error(capsys, "train", "--out", str(out), "--resume", "--lr", "0.1")
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before
+
+
+def test_random_bytes_in_config_or_evaluation_are_one_line(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--eval-samples", "21", "--out", str(out)]) == 0
+    (out / "evaluation.json").write_bytes(b"\x89\xff\x00")
+    assert "cannot read" in _error(capsys, "compare", str(out))
+    (out / "config.json").write_bytes(b"\x89\xff\x00")
+    assert "cannot read" in _error(capsys, "evaluate", str(out))
+
+
+def _rewrite_checkpoint(out, change):
+    import torch
+
+    path = out / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize(
+    "change, command, message",
+    [
+        (lambda s: s.pop("epoch"), "evaluate", "lacks the number of epochs"),
+        (lambda s: s["meta"].update(image_shape=[4, 4]), "sample", "does not hold 64 values"),
+        (lambda s: s.update(rng={"cpu": "not a state"}), "resume", "does not match"),
+    ],
+    ids=["no-epoch", "wrong-image-shape", "bad-rng-state"],
+)
+def test_a_checkpoint_with_damaged_fields_is_refused(capsys, tmp_path, change, command, message):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--no-eval", "--out", str(out)]) == 0
+    _rewrite_checkpoint(out, change)
+    argv = {
+        "evaluate": ["evaluate", str(out)],
+        "sample": ["sample", str(out), "--out", str(tmp_path / "s.png")],
+        "resume": ["train", "--out", str(out), "--resume", "--epochs", "2"],
+    }[command]
+    assert message in _error(capsys, *argv)
+
+
+# item 11: failed writes
+def test_a_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
+    capsys, tmp_path, monkeypatch
+):
+    import errno
+
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--no-eval", "--out", str(out)]) == 0
+    good = (out / "checkpoint.pt").read_bytes()
+    real_fsync = os.fsync
+
+    def full(fd):
+        real_fsync(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    err = _error(capsys, "train", "--out", str(out), "--resume", "--epochs", "2")
+    assert "No space left on device" in err and "previous version is kept" in err
+    monkeypatch.undo()
+    assert (out / "checkpoint.pt").read_bytes() == good
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-eval"]) == 0
+
+
+def test_evaluate_checks_it_can_write_before_computing(capsys, run_dir, monkeypatch):
+    import errno
+    import tempfile
+
+    from pyro_vae import jobs
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    def never(*args, **kwargs):
+        raise AssertionError("the estimate ran although its result could not be written")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(jobs, "importance_log_likelihood", never)
+    err = _error(capsys, "evaluate", str(run_dir))
+    assert f"cannot write into {run_dir}: Read-only file system" in err
