@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_flags(g)
 
     e = sub.add_parser(
-        "evaluate", help="importance-sampled log p(x) vs ELBO; writes evaluation.json"
+        "evaluate",
+        help="importance-sampled log p(x) vs ELBO; keeps it in RUN_DIR/evaluations/ (one per "
+        "split, K and precision)",
     )
     e.add_argument("run_dir")
     e.add_argument(
@@ -226,10 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--markdown", default=None, help="also write the table as Markdown here")
     c.add_argument("--csv", default=None, help="also write the table as CSV here")
+    _selection_flags(c)
 
     pl = sub.add_parser("plot", help="draw the run's figures (PNG) into RUN_DIR/plots")
     pl.add_argument("run_dir")
     pl.add_argument("--out", default=None, help="directory for the PNGs (default RUN_DIR/plots)")
+    _selection_flags(pl)
 
     s = sub.add_parser("sample", help="draw from the model; writes a PNG of means and samples")
     s.add_argument("run_dir")
@@ -249,6 +253,18 @@ def _version() -> str:
         return version("pyro_vae")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
+
+
+def _selection_flags(parser) -> None:
+    """Which kept evaluation to read, when a run holds several."""
+    g = parser.add_argument_group("which evaluation (needed when a run holds several)")
+    g.add_argument("--split", default=None, help="the evaluation's split")
+    g.add_argument("--num-samples", type=int, default=None, help="the evaluation's K")
+    g.add_argument("--precision", default=None, help="the evaluation's precision")
+
+
+def _selection(args) -> dict:
+    return {"split": args.split, "num_samples": args.num_samples, "precision": args.precision}
 
 
 def _progress_flags(group) -> None:
@@ -343,14 +359,14 @@ def run(argv: list[str] | None = None) -> int:
             precision=args.precision,
             progress=progress,
         )
-        run_dir = RunDir(args.run_dir)
+        json_path, nc_path = RunDir(args.run_dir).evaluation_paths(summary)
         echo(jobs.format_evaluation(summary))
-        echo(f"wrote {run_dir.evaluation_path} and {run_dir.inference_data_path}")
+        echo(f"wrote {json_path} and {nc_path}")
     elif args.command == "compare":
         for path, flag in ((args.markdown, "--markdown"), (args.csv, "--csv")):
             if path:
                 check_output_file(path, flag)
-        rows = jobs.compare(args.run_dirs)
+        rows = jobs.compare(args.run_dirs, **_selection(args))
         caveats = jobs.comparison_caveats(rows)
         echo("\n".join([jobs.format_comparison(rows), *caveats]))
         if args.markdown:
@@ -364,7 +380,7 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "plot":
         if args.out is not None:
             check_output_dir(args.out, "--out")
-        for path in jobs.plot(args.run_dir, args.out):
+        for path in jobs.plot(args.run_dir, args.out, **_selection(args)):
             echo(f"wrote {path}")
     elif args.command == "sample":
         if args.out is not None:

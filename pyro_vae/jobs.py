@@ -28,7 +28,7 @@ from pyro_vae.infer import BetaSchedule, EpochStats, Trainer, importance_log_lik
 from pyro_vae.infer.diagnostics import active_units, bounds_vs_k, guide_means, kl_per_dimension
 from pyro_vae.infer.importance import free_memory_bytes
 from pyro_vae.models import VAE, Likelihood
-from pyro_vae.runs import RunDir, atomic_write_text
+from pyro_vae.runs import RunDir, atomic_write_text, describe_selection
 
 BOUND_KS = (1, 5, 50, 500, 5000)  # L_K reported for these K (those up to --num-samples)
 # What makes two evaluations comparable datapoint by datapoint (see compare()).
@@ -175,12 +175,15 @@ def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, prog
         echo(f"{run.path}: no epoch was finished; training from the beginning")
     run.write_config(config)
     if trainer.epoch >= config.train.epochs:
-        if evaluate_at_end and run.evaluation_path.is_file():
+        done = run.select_evaluations(
+            split="test", num_samples=config.train.eval_samples, precision="fp32"
+        )
+        if evaluate_at_end and done:
             echo(
                 f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
-                f"(--epochs {config.train.epochs}) and evaluated ({run.evaluation_path})"
+                f"(--epochs {config.train.epochs}) and evaluated ({done[0].json_path})"
             )
-            return TrainResult(run.path, history, run.read_evaluation())
+            return TrainResult(run.path, history, done[0].summary)
         echo(
             f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
             f"(--epochs {config.train.epochs})"
@@ -293,7 +296,9 @@ def evaluate(
     precision: str = "fp32",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Importance-sampled log p(x) against the ELBO on a split; writes ``evaluation.json``.
+    """Importance-sampled log p(x) against the ELBO on a split, kept in the run directory as
+    ``evaluations/SPLIT-KK-PRECISION.json`` and ``.nc`` (one evaluation per setting: another
+    split, K or precision adds one; the same setting replaces its earlier one).
 
     The split is binarised (if the run binarises) with the run's fixed ``binarize_seed`` and the
     estimator is seeded with the run's seed, so evaluating twice gives the same numbers.
@@ -382,7 +387,8 @@ def evaluate(
         {k: per_point[k].numpy() for k in ("khat", "ess", "stderr")},
         attrs,
     )
-    summary["evaluation_id"] = RunDir(run_dir).write_evaluation(summary, idata)
+    stored = RunDir(run_dir).write_evaluation(summary, idata)
+    summary["evaluation_id"] = stored.summary["evaluation_id"]
     return summary
 
 
@@ -557,7 +563,13 @@ class Comparison:
     label: str
 
 
-def compare(run_dirs: list[str | Path]) -> list[Comparison]:
+def compare(
+    run_dirs: list[str | Path],
+    *,
+    split: str | None = None,
+    num_samples: int | None = None,
+    precision: str | None = None,
+) -> list[Comparison]:
     """Rank evaluated runs by mean held-out log p(x), with paired differences to the best.
 
     The difference of run r to the best run b is the mean over datapoints of
@@ -565,11 +577,16 @@ def compare(run_dirs: list[str | Path]) -> list[Comparison]:
     Monte Carlo variance of both means: paired, like ArviZ's ``compare`` on elpd. Runs must have
     been evaluated on the same datapoints (data set, split, binarisation or dequantisation and
     its seed) with the same K; otherwise this raises.
+
+    Each run's evaluation is the one of the setting (split, K, precision) that ``split``,
+    ``num_samples`` and ``precision`` select and every run holds; when several settings qualify
+    (or none), this raises, naming them.
     """
     if len(run_dirs) < 1:
         raise ConfigError("compare needs at least one run directory")
-    runs = [RunDir(d) for d in run_dirs]
-    evaluations = [r.read_evaluation() for r in runs]
+    runs = [RunDir(d).require(checkpoint=False) for d in run_dirs]
+    stored = _common_evaluations(runs, split=split, num_samples=num_samples, precision=precision)
+    evaluations = [e.summary for e in stored]
     first = evaluations[0]
     for run, ev in zip(runs[1:], evaluations[1:], strict=True):
         differ = [k for k in IDENTITY_KEYS if _identity_value(ev, k) != _identity_value(first, k)]
@@ -583,8 +600,8 @@ def compare(run_dirs: list[str | Path]) -> list[Comparison]:
                 "--precision P)"
             )
     per_point = []
-    for run, ev in zip(runs, evaluations, strict=True):
-        idata = run.read_inference_data(ev)
+    for kept in stored:
+        idata = kept.inference_data()
         per_point.append(
             (
                 torch.as_tensor(idata.log_likelihood["log_px"].values[0, 0]),
@@ -615,6 +632,31 @@ def compare(run_dirs: list[str | Path]) -> list[Comparison]:
             )
         )
     return rows
+
+
+def _common_evaluations(runs: list[RunDir], **wanted) -> list:
+    """For each run, its evaluation of the one setting all runs hold among those ``wanted``
+    selects (see :meth:`RunDir.select_evaluations`)."""
+    matching = [{e.setting: e for e in run.select_evaluations(**wanted)} for run in runs]
+    for run, kept in zip(runs, matching, strict=True):
+        if not kept:
+            run.find_evaluation(**wanted)  # raises, naming what the run holds
+    common = sorted(set.intersection(*(set(m) for m in matching)))
+    if len(common) == 1:
+        return [m[common[0]] for m in matching]
+    asked = describe_selection(wanted)
+    if not common:
+        held = "; ".join(
+            f"{r.path}: {', '.join(sorted(m))}" for r, m in zip(runs, matching, strict=True)
+        )
+        raise ConfigError(
+            f"the runs hold no evaluation of one setting{asked} in common ({held}); evaluate "
+            "them alike (pyro-vae evaluate RUN --split S --num-samples K --precision P)"
+        )
+    raise ConfigError(
+        f"the runs hold evaluations of {len(common)} settings{asked}: {', '.join(common)}; "
+        "choose one (--split, --num-samples, --precision)"
+    )
 
 
 def _number(value) -> float:
@@ -694,10 +736,18 @@ def write_comparison_csv(rows: list[Comparison], path: str | Path) -> None:
     atomic_write_text(Path(path), out.getvalue())
 
 
-def plot(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+def plot(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    split: str | None = None,
+    num_samples: int | None = None,
+    precision: str | None = None,
+) -> list[Path]:
     """Draw every figure of a run into ``out_dir`` (default RUN_DIR/plots); return the paths.
 
-    Figures that need an evaluation (bound vs K, k-hat, gap) are drawn when evaluation.nc exists.
+    Figures that need an evaluation (bound vs K, k-hat, gap) are drawn from the run's one kept
+    evaluation, or the one ``split``, ``num_samples`` and ``precision`` select (ambiguity raises).
     """
     from pyro_vae import plots
 
@@ -743,9 +793,10 @@ def plot(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     figures["latent"] = plots.latent_space(points, labels, projected)
     if len(shape) == 2:
         figures["samples"] = _samples_figure(vae, config, shape, 64)
-    if run.inference_data_path.is_file():
-        ev = run.read_evaluation()
-        idata = run.read_inference_data(ev)
+    wanted = {"split": split, "num_samples": num_samples, "precision": precision}
+    if run.select_evaluations(**wanted) or any(v is not None for v in wanted.values()):
+        kept = run.find_evaluation(**wanted)  # raises when it is ambiguous or missing
+        ev, idata = kept.summary, kept.inference_data()
         log_px = idata.log_likelihood["log_px"].values[0, 0]
         elbo = idata.log_likelihood["elbo"].values[0, 0]
         series = {"L_K (mean over datapoints)": ev["bounds_vs_k"]}

@@ -1,4 +1,4 @@
-"""A run directory on disk: config.json, metrics.csv, checkpoint.pt, evaluation.json.
+"""A run directory on disk: config.json, metrics.csv, checkpoint.pt, evaluations/.
 
 Files are written atomically (a temporary file in the same directory, then ``os.replace``), so a
 crash leaves the previous version intact. Checkpoints are read with ``weights_only=True``.
@@ -147,8 +147,6 @@ class RunDir:
     config_path = property(lambda self: self.path / "config.json")
     metrics_path = property(lambda self: self.path / "metrics.csv")
     checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
-    evaluation_path = property(lambda self: self.path / "evaluation.json")
-    inference_data_path = property(lambda self: self.path / "evaluation.nc")
 
     lock_path = property(lambda self: self.path / ".lock")
 
@@ -312,72 +310,165 @@ class RunDir:
             ) from None
         return rows
 
-    # evaluation
-    def write_evaluation(self, summary: dict[str, Any], idata) -> str:
-        """evaluation.json (the summary, strict JSON: NaN and infinities as null) and
-        evaluation.nc (the per-datapoint values, an ArviZ InferenceData) as one unit.
+    # evaluations
+    evaluations_dir = property(lambda self: self.path / "evaluations")
 
-        Both carry the same ``evaluation_id``; each is written to a temporary file of its own
-        and renamed into place, under a short lock on ``RUN_DIR/.evaluation.lock`` so that
-        concurrent evaluations replace the pair one after the other, never half of it. A crash
-        between the two renames leaves ids that differ, which readers refuse. Returns the id.
+    def evaluation_paths(self, summary: dict[str, Any]) -> tuple[Path, Path]:
+        """Where the evaluation with ``summary``'s setting lives: ``evaluations/SETTING.json``
+        (the summary) and ``.nc`` (the per-datapoint values)."""
+        stem = self.evaluations_dir / evaluation_setting(summary)
+        return stem.with_suffix(".json"), stem.with_suffix(".nc")
+
+    def write_evaluation(self, summary: dict[str, Any], idata) -> StoredEvaluation:
+        """Keep an evaluation: its summary (strict JSON: NaN and infinities as null) and its
+        per-datapoint values (an ArviZ InferenceData) as one unit, one per setting
+        (:func:`evaluation_setting`: split, K, precision), replacing only an earlier evaluation
+        of the same setting.
+
+        Both files carry the same ``evaluation_id``; each is written to a temporary file of its
+        own and renamed into place, under a short lock on ``evaluations/.lock``, so that
+        concurrent evaluations replace a pair one after the other, never half of it. A crash
+        between the two renames leaves ids that differ, which readers refuse.
         """
         evaluation_id = uuid.uuid4().hex
         summary = {**summary, "evaluation_id": evaluation_id}
         idata.attrs["evaluation_id"] = evaluation_id
         text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
-        self.path.mkdir(parents=True, exist_ok=True)
-        with _locked(self.path / ".evaluation.lock"):
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".evaluation.nc.", suffix=".tmp")
+        json_path, nc_path = self.evaluation_paths(summary)
+        try:
+            self.evaluations_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot write {self.evaluations_dir}: {e.strerror}") from None
+        with _locked(self.evaluations_dir / ".lock"):
+            fd, tmp = tempfile.mkstemp(
+                dir=nc_path.parent, prefix=f".{nc_path.name}.", suffix=".tmp"
+            )
             os.close(fd)
             try:
                 arviz_compat.save_netcdf(idata, tmp)
                 os.chmod(tmp, 0o666 & ~_umask())
-                os.replace(tmp, self.inference_data_path)
-            except BaseException:
+                os.replace(tmp, nc_path)
+            except OSError as e:
+                raise CheckpointError(f"cannot write {nc_path}: {e.strerror or e}") from None
+            finally:
                 Path(tmp).unlink(missing_ok=True)
-                raise
-            atomic_write_text(self.evaluation_path, text)
-        return evaluation_id
+            atomic_write_text(json_path, text)
+        return StoredEvaluation(self, summary, json_path, nc_path)
 
-    def read_evaluation(self) -> dict[str, Any]:
-        """The summary of the run's evaluation (evaluation.json)."""
-        try:
-            text = self.evaluation_path.read_text()
-        except FileNotFoundError:
-            raise CheckpointError(
-                f"{self.path} has no evaluation.json: run pyro-vae evaluate {self.path}"
-            ) from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"cannot read {self.evaluation_path}: {e}") from None
-        try:
-            summary = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{self.evaluation_path} is not valid JSON ({e})") from None
-        if not isinstance(summary, dict):
-            raise CheckpointError(f"{self.evaluation_path} is not an evaluation summary")
-        return summary
+    def evaluations(self) -> list[StoredEvaluation]:
+        """Every evaluation kept in the run directory, in setting order.
 
-    def read_inference_data(self, summary: dict[str, Any] | None = None):
-        """evaluation.nc; with ``summary``, refused unless both files are one evaluation's."""
-        if not self.inference_data_path.is_file():
+        ``evaluation.json``/``evaluation.nc`` at the top of a run directory, as earlier versions
+        wrote them, count as one more (unless an evaluation of the same setting replaced it).
+        """
+        found = {}
+        paths = sorted(self.evaluations_dir.glob("*.json")) if self.evaluations_dir.is_dir() else []
+        for json_path in paths:
+            stored = StoredEvaluation(
+                self, _read_summary(json_path, self.path), json_path, json_path.with_suffix(".nc")
+            )
+            found[stored.setting] = stored
+        legacy = self.path / "evaluation.json"
+        if legacy.is_file():
+            stored = StoredEvaluation(
+                self, _read_summary(legacy, self.path), legacy, self.path / "evaluation.nc"
+            )
+            found.setdefault(stored.setting, stored)
+        return [found[k] for k in sorted(found)]
+
+    def select_evaluations(self, **wanted) -> list[StoredEvaluation]:
+        """The kept evaluations whose ``split``, ``num_samples`` and ``precision`` equal those of
+        ``wanted`` that are not None."""
+        return [e for e in self.evaluations() if e.matches(**wanted)]
+
+    def find_evaluation(self, **wanted) -> StoredEvaluation:
+        """The one kept evaluation matching ``wanted`` (see :meth:`select_evaluations`); raises
+        :class:`~pyro_vae.errors.CheckpointError` when there is none or more than one."""
+        matching = self.select_evaluations(**wanted)
+        if len(matching) == 1:
+            return matching[0]
+        asked = describe_selection(wanted)
+        if not matching:
+            kept = ", ".join(e.setting for e in self.evaluations()) or "none"
             raise CheckpointError(
-                f"{self.path} has no evaluation.nc: run pyro-vae evaluate {self.path}"
+                f"{self.path} has no evaluation{asked} (kept: {kept}); run pyro-vae evaluate "
+                f"{self.path} with that setting"
+            )
+        raise CheckpointError(
+            f"{self.path} holds {len(matching)} evaluations{asked}: "
+            f"{', '.join(e.setting for e in matching)}; choose one by its split, K and precision "
+            "(--split, --num-samples, --precision)"
+        )
+
+
+EVALUATION_SELECTORS = ("split", "num_samples", "precision")
+
+
+def evaluation_setting(summary: dict[str, Any]) -> str:
+    """The name of an evaluation's setting, e.g. ``test-K1000-fp32``: what one kept evaluation
+    per setting means (the estimation method joins it once there is more than one)."""
+    precision = summary.get("precision", "fp32")  # evaluations before the option were fp32
+    return f"{summary.get('split')}-K{summary.get('num_samples')}-{precision}"
+
+
+def describe_selection(wanted: dict[str, Any]) -> str:
+    parts = [f"{k}={v}" for k, v in wanted.items() if v is not None]
+    return f" with {', '.join(parts)}" if parts else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredEvaluation:
+    """One kept evaluation of a run: its summary and where its files are."""
+
+    run: RunDir
+    summary: dict[str, Any]
+    json_path: Path
+    nc_path: Path
+
+    @property
+    def setting(self) -> str:
+        return evaluation_setting(self.summary)
+
+    def matches(self, split=None, num_samples=None, precision=None) -> bool:
+        wanted = {"split": split, "num_samples": num_samples, "precision": precision}
+        have = {**self.summary, "precision": self.summary.get("precision", "fp32")}
+        return all(v is None or have.get(k) == v for k, v in wanted.items())
+
+    def inference_data(self):
+        """The per-datapoint values, refused unless they belong to this summary."""
+        if not self.nc_path.is_file():
+            raise CheckpointError(
+                f"{self.nc_path} is missing beside {self.json_path}; run pyro-vae evaluate "
+                f"{self.run.path} again"
             )
         try:
-            idata = arviz_compat.load_netcdf(self.inference_data_path)
+            idata = arviz_compat.load_netcdf(self.nc_path)
         except Exception as e:  # h5py/netCDF errors for truncated or foreign files vary
             raise CheckpointError(
-                f"{self.inference_data_path} is damaged or not an evaluation "
-                f"({type(e).__name__}); run pyro-vae evaluate {self.path} again"
+                f"{self.nc_path} is damaged or not an evaluation ({type(e).__name__}); run "
+                f"pyro-vae evaluate {self.run.path} again"
             ) from None
-        if summary is not None:
-            _check_same_evaluation(self, summary, idata)
+        _check_same_evaluation(self, idata)
         return idata
 
 
-def _check_same_evaluation(run: RunDir, summary: dict[str, Any], idata) -> None:
-    """Refuse an evaluation.json and an evaluation.nc written by different evaluations."""
+def _read_summary(path: Path, run_path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    try:
+        summary = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(summary, dict) or not {"split", "num_samples", "log_px"} <= set(summary):
+        raise CheckpointError(f"{path} is not an evaluation summary")
+    return summary
+
+
+def _check_same_evaluation(stored: StoredEvaluation, idata) -> None:
+    """Refuse a summary and per-datapoint values written by different evaluations."""
+    summary = stored.summary
     json_id = summary.get("evaluation_id")
     nc_id = idata.attrs.get("evaluation_id")
     problem = None
@@ -389,7 +480,7 @@ def _check_same_evaluation(run: RunDir, summary: dict[str, Any], idata) -> None:
         except (KeyError, AttributeError):
             n = None
         if n is None:
-            problem = "evaluation.nc holds no per-datapoint log_px"
+            problem = f"{stored.nc_path.name} holds no per-datapoint log_px"
         elif n != summary.get("num_datapoints"):
             problem = f"{summary.get('num_datapoints')} datapoints in the summary, {n} per point"
         elif idata.attrs.get("num_samples") != summary.get("num_samples"):
@@ -399,9 +490,9 @@ def _check_same_evaluation(run: RunDir, summary: dict[str, Any], idata) -> None:
             )
     if problem:
         raise CheckpointError(
-            f"{run.evaluation_path} and {run.inference_data_path} are not one evaluation "
-            f"({problem}), e.g. after a crash or a full disk during evaluate; run "
-            f"pyro-vae evaluate {run.path} again"
+            f"{stored.json_path} and {stored.nc_path} are not one evaluation ({problem}), e.g. "
+            f"after a crash or a full disk during evaluate; run pyro-vae evaluate "
+            f"{stored.run.path} again"
         )
 
 

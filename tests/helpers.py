@@ -1,5 +1,7 @@
 """Small shared builders for tests."""
 
+from pathlib import Path
+
 import torch
 
 from pyro_vae.config import ModelConfig
@@ -22,3 +24,8 @@ def requires_cuda(fn):
     return pytest.mark.cuda(
         pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(fn)
     )
+
+
+def evaluation_file(run_dir, k, split="test", precision="fp32", suffix=".json") -> Path:
+    """Where ``pyro-vae evaluate`` keeps the evaluation of that setting."""
+    return Path(run_dir) / "evaluations" / f"{split}-K{k}-{precision}{suffix}"

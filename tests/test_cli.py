@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pyro_vae.cli import main
+from tests.helpers import evaluation_file
 
 TINY = ["--epochs", "1", "--hidden", "32", "--latent-dim", "2", "--eval-samples", "25"]
 
@@ -32,13 +33,15 @@ def test_train_evaluate_sample_end_to_end(tmp_path):
     r = run_cli("train", *TINY, "--out", str(run_dir))
     assert r.returncode == 0, r.stderr
     assert "log p(x)" in r.stdout and "ELBO" in r.stdout and "gap" in r.stdout
-    for name in ("config.json", "metrics.csv", "checkpoint.pt", "evaluation.json"):
+    for name in ("config.json", "metrics.csv", "checkpoint.pt"):
         assert (run_dir / name).is_file(), name
+    assert evaluation_file(run_dir, 25).is_file()
     assert json.loads((run_dir / "config.json").read_text())["model"]["latent_dim"] == 2
 
     r = run_cli("evaluate", str(run_dir), "--num-samples", "30", "--chunk-size", "7")
     assert r.returncode == 0, r.stderr
-    ev = json.loads((run_dir / "evaluation.json").read_text())
+    ev = json.loads(evaluation_file(run_dir, 30).read_text())
+    assert evaluation_file(run_dir, 25).is_file()  # the evaluation after training is kept
     required = {"log_px", "log_px_stderr", "elbo", "gap", "ess_mean", "num_samples"}
     required |= {"num_datapoints", "dataset", "split", "binarize"}
     assert required <= set(ev)
@@ -52,7 +55,7 @@ def test_train_evaluate_sample_end_to_end(tmp_path):
     assert len(ev["kl_per_dim"]) == 2
     from pyro_vae import arviz_compat
 
-    idata = arviz_compat.load_netcdf(run_dir / "evaluation.nc")
+    idata = arviz_compat.load_netcdf(evaluation_file(run_dir, 30, suffix=".nc"))
     log_px = idata.log_likelihood["log_px"].values[0, 0]
     assert log_px.shape == (359,) and log_px.mean() == pytest.approx(ev["log_px"])
     assert idata.sample_stats["khat"].values.shape == (1, 1, 359)
@@ -185,7 +188,7 @@ def test_quick_start_default_job(tmp_path):
     """The README's main job, with its defaults: trains, evaluates, and learns something."""
     r = run_cli("train", "--out", str(tmp_path / "default"))
     assert r.returncode == 0, r.stderr
-    ev = json.loads((tmp_path / "default" / "evaluation.json").read_text())
+    ev = json.loads(evaluation_file(tmp_path / "default", 1000).read_text())
     assert ev["num_samples"] == 1000 and ev["epochs_trained"] == 100
     assert ev["log_px"] >= ev["elbo"] > -30.0  # an untrained model scores about -44 nats
     assert ev["ess_mean"] > 100
@@ -267,7 +270,7 @@ def test_uint8_user_images_are_8_bit_data(tmp_path):
         ]
     )
     assert code == 0
-    ev = json.loads((run_dir / "evaluation.json").read_text())
+    ev = json.loads(evaluation_file(run_dir, 25).read_text())
     assert ev["levels"] == 256
     assert ev["bits_per_dim"] == pytest.approx(-ev["log_px"] / (16 * np.log(2)))
     assert ev["bits_per_dim"] > 0  # a probability of discrete data is at most 1
@@ -290,7 +293,7 @@ def test_dequantised_density_reports_bits_per_dim_of_the_levels(tmp_path):
         ]
     )
     assert code == 0
-    ev = json.loads((run_dir / "evaluation.json").read_text())
+    ev = json.loads(evaluation_file(run_dir, 25).read_text())
     assert ev["dequantize"] == "uniform" and ev["levels"] == 17
     expected = -(ev["log_px"] - 64 * np.log(17)) / (64 * np.log(2))
     assert ev["bits_per_dim"] == pytest.approx(expected)
@@ -302,7 +305,7 @@ def test_iwae_objective_is_recorded(tmp_path):
     assert (
         main(["train", *TINY, "--elbo", "iwae", "--num-particles", "5", "--out", str(run_dir)]) == 0
     )
-    ev = json.loads((run_dir / "evaluation.json").read_text())
+    ev = json.loads(evaluation_file(run_dir, 25).read_text())
     assert ev["objective"] == "iwae"
     assert json.loads((run_dir / "config.json").read_text())["train"]["num_particles"] == 5
 
@@ -324,7 +327,7 @@ def test_compare_ranks_runs_with_paired_differences(capsys, tmp_path):
     rows = list(__import__("csv").DictReader(csv_path.read_text().splitlines()))
     assert float(rows[0]["log_px"]) >= float(rows[1]["log_px"])
     assert float(rows[0]["diff"]) == 0.0
-    idata = {r: arviz_compat.load_netcdf(r / "evaluation.nc") for r in runs}
+    idata = {r: arviz_compat.load_netcdf(evaluation_file(r, 20, suffix=".nc")) for r in runs}
     lp = {r: d.log_likelihood["log_px"].values[0, 0] for r, d in idata.items()}
     se = {r: d.sample_stats["stderr"].values[0, 0] for r, d in idata.items()}
     best, other = Path(rows[0]["run"]), Path(rows[1]["run"])
@@ -334,10 +337,19 @@ def test_compare_ranks_runs_with_paired_differences(capsys, tmp_path):
     expected_se = np.sqrt(d.var(ddof=1) / 359 + monte_carlo)
     assert float(rows[1]["diff_se"]) == pytest.approx(expected_se, rel=1e-6)
 
-    # evaluated with another K: refused, naming the difference
+    # another K for one run: kept beside the first, which compare still finds in common
     assert main(["evaluate", str(runs[1]), "--num-samples", "10"]) == 0
     capsys.readouterr()
-    assert "num_samples: 20 vs 10" in _error(capsys, "compare", *map(str, runs))
+    assert main(["compare", *map(str, runs), "--csv", str(csv_path)]) == 0
+    again = list(__import__("csv").DictReader(csv_path.read_text().splitlines()))
+    assert again == rows
+    err = _error(capsys, "compare", *map(str, runs), "--num-samples", "10")
+    assert f"{runs[0]} has no evaluation with num_samples=10 (kept: test-K20-fp32)" in err
+    assert main(["evaluate", str(runs[0]), "--num-samples", "10"]) == 0
+    capsys.readouterr()
+    err = _error(capsys, "compare", *map(str, runs))
+    assert "2 settings: test-K10-fp32, test-K20-fp32; choose one" in err
+    assert main(["compare", *map(str, runs), "--num-samples", "10"]) == 0
 
 
 def test_precision_is_recorded_and_not_mixed_in_compare(capsys, tmp_path):
@@ -345,18 +357,20 @@ def test_precision_is_recorded_and_not_mixed_in_compare(capsys, tmp_path):
     assert main(["train", *TINY, "--precision", "bf16", "--out", str(run_dir)]) == 0
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["precision"] == "bf16"
-    ev = json.loads((run_dir / "evaluation.json").read_text())
+    ev = json.loads(evaluation_file(run_dir, 25).read_text())
     assert ev["precision"] == "fp32"  # training in bf16; the evaluation after it in fp32
     other = tmp_path / "fp32"
     assert main(["train", *TINY, "--seed", "1", "--out", str(other)]) == 0
     assert main(["compare", str(run_dir), str(other)]) == 0
-    assert main(["evaluate", str(other), "--num-samples", "20", "--precision", "bf16"]) == 0
+    assert main(["evaluate", str(other), "--num-samples", "25", "--precision", "bf16"]) == 0
     out = capsys.readouterr().out
     assert "networks in bf16" in out
-    ev = json.loads((other / "evaluation.json").read_text())
+    ev = json.loads(evaluation_file(other, 25, precision="bf16").read_text())
     assert ev["precision"] == "bf16"
-    err = _error(capsys, "compare", str(run_dir), str(other))
-    assert "precision: 'fp32' vs 'bf16'" in err and "--precision P" in err
+    assert main(["compare", str(run_dir), str(other)]) == 0  # the fp32 pair, never mixed
+    capsys.readouterr()
+    err = _error(capsys, "compare", str(run_dir), str(other), "--precision", "bf16")
+    assert f"{run_dir} has no evaluation with precision=bf16" in err
     assert "unknown --precision" in _error(capsys, "evaluate", str(other), "--precision", "x")
 
 
@@ -367,9 +381,9 @@ def test_evaluations_without_a_precision_count_as_fp32(trained_run, tmp_path):
     for run in (a, b):
         __import__("shutil").copytree(trained_run, run)
         jobs.evaluate(run, num_samples=5, progress=False)
-    old = json.loads((a / "evaluation.json").read_text())
+    old = json.loads(evaluation_file(a, 5).read_text())
     del old["precision"]  # as written before the option existed
-    (a / "evaluation.json").write_text(json.dumps(old))
+    evaluation_file(a, 5).write_text(json.dumps(old))
     assert len(jobs.compare([a, b])) == 2
 
 

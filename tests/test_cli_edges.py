@@ -12,6 +12,7 @@ import pytest
 
 from pyro_vae.cli import main
 from pyro_vae.jobs import Comparison, comparison_caveats
+from tests.helpers import evaluation_file
 
 TINY = ["--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--no-progress"]
 
@@ -43,7 +44,7 @@ def test_k1_evaluation_is_the_elbo_and_says_k_hat_is_undefined(capsys, run_dir):
     assert main(["evaluate", str(run_dir), "--num-samples", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "K=1 is the ELBO" in out and "1 importance sample," in out
-    ev = _strict_json(run_dir / "evaluation.json")
+    ev = _strict_json(evaluation_file(run_dir, 1))
     assert ev["khat_max"] is None and ev["log_px_stderr"] is None
     assert ev["log_px"] == pytest.approx(ev["elbo"])
 
@@ -57,13 +58,13 @@ def test_small_k_says_it_is_too_small_for_psis_and_writes_valid_json(capsys, run
     assert main(["evaluate", str(run_dir), "--num-samples", "5", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "too small for PSIS" in out and "unreliable" not in out
-    ev = _strict_json(run_dir / "evaluation.json")
+    ev = _strict_json(evaluation_file(run_dir, 5))
     assert ev["num_khat_above_threshold"] is None and "too small" in ev["khat_note"]
 
 
 def test_k_hat_is_computed_from_21_samples(capsys, run_dir):
     assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
-    ev = _strict_json(run_dir / "evaluation.json")
+    ev = _strict_json(evaluation_file(run_dir, 21))
     assert ev["khat_max"] is not None and 0 <= ev["num_khat_above_threshold"] <= 359
     assert "khat_note" not in ev
 
@@ -130,7 +131,7 @@ def test_evaluate_into_a_closed_pipe_has_no_traceback(run_dir):
     assert first.startswith(b"digits (test split")
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     assert proc.returncode == 0
-    assert (run_dir / "evaluation.nc").is_file()
+    assert evaluation_file(run_dir, 30, suffix=".nc").is_file()
 
 
 # item 9: output paths of the wrong kind
@@ -197,7 +198,7 @@ def test_compare_prints_the_caveat(capsys, run_dir, tmp_path):
     assert main(["evaluate", str(run_dir), "--num-samples", "5", "--no-progress"]) == 0
     capsys.readouterr()
     md = tmp_path / "t.md"
-    assert main(["compare", str(run_dir), "--markdown", str(md)]) == 0
+    assert main(["compare", str(run_dir), "--markdown", str(md), "--num-samples", "5"]) == 0
     out = capsys.readouterr().out
     assert "caveat:" in out and "k-hat was not computed" in out
     assert "caveat:" in md.read_text()
@@ -252,7 +253,8 @@ def test_sample_seed_and_the_real_path(capsys, run_dir, tmp_path):
 def test_evaluate_names_both_files_it_wrote(capsys, run_dir):
     assert main(["evaluate", str(run_dir), "--num-samples", "30", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert f"wrote {run_dir / 'evaluation.json'} and {run_dir / 'evaluation.nc'}" in out
+    json_path, nc_path = evaluation_file(run_dir, 30), evaluation_file(run_dir, 30, suffix=".nc")
+    assert f"wrote {json_path} and {nc_path}" in out
 
 
 def test_one_epoch_is_singular(capsys, run_dir):

@@ -12,6 +12,7 @@ import pytest
 from pyro_vae.cli import main
 from pyro_vae.errors import CheckpointError, RunInUseError
 from pyro_vae.runs import RunDir
+from tests.helpers import evaluation_file
 
 TINY = ["--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--no-progress"]
 
@@ -108,8 +109,45 @@ def test_a_flipped_byte_in_the_checkpoint_is_detected(capsys, tmp_path):
         RunDir(out).load_checkpoint(RunDir(out).read_config())
 
 
+# item 1: every evaluation is kept, one per setting
+def test_evaluations_of_other_settings_are_kept_and_selected(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--eval-samples", "30", "--out", str(out)]) == 0
+    test_k30 = json.loads(evaluation_file(out, 30).read_text())
+    for argv in (["--split", "val"], ["--num-samples", "21"], ["--precision", "bf16"]):
+        assert main(["evaluate", str(out), "--no-progress", *argv]) == 0
+    capsys.readouterr()
+    settings = [e.setting for e in RunDir(out).evaluations()]
+    assert settings == ["test-K1000-bf16", "test-K21-fp32", "test-K30-fp32", "val-K1000-fp32"]
+    assert json.loads(evaluation_file(out, 30).read_text()) == test_k30  # not overwritten
+    err = _error(capsys, "compare", str(out))
+    assert "4 settings" in err and "choose one (--split, --num-samples, --precision)" in err
+    assert main(["compare", str(out), "--split", "test", "--num-samples", "30"]) == 0
+    assert f"{test_k30['log_px']:.3f}" in capsys.readouterr().out  # the K=30 test evaluation
+    err = _error(capsys, "plot", str(out), "--out", str(tmp_path / "p"))
+    assert "holds 4 evaluations" in err
+    assert main(["plot", str(out), "--out", str(tmp_path / "p"), "--split", "val"]) == 0
+    assert (tmp_path / "p" / "gap.png").is_file()
+    err = _error(capsys, "plot", str(out), "--split", "train", "--out", str(tmp_path / "p"))
+    assert "has no evaluation with split=train" in err and "val-K1000-fp32" in err
+    # evaluating a setting again replaces only that setting's evaluation
+    assert main(["evaluate", str(out), "--num-samples", "30", "--no-progress"]) == 0
+    assert len(RunDir(out).evaluations()) == 4
+
+
+def test_an_evaluation_written_by_an_earlier_version_is_still_read(capsys, run_dir, tmp_path):
+    old = tmp_path / "old"
+    __import__("shutil").copytree(run_dir, old)
+    assert main(["evaluate", str(old), "--num-samples", "21", "--no-progress"]) == 0
+    for suffix in (".json", ".nc"):  # where evaluate wrote them before this version
+        evaluation_file(old, 21, suffix=suffix).rename(old / f"evaluation{suffix}")
+    capsys.readouterr()
+    assert [e.setting for e in RunDir(old).select_evaluations(num_samples=21)] == ["test-K21-fp32"]
+    assert main(["compare", str(old), "--num-samples", "21"]) == 0
+
+
 # item 2: an evaluation is one unit
-def test_concurrent_evaluations_all_succeed_and_leave_one_whole_evaluation(run_dir):
+def test_concurrent_evaluations_all_succeed_and_leave_whole_evaluations(run_dir):
     procs = [
         subprocess.Popen(
             _cli("evaluate", str(run_dir), "--num-samples", k, "--no-progress"),
@@ -117,41 +155,44 @@ def test_concurrent_evaluations_all_succeed_and_leave_one_whole_evaluation(run_d
             stderr=subprocess.PIPE,
             env=_env(),
         )
-        for k in ("302", "50", "21")
+        for k in ("302", "50", "50")
     ]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()
     run = RunDir(run_dir)
-    summary = run.read_evaluation()
-    idata = run.read_inference_data(summary)  # refuses a mismatched pair
-    assert idata.attrs["num_samples"] == summary["num_samples"] in (302, 50, 21)
-    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    for k in (302, 50):
+        kept = run.find_evaluation(num_samples=k)
+        idata = kept.inference_data()  # refuses a mismatched pair
+        assert idata.attrs["num_samples"] == kept.summary["num_samples"] == k
+    assert not [p.name for p in run.evaluations_dir.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_a_summary_beside_another_evaluations_per_point_data_is_refused(capsys, run_dir, tmp_path):
-    assert main(["evaluate", str(run_dir), "--num-samples", "30", "--no-progress"]) == 0
-    kept = (run_dir / "evaluation.nc").read_bytes()
+    assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
+    nc = evaluation_file(run_dir, 21, suffix=".nc")
+    kept = nc.read_bytes()
     assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
     capsys.readouterr()
-    (run_dir / "evaluation.nc").write_bytes(kept)  # what a crash between the two renames leaves
-    err = _error(capsys, "compare", str(run_dir))
+    nc.write_bytes(kept)  # what a crash between the two renames leaves
+    err = _error(capsys, "compare", str(run_dir), "--num-samples", "21")
     assert "are not one evaluation" in err and "evaluate" in err
-    assert "are not one evaluation" in _error(
-        capsys, "plot", str(run_dir), "--out", str(tmp_path / "plots")
-    )
+    err = _error(capsys, "plot", str(run_dir), "--num-samples", "21", "--out", str(tmp_path / "p"))
+    assert "are not one evaluation" in err
     assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
 
 
-def test_a_damaged_evaluation_nc_is_one_line(capsys, run_dir):
+def test_a_damaged_evaluation_is_one_line(capsys, run_dir):
     assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
     capsys.readouterr()
-    nc = run_dir / "evaluation.nc"
+    nc = evaluation_file(run_dir, 21, suffix=".nc")
     nc.write_bytes(nc.read_bytes()[:200])
-    assert "is damaged or not an evaluation" in _error(capsys, "compare", str(run_dir))
-    (run_dir / "evaluation.json").write_bytes(b"\xff\xfe\x00garbage")
-    assert "cannot read" in _error(capsys, "compare", str(run_dir))
-    assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
+    err = _error(capsys, "compare", str(run_dir), "--num-samples", "21")
+    assert "is damaged or not an evaluation" in err
+    evaluation_file(run_dir, 21).write_bytes(b"\xff\xfe\x00garbage")
+    assert "cannot read" in _error(capsys, "compare", str(run_dir), "--num-samples", "21")
+    evaluation_file(run_dir, 21).unlink()
+    nc.unlink()
 
 
 # item 5: a run killed before its first checkpoint
@@ -171,13 +212,13 @@ def test_a_run_without_a_checkpoint_resumes_from_the_beginning(capsys, tmp_path)
 def test_resume_finishes_a_missing_evaluation_and_skips_a_present_one(capsys, tmp_path):
     out = tmp_path / "r"
     assert main(["train", *TINY, "--eval-samples", "21", "--out", str(out)]) == 0
-    (out / "evaluation.json").unlink()
-    (out / "evaluation.nc").unlink()
+    evaluation_file(out, 21).unlink()
+    evaluation_file(out, 21, suffix=".nc").unlink()
     capsys.readouterr()
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "running its missing evaluation" in text and "log p(x)" in text
-    assert (out / "evaluation.json").is_file() and (out / "evaluation.nc").is_file()
+    assert [e.setting for e in RunDir(out).evaluations()] == ["test-K21-fp32"]
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert "and evaluated" in capsys.readouterr().out
 
@@ -260,7 +301,7 @@ def test_a_refused_resume_writes_nothing(capsys, tmp_path):
 def test_random_bytes_in_config_or_evaluation_are_one_line(capsys, tmp_path):
     out = tmp_path / "r"
     assert main(["train", *TINY, "--eval-samples", "21", "--out", str(out)]) == 0
-    (out / "evaluation.json").write_bytes(b"\x89\xff\x00")
+    evaluation_file(out, 21).write_bytes(b"\x89\xff\x00")
     assert "cannot read" in _error(capsys, "compare", str(out))
     (out / "config.json").write_bytes(b"\x89\xff\x00")
     assert "cannot read" in _error(capsys, "evaluate", str(out))

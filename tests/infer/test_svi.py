@@ -176,4 +176,4 @@ def test_evaluation_is_reproducible_and_consistent(tmp_path):
     assert a["gap"] == pytest.approx(a["log_px"] - a["elbo"])
     assert a["num_datapoints"] == 359 and a["split"] == "test" and a["binarize"] == "dynamic"
     assert a["bits_per_dim"] == pytest.approx(-a["log_px"] / (64 * math.log(2)))
-    assert RunDir(tmp_path / "r").evaluation_path.is_file()
+    assert [e.setting for e in RunDir(tmp_path / "r").evaluations()] == ["test-K50-fp32"]
