@@ -322,8 +322,13 @@ def _rewrite_checkpoint(out, change):
         (lambda s: s.pop("epoch"), "evaluate", "lacks the number of epochs"),
         (lambda s: s["meta"].update(image_shape=[4, 4]), "sample", "does not hold 64 values"),
         (lambda s: s.update(rng={"cpu": "not a state"}), "resume", "does not match"),
+        (
+            lambda s: s["model"]["decoder.0.weight"].fill_(float("nan")),
+            "evaluate",
+            "NaN or +inf for 359 of 359 datapoints",
+        ),
     ],
-    ids=["no-epoch", "wrong-image-shape", "bad-rng-state"],
+    ids=["no-epoch", "wrong-image-shape", "bad-rng-state", "nan-weights"],
 )
 def test_a_checkpoint_with_damaged_fields_is_refused(capsys, tmp_path, change, command, message):
     out = tmp_path / "r"
