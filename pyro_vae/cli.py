@@ -23,7 +23,8 @@ from pyro_vae.runs import RunDir, atomic_write_text, check_output_dir, check_out
 SUPPORT_HINTS = {
     "binary": "--binarize dynamic or --binarize static, or --likelihood continuous-bernoulli",
     "unit_interval": "rescale the data, or --likelihood gaussian for real-valued data",
-    "open_unit_interval": "--dequantize uniform with --binarize none",
+    "open_unit_interval": "for quantised pixel data, --dequantize uniform with --binarize none; "
+    "continuous data must be moved strictly inside (0, 1)",
     "levels": "--binarize none without --dequantize",
 }
 
@@ -406,14 +407,22 @@ def main(argv: list[str] | None = None) -> int:
     except PyroVAEError as e:
         hint = advice(e)
         message = " ".join(str(e).split())  # one line, whatever the message holds
-        print(f"pyro-vae: error: {message}" + (f" ({hint})" if hint else ""), file=sys.stderr)
+        _error_line(f"pyro-vae: error: {message}" + (f" ({hint})" if hint else ""))
         return 2
+    except BrokenPipeError:  # a write to a closed pipe outside echo(): the job did not finish
+        _error_line("pyro-vae: error: output pipe closed before the job finished")
+        return 1
     except OSError as e:  # a file that cannot be written or read: a full disk, permissions
-        if isinstance(e, BrokenPipeError):
-            return 0
         where = f": {e.filename}" if e.filename else ""
-        print(f"pyro-vae: error: {e.strerror or e}{where}", file=sys.stderr)
+        _error_line(f"pyro-vae: error: {e.strerror or e}{where}")
         return 2
+
+
+def _error_line(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):  # nobody is reading stderr any more
+        pass
 
 
 if __name__ == "__main__":

@@ -17,6 +17,22 @@ from pyro_vae.errors import ConfigError
 BINARIZE_MODES = ("dynamic", "static", "none")
 DEQUANTIZE_MODES = ("uniform", "none")
 DEVICES = ("auto", "cpu", "cuda")
+# Integer options and their ranges: beyond these, networks or loops would not fit in memory or
+# time (and beyond 2**63 PyTorch cannot take them at all).
+INT_RANGES = {
+    ("model", "latent_dim"): ("--latent-dim", 1, 4096),
+    ("model", "num_components"): ("--num-components", 1, 10_000),
+    ("model", "flows"): ("--flows", 1, 64),
+    ("model", "rank"): ("--rank", 1, 4096),
+    ("train", "epochs"): ("--epochs", 1, 1_000_000),
+    ("train", "batch_size"): ("--batch-size", 1, 10_000_000),
+    ("train", "num_particles"): ("--num-particles", 1, 100_000),
+    ("train", "warmup_epochs"): ("--warmup-epochs", 0, 1_000_000),
+    ("train", "log_every"): ("--log-every", 1, 1_000_000_000),
+    ("train", "eval_samples"): ("--eval-samples", 1, 1_000_000_000),
+}
+MAX_HIDDEN_WIDTH = 65_536
+FLOAT32_MAX = 3.4028234663852886e38  # parameters and the optimiser are float32
 # Seeds reach NumPy's generator through pyro.set_rng_seed, which takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
 
@@ -84,14 +100,17 @@ class RunConfig:
             self.data.dequantize == "none" or self.data.binarize == "none",
             "choose binarisation or dequantisation, not both (add --binarize none)",
         )
-        _check(self.model.num_components >= 1, "--num-components must be at least 1")
-        _check(self.model.flows >= 1, "--flows must be at least 1")
-        _check(self.model.rank >= 1, "--rank must be at least 1")
         _check(self.train.device in DEVICES, f"--device must be one of {DEVICES}")
-        _check(self.model.latent_dim >= 1, "--latent-dim must be at least 1")
+        for (section, name), (flag, low, high) in INT_RANGES.items():
+            value = getattr(getattr(self, section), name)
+            _check(
+                low <= value <= high, f"{flag} must be an integer from {low} to {high}, got {value}"
+            )
         _check(
-            len(self.model.hidden) >= 1 and all(h >= 1 for h in self.model.hidden),
-            "--hidden must be a comma-separated list of positive widths, e.g. 512,512",
+            len(self.model.hidden) >= 1
+            and all(1 <= h <= MAX_HIDDEN_WIDTH for h in self.model.hidden),
+            "--hidden must be a comma-separated list of widths from 1 to "
+            f"{MAX_HIDDEN_WIDTH}, e.g. 512,512",
         )
         for flag, value in (
             ("--gaussian-scale", self.model.gaussian_scale),
@@ -99,19 +118,16 @@ class RunConfig:
             ("--lr", self.train.lr),
             ("--beta", self.train.beta),
         ):
-            _check(math.isfinite(value), f"{flag} must be a finite number, got {value}")
+            _check(
+                math.isfinite(value) and abs(value) <= FLOAT32_MAX,
+                f"{flag} must be a finite number within float32's range, got {value}",
+            )
         check_seed(self.train.seed, "--seed")
         check_seed(self.data.binarize_seed, "--binarize-seed")
         _check(self.model.gaussian_scale > 0, "--gaussian-scale must be positive")
         _check(self.model.scale_floor > 0, "--scale-floor must be positive")
-        _check(self.train.epochs >= 1, "--epochs must be at least 1")
-        _check(self.train.batch_size >= 1, "--batch-size must be at least 1")
-        _check(self.train.num_particles >= 1, "--num-particles must be at least 1")
         _check(self.train.lr > 0, "--lr must be positive")
         _check(self.train.beta > 0, "--beta must be positive (beta=1 is the true ELBO)")
-        _check(self.train.warmup_epochs >= 0, "--warmup-epochs must be non-negative")
-        _check(self.train.log_every >= 1, "--log-every must be at least 1")
-        _check(self.train.eval_samples >= 1, "--eval-samples must be at least 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,6 +143,8 @@ def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, prog
     pyro.clear_param_store()
     pyro.set_rng_seed(config.train.seed)
     dataset = load_data(config)
+    if evaluate_at_end:  # before training, not after it
+        _check_log_weights_fit(config.train.eval_samples, dataset.split("test").shape[0])
     likelihood = registry.build_likelihood(config.model, dataset.levels)
     data = prepare_splits(config, dataset, likelihood, ("train", "val"))
     vae = registry.build_vae(config.model, dataset.data_dim, dataset.levels).to(device)
@@ -315,7 +318,7 @@ def evaluate(
     RunDir(run_dir).check_writable()  # before the computation, whose result must go somewhere
     data = prepare_splits(config, load_data(config), vae.likelihood, (split,))
     x = data[split].to(next(vae.parameters()).device)
-    _check_log_weights_fit(num_samples, x)
+    _check_log_weights_fit(num_samples, x.shape[0])
     pyro.set_rng_seed(config.train.seed)
     start = time.perf_counter()
     with vae.precision(dtype):
@@ -392,16 +395,16 @@ def evaluate(
     return summary
 
 
-def _check_log_weights_fit(num_samples: int, x: torch.Tensor) -> None:
+def _check_log_weights_fit(num_samples: int, num_datapoints: int) -> None:
     """Refuse a K whose K x N float64 log weights (kept for k-hat and L_K, about twice over while
     they are joined) would not fit in the host's free memory."""
-    need = 2 * 8 * num_samples * x.shape[0]
+    need = 2 * 8 * num_samples * num_datapoints
     free = free_memory_bytes(torch.device("cpu"))
     if free is not None and need > free:
         raise ConfigError(
-            f"--num-samples {num_samples} on {x.shape[0]} datapoints keeps {need / 1e9:.3g} GB "
-            f"of log weights, more than the {free / 1e9:.3g} GB of free memory; choose a smaller "
-            "K (or evaluate on fewer datapoints)"
+            f"K={num_samples} importance samples on {num_datapoints} datapoints keep "
+            f"{need / 1e9:.3g} GB of log weights, more than the {free / 1e9:.3g} GB of free "
+            "memory; choose a smaller K (or evaluate on fewer datapoints)"
         )
 
 
@@ -459,22 +462,24 @@ def format_evaluation(s: dict[str, Any]) -> str:
     """A short, readable summary of :func:`evaluate`'s result."""
     precision = _identity_value(s, "precision")
     stderr = s.get("log_px_stderr")
-    error_bar = (
-        f"(± {stderr:.3f} Monte Carlo stderr)"
-        if stderr is not None and math.isfinite(stderr)
-        else "(no Monte Carlo stderr from one sample)"
-    )
+    if stderr is not None and math.isfinite(stderr):
+        error_bar = f"(± {stderr:.3f} Monte Carlo stderr)"
+    elif s["num_samples"] == 1:
+        error_bar = "(no Monte Carlo stderr from one sample)"
+    else:  # written as null: infinite, where some datapoint got no weight at all
+        error_bar = "(Monte Carlo stderr unbounded: some datapoints' weights are all zero)"
     lines = [
         f"{s['dataset']} ({s['split']} split, {_data_label(s)}), "
         f"{plural(s['num_datapoints'], 'datapoint')}, K={s['num_samples']} importance "
         f"{'sample' if s['num_samples'] == 1 else 'samples'}, "
         f"{plural(s['epochs_trained'], 'epoch')}"
         + (f", networks in {precision}:" if precision != "fp32" else ":"),
-        f"  log p(x)  {s['log_px']:10.3f} nats  {error_bar}",
-        f"  ELBO      {s['elbo']:10.3f} nats",
-        f"  gap       {s['gap']:10.3f} nats  (log p(x) - ELBO, estimates KL(q || posterior))",
-        f"  ESS       {s['ess_mean']:10.1f} of {s['num_samples']} on average "
-        f"(min {s['ess_min']:.1f})",
+        f"  log p(x)  {_number(s['log_px'], -math.inf):10.3f} nats  {error_bar}",
+        f"  ELBO      {_number(s['elbo'], -math.inf):10.3f} nats",
+        f"  gap       {_number(s['gap']):10.3f} nats  (log p(x) - ELBO, estimates KL(q || "
+        "posterior))",
+        f"  ESS       {_number(s['ess_mean']):10.1f} of {s['num_samples']} on average "
+        f"(min {_number(s['ess_min']):.1f})",
     ]
     if s.get("khat_note"):
         lines.append(f"  k-hat     {s['khat_note']}")
@@ -500,12 +505,13 @@ MAX_SAMPLES_FIGURE = 4096  # draws in one samples figure
 
 
 def samples_path(run_dir: str | Path, out: str | Path | None) -> Path:
-    """Where :func:`sample` writes: ``out`` (``.png`` added when it has no suffix; a directory
-    gets ``samples.png`` inside it), by default ``RUN_DIR/samples.png``."""
+    """Where :func:`sample` writes: ``out`` (``.png`` added when it has no suffix; a directory,
+    or a path ending in ``/``, gets ``samples.png`` inside it), by default
+    ``RUN_DIR/samples.png``."""
     if out is None:
         return Path(run_dir) / "samples.png"
     path = Path(out)
-    if path.is_dir():
+    if path.is_dir() or str(out).endswith(("/", os.sep)):  # a directory, or one to create
         return path / "samples.png"
     if path.suffix == "":
         return path.with_name(path.name + ".png")
@@ -608,7 +614,8 @@ def compare(
                 torch.as_tensor(idata.sample_stats["stderr"].values[0, 0]),
             )
         )
-    order = sorted(range(len(runs)), key=lambda i: -evaluations[i]["log_px"])
+    # a mean log p(x) of -inf is written as null: it ranks last
+    order = sorted(range(len(runs)), key=lambda i: -_number(evaluations[i]["log_px"], -math.inf))
     best_lp, best_se = per_point[order[0]]
     rows = []
     for i in order:
@@ -620,10 +627,10 @@ def compare(
         rows.append(
             Comparison(
                 run=str(runs[i].path),
-                log_px=ev["log_px"],
+                log_px=_number(ev["log_px"], -math.inf),
                 log_px_stderr=_number(ev.get("log_px_stderr")),
-                elbo=ev["elbo"],
-                gap=ev["gap"],
+                elbo=_number(ev["elbo"], -math.inf),
+                gap=_number(ev["gap"]),
                 khat_max=_number(ev.get("khat_max")),
                 frac_khat_above_threshold=_number(ev.get("frac_khat_above_threshold")),
                 diff=d.mean().item(),
@@ -659,9 +666,15 @@ def _common_evaluations(runs: list[RunDir], **wanted) -> list:
     )
 
 
-def _number(value) -> float:
-    """A JSON number as a float; null (written for NaN, or a k-hat not computed) as NaN."""
-    return math.nan if value is None else float(value)
+def _number(value, null: float = math.nan) -> float:
+    """A JSON number as a float; null (written for a number that is not finite, or a k-hat not
+    computed) as ``null``: NaN, or -inf for a log-density whose weights were all zero."""
+    return null if value is None else float(value)
+
+
+def _fixed(value: float, digits: int) -> str:
+    """``value`` to ``digits`` decimals; "n/a" for NaN (undefined, e.g. k-hat at small K)."""
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def comparison_caveats(rows: list[Comparison]) -> list[str]:
@@ -706,14 +719,16 @@ def format_comparison(rows: list[Comparison], markdown: bool = False) -> str:
             str(i + 1),
             r.run,
             r.label,
-            f"{r.log_px:.3f}",
-            f"{r.log_px_stderr:.3f}",
-            f"{r.elbo:.3f}",
-            f"{r.gap:.3f}",
-            f"{r.khat_max:.2f}",
-            f"{100 * r.frac_khat_above_threshold:.1f}%",
-            f"{r.diff:.3f}",
-            f"{r.diff_se:.3f}",
+            _fixed(r.log_px, 3),
+            _fixed(r.log_px_stderr, 3),
+            _fixed(r.elbo, 3),
+            _fixed(r.gap, 3),
+            _fixed(r.khat_max, 2),
+            _fixed(100 * r.frac_khat_above_threshold, 1) + "%"
+            if not math.isnan(r.frac_khat_above_threshold)
+            else "n/a",
+            _fixed(r.diff, 3),
+            _fixed(r.diff_se, 3),
         ]
         for i, r in enumerate(rows)
     ]

@@ -83,6 +83,7 @@ class LineProgress:
         self.count = 0
         self.postfix = ""
         self.printed = 0
+        self.closed_stream = False
         self._start = time.monotonic()
         self._last = self._start
 
@@ -113,7 +114,15 @@ class LineProgress:
             self._write(f"{self.count}/{self.total} {self.units}, done in {elapsed:.0f} s")
 
     def _write(self, text: str) -> None:
+        """Print one line; a stream its reader has closed (``2>&1 | head``) silences the report,
+        never the work it reports on."""
+        if self.closed_stream:
+            return
         extra = f"  {self.postfix}" if self.postfix else ""
         stream = self.stream if self.stream is not None else sys.stderr
-        print(f"{self.desc}: {text}{extra}", file=stream, flush=True)
+        try:
+            print(f"{self.desc}: {text}{extra}", file=stream, flush=True)
+        except (BrokenPipeError, ValueError):  # ValueError: the stream was closed here
+            self.closed_stream = True
+            return
         self.printed += 1

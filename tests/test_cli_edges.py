@@ -248,6 +248,9 @@ def test_sample_seed_and_the_real_path(capsys, run_dir, tmp_path):
     assert main(["sample", str(run_dir), "--num", "4", "--out", str(folder)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {folder / 'samples.png'}"
     assert (folder / "samples.png").is_file()
+    new_folder = tmp_path / "new"
+    assert main(["sample", str(run_dir), "--num", "4", "--out", f"{new_folder}/"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {new_folder / 'samples.png'}"
 
 
 def test_evaluate_names_both_files_it_wrote(capsys, run_dir):
@@ -305,3 +308,72 @@ def test_divergence_on_unscaled_data_does_not_advise_a_smaller_lr(capsys, tmp_pa
         "1",
     )
     assert "rescale" in err and "--lr" not in err, err
+
+
+# item 5: numbers that are not finite in the written JSON, and their readers
+def test_json_safe_writes_every_non_finite_number_as_null():
+    from pyro_vae.runs import json_safe
+
+    value = {"a": math.nan, "b": [math.inf, 1.0, (2, -math.inf)], "c": {"d": -math.inf}, "e": "x"}
+    assert json_safe(value) == {"a": None, "b": [None, 1.0, [2, None]], "c": {"d": None}, "e": "x"}
+    json.dumps(json_safe(value), allow_nan=False)  # strict JSON
+
+
+def test_a_minus_inf_estimate_ranks_last_and_is_shown(capsys, run_dir, tmp_path):
+    import shutil
+
+    assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    path = evaluation_file(other, 21)
+    summary = json.loads(path.read_text())
+    summary.update(log_px=None, elbo=None, log_px_stderr=None)  # how -inf is written
+    path.write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert main(["compare", str(other), str(run_dir), "--num-samples", "21"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert str(run_dir) in table[1] and str(other) in table[2] and "-inf" in table[2]
+
+
+def test_an_unbounded_stderr_is_not_called_one_sample():
+    from pyro_vae.jobs import format_evaluation
+
+    summary = {
+        "dataset": "d",
+        "split": "test",
+        "binarize": "none",
+        "num_datapoints": 3,
+        "num_samples": 50,
+        "epochs_trained": 2,
+        "log_px": None,
+        "log_px_stderr": None,
+        "elbo": None,
+        "gap": None,
+        "ess_mean": 0.0,
+        "ess_min": 0.0,
+    }
+    text = format_evaluation(summary)
+    assert "-inf nats" in text and "unbounded" in text and "one sample" not in text
+
+
+@pytest.mark.parametrize("stderr_too", [False, True], ids=["stdout", "stdout-and-stderr"])
+def test_train_into_a_closed_pipe_finishes_the_run(tmp_path, stderr_too):
+    out = tmp_path / "r"
+    env = {**os.environ, "PYTHONWARNINGS": "error", "PYRO_VAE_PROGRESS_SECONDS": "0"}
+    argv = ["train", "--epochs", "3", "--hidden", "16", "--latent-dim", "2", "--out", str(out)]
+    with subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if stderr_too else subprocess.PIPE,
+        env=env,
+    ) as proc:
+        proc.stdout.readline()
+        proc.stdout.close()  # `| head -1`, of stdout or of `2>&1`
+        err = b"" if stderr_too else proc.stderr.read()
+        proc.wait(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+    from pyro_vae.runs import RunDir
+
+    assert RunDir(out).read_metrics()[-1].epoch == 3
+    assert [e.setting for e in RunDir(out).evaluations()] == ["test-K1000-fp32"]

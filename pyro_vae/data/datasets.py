@@ -404,6 +404,11 @@ def _read_user_file(p: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarra
             ) from None
         raise DataError(f"cannot read {p}: {_one_line(e)}") from None
     except Exception as e:
+        if p.suffix == ".pt":  # torch's loader fails on damaged archives in many ways
+            raise DataError(
+                f"cannot read {p}: not a tensor file written by torch.save, or a damaged one "
+                f"({_one_line(e)})"
+            ) from None
         raise DataError(f"cannot read {p}: {_one_line(e)}") from None
 
 
@@ -494,8 +499,16 @@ def _as_labels(a: np.ndarray, n: int, p: Path) -> torch.Tensor:
         raise DataError(f"{p}: the labels have shape {a.shape}; expected one per datapoint, ({n},)")
     if a.shape[0] != n:
         raise DataError(f"{p}: {a.shape[0]} labels for {n} datapoints; expected one each")
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise DataError(f"{p}: the labels contain NaN or infinite values")
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise DataError(f"{p}: the labels contain NaN or infinite values")
+        if not (np.abs(a) < 2**53).all() or not (a == np.round(a)).all():
+            raise DataError(
+                f"{p}: the labels are floats that are not whole numbers below 2**53; expected "
+                "integer labels"
+            )
+    if a.dtype == np.uint64 and (a > np.iinfo(np.int64).max).any():
+        raise DataError(f"{p}: the labels hold integers too large for int64")
     return torch.from_numpy(a.astype(np.int64))
 
 

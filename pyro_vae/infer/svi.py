@@ -26,8 +26,8 @@ from pyro_vae.progress import progress_bar
 
 # Data with values beyond this magnitude are treated as unscaled when a loss becomes NaN.
 DATA_SCALE_LIMIT = 1e3
-# Rows of a transformed training split checked against the likelihood (all rows as stored are).
-_CHECKED_ROWS = 1000
+# Rows of the training split transformed at once when they are checked against the likelihood.
+_CHECKED_ROWS = 10_000
 
 
 class DeviceSVI(SVI):
@@ -248,22 +248,36 @@ def check_training_data(
 ) -> None:
     """Check the data against the VAE's likelihood once, before any step.
 
-    The training split is checked as the likelihood will score it: all of it, or with a
-    ``transform`` (e.g. dynamic binarisation) its first rows passed through it, drawn on forked
-    random streams so that training draws stay as they were.
-    Raises :class:`~pyro_vae.errors.DataError` (its subclass
-    :class:`~pyro_vae.errors.UnsupportedDataError` for values outside the likelihood's support).
+    Every training row is checked as the likelihood will score it: passed through ``transform``
+    (e.g. dynamic binarisation) in blocks of rows, on forked random streams so that training
+    draws stay as they were. Raises :class:`~pyro_vae.errors.DataError` (its subclass
+    :class:`~pyro_vae.errors.UnsupportedDataError` for values outside the likelihood's support),
+    also when ``transform`` itself refuses a block (e.g. ``torch.bernoulli`` on values outside
+    [0, 1]).
     """
     if train_x.dim() != 2 or train_x.shape[0] == 0:
         raise DataError(
             f"training data must have shape (N, D) with N >= 1, got {tuple(train_x.shape)}"
         )
-    scored = train_x
-    if transform is not None:
+    if transform is None:
+        vae.likelihood.check_data(train_x, "the training data")
+    else:
         devices = [train_x.device] if train_x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            scored = transform(train_x[:_CHECKED_ROWS])
-    vae.likelihood.check_data(scored, "the training data")
+            for start in range(0, train_x.shape[0], _CHECKED_ROWS):
+                block = train_x[start : start + _CHECKED_ROWS]
+                what = f"rows {start}-{start + block.shape[0] - 1} of the training data"
+                try:
+                    scored = transform(block)
+                except (RuntimeError, ValueError) as e:
+                    text = str(e).strip().split("(Could this error message")[0].strip()
+                    first = text.splitlines()[0] if text else type(e).__name__
+                    lo, hi = float(block.min()), float(block.max())
+                    raise DataError(
+                        f"{what} (values in [{lo:.3g}, {hi:.3g}]) cannot be transformed as the "
+                        f"likelihood needs: {first}"
+                    ) from None
+                vae.likelihood.check_data(scored, what)
     if val_x is not None:
         vae.likelihood.check_data(val_x, "the validation data")
 

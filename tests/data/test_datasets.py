@@ -361,3 +361,26 @@ def test_failed_download_folds_the_reason_into_the_one_error(tmp_path, monkeypat
     assert "RuntimeError: Error downloading" in message and "<urlopen error no network>" in message
     assert "turned off" not in message and "--no-download" not in message and "\n" not in message
     assert capsys.readouterr().err == ""  # the library does not print; the reason is in the error
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.full(20, 1e30), "not whole numbers"),
+        (np.full(20, 0.5), "not whole numbers"),
+        (np.full(20, 2**64 - 1, dtype=np.uint64), "too large for int64"),
+    ],
+    ids=["huge-float", "half", "huge-uint64"],
+)
+def test_labels_that_are_not_integers_are_refused(tmp_path, labels, message):
+    path = tmp_path / "lab.npz"
+    np.savez(path, x=np.random.default_rng(0).random((20, 4)), y=labels)
+    with pytest.raises(DataError, match=message):
+        load_dataset(str(path))
+
+
+def test_integral_float_labels_are_read_as_integers(tmp_path):
+    path = tmp_path / "lab.npz"
+    np.savez(path, x=np.random.default_rng(0).random((20, 4)), y=np.arange(20.0))
+    labels = load_dataset(str(path)).labels
+    assert sorted(torch.cat(list(labels.values())).tolist()) == list(range(20))

@@ -111,6 +111,17 @@ def test_trainer_checks_the_data_as_transformed_without_moving_the_random_stream
         _trainer(tiny_vae(), grey, transform=lambda x: x * 2)
 
 
+def test_trainer_checks_every_training_row_through_the_transform():
+    x = torch.bernoulli(torch.full((25_000, 12), 0.5, dtype=torch.float32))
+    x[23_456, 3] = 0.5  # beyond the first block of rows
+    with pytest.raises(UnsupportedDataError, match="rows 20000-24999 of the training data"):
+        _trainer(tiny_vae(), x, transform=lambda b: b)
+    x[23_456, 3] = 2.0  # torch.bernoulli refuses it: a clear error, not torch's mid-epoch
+    with pytest.raises(DataError, match=r"cannot be transformed .*p_in >= 0") as e:
+        _trainer(tiny_vae(), x, transform=torch.bernoulli)
+    assert "Could this error message" not in str(e.value)
+
+
 def _small_config(**train):
     return RunConfig().replace(
         model={"latent_dim": 3, "hidden": (32,)},
