@@ -339,20 +339,34 @@ class RunDir:
             self.evaluations_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CheckpointError(f"cannot write {self.evaluations_dir}: {e.strerror}") from None
-        with _locked(self.evaluations_dir / ".lock"):
-            fd, tmp = tempfile.mkstemp(
-                dir=nc_path.parent, prefix=f".{nc_path.name}.", suffix=".tmp"
-            )
-            os.close(fd)
-            try:
-                arviz_compat.save_netcdf(idata, tmp)
-                os.chmod(tmp, 0o666 & ~_umask())
-                os.replace(tmp, nc_path)
-            except OSError as e:
-                raise CheckpointError(f"cannot write {nc_path}: {e.strerror or e}") from None
-            finally:
+        # Both files are written in full to temporary names first, and renamed into place only
+        # then: a full disk or a crash while writing leaves the previous pair untouched.
+        temps = []
+        try:
+            with _locked(self.evaluations_dir / ".lock"):
+                for path in (nc_path, json_path):
+                    fd, tmp = tempfile.mkstemp(
+                        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+                    )
+                    temps.append(tmp)
+                    with os.fdopen(fd, "wb") as f:
+                        if path is json_path:
+                            f.write(text.encode())
+                            f.flush()
+                            os.fsync(f.fileno())
+                    if path is nc_path:
+                        arviz_compat.save_netcdf(idata, tmp)
+                    os.chmod(tmp, 0o666 & ~_umask())
+                os.replace(temps[0], nc_path)
+                os.replace(temps[1], json_path)
+        except OSError as e:
+            kept = "; the previous evaluation of this setting is kept" if json_path.exists() else ""
+            raise CheckpointError(
+                f"cannot write {json_path.with_suffix('')}.json/.nc: {e.strerror or e}{kept}"
+            ) from None
+        finally:
+            for tmp in temps:
                 Path(tmp).unlink(missing_ok=True)
-            atomic_write_text(json_path, text)
         return StoredEvaluation(self, summary, json_path, nc_path)
 
     def evaluations(self) -> list[StoredEvaluation]:

@@ -382,3 +382,26 @@ def test_evaluate_checks_it_can_write_before_computing(capsys, run_dir, monkeypa
     monkeypatch.setattr(jobs, "importance_log_likelihood", never)
     err = _error(capsys, "evaluate", str(run_dir))
     assert f"cannot write into {run_dir}: Read-only file system" in err
+
+
+def test_a_full_disk_during_evaluate_keeps_the_previous_evaluation(capsys, run_dir, monkeypatch):
+    import errno
+
+    assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
+    before = {
+        p: p.read_bytes()
+        for p in (evaluation_file(run_dir, 21), evaluation_file(run_dir, 21, suffix=".nc"))
+    }
+    real_fsync = os.fsync
+
+    def full(fd):
+        real_fsync(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    err = _error(capsys, "evaluate", str(run_dir), "--num-samples", "21", "--no-progress")
+    monkeypatch.undo()
+    assert "No space left on device" in err and "previous evaluation of this setting is kept" in err
+    assert {p: p.read_bytes() for p in before} == before
+    assert not [p.name for p in RunDir(run_dir).evaluations_dir.iterdir() if p.suffix == ".tmp"]
+    RunDir(run_dir).find_evaluation(num_samples=21).inference_data()  # still one whole unit
