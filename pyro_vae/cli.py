@@ -21,7 +21,8 @@ from pyro_vae.runs import RunDir, atomic_write_text, check_output_dir, check_out
 
 # Flag advice the CLI adds to a library error about data outside a likelihood's support.
 SUPPORT_HINTS = {
-    "binary": "--binarize dynamic or --binarize static, or --likelihood continuous-bernoulli",
+    "binary": "--binarize dynamic or --binarize static (without --dequantize), or --likelihood "
+    "continuous-bernoulli for values in [0, 1] (with --dequantize uniform for pixel levels)",
     "unit_interval": "rescale the data, or --likelihood gaussian for real-valued data",
     "open_unit_interval": "for quantised pixel data, --dequantize uniform with --binarize none; "
     "continuous data must be moved strictly inside (0, 1)",
@@ -343,11 +344,17 @@ def run(argv: list[str] | None = None) -> int:
                 echo=echo,
             )
         except KeyboardInterrupt:
-            print(
-                f"\ninterrupted: the last finished epoch is saved; continue with "
-                f"pyro-vae train --out {out} --resume",
-                file=sys.stderr,
+            saved = (
+                "the last finished epoch is saved"
+                if RunDir(out).checkpoint_path.is_file()
+                else "no epoch had finished yet"
             )
+            if RunDir(out).exists():
+                _error_line(
+                    f"\ninterrupted: {saved}; continue with pyro-vae train --out {out} --resume"
+                )
+            else:
+                _error_line("\ninterrupted before the run began: nothing was written")
             return 130
         echo(f"run directory: {result.run_dir}")
     elif args.command == "evaluate":
@@ -369,10 +376,11 @@ def run(argv: list[str] | None = None) -> int:
                 check_output_file(path, flag)
         rows = jobs.compare(args.run_dirs, **_selection(args))
         caveats = jobs.comparison_caveats(rows)
-        echo("\n".join([jobs.format_comparison(rows), *caveats]))
+        setting = f"evaluations compared: {rows[0].setting} (split-K-precision)"
+        echo("\n".join([jobs.format_comparison(rows), setting, *caveats]))
         if args.markdown:
             table = jobs.format_comparison(rows, markdown=True)
-            notes = "".join(f"\n{line}\n" for line in caveats)
+            notes = "".join(f"\n{line}\n" for line in [setting, *caveats])
             atomic_write_text(Path(args.markdown), table + "\n" + notes)
             echo(f"wrote {args.markdown}")
         if args.csv:
@@ -409,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(e).split())  # one line, whatever the message holds
         _error_line(f"pyro-vae: error: {message}" + (f" ({hint})" if hint else ""))
         return 2
+    except KeyboardInterrupt:  # outside training (evaluate, plot, compare, sample)
+        _error_line("\npyro-vae: interrupted; files already written are whole, nothing half-done")
+        return 130
     except BrokenPipeError:  # a write to a closed pipe outside echo(): the job did not finish
         _error_line("pyro-vae: error: output pipe closed before the job finished")
         return 1

@@ -98,7 +98,9 @@ class RunConfig:
         )
         _check(
             self.data.dequantize == "none" or self.data.binarize == "none",
-            "choose binarisation or dequantisation, not both (add --binarize none)",
+            "choose binarisation or dequantisation, not both: --dequantize uniform needs "
+            "--binarize none and a density likelihood (e.g. --likelihood gaussian); to binarise, "
+            "drop --dequantize",
         )
         _check(self.train.device in DEVICES, f"--device must be one of {DEVICES}")
         for (section, name), (flag, low, high) in INT_RANGES.items():

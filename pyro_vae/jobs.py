@@ -44,6 +44,8 @@ IDENTITY_KEYS = (
     "num_datapoints",
     "precision",
 )
+# ... of which these are fixed by training: re-evaluating cannot make them agree.
+TRAINING_DATA_KEYS = ("dataset", "binarize", "binarize_seed", "dequantize", "levels")
 # Values assumed for keys that evaluations written by earlier versions lack.
 IDENTITY_DEFAULTS = {"precision": "fp32"}
 
@@ -65,12 +67,18 @@ def load_data(config: RunConfig) -> Dataset:
 
 
 def prepare_splits(
-    config: RunConfig, dataset: Dataset, likelihood: Likelihood, splits=("train", "val", "test")
+    config: RunConfig,
+    dataset: Dataset,
+    likelihood: Likelihood,
+    splits=("train", "val", "test"),
+    *,
+    fixed: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The data set and its splits as the likelihood scores them, each checked against it.
 
     With dynamic binarisation or dequantisation the training split stays as stored and is
-    transformed per minibatch; a sample of it is transformed here to check it.
+    transformed per minibatch; a sample of it is transformed here to check it. With ``fixed``
+    (for an evaluation) every split, the training split included, gets its one seeded draw.
     """
     d = config.data
     if is_quantised(d.binarize, d.dequantize, dataset.levels) and not likelihood.is_discrete:
@@ -85,9 +93,16 @@ def prepare_splits(
     transform = minibatch_transform(d.binarize, d.dequantize, dataset.levels)
     for split in splits:
         x = prepare_split(
-            dataset.split(split), split, d.binarize, d.binarize_seed, d.dequantize, dataset.levels
+            dataset.split(split),
+            split,
+            d.binarize,
+            d.binarize_seed,
+            d.dequantize,
+            dataset.levels,
+            fixed=fixed,
         )
-        scored = transform(x[:1000]) if split == "train" and transform is not None else x
+        fresh = split == "train" and not fixed and transform is not None
+        scored = transform(x[:1000]) if fresh else x
         likelihood.check_data(scored, f"the {split} split of {dataset.name}")
         prepared[split] = x
     return prepared
@@ -138,6 +153,8 @@ def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, prog
         raise ConfigError(
             f"{run.path} already holds a run; pass --resume to continue it or choose another --out"
         )
+    else:
+        _check_new_run_dir(run)
     run.check_writable()
     device = resolve_device(config.train.device)
     pyro.clear_param_store()
@@ -209,6 +226,21 @@ def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, prog
         evaluation = evaluate(run.path, num_samples=config.train.eval_samples, progress=progress)
         echo(format_evaluation(evaluation))
     return TrainResult(run.path, history, evaluation)
+
+
+def _check_new_run_dir(run: RunDir) -> None:
+    """A new run goes into a new or empty directory, not into another run's."""
+    others = [p.name for p in run.path.iterdir() if p.name != run.lock_path.name]
+    if others:
+        raise ConfigError(
+            f"{run.path} is not empty and holds no run ({', '.join(sorted(others)[:3])}"
+            f"{', ...' if len(others) > 3 else ''}); choose a new or empty directory for --out"
+        )
+    for parent in run.path.absolute().parents:
+        if RunDir(parent).exists():
+            raise ConfigError(
+                f"{run.path} lies inside the run directory {parent}; choose --out outside it"
+            )
 
 
 def _identity(config: RunConfig) -> RunConfig:
@@ -316,7 +348,7 @@ def evaluate(
         raise ConfigError("--chunk-size must be at least 1")
     config, vae, meta = load_run(run_dir, device)
     RunDir(run_dir).check_writable()  # before the computation, whose result must go somewhere
-    data = prepare_splits(config, load_data(config), vae.likelihood, (split,))
+    data = prepare_splits(config, load_data(config), vae.likelihood, (split,), fixed=True)
     x = data[split].to(next(vae.parameters()).device)
     _check_log_weights_fit(num_samples, x.shape[0])
     pyro.set_rng_seed(config.train.seed)
@@ -567,6 +599,9 @@ class Comparison:
     diff: float  # mean of log p(x_i) - log p_best(x_i)
     diff_se: float  # its standard error over datapoints (and Monte Carlo)
     label: str
+    setting: str = ""  # the evaluation's split, K and precision, e.g. test-K1000-fp32
+    epochs_trained: int | None = None  # when the evaluation was made
+    checkpoint_epochs: int | None = None  # the run's checkpoint now
 
 
 def compare(
@@ -600,6 +635,12 @@ def compare(
             detail = "; ".join(
                 f"{k}: {_identity_value(first, k)!r} vs {_identity_value(ev, k)!r}" for k in differ
             )
+            if set(differ) & set(TRAINING_DATA_KEYS):
+                raise ConfigError(
+                    f"cannot compare {runs[0].path} and {run.path}: they were trained and "
+                    f"evaluated on different data ({detail}), so their log p(x) are not "
+                    "comparable; compare runs trained on the same data"
+                )
             raise ConfigError(
                 f"cannot compare {runs[0].path} and {run.path}: evaluated differently ({detail}); "
                 "re-evaluate them alike (pyro-vae evaluate RUN --num-samples K --split S "
@@ -636,9 +677,20 @@ def compare(
                 diff=d.mean().item(),
                 diff_se=diff_se,
                 label=f"{ev['prior']}/{ev['likelihood']}/{ev['guide']}/{ev['objective']}",
+                setting=stored[i].setting,
+                epochs_trained=ev.get("epochs_trained"),
+                checkpoint_epochs=_checkpoint_epochs(runs[i]),
             )
         )
     return rows
+
+
+def _checkpoint_epochs(run: RunDir) -> int | None:
+    """Epochs the run's checkpoint holds now (None when it cannot be read)."""
+    try:
+        return int(run.load_checkpoint(_identity(run.read_config()), map_location="cpu")["epoch"])
+    except (CheckpointError, ConfigError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _common_evaluations(runs: list[RunDir], **wanted) -> list:
@@ -678,11 +730,23 @@ def _fixed(value: float, digits: int) -> str:
 
 
 def comparison_caveats(rows: list[Comparison]) -> list[str]:
-    """One line for each run whose estimate is unreliable (PSIS k-hat above the threshold) for
-    some of its datapoints, naming the share: the ranking rests on those estimates."""
+    """One line for each run whose evaluation predates its checkpoint (a resumed run), and for
+    each run whose estimate is unreliable (PSIS k-hat above the threshold) for some of its
+    datapoints, naming the share: the ranking rests on those estimates."""
     threshold = arviz_compat.KHAT_THRESHOLD
     lines = []
     for r in rows:
+        if (
+            r.checkpoint_epochs is not None
+            and r.epochs_trained is not None
+            and r.epochs_trained != r.checkpoint_epochs
+        ):
+            lines.append(
+                f"caveat: {r.run}: its evaluation {r.setting} was made after "
+                f"{plural(r.epochs_trained, 'epoch')}, and the run has trained for "
+                f"{plural(r.checkpoint_epochs, 'epoch')} since; evaluate it again for the "
+                "current model"
+            )
         share = r.frac_khat_above_threshold
         if math.isnan(share):
             lines.append(f"caveat: {r.run}: k-hat was not computed (too few importance samples)")
@@ -812,6 +876,14 @@ def plot(
     if run.select_evaluations(**wanted) or any(v is not None for v in wanted.values()):
         kept = run.find_evaluation(**wanted)  # raises when it is ambiguous or missing
         ev, idata = kept.summary, kept.inference_data()
+        if ev.get("epochs_trained") != meta["epoch"]:
+            raise CheckpointError(
+                f"the evaluation {kept.setting} of {run.path} was made after "
+                f"{plural(ev.get('epochs_trained') or 0, 'epoch')}, but its checkpoint has "
+                f"{meta['epoch']}: its "
+                "figures would describe another model; evaluate it again "
+                f"(pyro-vae evaluate {run.path})"
+            )
         log_px = idata.log_likelihood["log_px"].values[0, 0]
         elbo = idata.log_likelihood["elbo"].values[0, 0]
         series = {"L_K (mean over datapoints)": ev["bounds_vs_k"]}

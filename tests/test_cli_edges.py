@@ -285,7 +285,8 @@ def test_grey_data_for_a_bernoulli_get_the_flag_hint(capsys, tmp_path):
     )
     assert "Bernoulli likelihood needs binary data" in err and "[0, 1]" in err
     assert err.endswith(
-        "(--binarize dynamic or --binarize static, or --likelihood continuous-bernoulli)"
+        "(--binarize dynamic or --binarize static (without --dequantize), or --likelihood "
+        "continuous-bernoulli for values in [0, 1] (with --dequantize uniform for pixel levels))"
     )
 
 
@@ -377,3 +378,76 @@ def test_train_into_a_closed_pipe_finishes_the_run(tmp_path, stderr_too):
 
     assert RunDir(out).read_metrics()[-1].epoch == 3
     assert [e.setting for e in RunDir(out).evaluations()] == ["test-K1000-fp32"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        ["--binarize", "dynamic"],
+        ["--binarize", "none", "--dequantize", "uniform", "--likelihood", "beta"],
+    ],
+    ids=["dynamic-binarisation", "dequantisation"],
+)
+def test_the_training_split_is_evaluated_as_the_likelihood_scores_it(capsys, tmp_path, data):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, *data, "--no-eval", "--out", str(out)]) == 0
+    assert main(["evaluate", str(out), "--split", "train", "--num-samples", "21"]) == 0
+    ev = json.loads(evaluation_file(out, 21, split="train").read_text())
+    assert ev["num_datapoints"] == 1258 and math.isfinite(ev["log_px"])
+    assert main(["evaluate", str(out), "--split", "train", "--num-samples", "21"]) == 0
+    assert json.loads(evaluation_file(out, 21, split="train").read_text())["log_px"] == ev["log_px"]
+
+
+def test_a_new_run_goes_into_a_new_or_empty_directory(capsys, run_dir, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    err = _error(capsys, "train", *TINY, "--out", str(full))
+    assert "is not empty and holds no run (notes.txt)" in err
+    err = _error(capsys, "train", *TINY, "--out", str(run_dir / "evaluations" / "x"))
+    assert f"lies inside the run directory {run_dir}" in err
+    assert not (run_dir / "evaluations" / "x").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["train", *TINY, "--no-eval", "--out", str(tmp_path / "empty")]) == 0
+
+
+def test_runs_trained_on_different_data_are_not_comparable(capsys, run_dir, tmp_path):
+    other = tmp_path / "static"
+    assert (
+        main(["train", *TINY, "--binarize", "static", "--eval-samples", "21", "--out", str(other)])
+        == 0
+    )
+    assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
+    capsys.readouterr()
+    err = _error(capsys, "compare", str(run_dir), str(other), "--num-samples", "21")
+    assert "trained and evaluated on different data (binarize: 'dynamic' vs 'static')" in err
+    assert "re-evaluate" not in err
+
+
+def test_ctrl_c_during_evaluate_is_one_line(run_dir):
+    import signal
+    import time
+
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pyro_vae.cli",
+            "evaluate",
+            str(run_dir),
+            "--num-samples",
+            "200000",
+            "--chunk-size",
+            "50",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ},
+    ) as proc:
+        time.sleep(6)  # past the imports, into the estimate
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "pyro-vae: interrupted" in text

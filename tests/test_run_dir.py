@@ -405,3 +405,19 @@ def test_a_full_disk_during_evaluate_keeps_the_previous_evaluation(capsys, run_d
     assert {p: p.read_bytes() for p in before} == before
     assert not [p.name for p in RunDir(run_dir).evaluations_dir.iterdir() if p.suffix == ".tmp"]
     RunDir(run_dir).find_evaluation(num_samples=21).inference_data()  # still one whole unit
+
+
+def test_evaluations_older_than_the_checkpoint_are_flagged_and_not_plotted(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--eval-samples", "21", "--out", str(out)]) == 0
+    assert main(["evaluate", str(out), "--num-samples", "30", "--no-progress"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    capsys.readouterr()  # K=21 was evaluated again after epoch 2; K=30 is from epoch 1
+    assert main(["compare", str(out), "--num-samples", "30"]) == 0
+    text = capsys.readouterr().out
+    assert "evaluations compared: test-K30-fp32" in text
+    assert "made after 1 epoch, and the run has trained for 2 epochs since" in text
+    assert main(["compare", str(out), "--num-samples", "21"]) == 0
+    assert "trained for 2 epochs since" not in capsys.readouterr().out
+    err = _error(capsys, "plot", str(out), "--num-samples", "30", "--out", str(tmp_path / "p"))
+    assert "made after 1 epoch, but its checkpoint has 2" in err

@@ -46,7 +46,8 @@ def check_probabilities(x: torch.Tensor, what: str = "data") -> None:
     if lo < 0 or hi > 1:
         raise DataError(
             f"binarisation reads values as probabilities, but {what} lie in [{lo:.3g}, {hi:.3g}]; "
-            "rescale them to [0, 1] or use --binarize none"
+            "rescale them to [0, 1] (divide 8-bit pixels by 255, or store them as uint8) or use "
+            "--binarize none with a likelihood for real values"
         )
 
 
@@ -71,22 +72,26 @@ def prepare_split(
     seed: int,
     dequantize_mode: str = "none",
     levels: int | None = None,
+    *,
+    fixed: bool = False,
 ) -> torch.Tensor:
     """The split as the likelihood will score it.
 
-    The training split of ``dynamic`` binarisation or ``uniform`` dequantisation stays as stored;
-    :func:`minibatch_transform` transforms each minibatch afresh.
+    The training split of ``dynamic`` binarisation or ``uniform`` dequantisation stays as stored
+    for training: :func:`minibatch_transform` transforms each minibatch afresh. With ``fixed``
+    (to evaluate it) it gets one seeded draw, like the validation and test splits.
     """
     check_modes(binarize_mode, dequantize_mode, levels)
     split_seed = seed * 1000 + _SPLIT_OFFSETS.get(split, 3)
+    fresh = split == "train" and not fixed
     if dequantize_mode == "uniform":
-        if split == "train":
+        if fresh:
             return x
         g = torch.Generator().manual_seed(split_seed)
         return dequantize(x, levels, torch.rand(x.shape, generator=g).to(x.device))
     if binarize_mode == "none":
         return x
-    if binarize_mode == "dynamic" and split == "train":
+    if binarize_mode == "dynamic" and fresh:
         check_probabilities(x, "training data")
         return x
     return binarize(x, split_seed)
