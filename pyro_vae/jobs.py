@@ -626,6 +626,12 @@ def compare(
     if len(run_dirs) < 1:
         raise ConfigError("compare needs at least one run directory")
     runs = [RunDir(d).require(checkpoint=False) for d in run_dirs]
+    resolved = [r.path.resolve() for r in runs]
+    twice = sorted(
+        {str(r.path) for r, a in zip(runs, resolved, strict=True) if resolved.count(a) > 1}
+    )
+    if twice:
+        raise ConfigError(f"compare was given the same run more than once: {', '.join(twice)}")
     stored = _common_evaluations(runs, split=split, num_samples=num_samples, precision=precision)
     evaluations = [e.summary for e in stored]
     first = evaluations[0]

@@ -203,6 +203,8 @@ class RunDir:
 
     def require(self, checkpoint: bool = True) -> RunDir:
         """Raise a clear error unless this is a run directory (with a checkpoint, by default)."""
+        if self.path.is_file():
+            raise CheckpointError(f"{self.path} is a file, not a run directory")
         if not self.path.is_dir():
             raise CheckpointError(f"run directory not found: {self.path}")
         if not self.config_path.is_file():

@@ -451,3 +451,11 @@ def test_ctrl_c_during_evaluate_is_one_line(run_dir):
     text = err.decode()
     assert proc.returncode == 130, text
     assert "Traceback" not in text and "pyro-vae: interrupted" in text
+
+
+def test_compare_refuses_a_run_given_twice_and_evaluate_a_file(capsys, run_dir, tmp_path):
+    err = _error(capsys, "compare", str(run_dir), str(run_dir) + "/")
+    assert "the same run more than once" in err
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    assert "is a file, not a run directory" in _error(capsys, "evaluate", str(a_file))
