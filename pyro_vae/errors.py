@@ -55,6 +55,35 @@ class UnsupportedDataError(DataError):
         self.num_invalid = num_invalid
 
 
+# Each support name of UnsupportedDataError: what it accepts and the fix for data outside it, in
+# words (the command line adds flags).
+SUPPORT_ADVICE = {
+    "binary": (
+        "binary data (0/1)",
+        "binarise the data (draw each value as the probability of a 1) or choose a likelihood "
+        "for values in [0, 1] such as the continuous Bernoulli",
+    ),
+    "unit_interval": (
+        "values in [0, 1]",
+        "rescale the data to [0, 1] or choose a likelihood for real values such as a Gaussian",
+    ),
+    "open_unit_interval": (
+        "values strictly inside (0, 1)",
+        "for pixel data dequantise them uniformly, which maps level k of L to (k + u) / L with "
+        "u ~ U(0, 1), strictly inside (0, 1)",
+    ),
+    "levels": (
+        "quantised values",
+        "score the stored levels themselves, neither binarised nor dequantised",
+    ),
+    "positive": (
+        "positive values",
+        "transform the data to positive values or choose a likelihood whose support covers them",
+    ),
+    "real": ("real values (not NaN)", "remove or impute the NaN values"),
+}
+
+
 class ConfigError(PyroVAEError, ValueError):
     """An option or configuration value that is not valid."""
 

@@ -30,6 +30,7 @@ from pyro_vae.infer.diagnostics import active_units, bounds_vs_k, guide_means, k
 from pyro_vae.infer.importance import free_memory_bytes
 from pyro_vae.models import VAE, Likelihood
 from pyro_vae.runs import RunDir, atomic_write_text, describe_selection
+from pyro_vae.text import plural
 
 BOUND_KS = (1, 5, 50, 500, 5000)  # L_K reported for these K (those up to --num-samples)
 # What makes two evaluations comparable datapoint by datapoint (see compare()).
@@ -483,11 +484,6 @@ def _data_label(s: dict[str, Any]) -> str:
     if s.get("dequantize", "none") != "none":
         return f"dequantize={s['dequantize']}"
     return f"binarize={s['binarize']}"
-
-
-def plural(n: int, noun: str) -> str:
-    """``"1 epoch"``, ``"2 epochs"``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def format_evaluation(s: dict[str, Any]) -> str:

@@ -20,6 +20,8 @@ from typing import TextIO
 
 from tqdm.auto import tqdm
 
+from pyro_vae.text import noun_plural
+
 MODES = ("bar", "lines", "off")
 LINE_INTERVAL = 10.0  # seconds between plain progress lines
 INTERVAL_ENV = "PYRO_VAE_PROGRESS_SECONDS"
@@ -77,7 +79,7 @@ class LineProgress:
         self.total = total
         self.desc = desc
         self.unit = unit
-        self.units = unit + ("es" if unit.endswith("s") else "s")
+        self.units = noun_plural(unit)
         self.interval = interval
         self.stream = stream
         self.count = 0

@@ -17,6 +17,7 @@ import os
 import tempfile
 import uuid
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +36,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place: a crash or a
     failed write (a full disk, a read-only directory) leaves the previous version as it was, and
     raises :class:`~pyro_vae.errors.CheckpointError` saying so."""
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
+        tmp = _write_temporary(path, lambda name: Path(name).write_bytes(data))
+        try:
+            os.replace(tmp, path)
+        except BaseException:
             Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
         kept = "; its previous version is kept" if path.exists() else ""
         raise CheckpointError(f"cannot write {path}: {e.strerror or e}{kept}") from None
+
+
+def _write_temporary(path: Path, write: Callable[[str], None]) -> str:
+    """A temporary file beside ``path``, filled by ``write(name)``, flushed to disk and given the
+    umask's permissions, for the caller to rename into place. Removed if anything fails."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
     except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def _umask() -> int:
@@ -346,19 +355,10 @@ class RunDir:
         temps = []
         try:
             with _locked(self.evaluations_dir / ".lock"):
-                for path in (nc_path, json_path):
-                    fd, tmp = tempfile.mkstemp(
-                        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-                    )
-                    temps.append(tmp)
-                    with os.fdopen(fd, "wb") as f:
-                        if path is json_path:
-                            f.write(text.encode())
-                            f.flush()
-                            os.fsync(f.fileno())
-                    if path is nc_path:
-                        arviz_compat.save_netcdf(idata, tmp)
-                    os.chmod(tmp, 0o666 & ~_umask())
+                temps.append(
+                    _write_temporary(nc_path, lambda n: arviz_compat.save_netcdf(idata, n))
+                )
+                temps.append(_write_temporary(json_path, lambda n: Path(n).write_text(text)))
                 os.replace(temps[0], nc_path)
                 os.replace(temps[1], json_path)
         except OSError as e:

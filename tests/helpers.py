@@ -1,5 +1,7 @@
 """Small shared builders for tests."""
 
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -29,3 +31,25 @@ def requires_cuda(fn):
 def evaluation_file(run_dir, k, split="test", precision="fp32", suffix=".json") -> Path:
     """Where ``pyro-vae evaluate`` keeps the evaluation of that setting."""
     return Path(run_dir) / "evaluations" / f"{split}-K{k}-{precision}{suffix}"
+
+
+def cli_command(*args) -> list[str]:
+    """The ``pyro-vae`` command line with ``args``, run by this Python in a subprocess."""
+    return [sys.executable, "-m", "pyro_vae.cli", *map(str, args)]
+
+
+def cli_env(**extra) -> dict[str, str]:
+    """A subprocess environment with warnings as errors, plus ``extra``."""
+    return {**os.environ, "PYTHONWARNINGS": "error", **extra}
+
+
+def cli_error(capsys, *argv) -> str:
+    """Run the command line in-process; assert one ``pyro-vae: error:`` line and exit status 2,
+    and return the line."""
+    from pyro_vae.cli import main
+
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("pyro-vae: error:") and "\n" not in err, err
+    return err

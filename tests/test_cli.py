@@ -1,9 +1,7 @@
 """The command line: an end-to-end run in a subprocess, and every kind of bad input."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +9,18 @@ import pytest
 import torch
 
 from pyro_vae.cli import main
-from tests.helpers import evaluation_file
+from tests.helpers import cli_command, cli_env, cli_error, evaluation_file
 
 TINY = ["--epochs", "1", "--hidden", "32", "--latent-dim", "2", "--eval-samples", "25"]
 
 
 def run_cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONWARNINGS": "error"}
     return subprocess.run(
-        [sys.executable, "-m", "pyro_vae.cli", *args],
+        cli_command(*args),
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=env,
+        env=cli_env(),
         timeout=300,
     )
 
@@ -74,14 +71,6 @@ def test_bad_input_in_a_subprocess_is_one_line_without_traceback(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("pyro-vae: error:")
 
 
-def _error(capsys, *argv):
-    code = main(list(argv))
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("pyro-vae: error:") and "\n" not in err, err
-    return err
-
-
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "r"
@@ -107,12 +96,12 @@ def trained_run(tmp_path_factory):
     ],
 )
 def test_bad_options(capsys, argv, message):
-    assert message in _error(capsys, *argv)
+    assert message in cli_error(capsys, *argv)
 
 
 def test_non_binary_data_for_bernoulli(capsys, tmp_path):
     np.savez(tmp_path / "grey.npz", x=np.random.default_rng(0).random((40, 6)))
-    err = _error(capsys, "train", "--dataset", str(tmp_path / "grey.npz"), "--binarize", "none")
+    err = cli_error(capsys, "train", "--dataset", str(tmp_path / "grey.npz"), "--binarize", "none")
     assert "binary" in err and "--binarize dynamic" in err
 
 
@@ -120,26 +109,26 @@ def test_nan_in_data(capsys, tmp_path):
     x = np.random.default_rng(0).random((40, 6))
     x[3, 2] = np.nan
     np.savez(tmp_path / "nan.npz", x=x)
-    assert "NaN" in _error(capsys, "train", "--dataset", str(tmp_path / "nan.npz"))
+    assert "NaN" in cli_error(capsys, "train", "--dataset", str(tmp_path / "nan.npz"))
 
 
 def test_wrong_shape(capsys, tmp_path):
     np.save(tmp_path / "flat.npy", np.zeros(10))
-    assert "expected (N, D)" in _error(capsys, "train", "--dataset", str(tmp_path / "flat.npy"))
+    assert "expected (N, D)" in cli_error(capsys, "train", "--dataset", str(tmp_path / "flat.npy"))
 
 
 def test_values_outside_0_1_cannot_be_binarised(capsys, tmp_path):
     np.savez(tmp_path / "big.npz", x=np.full((40, 6), 3.0))
-    assert "[0, 1]" in _error(capsys, "train", "--dataset", str(tmp_path / "big.npz"))
+    assert "[0, 1]" in cli_error(capsys, "train", "--dataset", str(tmp_path / "big.npz"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_cuda_without_a_gpu(capsys, tmp_path):
-    assert "CUDA" in _error(capsys, "train", "--device", "cuda", "--out", str(tmp_path / "c"))
+    assert "CUDA" in cli_error(capsys, "train", "--device", "cuda", "--out", str(tmp_path / "c"))
 
 
 def test_existing_run_is_not_overwritten(capsys, trained_run):
-    assert "--resume" in _error(capsys, "train", *TINY, "--out", str(trained_run))
+    assert "--resume" in cli_error(capsys, "train", *TINY, "--out", str(trained_run))
 
 
 def test_corrupt_checkpoint(capsys, trained_run, tmp_path):
@@ -147,7 +136,7 @@ def test_corrupt_checkpoint(capsys, trained_run, tmp_path):
     bad.mkdir()
     (bad / "config.json").write_text((trained_run / "config.json").read_text())
     (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    assert "corrupt" in _error(capsys, "evaluate", str(bad))
+    assert "corrupt" in cli_error(capsys, "evaluate", str(bad))
 
 
 def test_checkpoint_of_another_config(capsys, trained_run, tmp_path):
@@ -157,7 +146,7 @@ def test_checkpoint_of_another_config(capsys, trained_run, tmp_path):
     config["model"]["latent_dim"] = 7
     (other / "config.json").write_text(json.dumps(config))
     (other / "checkpoint.pt").write_bytes((trained_run / "checkpoint.pt").read_bytes())
-    assert "another config" in _error(capsys, "evaluate", str(other))
+    assert "another config" in cli_error(capsys, "evaluate", str(other))
 
 
 def test_broken_config_json(capsys, trained_run, tmp_path):
@@ -165,11 +154,11 @@ def test_broken_config_json(capsys, trained_run, tmp_path):
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     (broken / "checkpoint.pt").write_bytes((trained_run / "checkpoint.pt").read_bytes())
-    assert "JSON" in _error(capsys, "evaluate", str(broken))
+    assert "JSON" in cli_error(capsys, "evaluate", str(broken))
 
 
 def test_resume_continues_and_refuses_changes(capsys, trained_run):
-    assert "latent_dim" in _error(
+    assert "latent_dim" in cli_error(
         capsys, "train", "--out", str(trained_run), "--resume", "--latent-dim", "9"
     )
     code = main(["train", "--out", str(trained_run), "--resume", "--epochs", "2", "--no-eval"])
@@ -179,8 +168,8 @@ def test_resume_continues_and_refuses_changes(capsys, trained_run):
 
 
 def test_evaluate_bad_numbers(capsys, trained_run):
-    assert "--num-samples" in _error(capsys, "evaluate", str(trained_run), "--num-samples", "0")
-    assert "unknown split" in _error(capsys, "evaluate", str(trained_run), "--split", "dev")
+    assert "--num-samples" in cli_error(capsys, "evaluate", str(trained_run), "--num-samples", "0")
+    assert "unknown split" in cli_error(capsys, "evaluate", str(trained_run), "--split", "dev")
 
 
 @pytest.mark.slow
@@ -219,13 +208,13 @@ def test_quick_start_default_job(tmp_path):
     ],
 )
 def test_wrong_data_for_a_likelihood_is_refused_with_the_fix(capsys, tmp_path, argv, message):
-    err = _error(capsys, "train", *TINY, "--out", str(tmp_path / "x"), *argv)
+    err = cli_error(capsys, "train", *TINY, "--out", str(tmp_path / "x"), *argv)
     assert message in err
 
 
 def test_dequantize_needs_quantised_data(capsys, tmp_path):
     np.savez(tmp_path / "real.npz", x=np.random.default_rng(0).random((40, 6)))
-    err = _error(
+    err = cli_error(
         capsys,
         "train",
         "--dataset",
@@ -238,7 +227,7 @@ def test_dequantize_needs_quantised_data(capsys, tmp_path):
         "gaussian",
     )
     assert "quantised" in err
-    err = _error(
+    err = cli_error(
         capsys,
         "train",
         "--dataset",
@@ -343,11 +332,11 @@ def test_compare_ranks_runs_with_paired_differences(capsys, tmp_path):
     assert main(["compare", *map(str, runs), "--csv", str(csv_path)]) == 0
     again = list(__import__("csv").DictReader(csv_path.read_text().splitlines()))
     assert again == rows
-    err = _error(capsys, "compare", *map(str, runs), "--num-samples", "10")
+    err = cli_error(capsys, "compare", *map(str, runs), "--num-samples", "10")
     assert f"{runs[0]} has no evaluation with num_samples=10 (kept: test-K20-fp32)" in err
     assert main(["evaluate", str(runs[0]), "--num-samples", "10"]) == 0
     capsys.readouterr()
-    err = _error(capsys, "compare", *map(str, runs))
+    err = cli_error(capsys, "compare", *map(str, runs))
     assert "2 settings: test-K10-fp32, test-K20-fp32; choose one" in err
     assert main(["compare", *map(str, runs), "--num-samples", "10"]) == 0
 
@@ -369,9 +358,9 @@ def test_precision_is_recorded_and_not_mixed_in_compare(capsys, tmp_path):
     assert ev["precision"] == "bf16"
     assert main(["compare", str(run_dir), str(other)]) == 0  # the fp32 pair, never mixed
     capsys.readouterr()
-    err = _error(capsys, "compare", str(run_dir), str(other), "--precision", "bf16")
+    err = cli_error(capsys, "compare", str(run_dir), str(other), "--precision", "bf16")
     assert f"{run_dir} has no evaluation with precision=bf16" in err
-    assert "unknown --precision" in _error(capsys, "evaluate", str(other), "--precision", "x")
+    assert "unknown --precision" in cli_error(capsys, "evaluate", str(other), "--precision", "x")
 
 
 def test_evaluations_without_a_precision_count_as_fp32(trained_run, tmp_path):
@@ -388,7 +377,7 @@ def test_evaluations_without_a_precision_count_as_fp32(trained_run, tmp_path):
 
 
 def test_compare_needs_evaluated_runs(capsys, trained_run):
-    assert "evaluate" in _error(capsys, "compare", str(trained_run))
+    assert "evaluate" in cli_error(capsys, "compare", str(trained_run))
 
 
 def test_plot_draws_every_figure(capsys, tmp_path):
@@ -412,7 +401,7 @@ def test_plot_draws_every_figure(capsys, tmp_path):
 
 
 def test_plot_of_a_missing_run(capsys):
-    assert "not found" in _error(capsys, "plot", "/nonexistent/run")
+    assert "not found" in cli_error(capsys, "plot", "/nonexistent/run")
 
 
 @pytest.mark.parametrize(
@@ -455,4 +444,4 @@ def test_model_options_reach_the_model(argv, check):
     ],
 )
 def test_bad_model_option_values(capsys, argv, message):
-    assert message in _error(capsys, "train", *argv)
+    assert message in cli_error(capsys, "train", *argv)

@@ -5,14 +5,13 @@ seconds); the rest call :func:`pyro_vae.cli.main` in-process.
 """
 
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from pyro_vae.cli import main
 from pyro_vae.data.datasets import ENV_VAR
+from tests.helpers import cli_command, cli_error
 
 TRAIN = ["--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--no-eval", "--no-progress"]
 TRAIN += ["--binarize", "none", "--likelihood", "gaussian"]
@@ -20,14 +19,6 @@ TRAIN += ["--binarize", "none", "--likelihood", "gaussian"]
 
 def _rand(*shape):
     return np.random.default_rng(0).random(shape)
-
-
-def _error(capsys, *argv):
-    code = main(list(argv))
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("pyro-vae: error:") and "\n" not in err, err
-    return err
 
 
 @pytest.mark.parametrize(
@@ -43,8 +34,7 @@ def test_unusable_data_file_in_a_subprocess_is_one_line(tmp_path, name, write, m
     path = tmp_path / name
     write(path)
     r = subprocess.run(
-        [sys.executable, "-m", "pyro_vae.cli", "train", "--dataset", str(path), *TRAIN]
-        + ["--out", str(tmp_path / "run")],
+        cli_command("train", "--dataset", path, *TRAIN, "--out", tmp_path / "run"),
         capture_output=True,
         text=True,
         timeout=300,
@@ -105,7 +95,7 @@ def test_unusable_data_file_in_a_subprocess_is_one_line(tmp_path, name, write, m
 def test_unusable_data_file_is_one_line(capsys, tmp_path, name, write, message):
     path = tmp_path / name
     write(path)
-    err = _error(capsys, "train", "--dataset", str(path), *TRAIN, "--out", str(tmp_path / "run"))
+    err = cli_error(capsys, "train", "--dataset", str(path), *TRAIN, "--out", str(tmp_path / "run"))
     assert message in err and str(path) in err and "weights_only" not in err
 
 
@@ -113,7 +103,7 @@ def test_missing_idx_data_with_download_turned_off(capsys, tmp_path, monkeypatch
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "env"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     argv = ["train", "--dataset", "kmnist", "--data-dir", str(tmp_path / "mine"), "--no-download"]
-    err = _error(capsys, *argv, *TRAIN, "--out", str(tmp_path / "run"))
+    err = cli_error(capsys, *argv, *TRAIN, "--out", str(tmp_path / "run"))
     assert "downloading is turned off" in err and "--no-download" not in err
 
 
@@ -128,6 +118,6 @@ def test_failed_download_is_one_line_with_its_reason(capsys, tmp_path, monkeypat
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "env"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     argv = ["train", "--dataset", "kmnist", "--data-dir", str(tmp_path / "mine")]
-    err = _error(capsys, *argv, *TRAIN, "--out", str(tmp_path / "run"))
+    err = cli_error(capsys, *argv, *TRAIN, "--out", str(tmp_path / "run"))
     assert "failed (RuntimeError: Error downloading x: Tried" in err and "no net" in err
     assert "--no-download" not in err

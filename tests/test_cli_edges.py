@@ -5,24 +5,15 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from pyro_vae.cli import main
 from pyro_vae.jobs import Comparison, comparison_caveats
-from tests.helpers import evaluation_file
+from tests.helpers import cli_command, cli_env, cli_error, evaluation_file
 
 TINY = ["--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--no-progress"]
-
-
-def _error(capsys, *argv):
-    code = main(list(argv))
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("pyro-vae: error:") and "\n" not in err, err
-    return err
 
 
 def _strict_json(path):
@@ -70,7 +61,7 @@ def test_k_hat_is_computed_from_21_samples(capsys, run_dir):
 
 
 def test_a_k_whose_log_weights_cannot_fit_is_refused(capsys, run_dir):
-    err = _error(capsys, "evaluate", str(run_dir), "--num-samples", "99999999999999999999")
+    err = cli_error(capsys, "evaluate", str(run_dir), "--num-samples", "99999999999999999999")
     assert "free memory" in err
 
 
@@ -99,7 +90,7 @@ def test_a_k_whose_log_weights_cannot_fit_is_refused(capsys, run_dir):
     ],
 )
 def test_out_of_range_numbers_are_refused(capsys, tmp_path, argv, message):
-    assert message in _error(capsys, "train", *TINY, "--out", str(tmp_path / "r"), *argv)
+    assert message in cli_error(capsys, "train", *TINY, "--out", str(tmp_path / "r"), *argv)
 
 
 @pytest.mark.parametrize(
@@ -112,17 +103,16 @@ def test_out_of_range_numbers_are_refused(capsys, tmp_path, argv, message):
     ids=["num-huge", "num-zero", "seed-negative"],
 )
 def test_sample_refuses_out_of_range_numbers(capsys, run_dir, argv, message):
-    assert message in _error(capsys, "sample", str(run_dir), *argv)
+    assert message in cli_error(capsys, "sample", str(run_dir), *argv)
 
 
 # item 8: a closed pipe
 def test_evaluate_into_a_closed_pipe_has_no_traceback(run_dir):
-    env = {**os.environ, "PYTHONWARNINGS": "error"}
     with subprocess.Popen(
-        [sys.executable, "-m", "pyro_vae.cli", "evaluate", str(run_dir), "--num-samples", "30"],
+        cli_command("evaluate", run_dir, "--num-samples", 30),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=env,
+        env=cli_env(),
     ) as proc:
         first = proc.stdout.readline()
         proc.stdout.close()  # what `| head -1` does
@@ -140,37 +130,28 @@ def test_output_paths_of_the_wrong_kind_are_refused(capsys, run_dir, tmp_path):
     a_file.write_text("not a directory")
     assert main(["evaluate", str(run_dir), "--num-samples", "30", "--no-progress"]) == 0
     capsys.readouterr()
-    err = _error(capsys, "compare", str(run_dir), "--markdown", str(tmp_path))
+    err = cli_error(capsys, "compare", str(run_dir), "--markdown", str(tmp_path))
     assert "--markdown" in err and "is a directory" in err
-    assert "is a directory" in _error(capsys, "compare", str(run_dir), "--csv", str(tmp_path))
-    assert "lies under" in _error(capsys, "compare", str(run_dir), "--csv", str(a_file / "t.csv"))
-    assert "is a file" in _error(capsys, "plot", str(run_dir), "--out", str(a_file))
-    assert "lies under" in _error(capsys, "plot", str(run_dir), "--out", str(a_file / "plots"))
-    assert "is a file" in _error(capsys, "train", *TINY, "--out", str(a_file))
-    assert "lies under" in _error(capsys, "train", *TINY, "--out", str(a_file / "run"))
-    assert "lies under" in _error(capsys, "sample", str(run_dir), "--out", str(a_file / "s.png"))
-    assert "PNG" in _error(capsys, "sample", str(run_dir), "--out", str(tmp_path / "s.jpg"))
+    assert "is a directory" in cli_error(capsys, "compare", str(run_dir), "--csv", str(tmp_path))
+    assert "lies under" in cli_error(
+        capsys, "compare", str(run_dir), "--csv", str(a_file / "t.csv")
+    )
+    assert "is a file" in cli_error(capsys, "plot", str(run_dir), "--out", str(a_file))
+    assert "lies under" in cli_error(capsys, "plot", str(run_dir), "--out", str(a_file / "plots"))
+    assert "is a file" in cli_error(capsys, "train", *TINY, "--out", str(a_file))
+    assert "lies under" in cli_error(capsys, "train", *TINY, "--out", str(a_file / "run"))
+    assert "lies under" in cli_error(capsys, "sample", str(run_dir), "--out", str(a_file / "s.png"))
+    assert "PNG" in cli_error(capsys, "sample", str(run_dir), "--out", str(tmp_path / "s.jpg"))
     assert a_file.read_text() == "not a directory"
 
 
 # item 10: progress in a log
 def test_long_work_prints_plain_progress_lines_when_stderr_is_not_a_terminal(run_dir):
-    env = {**os.environ, "PYTHONWARNINGS": "error", "PYRO_VAE_PROGRESS_SECONDS": "0"}
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pyro_vae.cli",
-            "evaluate",
-            str(run_dir),
-            "--num-samples",
-            "200",
-            "--chunk-size",
-            "10",
-        ],
+        cli_command("evaluate", run_dir, "--num-samples", 200, "--chunk-size", 10),
         capture_output=True,
         text=True,
-        env=env,
+        env=cli_env(PYRO_VAE_PROGRESS_SECONDS="0"),
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
@@ -272,7 +253,7 @@ def test_one_epoch_is_singular(capsys, run_dir):
 # items 1 and 4 at the command line: the library's facts plus the flag to change
 def test_grey_data_for_a_bernoulli_get_the_flag_hint(capsys, tmp_path):
     np.savez(tmp_path / "grey.npz", x=np.random.default_rng(0).random((40, 6)))
-    err = _error(
+    err = cli_error(
         capsys,
         "train",
         *TINY,
@@ -293,7 +274,7 @@ def test_grey_data_for_a_bernoulli_get_the_flag_hint(capsys, tmp_path):
 def test_divergence_on_unscaled_data_does_not_advise_a_smaller_lr(capsys, tmp_path):
     x = np.random.default_rng(0).normal(size=(60, 6)) * 1e30
     np.savez(tmp_path / "huge.npz", x=x)
-    err = _error(
+    err = cli_error(
         capsys,
         "train",
         *TINY,
@@ -360,13 +341,12 @@ def test_an_unbounded_stderr_is_not_called_one_sample():
 @pytest.mark.parametrize("stderr_too", [False, True], ids=["stdout", "stdout-and-stderr"])
 def test_train_into_a_closed_pipe_finishes_the_run(tmp_path, stderr_too):
     out = tmp_path / "r"
-    env = {**os.environ, "PYTHONWARNINGS": "error", "PYRO_VAE_PROGRESS_SECONDS": "0"}
     argv = ["train", "--epochs", "3", "--hidden", "16", "--latent-dim", "2", "--out", str(out)]
     with subprocess.Popen(
-        [sys.executable, "-m", "pyro_vae.cli", *argv],
+        cli_command(*argv),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT if stderr_too else subprocess.PIPE,
-        env=env,
+        env=cli_env(PYRO_VAE_PROGRESS_SECONDS="0"),
     ) as proc:
         proc.stdout.readline()
         proc.stdout.close()  # `| head -1`, of stdout or of `2>&1`
@@ -402,9 +382,9 @@ def test_a_new_run_goes_into_a_new_or_empty_directory(capsys, run_dir, tmp_path)
     full = tmp_path / "full"
     full.mkdir()
     (full / "notes.txt").write_text("mine")
-    err = _error(capsys, "train", *TINY, "--out", str(full))
+    err = cli_error(capsys, "train", *TINY, "--out", str(full))
     assert "is not empty and holds no run (notes.txt)" in err
-    err = _error(capsys, "train", *TINY, "--out", str(run_dir / "evaluations" / "x"))
+    err = cli_error(capsys, "train", *TINY, "--out", str(run_dir / "evaluations" / "x"))
     assert f"lies inside the run directory {run_dir}" in err
     assert not (run_dir / "evaluations" / "x").exists()
     (tmp_path / "empty").mkdir()
@@ -419,7 +399,7 @@ def test_runs_trained_on_different_data_are_not_comparable(capsys, run_dir, tmp_
     )
     assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
     capsys.readouterr()
-    err = _error(capsys, "compare", str(run_dir), str(other), "--num-samples", "21")
+    err = cli_error(capsys, "compare", str(run_dir), str(other), "--num-samples", "21")
     assert "trained and evaluated on different data (binarize: 'dynamic' vs 'static')" in err
     assert "re-evaluate" not in err
 
@@ -429,18 +409,9 @@ def test_ctrl_c_during_evaluate_is_one_line(run_dir):
     import time
 
     with subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pyro_vae.cli",
-            "evaluate",
-            str(run_dir),
-            "--num-samples",
-            "200000",
-            "--chunk-size",
-            "50",
-            "--no-progress",
-        ],
+        cli_command(
+            "evaluate", run_dir, "--num-samples", 200000, "--chunk-size", 50, "--no-progress"
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ},
@@ -454,8 +425,8 @@ def test_ctrl_c_during_evaluate_is_one_line(run_dir):
 
 
 def test_compare_refuses_a_run_given_twice_and_evaluate_a_file(capsys, run_dir, tmp_path):
-    err = _error(capsys, "compare", str(run_dir), str(run_dir) + "/")
+    err = cli_error(capsys, "compare", str(run_dir), str(run_dir) + "/")
     assert "the same run more than once" in err
     a_file = tmp_path / "f"
     a_file.write_text("")
-    assert "is a file, not a run directory" in _error(capsys, "evaluate", str(a_file))
+    assert "is a file, not a run directory" in cli_error(capsys, "evaluate", str(a_file))

@@ -4,7 +4,6 @@ written as one unit, corruption detected. Concurrency tests start real processes
 import json
 import os
 import subprocess
-import sys
 import zipfile
 
 import pytest
@@ -12,25 +11,9 @@ import pytest
 from pyro_vae.cli import main
 from pyro_vae.errors import CheckpointError, RunInUseError
 from pyro_vae.runs import RunDir
-from tests.helpers import evaluation_file
+from tests.helpers import cli_command, cli_env, cli_error, evaluation_file
 
 TINY = ["--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--no-progress"]
-
-
-def _cli(*args):
-    return [sys.executable, "-m", "pyro_vae.cli", *args]
-
-
-def _env():
-    return {**os.environ, "PYTHONWARNINGS": "error"}
-
-
-def _error(capsys, *argv):
-    code = main(list(argv))
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("pyro-vae: error:") and "\n" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +38,9 @@ def test_a_second_claim_is_refused_at_once(tmp_path):
 
 def test_two_trains_into_one_directory_at_once_one_is_refused(tmp_path):
     out = tmp_path / "r"
-    args = _cli("train", *TINY, "--epochs", "30", "--no-eval", "--out", str(out))
+    args = cli_command("train", *TINY, "--epochs", "30", "--no-eval", "--out", str(out))
     procs = [
-        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
         for _ in range(2)
     ]
     results = []
@@ -73,7 +56,7 @@ def test_two_trains_into_one_directory_at_once_one_is_refused(tmp_path):
 
 
 def test_a_failed_train_leaves_no_directory_behind(capsys, tmp_path):
-    _error(
+    cli_error(
         capsys,
         "train",
         *TINY,
@@ -101,9 +84,9 @@ def test_a_flipped_byte_in_the_checkpoint_is_detected(capsys, tmp_path):
     out = tmp_path / "r"
     assert main(["train", *TINY, "--out", str(out), "--no-eval"]) == 0
     _flip_a_weight_byte(out / "checkpoint.pt")
-    err = _error(capsys, "evaluate", str(out), "--num-samples", "5")
+    err = cli_error(capsys, "evaluate", str(out), "--num-samples", "5")
     assert f"checkpoint is corrupt: {out / 'checkpoint.pt'}" in err and "CRC" in err
-    err = _error(capsys, "train", *TINY, "--epochs", "2", "--out", str(out), "--resume")
+    err = cli_error(capsys, "train", *TINY, "--epochs", "2", "--out", str(out), "--resume")
     assert "checkpoint is corrupt" in err
     with pytest.raises(CheckpointError, match="checkpoint is corrupt"):
         RunDir(out).load_checkpoint(RunDir(out).read_config())
@@ -120,15 +103,15 @@ def test_evaluations_of_other_settings_are_kept_and_selected(capsys, tmp_path):
     settings = [e.setting for e in RunDir(out).evaluations()]
     assert settings == ["test-K1000-bf16", "test-K21-fp32", "test-K30-fp32", "val-K1000-fp32"]
     assert json.loads(evaluation_file(out, 30).read_text()) == test_k30  # not overwritten
-    err = _error(capsys, "compare", str(out))
+    err = cli_error(capsys, "compare", str(out))
     assert "4 settings" in err and "choose one (--split, --num-samples, --precision)" in err
     assert main(["compare", str(out), "--split", "test", "--num-samples", "30"]) == 0
     assert f"{test_k30['log_px']:.3f}" in capsys.readouterr().out  # the K=30 test evaluation
-    err = _error(capsys, "plot", str(out), "--out", str(tmp_path / "p"))
+    err = cli_error(capsys, "plot", str(out), "--out", str(tmp_path / "p"))
     assert "holds 4 evaluations" in err
     assert main(["plot", str(out), "--out", str(tmp_path / "p"), "--split", "val"]) == 0
     assert (tmp_path / "p" / "gap.png").is_file()
-    err = _error(capsys, "plot", str(out), "--split", "train", "--out", str(tmp_path / "p"))
+    err = cli_error(capsys, "plot", str(out), "--split", "train", "--out", str(tmp_path / "p"))
     assert "has no evaluation with split=train" in err and "val-K1000-fp32" in err
     # evaluating a setting again replaces only that setting's evaluation
     assert main(["evaluate", str(out), "--num-samples", "30", "--no-progress"]) == 0
@@ -150,10 +133,10 @@ def test_an_evaluation_written_by_an_earlier_version_is_still_read(capsys, run_d
 def test_concurrent_evaluations_all_succeed_and_leave_whole_evaluations(run_dir):
     procs = [
         subprocess.Popen(
-            _cli("evaluate", str(run_dir), "--num-samples", k, "--no-progress"),
+            cli_command("evaluate", str(run_dir), "--num-samples", k, "--no-progress"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=_env(),
+            env=cli_env(),
         )
         for k in ("302", "50", "50")
     ]
@@ -175,9 +158,11 @@ def test_a_summary_beside_another_evaluations_per_point_data_is_refused(capsys, 
     assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
     capsys.readouterr()
     nc.write_bytes(kept)  # what a crash between the two renames leaves
-    err = _error(capsys, "compare", str(run_dir), "--num-samples", "21")
+    err = cli_error(capsys, "compare", str(run_dir), "--num-samples", "21")
     assert "are not one evaluation" in err and "evaluate" in err
-    err = _error(capsys, "plot", str(run_dir), "--num-samples", "21", "--out", str(tmp_path / "p"))
+    err = cli_error(
+        capsys, "plot", str(run_dir), "--num-samples", "21", "--out", str(tmp_path / "p")
+    )
     assert "are not one evaluation" in err
     assert main(["evaluate", str(run_dir), "--num-samples", "21", "--no-progress"]) == 0
 
@@ -187,10 +172,10 @@ def test_a_damaged_evaluation_is_one_line(capsys, run_dir):
     capsys.readouterr()
     nc = evaluation_file(run_dir, 21, suffix=".nc")
     nc.write_bytes(nc.read_bytes()[:200])
-    err = _error(capsys, "compare", str(run_dir), "--num-samples", "21")
+    err = cli_error(capsys, "compare", str(run_dir), "--num-samples", "21")
     assert "is damaged or not an evaluation" in err
     evaluation_file(run_dir, 21).write_bytes(b"\xff\xfe\x00garbage")
-    assert "cannot read" in _error(capsys, "compare", str(run_dir), "--num-samples", "21")
+    assert "cannot read" in cli_error(capsys, "compare", str(run_dir), "--num-samples", "21")
     evaluation_file(run_dir, 21).unlink()
     nc.unlink()
 
@@ -241,7 +226,7 @@ def test_resume_goes_on_past_a_damaged_metrics_file_and_plot_names_the_row(
     assert main(["train", *TINY, "--epochs", "2", "--no-eval", "--out", str(out)]) == 0
     metrics = out / "metrics.csv"
     metrics.write_text(DAMAGED_METRICS[damage](metrics.read_text()))
-    err = _error(capsys, "plot", str(out), "--out", str(tmp_path / "plots"))
+    err = cli_error(capsys, "plot", str(out), "--out", str(tmp_path / "plots"))
     assert "metrics.csv is damaged" in err
     if damage != "random-bytes":
         assert "row " in err
@@ -254,7 +239,7 @@ def test_random_bytes_in_metrics_are_one_line(capsys, tmp_path):
     out = tmp_path / "r"
     assert main(["train", *TINY, "--no-eval", "--out", str(out)]) == 0
     (out / "metrics.csv").write_bytes(b"\xff\xfe\x00\x9f")
-    assert "cannot read" in _error(capsys, "plot", str(out), "--out", str(tmp_path / "p"))
+    assert "cannot read" in cli_error(capsys, "plot", str(out), "--out", str(tmp_path / "p"))
 
 
 # items 8, 9, 10: config.json that cannot be trusted
@@ -276,8 +261,8 @@ def test_a_config_with_wrong_types_or_keys_is_refused(capsys, tmp_path, change, 
     config = json.loads((out / "config.json").read_text())
     change(config)
     (out / "config.json").write_text(json.dumps(config))
-    assert message in _error(capsys, "train", "--out", str(out), "--resume")
-    assert message in _error(capsys, "evaluate", str(out))
+    assert message in cli_error(capsys, "train", "--out", str(out), "--resume")
+    assert message in cli_error(capsys, "evaluate", str(out))
 
 
 def test_a_config_written_before_an_option_existed_still_reads(tmp_path):
@@ -293,7 +278,9 @@ def test_a_refused_resume_writes_nothing(capsys, tmp_path):
     out = tmp_path / "r"
     assert main(["train", *TINY, "--no-eval", "--out", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert "cannot resume" in _error(capsys, "train", "--out", str(out), "--resume", "--lr", "0.1")
+    assert "cannot resume" in cli_error(
+        capsys, "train", "--out", str(out), "--resume", "--lr", "0.1"
+    )
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before
 
@@ -302,9 +289,9 @@ def test_random_bytes_in_config_or_evaluation_are_one_line(capsys, tmp_path):
     out = tmp_path / "r"
     assert main(["train", *TINY, "--eval-samples", "21", "--out", str(out)]) == 0
     evaluation_file(out, 21).write_bytes(b"\x89\xff\x00")
-    assert "cannot read" in _error(capsys, "compare", str(out))
+    assert "cannot read" in cli_error(capsys, "compare", str(out))
     (out / "config.json").write_bytes(b"\x89\xff\x00")
-    assert "cannot read" in _error(capsys, "evaluate", str(out))
+    assert "cannot read" in cli_error(capsys, "evaluate", str(out))
 
 
 def _rewrite_checkpoint(out, change):
@@ -339,7 +326,7 @@ def test_a_checkpoint_with_damaged_fields_is_refused(capsys, tmp_path, change, c
         "sample": ["sample", str(out), "--out", str(tmp_path / "s.png")],
         "resume": ["train", "--out", str(out), "--resume", "--epochs", "2"],
     }[command]
-    assert message in _error(capsys, *argv)
+    assert message in cli_error(capsys, *argv)
 
 
 # item 11: failed writes
@@ -358,7 +345,7 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
-    err = _error(capsys, "train", "--out", str(out), "--resume", "--epochs", "2")
+    err = cli_error(capsys, "train", "--out", str(out), "--resume", "--epochs", "2")
     assert "No space left on device" in err and "previous version is kept" in err
     monkeypatch.undo()
     assert (out / "checkpoint.pt").read_bytes() == good
@@ -380,7 +367,7 @@ def test_evaluate_checks_it_can_write_before_computing(capsys, run_dir, monkeypa
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     monkeypatch.setattr(jobs, "importance_log_likelihood", never)
-    err = _error(capsys, "evaluate", str(run_dir))
+    err = cli_error(capsys, "evaluate", str(run_dir))
     assert f"cannot write into {run_dir}: Read-only file system" in err
 
 
@@ -399,7 +386,7 @@ def test_a_full_disk_during_evaluate_keeps_the_previous_evaluation(capsys, run_d
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
-    err = _error(capsys, "evaluate", str(run_dir), "--num-samples", "21", "--no-progress")
+    err = cli_error(capsys, "evaluate", str(run_dir), "--num-samples", "21", "--no-progress")
     monkeypatch.undo()
     assert "No space left on device" in err and "previous evaluation of this setting is kept" in err
     assert {p: p.read_bytes() for p in before} == before
@@ -419,5 +406,5 @@ def test_evaluations_older_than_the_checkpoint_are_flagged_and_not_plotted(capsy
     assert "made after 1 epoch, and the run has trained for 2 epochs since" in text
     assert main(["compare", str(out), "--num-samples", "21"]) == 0
     assert "trained for 2 epochs since" not in capsys.readouterr().out
-    err = _error(capsys, "plot", str(out), "--num-samples", "30", "--out", str(tmp_path / "p"))
+    err = cli_error(capsys, "plot", str(out), "--num-samples", "30", "--out", str(tmp_path / "p"))
     assert "made after 1 epoch, but its checkpoint has 2" in err

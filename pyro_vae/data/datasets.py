@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pyro_vae.errors import DataError
+from pyro_vae.text import plural
 
 ENV_VAR = "PYRO_VAE_DATA"
 SPLIT_NAMES = ("train", "val", "test")
@@ -313,7 +314,7 @@ def load_file(path: str) -> Dataset:
         n = x.shape[0]
         if n < MIN_SPLIT_SIZE:
             raise DataError(
-                f"{p}: {_datapoints(n)} cannot be split into train/val/test; need at least "
+                f"{p}: {plural(n, 'datapoint')} cannot be split into train/val/test; need at least "
                 f"{MIN_SPLIT_SIZE} so that each split gets one, or give arrays 'train', 'val' and "
                 "'test'"
             )
@@ -330,9 +331,9 @@ def load_file(path: str) -> Dataset:
             n_train = splits["train"].shape[0]
             if n_train < MIN_TRAIN_SIZE_FOR_VAL:
                 raise DataError(
-                    f"{p}: {_datapoints(n_train)} in 'train' cannot be split into train/val; need "
-                    f"at least {MIN_TRAIN_SIZE_FOR_VAL} so that each gets one, or give an array "
-                    "'val'"
+                    f"{p}: {plural(n_train, 'datapoint')} in 'train' cannot be split into "
+                    f"train/val; need at least {MIN_TRAIN_SIZE_FOR_VAL} so that each gets one, or "
+                    "give an array 'val'"
                 )
             held_out, _ = _fixed_split(splits["train"], None, 0.0, VAL_FRACTION)
             splits["train"], splits["val"] = held_out["train"], held_out["val"]
@@ -352,10 +353,6 @@ def load_file(path: str) -> Dataset:
     return Dataset(
         p.stem, splits, image_shape, split_labels, source=str(p.resolve()), levels=levels
     )
-
-
-def _datapoints(n: int) -> str:
-    return f"{n} datapoint" if n == 1 else f"{n} datapoints"
 
 
 def _all_uint8(arrays: dict) -> bool:

@@ -33,8 +33,15 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import Independent, constraints
 
-from pyro_vae.errors import NonFiniteEstimate, PyroVAEError, UnsupportedDataError
+from pyro_vae.errors import (
+    SUPPORT_ADVICE,
+    NonFiniteEstimate,
+    PyroVAEError,
+    UnsupportedDataError,
+)
+from pyro_vae.infer.rng import rng_state, set_rng_state
 from pyro_vae.progress import progress_bar
+from pyro_vae.text import plural
 
 DATA_PLATE = "data"
 _PARTICLE_PLATE = "_importance_particles"
@@ -317,14 +324,14 @@ def _first_pass(model, guide, x, k, max_plate_nesting, validate, rows):
     if not validate:
         with pyro.validation_enabled(False):
             return _log_weights(model, guide, x, k, max_plate_nesting, check_data=rows), None
-    rng = _rng_state(x.device)
+    rng = rng_state(x.device)
     try:
         with pyro.validation_enabled(True):
             return _log_weights(model, guide, x, k, max_plate_nesting, check_data=rows), None
     except PyroVAEError:
         raise
     except ValueError as error:
-        _set_rng_state(rng, x.device)
+        set_rng_state(rng, x.device)
         try:
             with pyro.validation_enabled(False):
                 lw = _log_weights(model, guide, x, k, max_plate_nesting, check_data=rows)
@@ -335,17 +342,6 @@ def _first_pass(model, guide, x, k, max_plate_nesting, validate, rows):
         if not bool(_not_finite(lw).any()):
             raise
         return lw, error
-
-
-def _rng_state(device: torch.device):
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(state, device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
 
 
 def _not_finite(t: torch.Tensor) -> torch.Tensor:
@@ -428,38 +424,6 @@ def _rows_text(rows: list[int]) -> str:
     shown = ", ".join(str(r) for r in rows[:_ROWS_SHOWN])
     more = f" and {len(rows) - _ROWS_SHOWN} more" if len(rows) > _ROWS_SHOWN else ""
     return f"{'row' if len(rows) == 1 else 'rows'} {shown}{more}"
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-# What a support is called in UnsupportedDataError.support, in words, and the fix for data
-# outside it.
-_SUPPORTS = {
-    "binary": (
-        "binary values {0, 1}",
-        "binarise the data or choose a likelihood whose support covers them (e.g. a continuous "
-        "Bernoulli for values in [0, 1])",
-    ),
-    "unit_interval": (
-        "values in [0, 1]",
-        "rescale the data to [0, 1] or choose a likelihood whose support covers them",
-    ),
-    "open_unit_interval": (
-        "values strictly inside (0, 1)",
-        "move the data strictly inside (0, 1) (e.g. by uniform dequantisation of pixel levels) "
-        "or choose a likelihood whose support covers them",
-    ),
-    "positive": (
-        "positive values",
-        "transform the data to positive values or choose a likelihood whose support covers them",
-    ),
-    "real": (
-        "real values (not NaN)",
-        "remove or impute the NaN values",
-    ),
-}
 
 
 def support_name(constraint: constraints.Constraint) -> str:
@@ -550,7 +514,7 @@ def _raise_unsupported(name: str, site: dict, base, ok: torch.Tensor, rows: tupl
     low = float(numbers.min()) if numbers.numel() else math.nan
     high = float(numbers.max()) if numbers.numel() else math.nan
     key = support_name(base)
-    words, fix = _SUPPORTS.get(
+    words, fix = SUPPORT_ADVICE.get(
         key,
         (str(base), "transform the data into it or choose a likelihood whose support covers them"),
     )
@@ -558,7 +522,7 @@ def _raise_unsupported(name: str, site: dict, base, ok: torch.Tensor, rows: tupl
     data, where, later = "the data", "", ""
     if block is not None:
         first, stop, bad_rows = block
-        where = f" in {_plural(len(bad_rows), 'datapoint')} ({_rows_text(bad_rows.tolist())})"
+        where = f" in {plural(len(bad_rows), 'datapoint')} ({_rows_text(bad_rows.tolist())})"
         if first > 0 or stop < num_data:
             data = f"rows {first}-{stop - 1} of the data"
             later = " (later rows are not checked yet)" if stop < num_data else ""
@@ -570,7 +534,7 @@ def _raise_unsupported(name: str, site: dict, base, ok: torch.Tensor, rows: tupl
             fix = "remove or impute the NaN values" + (f"; {fix}" if count > nan else "")
     message = (
         f"the observed site '{name}' has a {distribution} distribution, whose support is {words}, "
-        f"but {data} lie in [{low:.4g}, {high:.4g}], with {_plural(count, 'value')}{nans}{where} "
+        f"but {data} lie in [{low:.4g}, {high:.4g}], with {plural(count, 'value')}{nans}{where} "
         f"outside it{later}; {fix}"
     )
     raise UnsupportedDataError(

@@ -21,6 +21,7 @@ from pyro.infer import SVI
 from pyro_vae.errors import DataError, TrainingDiverged
 from pyro_vae.infer.importance import importance_log_likelihood
 from pyro_vae.infer.optim import JointAdam
+from pyro_vae.infer.rng import rng_state, set_rng_state
 from pyro_vae.models.vae import VAE
 from pyro_vae.progress import progress_bar
 
@@ -280,17 +281,3 @@ def check_training_data(
                 vae.likelihood.check_data(scored, what)
     if val_x is not None:
         vae.likelihood.check_data(val_x, "the validation data")
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """The torch RNG states that training draws from (CPU, and the CUDA device if used)."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)

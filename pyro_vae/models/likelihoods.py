@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
 
-from pyro_vae.errors import DataError, UnsupportedDataError
+from pyro_vae.errors import SUPPORT_ADVICE, DataError, UnsupportedDataError
 
 
 class Support(enum.Enum):
@@ -33,27 +33,6 @@ class Support(enum.Enum):
 
 
 DISCRETE_SUPPORTS = (Support.BINARY, Support.LEVELS)
-# What each support accepts, and the fix for data outside it, in words (the CLI adds flags).
-_SUPPORT_ADVICE = {
-    Support.BINARY: (
-        "binary data (0/1)",
-        "binarise the data (draw each value as the probability of a 1) or choose a likelihood "
-        "for values in [0, 1] such as the continuous Bernoulli",
-    ),
-    Support.UNIT_INTERVAL: (
-        "values in [0, 1]",
-        "rescale the data to [0, 1] or choose a likelihood for real values such as a Gaussian",
-    ),
-    Support.OPEN_UNIT_INTERVAL: (
-        "values strictly inside (0, 1)",
-        "for pixel data dequantise them uniformly, which maps level k of L to (k + u) / L with "
-        "u ~ U(0, 1), strictly inside (0, 1)",
-    ),
-    Support.LEVELS: (
-        "quantised values",
-        "score the stored levels themselves, neither binarised nor dequantised",
-    ),
-}
 
 
 class Likelihood(nn.Module):
@@ -92,7 +71,7 @@ class Likelihood(nn.Module):
         invalid = self._invalid(x)
         if invalid is None:
             return
-        needs, fix = _SUPPORT_ADVICE[self.support]
+        needs, fix = SUPPORT_ADVICE[self.support.name.lower()]
         if self.support is Support.LEVELS:
             needs = f"quantised values k / {self.levels - 1} (k = 0 .. {self.levels - 1})"
         count = int(invalid.sum())
