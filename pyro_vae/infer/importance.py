@@ -274,7 +274,7 @@ def importance_log_likelihood(
     validation_error = None
     with torch.no_grad(), bar:
         if max_plate_nesting is None:
-            max_plate_nesting = _guess_max_plate_nesting(model, guide, x[:batch_size])
+            max_plate_nesting = guess_max_plate_nesting(model, guide, x[:batch_size])
         parts = []
         validate = poutine.util.is_validation_enabled()
         for start in range(0, n, batch_size):
@@ -410,7 +410,7 @@ def _non_finite_site(model, guide, x, k, max_plate_nesting) -> str | None:
                 for name, site in trace.nodes.items():
                     if site["type"] != "sample":
                         continue
-                    lp = _per_datapoint_log_prob(name, site, max_plate_nesting)
+                    lp = per_datapoint_log_prob(name, site, max_plate_nesting)
                     bad = ~torch.isfinite(lp) if program == "guide" else _not_finite(lp)
                     if bool(bad.any()):
                         return f"{program} site '{name}'"
@@ -624,7 +624,7 @@ def _traces(model, guide, *args, **kwargs):
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
 
-def _guess_max_plate_nesting(model, guide, x) -> int:
+def guess_max_plate_nesting(model, guide, x) -> int:
     """Plate depth from one trace, drawn without moving the caller's random number streams."""
     devices = [x.device] if x.device.type == "cuda" else []
     # Unvalidated: it needs only the plates; the first pass of each block is validated.
@@ -666,7 +666,7 @@ def log_weights_from_traces(
     for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
         for name, site in trace.nodes.items():
             if site["type"] == "sample":
-                lp = _per_datapoint_log_prob(name, site, max_plate_nesting)
+                lp = per_datapoint_log_prob(name, site, max_plate_nesting)
                 if keep_scale:
                     lp = lp * _scale_without_subsampling(site)
                 terms.append(sign * lp)
@@ -694,7 +694,7 @@ def _scale_without_subsampling(site: dict):
     return site["scale"] * frame.size / full
 
 
-def _per_datapoint_log_prob(name: str, site: dict, max_plate_nesting: int) -> torch.Tensor:
+def per_datapoint_log_prob(name: str, site: dict, max_plate_nesting: int) -> torch.Tensor:
     """A site's log-probability summed over every dimension but particles and datapoints."""
     frame = _data_frame(name, site)
     log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
