@@ -52,14 +52,8 @@ from dataclasses import dataclass
 import torch
 
 from pyro_vae.errors import NonFiniteEstimate
-from pyro_vae.infer.importance import (
-    LogWeightAccumulator,
-    check_observed_support,
-    guess_max_plate_nesting,
-    pass_budget,
-    vectorized_traces,
-)
-from pyro_vae.infer.latent import LatentSpace
+from pyro_vae.infer.importance import LogWeightAccumulator, guess_max_plate_nesting, pass_budget
+from pyro_vae.infer.latent import LatentSpace, check_data
 from pyro_vae.progress import progress_bar
 
 START_DISTRIBUTIONS = ("guide", "prior")
@@ -397,7 +391,7 @@ def _run(model, guide, x, settings, batch_size, max_plate_nesting, keep, progres
             max_plate_nesting = guess_max_plate_nesting(model, guide, x[: blocks[0][1]])
         for first, stop in blocks:
             xb = x[first:stop]
-            _check_block(model, guide, xb, max_plate_nesting, (first, x.shape[0]))
+            check_data(model, guide, xb, max_plate_nesting, (first, x.shape[0]))
             space = LatentSpace(model, guide, xb, max_plate_nesting=max_plate_nesting)
             path = _Path(space, s.start)
             inv_mass = _inverse_mass(space, s.mass_matrix)
@@ -429,14 +423,6 @@ def _run(model, guide, x, settings, batch_size, max_plate_nesting, keep, progres
     result = AISResult.concat(parts)
     _check_finite(result, x)
     return result
-
-
-def _check_block(model, guide, x, max_plate_nesting, rows):
-    """The block's data against the observed sites' supports (one trace, draws not kept)."""
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        model_trace, _ = vectorized_traces(model, guide, 1, max_plate_nesting, x)
-    check_observed_support(model_trace, rows)
 
 
 def _check_finite(result: AISResult, x: torch.Tensor) -> None:

@@ -31,6 +31,7 @@ from torch.distributions import biject_to, constraints
 
 from pyro_vae.infer.importance import (
     DATA_PLATE,
+    check_observed_support,
     guess_max_plate_nesting,
     per_datapoint_log_prob,
     vectorized_traces,
@@ -301,3 +302,14 @@ def simulate(
     }
     x = trace.nodes[observed[0]]["value"]
     return x.reshape(x_like.shape).to(x_like.dtype), latents
+
+
+def check_data(model, guide, x, max_plate_nesting: int, rows: tuple[int, int] = (0, 0)) -> None:
+    """Raise :class:`~pyro_vae.errors.UnsupportedDataError` if ``x`` lies outside the support of
+    an observed site of ``model`` (one trace, whose draws are discarded; the caller's random
+    streams are left as they were). ``rows`` as for
+    :func:`~pyro_vae.infer.importance.check_observed_support`."""
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        model_trace, _ = vectorized_traces(model, guide, 1, max_plate_nesting, x)
+    check_observed_support(model_trace, rows)
