@@ -241,3 +241,29 @@ def test_simulate_draws_data_from_the_model():
     # x = W z + mu + noise: the residual has the noise variance
     residual = x - latents["z"] @ ppca.W.T - ppca.mu
     assert float(residual.var()) == pytest.approx(ppca.s2, rel=0.05)
+
+
+def test_ais_agrees_with_quadrature_on_a_vae_with_a_2d_latent():
+    from tests.infer.quadrature import trained_2d_vae, trained_2d_vae_quadrature
+
+    vae, x = trained_2d_vae()
+    exact = trained_2d_vae_quadrature().log_px
+    r = ais_log_likelihood(vae.model, vae.guide, x, num_steps=300, num_chains=32)
+    err = r.log_px - exact
+    # per datapoint within its error bar (4 sigma) plus AIS's small remaining bias
+    assert bool((err.abs() < 4 * r.stderr + 0.02).all()), err.tolist()
+    mean, se = _mean_and_se(err)
+    assert abs(mean) < 3 * se + 0.005
+
+
+def test_bdmc_brackets_quadrature_on_a_vae_with_a_2d_latent():
+    from tests.infer.quadrature import log_joint_from_model, quadrature, trained_2d_vae
+
+    vae, x = trained_2d_vae()
+    r = bdmc(vae.model, vae.guide, x, num_steps=100, num_chains=16)
+    exact = quadrature(log_joint_from_model(vae.model, r.x), r.x.shape[0]).log_px
+    low, se_low = _mean_and_se(r.lower.log_px - exact)
+    high, se_high = _mean_and_se(r.upper.log_px - exact)
+    assert low < 3 * se_low + 1e-3
+    assert high > -3 * se_high - 1e-3
+    assert 0 <= r.mean_gap < 0.1
