@@ -222,7 +222,62 @@ def build_parser() -> argparse.ArgumentParser:
         help="precision of the networks: fp32 (default, the reference) or bf16 (faster "
         "approximation; compare refuses to mix it with fp32)",
     )
+    m = e.add_argument_group("estimation method")
+    m.add_argument(
+        "--method",
+        default="iwae",
+        help="iwae (importance sampling from the guide), refined (from a proposal refined per "
+        "datapoint), ais (annealed importance sampling) or auto (iwae, then refined, then ais "
+        "for the datapoints k-hat or the error bar flags) (default iwae)",
+    )
+    _ais_flags(m)
+    m.add_argument(
+        "--refine-steps",
+        type=int,
+        default=1000,
+        help="most optimisation steps per datapoint of refined and auto (default 1000)",
+    )
+    m.add_argument(
+        "--widen",
+        type=float,
+        default=1.1,
+        help="factor on the refined proposal's scale (default 1.1)",
+    )
+    m.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="time budget of auto: its AIS stage stops when it is spent (default none)",
+    )
+    m.add_argument(
+        "--stderr-tolerance",
+        type=float,
+        default=0.05,
+        help="error bar in nats above which auto escalates a datapoint (default 0.05)",
+    )
     _progress_flags(e)
+
+    b = sub.add_parser(
+        "bdmc",
+        help="sandwich log p(x) between forward and reverse AIS on data simulated from the "
+        "model; keeps it in RUN_DIR/bdmc/",
+    )
+    b.add_argument("run_dir")
+    b.add_argument(
+        "--num-datapoints",
+        type=int,
+        default=100,
+        help="datapoints to simulate (default 100)",
+    )
+    b.add_argument(
+        "--num-samples",
+        type=int,
+        default=1000,
+        help="K of the IWAE estimate reported beside the bounds (default 1000)",
+    )
+    b.add_argument("--device", default="auto", help="auto (the run's device), cpu or cuda")
+    _ais_flags(b)
+    _progress_flags(b)
 
     c = sub.add_parser(
         "compare", help="rank evaluated runs by held-out log p(x), with paired differences"
@@ -230,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--markdown", default=None, help="also write the table as Markdown here")
     c.add_argument("--csv", default=None, help="also write the table as CSV here")
+    c.add_argument(
+        "--mix-methods",
+        action="store_true",
+        help="rank runs evaluated with different methods or K (each run's one evaluation that "
+        "the selection picks)",
+    )
     _selection_flags(c)
 
     pl = sub.add_parser("plot", help="draw the run's figures (PNG) into RUN_DIR/plots")
@@ -263,10 +324,42 @@ def _selection_flags(parser) -> None:
     g.add_argument("--split", default=None, help="the evaluation's split")
     g.add_argument("--num-samples", type=int, default=None, help="the evaluation's K")
     g.add_argument("--precision", default=None, help="the evaluation's precision")
+    g.add_argument("--method", default=None, help="the evaluation's method")
 
 
 def _selection(args) -> dict:
-    return {"split": args.split, "num_samples": args.num_samples, "precision": args.precision}
+    return {
+        "split": args.split,
+        "num_samples": args.num_samples,
+        "precision": args.precision,
+        "method": args.method,
+    }
+
+
+def _ais_flags(group) -> None:
+    group.add_argument(
+        "--ais-steps",
+        type=int,
+        default=500,
+        help="AIS: intermediate distributions (default 500)",
+    )
+    group.add_argument(
+        "--ais-chains", type=int, default=16, help="AIS: chains per datapoint (default 16)"
+    )
+    group.add_argument(
+        "--ais-leapfrog",
+        type=int,
+        default=5,
+        help="AIS: leapfrog steps per HMC transition (default 5)",
+    )
+
+
+def _ais_settings(args) -> dict:
+    return {
+        "ais_steps": args.ais_steps,
+        "ais_chains": args.ais_chains,
+        "ais_leapfrog": args.ais_leapfrog,
+    }
 
 
 def _progress_flags(group) -> None:
@@ -366,6 +459,12 @@ def run(argv: list[str] | None = None) -> int:
             device=args.device,
             precision=args.precision,
             progress=progress,
+            method=args.method,
+            refine_steps=args.refine_steps,
+            widen=args.widen,
+            max_seconds=args.max_seconds,
+            stderr_tolerance=args.stderr_tolerance,
+            **_ais_settings(args),
         )
         json_path, nc_path = RunDir(args.run_dir).evaluation_paths(summary)
         echo(jobs.format_evaluation(summary))
@@ -374,9 +473,10 @@ def run(argv: list[str] | None = None) -> int:
         for path, flag in ((args.markdown, "--markdown"), (args.csv, "--csv")):
             if path:
                 check_output_file(path, flag)
-        rows = jobs.compare(args.run_dirs, **_selection(args))
+        rows = jobs.compare(args.run_dirs, mix_methods=args.mix_methods, **_selection(args))
         caveats = jobs.comparison_caveats(rows)
-        setting = f"evaluations compared: {rows[0].setting} (split-K-precision)"
+        settings = sorted({r.setting for r in rows})
+        setting = f"evaluations compared: {', '.join(settings)} (split-method-K-precision)"
         echo("\n".join([jobs.format_comparison(rows), setting, *caveats]))
         if args.markdown:
             table = jobs.format_comparison(rows, markdown=True)
@@ -386,6 +486,17 @@ def run(argv: list[str] | None = None) -> int:
         if args.csv:
             jobs.write_comparison_csv(rows, args.csv)
             echo(f"wrote {args.csv}")
+    elif args.command == "bdmc":
+        summary = jobs.bdmc(
+            args.run_dir,
+            num_datapoints=args.num_datapoints,
+            num_samples=args.num_samples,
+            device=args.device,
+            progress=progress,
+            **_ais_settings(args),
+        )
+        echo(jobs.format_bdmc(summary))
+        echo(f"wrote {' and '.join(summary['paths'])}")
     elif args.command == "plot":
         if args.out is not None:
             check_output_dir(args.out, "--out")

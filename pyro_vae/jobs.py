@@ -25,7 +25,8 @@ from pyro_vae.data import load_dataset, minibatch_transform, prepare_split
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.data.transforms import is_quantised
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
-from pyro_vae.infer import BetaSchedule, EpochStats, Trainer, importance_log_likelihood
+from pyro_vae.estimators import EstimatorSpec, estimate
+from pyro_vae.infer import BetaSchedule, EpochStats, Trainer
 from pyro_vae.infer.diagnostics import active_units, bounds_vs_k, guide_means, kl_per_dimension
 from pyro_vae.infer.importance import free_memory_bytes
 from pyro_vae.models import VAE, Likelihood
@@ -44,11 +45,12 @@ IDENTITY_KEYS = (
     "num_samples",
     "num_datapoints",
     "precision",
+    "method",
 )
 # ... of which these are fixed by training: re-evaluating cannot make them agree.
 TRAINING_DATA_KEYS = ("dataset", "binarize", "binarize_seed", "dequantize", "levels")
 # Values assumed for keys that evaluations written by earlier versions lack.
-IDENTITY_DEFAULTS = {"precision": "fp32"}
+IDENTITY_DEFAULTS = {"precision": "fp32", "method": "iwae"}
 
 # Options that may change when a run is resumed: they do not change what is being fitted.
 RESUMABLE = {"train": {"epochs", "device", "log_every", "eval_samples"}, "data": {"data_dir"}}
@@ -331,10 +333,17 @@ def evaluate(
     device: str = "auto",
     precision: str = "fp32",
     progress: bool = True,
+    method: str = "iwae",
+    **settings,
 ) -> dict[str, Any]:
-    """Importance-sampled log p(x) against the ELBO on a split, kept in the run directory as
-    ``evaluations/SPLIT-KK-PRECISION.json`` and ``.nc`` (one evaluation per setting: another
-    split, K or precision adds one; the same setting replaces its earlier one).
+    """log p(x) against the ELBO on a split, kept in the run directory as
+    ``evaluations/SETTING.json`` and ``.nc`` (one evaluation per setting: another split, method,
+    K or precision adds one; the same setting replaces its earlier one).
+
+    ``method`` and ``settings`` choose the estimator (:class:`~pyro_vae.estimators.EstimatorSpec`:
+    ``iwae``, the default, is importance sampling from the guide with K = ``num_samples``;
+    ``refined``, ``ais`` and ``auto`` are recorded in the evaluation, and :func:`compare` does not
+    rank evaluations of different methods together unless asked).
 
     The split is binarised (if the run binarises) with the run's fixed ``binarize_seed`` and the
     estimator is seeded with the run's seed, so evaluating twice gives the same numbers.
@@ -343,89 +352,196 @@ def evaluate(
     summary, and :func:`compare` refuses to rank it against float32 evaluations.
     """
     dtype = registry.build_precision(precision)
-    if num_samples < 1:
-        raise ConfigError("--num-samples must be at least 1")
-    if chunk_size is not None and chunk_size < 1:
-        raise ConfigError("--chunk-size must be at least 1")
+    spec = EstimatorSpec(method=method, num_samples=num_samples, chunk_size=chunk_size, **settings)
     config, vae, meta = load_run(run_dir, device)
     RunDir(run_dir).check_writable()  # before the computation, whose result must go somewhere
     data = prepare_splits(config, load_data(config), vae.likelihood, (split,), fixed=True)
     x = data[split].to(next(vae.parameters()).device)
-    _check_log_weights_fit(num_samples, x.shape[0])
+    if method in ("iwae", "refined"):
+        _check_log_weights_fit(num_samples, x.shape[0])
     pyro.set_rng_seed(config.train.seed)
-    start = time.perf_counter()
     with vae.precision(dtype):
-        result = importance_log_likelihood(
-            vae.model,
-            vae.guide,
-            x,
-            num_samples=num_samples,
-            chunk_size=chunk_size,
-            max_plate_nesting=1,
-            keep_log_weights=True,
-            progress=progress,
-        )
-    seconds = time.perf_counter() - start
+        result = estimate(spec, vae.model, vae.guide, x, progress=progress)
     per_point = {
-        "log_px": result.log_px.cpu(),
-        "elbo": result.elbo.cpu(),
-        "ess": result.ess.cpu(),
-        "stderr": result.stderr.cpu(),
+        "log_px": result.log_px,
+        "elbo": result.elbo,
+        "ess": result.ess,
+        "stderr": result.stderr,
+        "khat": result.khat,
     }
-    log_weights = result.log_weights.cpu()  # (K, N): copied to the host once
-    per_point["khat"] = torch.from_numpy(arviz_compat.psis_khat(log_weights.T.numpy()))
-    bounds = bounds_vs_k(log_weights, BOUND_KS + (num_samples,))
+    k = spec.weights_per_datapoint
     with torch.no_grad():
         q = vae.encoder(x)
         n_active, _ = active_units(guide_means(q).cpu())
         kl = kl_per_dimension(q, vae.prior)
     n = x.shape[0]
+    finite_khat = bool(torch.isfinite(result.khat).any())
     summary: dict[str, Any] = {
         "log_px": per_point["log_px"].mean().item(),
-        "log_px_stderr": (per_point["stderr"].pow(2).sum().sqrt() / n).item()
-        if num_samples > 1
-        else None,
+        "log_px_stderr": (per_point["stderr"].pow(2).sum().sqrt() / n).item() if k > 1 else None,
         "log_px_std": per_point["log_px"].std().item() if n > 1 else 0.0,
         "elbo": per_point["elbo"].mean().item(),
         "gap": (per_point["log_px"] - per_point["elbo"]).mean().item(),
         "ess_mean": per_point["ess"].mean().item(),
         "ess_min": per_point["ess"].min().item(),
-        **khat_summary(per_point["khat"], num_samples),
-        "bounds_vs_k": {str(k): v.mean().item() for k, v in bounds.items()},
-        "active_units": n_active,
-        "latent_dim": vae.latent_dim,
-        "kl_per_dim": None if kl is None else [round(v, 6) for v in kl.cpu().tolist()],
-        "num_samples": num_samples,
+        **khat_summary(result.khat, k, method=method),
+    }
+    if method == "auto" and finite_khat:
+        summary.update(_auto_khat_fields(result.khat))
+    if result.log_weights is not None:
+        bounds = bounds_vs_k(result.log_weights, BOUND_KS + (num_samples,))
+        summary["bounds_vs_k"] = {str(kk): v.mean().item() for kk, v in bounds.items()}
+    summary.update(
+        {
+            "active_units": n_active,
+            "latent_dim": vae.latent_dim,
+            "kl_per_dim": None if kl is None else [round(v, 6) for v in kl.cpu().tolist()],
+            "method": method,
+            "method_settings": spec.settings(),
+            **result.summary,
+            "num_samples": k,
+            "num_datapoints": n,
+            "precision": precision,
+            "dataset": config.data.dataset,
+            "split": split,
+            "binarize": config.data.binarize,
+            "binarize_seed": config.data.binarize_seed,
+            "dequantize": config.data.dequantize,
+            "levels": meta.get("levels"),
+            "likelihood": config.model.likelihood,
+            "prior": config.model.prior,
+            "guide": config.model.guide,
+            "objective": config.train.elbo,
+            "epochs_trained": meta["epoch"],
+            "seed": config.train.seed,
+            "seconds": result.seconds,
+        }
+    )
+    bpd = bits_per_dim(summary["log_px"], meta["data_dim"], vae.likelihood, config, meta)
+    if bpd is not None:
+        summary["bits_per_dim"] = bpd
+    attrs = {
+        k: summary[k]
+        for k in IDENTITY_KEYS + ("likelihood", "prior", "guide", "objective", "seed")
+        if k in summary
+    }
+    stats = {k: per_point[k].numpy() for k in ("khat", "ess", "stderr")}
+    if result.method is not None:
+        stats["method"] = result.method.numpy()
+    if result.acceptance is not None:
+        stats["acceptance"] = result.acceptance.numpy()
+    idata = arviz_compat.to_inference_data(
+        {k: per_point[k].numpy() for k in ("log_px", "elbo")}, stats, attrs
+    )
+    stored = RunDir(run_dir).write_evaluation(summary, idata)
+    summary["evaluation_id"] = stored.summary["evaluation_id"]
+    return summary
+
+
+def bdmc(
+    run_dir: str | Path,
+    *,
+    num_datapoints: int = 100,
+    num_samples: int = 1000,
+    device: str = "auto",
+    progress: bool = True,
+    **settings,
+) -> dict[str, Any]:
+    """The BDMC sandwich of a run's model on ``num_datapoints`` datapoints simulated from it.
+
+    Forward AIS gives a stochastic lower bound and reverse AIS from the simulated latents an
+    upper bound of each simulated datapoint's log p(x) (:func:`pyro_vae.infer.bdmc`); IWAE from
+    the guide with K = ``num_samples`` is reported on the same data, below the upper bound.
+    ``settings`` (``ais_steps``, ``ais_chains``, ``ais_leapfrog``) are AIS's, as for
+    :func:`evaluate`. Kept in ``RUN_DIR/bdmc/bdmc-TT-CC.json`` with the simulated data, latents
+    and per-datapoint bounds in ``.npz`` beside it.
+    """
+    from pyro_vae.infer import bdmc as sandwich
+
+    spec = EstimatorSpec(method="ais", num_samples=num_samples, **settings)
+    if num_datapoints < 1:
+        raise ConfigError(f"--num-datapoints must be at least 1, got {num_datapoints}")
+    config, vae, meta = load_run(run_dir, device)
+    run = RunDir(run_dir)
+    run.check_writable()
+    param = next(vae.parameters())
+    x_like = torch.zeros(num_datapoints, meta["data_dim"], dtype=param.dtype, device=param.device)
+    pyro.set_rng_seed(config.train.seed)
+    start = time.perf_counter()
+    result = sandwich(
+        vae.model,
+        vae.guide,
+        x_like,
+        num_steps=spec.ais_steps,
+        num_chains=spec.ais_chains,
+        num_leapfrog=spec.ais_leapfrog,
+        max_plate_nesting=1,
+        progress=progress,
+    )
+    ais_seconds = time.perf_counter() - start
+    iwae = estimate(spec.replace(method="iwae"), vae.model, vae.guide, result.x, progress=progress)
+    lower, upper = result.lower.log_px.cpu(), result.upper.log_px.cpu()
+    gap = upper - lower
+    n = num_datapoints
+    summary: dict[str, Any] = {
         "num_datapoints": n,
-        "precision": precision,
-        "dataset": config.data.dataset,
-        "split": split,
-        "binarize": config.data.binarize,
-        "binarize_seed": config.data.binarize_seed,
-        "dequantize": config.data.dequantize,
-        "levels": meta.get("levels"),
+        "lower": lower.mean().item(),
+        "upper": upper.mean().item(),
+        "gap": gap.mean().item(),
+        "gap_stderr": gap.std().item() / math.sqrt(n) if n > 1 else None,
+        "gap_max": gap.max().item(),
+        "frac_gap_above_1": (gap > 1.0).double().mean().item(),
+        "iwae": iwae.log_px.mean().item(),
+        "iwae_num_samples": num_samples,
+        "iwae_above_upper": (iwae.log_px - upper).mean().item(),
+        "acceptance_mean": result.lower.acceptance.mean().item(),
+        "method_settings": spec.settings(),
         "likelihood": config.model.likelihood,
         "prior": config.model.prior,
         "guide": config.model.guide,
         "objective": config.train.elbo,
         "epochs_trained": meta["epoch"],
         "seed": config.train.seed,
-        "seconds": seconds,
+        "seconds": ais_seconds,
     }
-    bpd = bits_per_dim(summary["log_px"], meta["data_dim"], vae.likelihood, config, meta)
-    if bpd is not None:
-        summary["bits_per_dim"] = bpd
-    attrs = {
-        k: summary[k] for k in IDENTITY_KEYS + ("likelihood", "prior", "guide", "objective", "seed")
+    name = f"bdmc-T{spec.ais_steps}-C{spec.ais_chains}"
+    arrays = {
+        "x": result.x.cpu().numpy(),
+        **{f"latent_{k}": v.cpu().numpy() for k, v in result.latents.items()},
+        "lower": lower.numpy(),
+        "upper": upper.numpy(),
+        "iwae": iwae.log_px.numpy(),
     }
-    idata = arviz_compat.to_inference_data(
-        {k: per_point[k].numpy() for k in ("log_px", "elbo")},
-        {k: per_point[k].numpy() for k in ("khat", "ess", "stderr")},
-        attrs,
-    )
-    stored = RunDir(run_dir).write_evaluation(summary, idata)
-    summary["evaluation_id"] = stored.summary["evaluation_id"]
+    run.write_bdmc(name, summary, arrays)
+    summary["paths"] = [str(p) for p in run.bdmc_paths(name)]
     return summary
+
+
+def format_bdmc(s: dict[str, Any]) -> str:
+    """A short summary of :func:`bdmc`'s result."""
+    settings = s["method_settings"]
+    se = s.get("gap_stderr")
+    error_bar = f" (± {se:.3f} over datapoints)" if se is not None else ""
+    return "\n".join(
+        [
+            f"BDMC on {plural(s['num_datapoints'], 'datapoint')} simulated from the model, AIS "
+            f"with {plural(settings['ais_chains'], 'chain')} x {settings['ais_steps']} "
+            f"distributions ({s['seconds']:.1f} s):",
+            f"  upper     {s['upper']:10.3f} nats  (reverse AIS from the true latents)",
+            f"  lower     {s['lower']:10.3f} nats  (forward AIS)",
+            f"  gap       {s['gap']:10.3f} nats{error_bar}; max {s['gap_max']:.3f}, "
+            f"{100 * s['frac_gap_above_1']:.1f}% of datapoints above 1 nat",
+            f"  IWAE      {s['iwae']:10.3f} nats  (K={s['iwae_num_samples']} from the guide, "
+            f"{s['iwae_above_upper']:+.3f} vs the upper bound)",
+            f"  HMC       {s['acceptance_mean']:10.2f} mean acceptance rate",
+        ]
+    )
+
+
+def _auto_khat_fields(khat: torch.Tensor) -> dict[str, Any]:
+    """k-hat over the datapoints whose final estimate is importance sampling (AIS has none)."""
+    finite = khat[torch.isfinite(khat)]
+    return {"khat_mean": finite.mean().item(), "khat_max": finite.max().item()}
 
 
 def _check_log_weights_fit(num_samples: int, num_datapoints: int) -> None:
@@ -441,17 +557,25 @@ def _check_log_weights_fit(num_samples: int, num_datapoints: int) -> None:
         )
 
 
-def khat_summary(khat: torch.Tensor, num_samples: int) -> dict[str, Any]:
+def khat_summary(khat: torch.Tensor, num_samples: int, method: str = "iwae") -> dict[str, Any]:
     """The k-hat fields of an evaluation. Below :data:`~pyro_vae.arviz_compat.PSIS_MIN_SAMPLES`
-    importance samples PSIS has no tail to fit: the fields are None and ``khat_note`` says why."""
+    importance samples PSIS has no tail to fit, and AIS has no importance weights: the fields are
+    None and ``khat_note`` says why. Datapoints without a k-hat (NaN: AIS's, under ``auto``) are
+    not counted above the threshold."""
     threshold = arviz_compat.KHAT_THRESHOLD
-    if num_samples < arviz_compat.PSIS_MIN_SAMPLES:
-        why = (
-            "K=1 is the ELBO, with no importance weights to diagnose"
-            if num_samples == 1
-            else f"K={num_samples} is too small for PSIS (it needs at least "
-            f"{arviz_compat.PSIS_MIN_SAMPLES} importance samples per datapoint)"
-        )
+    if method == "ais" or num_samples < arviz_compat.PSIS_MIN_SAMPLES:
+        if method == "ais":
+            why = (
+                "AIS has no importance weights for PSIS; its error bar is over its "
+                f"{plural(num_samples, 'chain')}"
+            )
+        elif num_samples == 1:
+            why = "K=1 is the ELBO, with no importance weights to diagnose"
+        else:
+            why = (
+                f"K={num_samples} is too small for PSIS (it needs at least "
+                f"{arviz_compat.PSIS_MIN_SAMPLES} importance samples per datapoint)"
+            )
         return {
             "khat_mean": None,
             "khat_max": None,
@@ -486,6 +610,20 @@ def _data_label(s: dict[str, Any]) -> str:
     return f"binarize={s['binarize']}"
 
 
+def _estimator_label(s: dict[str, Any]) -> str:
+    """``K=1000 importance samples``, ``AIS with 16 chains x 500 distributions``, ..."""
+    k, method = s["num_samples"], s.get("method", "iwae")
+    settings = s.get("method_settings") or {}
+    samples = f"K={k} importance {'sample' if k == 1 else 'samples'}"
+    if method == "ais":
+        return f"AIS with {plural(k, 'chain')} x {settings.get('ais_steps')} distributions"
+    if method == "refined":
+        return f"{samples} from refined proposals"
+    if method == "auto":
+        return f"auto (IWAE, then refined, then AIS where flagged), {samples}"
+    return samples
+
+
 def format_evaluation(s: dict[str, Any]) -> str:
     """A short, readable summary of :func:`evaluate`'s result."""
     precision = _identity_value(s, "precision")
@@ -498,8 +636,7 @@ def format_evaluation(s: dict[str, Any]) -> str:
         error_bar = "(Monte Carlo stderr unbounded: some datapoints' weights are all zero)"
     lines = [
         f"{s['dataset']} ({s['split']} split, {_data_label(s)}), "
-        f"{plural(s['num_datapoints'], 'datapoint')}, K={s['num_samples']} importance "
-        f"{'sample' if s['num_samples'] == 1 else 'samples'}, "
+        f"{plural(s['num_datapoints'], 'datapoint')}, {_estimator_label(s)}, "
         f"{plural(s['epochs_trained'], 'epoch')}"
         + (f", networks in {precision}:" if precision != "fp32" else ":"),
         f"  log p(x)  {_number(s['log_px'], -math.inf):10.3f} nats  {error_bar}",
@@ -509,6 +646,14 @@ def format_evaluation(s: dict[str, Any]) -> str:
         f"  ESS       {_number(s['ess_mean']):10.1f} of {s['num_samples']} on average "
         f"(min {_number(s['ess_min']):.1f})",
     ]
+    if s.get("acceptance_mean") is not None:
+        lines.append(f"  HMC       {s['acceptance_mean']:10.2f} mean acceptance rate")
+    if s.get("num_per_method"):
+        counts = ", ".join(f"{n} {m}" for m, n in s["num_per_method"].items())
+        lines.append(
+            f"  methods   {counts}; {s['num_unreliable']} of {s['num_datapoints']} still flagged "
+            f"({100 * s['frac_unreliable']:.2f}%)"
+        )
     if s.get("khat_note"):
         lines.append(f"  k-hat     {s['khat_note']}")
     elif s.get("khat_max") is not None:
@@ -595,9 +740,11 @@ class Comparison:
     diff: float  # mean of log p(x_i) - log p_best(x_i)
     diff_se: float  # its standard error over datapoints (and Monte Carlo)
     label: str
-    setting: str = ""  # the evaluation's split, K and precision, e.g. test-K1000-fp32
+    setting: str = ""  # the evaluation's split, method, K and precision, e.g. test-K1000-fp32
     epochs_trained: int | None = None  # when the evaluation was made
     checkpoint_epochs: int | None = None  # the run's checkpoint now
+    method: str = "iwae"  # the estimation method
+    frac_unreliable: float = math.nan  # auto: the share whose final estimate failed its check
 
 
 def compare(
@@ -606,6 +753,8 @@ def compare(
     split: str | None = None,
     num_samples: int | None = None,
     precision: str | None = None,
+    method: str | None = None,
+    mix_methods: bool = False,
 ) -> list[Comparison]:
     """Rank evaluated runs by mean held-out log p(x), with paired differences to the best.
 
@@ -615,9 +764,12 @@ def compare(
     been evaluated on the same datapoints (data set, split, binarisation or dequantisation and
     its seed) with the same K; otherwise this raises.
 
-    Each run's evaluation is the one of the setting (split, K, precision) that ``split``,
-    ``num_samples`` and ``precision`` select and every run holds; when several settings qualify
-    (or none), this raises, naming them.
+    Each run's evaluation is the one of the setting (split, method, K, precision) that
+    ``split``, ``method``, ``num_samples`` and ``precision`` select and every run holds; when
+    several settings qualify (or none), this raises, naming them. With ``mix_methods``, each
+    run's evaluation is the one the selectors pick from that run alone, and the runs may differ
+    in their estimation method and K (their estimates are all lower bounds of log p(x), of
+    different tightness): the table then names each run's method.
     """
     if len(run_dirs) < 1:
         raise ConfigError("compare needs at least one run directory")
@@ -628,11 +780,16 @@ def compare(
     )
     if twice:
         raise ConfigError(f"compare was given the same run more than once: {', '.join(twice)}")
-    stored = _common_evaluations(runs, split=split, num_samples=num_samples, precision=precision)
+    wanted = {"split": split, "num_samples": num_samples, "precision": precision, "method": method}
+    if mix_methods:
+        stored = [run.find_evaluation(**wanted) for run in runs]
+    else:
+        stored = _common_evaluations(runs, **wanted)
     evaluations = [e.summary for e in stored]
     first = evaluations[0]
+    keys = [k for k in IDENTITY_KEYS if not (mix_methods and k in ("method", "num_samples"))]
     for run, ev in zip(runs[1:], evaluations[1:], strict=True):
-        differ = [k for k in IDENTITY_KEYS if _identity_value(ev, k) != _identity_value(first, k)]
+        differ = [k for k in keys if _identity_value(ev, k) != _identity_value(first, k)]
         if differ:
             detail = "; ".join(
                 f"{k}: {_identity_value(first, k)!r} vs {_identity_value(ev, k)!r}" for k in differ
@@ -643,10 +800,13 @@ def compare(
                     f"evaluated on different data ({detail}), so their log p(x) are not "
                     "comparable; compare runs trained on the same data"
                 )
+            mixed = " (or, for different methods, compare with --mix-methods)" * (
+                "method" in differ
+            )
             raise ConfigError(
                 f"cannot compare {runs[0].path} and {run.path}: evaluated differently ({detail}); "
-                "re-evaluate them alike (pyro-vae evaluate RUN --num-samples K --split S "
-                "--precision P)"
+                "re-evaluate them alike (pyro-vae evaluate RUN --method M --num-samples K --split "
+                f"S --precision P){mixed}"
             )
     per_point = []
     for kept in stored:
@@ -682,6 +842,8 @@ def compare(
                 setting=stored[i].setting,
                 epochs_trained=ev.get("epochs_trained"),
                 checkpoint_epochs=_checkpoint_epochs(runs[i]),
+                method=ev.get("method", "iwae"),
+                frac_unreliable=_number(ev.get("frac_unreliable")),
             )
         )
     return rows
@@ -712,11 +874,12 @@ def _common_evaluations(runs: list[RunDir], **wanted) -> list:
         )
         raise ConfigError(
             f"the runs hold no evaluation of one setting{asked} in common ({held}); evaluate "
-            "them alike (pyro-vae evaluate RUN --split S --num-samples K --precision P)"
+            "them alike (pyro-vae evaluate RUN --split S --method M --num-samples K --precision "
+            "P), or compare different methods with --mix-methods"
         )
     raise ConfigError(
         f"the runs hold evaluations of {len(common)} settings{asked}: {', '.join(common)}; "
-        "choose one (--split, --num-samples, --precision)"
+        "choose one (--split, --method, --num-samples, --precision)"
     )
 
 
@@ -749,6 +912,16 @@ def comparison_caveats(rows: list[Comparison]) -> list[str]:
                 f"{plural(r.checkpoint_epochs, 'epoch')} since; evaluate it again for the "
                 "current model"
             )
+        if r.method == "ais":
+            continue  # no importance weights: its error bars are over its chains
+        if r.method == "auto":
+            if r.frac_unreliable > 0:
+                lines.append(
+                    f"caveat: {r.run}: {100 * r.frac_unreliable:.1f}% of its datapoints are still "
+                    "flagged after escalation (k-hat or error bar; a larger --max-seconds lets "
+                    "AIS reach them)"
+                )
+            continue
         share = r.frac_khat_above_threshold
         if math.isnan(share):
             lines.append(f"caveat: {r.run}: k-hat was not computed (too few importance samples)")
@@ -824,6 +997,7 @@ def plot(
     split: str | None = None,
     num_samples: int | None = None,
     precision: str | None = None,
+    method: str | None = None,
 ) -> list[Path]:
     """Draw every figure of a run into ``out_dir`` (default RUN_DIR/plots); return the paths.
 
@@ -874,7 +1048,7 @@ def plot(
     figures["latent"] = plots.latent_space(points, labels, projected)
     if len(shape) == 2:
         figures["samples"] = _samples_figure(vae, config, shape, 64)
-    wanted = {"split": split, "num_samples": num_samples, "precision": precision}
+    wanted = {"split": split, "num_samples": num_samples, "precision": precision, "method": method}
     if run.select_evaluations(**wanted) or any(v is not None for v in wanted.values()):
         kept = run.find_evaluation(**wanted)  # raises when it is ambiguous or missing
         ev, idata = kept.summary, kept.inference_data()
@@ -888,8 +1062,9 @@ def plot(
             )
         log_px = idata.log_likelihood["log_px"].values[0, 0]
         elbo = idata.log_likelihood["elbo"].values[0, 0]
-        series = {"L_K (mean over datapoints)": ev["bounds_vs_k"]}
-        figures["bound_vs_k"] = plots.bound_vs_k(series, ev["elbo"])
+        if "bounds_vs_k" in ev:  # importance sampling's; AIS has no L_K
+            series = {"L_K (mean over datapoints)": ev["bounds_vs_k"]}
+            figures["bound_vs_k"] = plots.bound_vs_k(series, ev["elbo"])
         khat = idata.sample_stats["khat"].values[0, 0]
         if np.isfinite(khat).any():  # not computed below PSIS_MIN_SAMPLES
             figures["khat"] = plots.khat(khat)

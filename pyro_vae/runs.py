@@ -371,6 +371,26 @@ class RunDir:
                 Path(tmp).unlink(missing_ok=True)
         return StoredEvaluation(self, summary, json_path, nc_path)
 
+    def bdmc_paths(self, name: str) -> tuple[Path, Path]:
+        """``RUN_DIR/bdmc/NAME.json`` (the summary) and ``.npz`` (simulated data, latents and
+        per-datapoint bounds)."""
+        folder = self.path / "bdmc"
+        return folder / f"{name}.json", folder / f"{name}.npz"
+
+    def write_bdmc(self, name: str, summary: dict[str, Any], arrays: dict[str, Any]) -> None:
+        """Keep a BDMC result: the arrays first, then the summary, each written whole (a crash
+        leaves the previous pair or a new npz beside the previous summary, never a torn file)."""
+        import io
+
+        import numpy as np
+
+        json_path, npz_path = self.bdmc_paths(name)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(npz_path, buffer.getvalue())
+        atomic_write_text(json_path, json.dumps(json_safe(summary), indent=2, allow_nan=False))
+
     def evaluations(self) -> list[StoredEvaluation]:
         """Every evaluation kept in the run directory, in setting order.
 
@@ -393,8 +413,8 @@ class RunDir:
         return [found[k] for k in sorted(found)]
 
     def select_evaluations(self, **wanted) -> list[StoredEvaluation]:
-        """The kept evaluations whose ``split``, ``num_samples`` and ``precision`` equal those of
-        ``wanted`` that are not None."""
+        """The kept evaluations whose ``split``, ``num_samples``, ``precision`` and ``method``
+        equal those of ``wanted`` that are not None."""
         return [e for e in self.evaluations() if e.matches(**wanted)]
 
     def find_evaluation(self, **wanted) -> StoredEvaluation:
@@ -412,19 +432,33 @@ class RunDir:
             )
         raise CheckpointError(
             f"{self.path} holds {len(matching)} evaluations{asked}: "
-            f"{', '.join(e.setting for e in matching)}; choose one by its split, K and precision "
-            "(--split, --num-samples, --precision)"
+            f"{', '.join(e.setting for e in matching)}; choose one by its split, method, K and "
+            "precision (--split, --method, --num-samples, --precision)"
         )
 
 
-EVALUATION_SELECTORS = ("split", "num_samples", "precision")
+EVALUATION_SELECTORS = ("split", "num_samples", "precision", "method")
 
 
 def evaluation_setting(summary: dict[str, Any]) -> str:
-    """The name of an evaluation's setting, e.g. ``test-K1000-fp32``: what one kept evaluation
-    per setting means (the estimation method joins it once there is more than one)."""
+    """The name of an evaluation's setting: what one kept evaluation per setting means.
+
+    ``test-K1000-fp32`` for IWAE from the guide (the names of earlier versions, which had only
+    that method), ``test-refined-K1000-fp32`` and ``test-auto-K1000-fp32`` for the methods that
+    take K importance samples, ``test-ais-T500-C16-fp32`` for AIS with T distributions and C
+    chains.
+    """
     precision = summary.get("precision", "fp32")  # evaluations before the option were fp32
-    return f"{summary.get('split')}-K{summary.get('num_samples')}-{precision}"
+    method = summary.get("method", "iwae")  # ... and before methods, IWAE
+    k = summary.get("num_samples")
+    if method == "iwae":
+        middle = f"K{k}"
+    elif method == "ais":
+        steps = (summary.get("method_settings") or {}).get("ais_steps")
+        middle = f"ais-T{steps}-C{k}"
+    else:
+        middle = f"{method}-K{k}"
+    return f"{summary.get('split')}-{middle}-{precision}"
 
 
 def describe_selection(wanted: dict[str, Any]) -> str:
@@ -445,9 +479,18 @@ class StoredEvaluation:
     def setting(self) -> str:
         return evaluation_setting(self.summary)
 
-    def matches(self, split=None, num_samples=None, precision=None) -> bool:
-        wanted = {"split": split, "num_samples": num_samples, "precision": precision}
-        have = {**self.summary, "precision": self.summary.get("precision", "fp32")}
+    def matches(self, split=None, num_samples=None, precision=None, method=None) -> bool:
+        wanted = {
+            "split": split,
+            "num_samples": num_samples,
+            "precision": precision,
+            "method": method,
+        }
+        have = {
+            **self.summary,
+            "precision": self.summary.get("precision", "fp32"),
+            "method": self.summary.get("method", "iwae"),
+        }
         return all(v is None or have.get(k) == v for k, v in wanted.items())
 
     def inference_data(self):

@@ -1,0 +1,253 @@
+"""How an evaluation estimates log p(x): the method, its settings, and one call that runs it.
+
+The methods (``iwae``, ``refined``, ``ais``, ``auto``) are the estimators of
+:mod:`pyro_vae.infer`; :class:`EstimatorSpec` holds the settings a user chooses, and
+:func:`estimate` runs the chosen one on a model/guide pair and returns the per-datapoint numbers
+an evaluation keeps (:class:`Estimate`), whatever the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pyro_vae import arviz_compat
+from pyro_vae.errors import ConfigError
+from pyro_vae.infer import ais_log_likelihood, importance_log_likelihood
+from pyro_vae.infer.escalate import METHODS as AUTO_STAGES
+from pyro_vae.infer.escalate import auto_log_likelihood
+from pyro_vae.infer.refined import refined_log_likelihood
+
+METHODS = ("iwae", "refined", "ais", "auto")
+# Draws of the guide per datapoint for the ELBO reported beside methods that do not draw from
+# the guide themselves (refined, ais).
+ELBO_SAMPLES = 100
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """The estimator of an evaluation and its settings.
+
+    Attributes
+    ----------
+    method : {"iwae", "refined", "ais", "auto"}
+        IWAE from the guide; importance sampling from a proposal refined per datapoint; annealed
+        importance sampling; or IWAE escalated to refinement and AIS where k-hat or the error bar
+        flags a datapoint (:func:`~pyro_vae.infer.escalate.auto_log_likelihood`).
+    num_samples : int
+        K, importance samples per datapoint (iwae, refined, auto).
+    chunk_size : int, optional
+        Particles per vectorised pass of the guide's IWAE.
+    ais_steps, ais_chains, ais_leapfrog : int
+        AIS's intermediate distributions, chains per datapoint and leapfrog steps (ais, auto).
+    refine_steps : int
+        Most optimisation steps per datapoint of the refinement (refined, auto).
+    widen : float
+        Factor on the refined proposal's scale (refined, auto).
+    max_seconds : float, optional
+        Time budget of ``auto`` (its AIS stage stops when it is spent).
+    stderr_tolerance : float
+        Error bar above which ``auto`` escalates a datapoint, in nats.
+    """
+
+    method: str = "iwae"
+    num_samples: int = 1000
+    chunk_size: int | None = None
+    ais_steps: int = 500
+    ais_chains: int = 16
+    ais_leapfrog: int = 5
+    refine_steps: int = 1000
+    widen: float = 1.1
+    max_seconds: float | None = None
+    stderr_tolerance: float = 0.05
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown estimation method {self.method!r}; choose one of {METHODS}")
+        positive_ints = {
+            "--num-samples": self.num_samples,
+            "--ais-steps": self.ais_steps,
+            "--ais-chains": self.ais_chains,
+            "--ais-leapfrog": self.ais_leapfrog,
+            "--refine-steps": self.refine_steps,
+        }
+        for flag, value in positive_ints.items():
+            if value < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ConfigError("--chunk-size must be at least 1")
+        for flag, value in (("--widen", self.widen), ("--stderr-tolerance", self.stderr_tolerance)):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{flag} must be a positive number, got {value}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ConfigError(f"--max-seconds must be positive, got {self.max_seconds}")
+
+    @property
+    def weights_per_datapoint(self) -> int:
+        """K: importance samples per datapoint, or AIS chains per datapoint."""
+        return self.ais_chains if self.method == "ais" else self.num_samples
+
+    def settings(self) -> dict[str, Any]:
+        """The settings this method uses (recorded with the evaluation)."""
+        keys = {
+            "iwae": ("num_samples",),
+            "refined": ("num_samples", "refine_steps", "widen"),
+            "ais": ("ais_steps", "ais_chains", "ais_leapfrog"),
+            "auto": (
+                "num_samples",
+                "refine_steps",
+                "widen",
+                "ais_steps",
+                "ais_chains",
+                "ais_leapfrog",
+                "max_seconds",
+                "stderr_tolerance",
+            ),
+        }[self.method]
+        return {k: getattr(self, k) for k in keys}
+
+    def replace(self, **changes) -> EstimatorSpec:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Per-datapoint numbers of an evaluation, each ``(N,)`` on the host, float64.
+
+    ``khat`` is NaN where it is undefined (AIS, or too few weights); ``method`` indexes
+    :data:`~pyro_vae.infer.escalate.METHODS` (the stage behind each number), for ``auto`` only;
+    ``log_weights`` ``(K, N)`` are the importance weights when the method has them (iwae,
+    refined); ``summary`` holds the method's own summary fields.
+    """
+
+    log_px: torch.Tensor
+    elbo: torch.Tensor
+    ess: torch.Tensor
+    stderr: torch.Tensor
+    khat: torch.Tensor
+    seconds: float
+    log_weights: torch.Tensor | None = None
+    method: torch.Tensor | None = None
+    acceptance: torch.Tensor | None = None
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def khat_of(log_weights: torch.Tensor) -> torch.Tensor:
+    """Pareto k-hat per datapoint of log weights ``(K, N)`` (via ArviZ), ``(N,)`` float64."""
+    values = arviz_compat.psis_khat(log_weights.detach().cpu().double().T.numpy())
+    return torch.from_numpy(values)
+
+
+def estimate(
+    spec: EstimatorSpec,
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    progress: bool | str | None = False,
+) -> Estimate:
+    """Run ``spec``'s estimator of log p(x) on every row of ``x``."""
+    start = time.perf_counter()
+    common = {"max_plate_nesting": 1, "progress": progress}
+    if spec.method == "iwae":
+        r = importance_log_likelihood(
+            model,
+            guide,
+            x,
+            num_samples=spec.num_samples,
+            chunk_size=spec.chunk_size,
+            keep_log_weights=True,
+            **common,
+        )
+        seconds = time.perf_counter() - start
+        return _from_importance(r, seconds, elbo=r.elbo)
+    if spec.method == "refined":
+        r = refined_log_likelihood(
+            model,
+            guide,
+            x,
+            num_samples=spec.num_samples,
+            max_steps=spec.refine_steps,
+            widen=spec.widen,
+            keep_log_weights=True,
+            **common,
+        )
+        seconds = time.perf_counter() - start
+        return _from_importance(r, seconds, elbo=_guide_elbo(model, guide, x))
+    if spec.method == "ais":
+        r = ais_log_likelihood(model, guide, x, **_ais_settings(spec), **common)
+        seconds = time.perf_counter() - start
+        return Estimate(
+            log_px=r.log_px.cpu().double(),
+            elbo=_guide_elbo(model, guide, x),
+            ess=r.ess.cpu().double(),
+            stderr=r.stderr.cpu().double(),
+            khat=torch.full_like(r.log_px.cpu().double(), math.nan),
+            seconds=seconds,
+            acceptance=r.acceptance.cpu().double(),
+            summary={"acceptance_mean": float(r.acceptance.mean())},
+        )
+    r = auto_log_likelihood(
+        model,
+        guide,
+        x,
+        khat=khat_of,
+        num_samples=spec.num_samples,
+        stderr_tolerance=spec.stderr_tolerance,
+        refine={"max_steps": spec.refine_steps, "widen": spec.widen},
+        ais=_ais_settings(spec),
+        max_seconds=spec.max_seconds,
+        **common,
+    )
+    seconds = time.perf_counter() - start
+    counts = r.counts()
+    return Estimate(
+        log_px=r.log_px.cpu().double(),
+        elbo=r.elbo.cpu().double(),
+        ess=r.ess.cpu().double(),
+        stderr=r.stderr.cpu().double(),
+        khat=r.khat.cpu().double(),
+        seconds=seconds,
+        method=r.method.cpu(),
+        summary={
+            "num_per_method": counts,
+            "frac_unreliable": r.frac_unreliable,
+            "num_unreliable": int((~r.reliable).sum()),
+            "seconds_per_method": {k: round(v, 3) for k, v in r.seconds.items()},
+            "stages": list(AUTO_STAGES),
+        },
+    )
+
+
+def _ais_settings(spec: EstimatorSpec) -> dict[str, Any]:
+    return {
+        "num_steps": spec.ais_steps,
+        "num_chains": spec.ais_chains,
+        "num_leapfrog": spec.ais_leapfrog,
+    }
+
+
+def _from_importance(r, seconds: float, *, elbo: torch.Tensor) -> Estimate:
+    log_weights = r.log_weights.cpu()  # (K, N): copied to the host once
+    return Estimate(
+        log_px=r.log_px.cpu().double(),
+        elbo=elbo.cpu().double(),
+        ess=r.ess.cpu().double(),
+        stderr=r.stderr.cpu().double(),
+        khat=khat_of(log_weights),
+        seconds=seconds,
+        log_weights=log_weights,
+    )
+
+
+def _guide_elbo(model, guide, x) -> torch.Tensor:
+    """The guide's ELBO per datapoint from :data:`ELBO_SAMPLES` draws, for the methods that do
+    not draw from the guide: the number reported beside log p(x)."""
+    r = importance_log_likelihood(model, guide, x, num_samples=ELBO_SAMPLES, max_plate_nesting=1)
+    return r.elbo.cpu().double()

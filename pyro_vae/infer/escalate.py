@@ -1,0 +1,210 @@
+"""An estimate of log p(x) that spends compute only where the diagnostics say it must.
+
+Importance sampling from the amortised guide is cheap and, for most datapoints of a simple model,
+good enough; where it is not, its own diagnostics say so: a Pareto k-hat above 0.7 (Vehtari et
+al. 2024: the weights' tail is too heavy for the estimate to converge at a usable rate) or a Monte
+Carlo error bar above a tolerance. :func:`auto_log_likelihood` escalates datapoint by datapoint:
+
+1. IWAE from the guide, K draws, for every datapoint;
+2. for the datapoints it flags, importance sampling from a proposal refined for each of them
+   (:func:`~pyro_vae.infer.refine.refined_log_likelihood`), K fresh draws;
+3. for those still flagged, AIS (:func:`~pyro_vae.infer.ais.ais_log_likelihood`), until every
+   datapoint is done or the time budget is spent.
+
+Each datapoint reports the estimate of the last stage it reached, with that stage's error bar,
+and which stage it was. Every stage's estimate is a stochastic lower bound of log p(x), and a
+later stage draws afresh, independently of the draws that flagged the datapoint, so an escalated
+datapoint's estimate is a lower bound in expectation given that it was flagged. (A datapoint
+that stage 1 does NOT flag keeps the estimate from the draws that cleared it; conditioning on a
+passing diagnostic can only favour draws that behaved well, a selection effect that is small
+where k-hat < 0.7 and that re-estimating with fresh draws would remove at twice the cost.)
+AIS has too few chains for k-hat; an AIS datapoint counts as reliable when its error bar over
+chains is within the tolerance.
+
+References
+----------
+Vehtari, Simpson, Gelman, Yao & Gabry (2024), "Pareto smoothed importance sampling", JMLR.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from pyro_vae.infer.ais import ais_log_likelihood
+from pyro_vae.infer.importance import importance_log_likelihood
+from pyro_vae.infer.refined import refined_log_likelihood
+
+METHODS = ("iwae", "refined", "ais")
+KHAT_THRESHOLD = 0.7
+
+
+@dataclass(frozen=True)
+class AutoResult:
+    """Per-datapoint results of :func:`auto_log_likelihood`, each of shape ``(N,)``.
+
+    Attributes
+    ----------
+    log_px, stderr : Tensor
+        The estimate of the last stage each datapoint reached, and its Monte Carlo error bar.
+    elbo : Tensor
+        The guide's ELBO (mean log weight of stage 1's draws), for every datapoint.
+    ess : Tensor
+        Effective sample size of the final stage's weights (of K draws, or of the AIS chains).
+    khat : Tensor
+        Pareto k-hat of the final stage's importance weights; NaN for AIS datapoints.
+    method : LongTensor
+        Index into :data:`METHODS` of the stage that produced each estimate.
+    reliable : BoolTensor
+        Whether the final estimate passed its diagnostic (k-hat and error bar, or the error bar
+        for AIS).
+    seconds : dict of str to float
+        Wall time spent in each stage.
+    """
+
+    log_px: torch.Tensor
+    stderr: torch.Tensor
+    elbo: torch.Tensor
+    ess: torch.Tensor
+    khat: torch.Tensor
+    method: torch.Tensor
+    reliable: torch.Tensor
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        """Datapoints whose estimate each stage produced."""
+        return {m: int((self.method == i).sum()) for i, m in enumerate(METHODS)}
+
+    @property
+    def frac_unreliable(self) -> float:
+        """The share of datapoints whose final estimate failed its diagnostic."""
+        return float((~self.reliable).double().mean())
+
+
+def _flagged(khat, stderr, threshold, tolerance):
+    bad = ~torch.isfinite(stderr) | (stderr > tolerance)
+    if khat is not None:
+        bad |= ~(khat <= threshold)  # NaN k-hat (too few finite weights) counts as flagged
+    return bad
+
+
+def auto_log_likelihood(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    khat: Callable[[torch.Tensor], torch.Tensor],
+    num_samples: int = 1000,
+    khat_threshold: float = KHAT_THRESHOLD,
+    stderr_tolerance: float = 0.05,
+    refine: dict | None = None,
+    ais: dict | None = None,
+    max_seconds: float | None = None,
+    max_plate_nesting: int | None = None,
+    progress: bool | str | None = False,
+) -> AutoResult:
+    """log p(x) per datapoint, escalating from IWAE to refined IWAE to AIS where diagnostics ask.
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs as for :func:`~pyro_vae.infer.importance_log_likelihood`.
+    x : Tensor
+        The data.
+    khat : callable
+        Pareto k-hat per datapoint from log weights ``(K, N)``, returning ``(N,)`` (e.g.
+        :func:`pyro_vae.arviz_compat.psis_khat` wrapped for tensors); kept outside ``infer/``,
+        which does not depend on ArviZ.
+    num_samples : int
+        K, importance samples per datapoint of stages 1 and 2.
+    khat_threshold : float
+        k-hat above this flags a datapoint (0.7, Vehtari et al. 2024).
+    stderr_tolerance : float
+        An error bar above this (in nats) flags a datapoint.
+    refine, ais : dict, optional
+        Settings passed to :func:`~pyro_vae.infer.refine.refined_log_likelihood` and
+        :func:`~pyro_vae.infer.ais.ais_log_likelihood`.
+    max_seconds : float, optional
+        Wall-time budget of the whole estimate. AIS runs block by block while it lasts; the
+        datapoints it does not reach keep their stage-2 estimate, flagged unreliable.
+    max_plate_nesting : int, optional
+        Found from one trace when not given.
+    progress : bool, str or None
+        Progress of each stage (see :mod:`pyro_vae.progress`).
+    """
+    if not 0.0 < khat_threshold:
+        raise ValueError(f"khat_threshold must be positive, got {khat_threshold}")
+    if not stderr_tolerance > 0.0:
+        raise ValueError(f"stderr_tolerance must be positive, got {stderr_tolerance}")
+    refine, ais = dict(refine or {}), dict(ais or {})
+    start = time.perf_counter()
+    seconds = {}
+    common = {"max_plate_nesting": max_plate_nesting, "progress": progress}
+
+    first = importance_log_likelihood(
+        model, guide, x, num_samples=num_samples, keep_log_weights=True, **common
+    )
+    k1 = khat(first.log_weights).to(first.log_px)
+    log_px, stderr, ess = first.log_px.clone(), first.stderr.clone(), first.ess.clone()
+    khats = k1.clone()
+    method = torch.zeros(x.shape[0], dtype=torch.long, device=log_px.device)
+    flagged = _flagged(k1, first.stderr, khat_threshold, stderr_tolerance)
+    seconds["iwae"] = time.perf_counter() - start
+
+    rows = flagged.nonzero().flatten()
+    if rows.numel():
+        t = time.perf_counter()
+        second = refined_log_likelihood(
+            model,
+            guide,
+            x[rows.to(x.device)],
+            num_samples=num_samples,
+            keep_log_weights=True,
+            **common,
+            **refine,
+        )
+        k2 = khat(second.log_weights).to(log_px)
+        log_px[rows], stderr[rows], ess[rows], khats[rows] = (
+            second.log_px.to(log_px),
+            second.stderr.to(log_px),
+            second.ess.to(log_px),
+            k2,
+        )
+        method[rows] = 1
+        still = _flagged(k2, second.stderr.to(log_px), khat_threshold, stderr_tolerance)
+        flagged[rows] = still
+        rows = rows[still]
+        seconds["refined"] = time.perf_counter() - t
+
+    if rows.numel():
+        t = time.perf_counter()
+        block = ais.pop("batch_size", None) or max(1, min(rows.numel(), 256))
+        for first_row in range(0, rows.numel(), block):
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                break
+            part = rows[first_row : first_row + block]
+            third = ais_log_likelihood(model, guide, x[part.to(x.device)], **common, **ais)
+            log_px[part] = third.log_px.to(log_px)
+            stderr[part] = third.stderr.to(log_px)
+            ess[part] = third.ess.to(log_px)
+            khats[part] = math.nan
+            method[part] = 2
+            flagged[part] = _flagged(
+                None, third.stderr.to(log_px), khat_threshold, stderr_tolerance
+            )
+        seconds["ais"] = time.perf_counter() - t
+
+    return AutoResult(
+        log_px=log_px,
+        stderr=stderr,
+        elbo=first.elbo,
+        ess=ess,
+        khat=khats,
+        method=method,
+        reliable=~flagged,
+        seconds=seconds,
+    )

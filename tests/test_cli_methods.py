@@ -1,0 +1,129 @@
+"""The estimation methods on the command line: evaluate --method, compare across methods, bdmc."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pyro_vae import arviz_compat
+from pyro_vae.cli import main
+from tests.helpers import cli_error
+
+TINY = ["--epochs", "2", "--hidden", "32", "--latent-dim", "2", "--eval-samples", "25"]
+FAST = ["--ais-steps", "8", "--ais-chains", "4", "--refine-steps", "100", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "r"
+    assert main(["train", *TINY, "--out", str(out), "--no-eval", "--no-progress"]) == 0
+    return out
+
+
+def _evaluation(run_dir, setting):
+    path = run_dir / "evaluations" / f"{setting}.json"
+    return json.loads(path.read_text()), arviz_compat.load_netcdf(path.with_suffix(".nc"))
+
+
+@pytest.mark.parametrize(
+    "method, setting",
+    [
+        ("refined", "test-refined-K30-fp32"),
+        ("ais", "test-ais-T8-C4-fp32"),
+        ("auto", "test-auto-K30-fp32"),
+    ],
+)
+def test_each_method_is_kept_as_its_own_setting_and_recorded(capsys, run_dir, method, setting):
+    argv = ["evaluate", str(run_dir), "--method", method, "--num-samples", "30", *FAST]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{setting}.json" in out
+    ev, idata = _evaluation(run_dir, setting)
+    assert ev["method"] == method
+    log_px = idata.log_likelihood["log_px"].values[0, 0]
+    assert log_px.shape == (359,) and log_px.mean() == pytest.approx(ev["log_px"])
+    assert ev["log_px"] >= ev["elbo"] - 0.5  # a lower bound of log p(x) above the guide's ELBO
+    if method == "ais":
+        assert ev["num_samples"] == 4 and ev["method_settings"]["ais_steps"] == 8
+        assert ev["khat_max"] is None and "AIS has no importance weights" in ev["khat_note"]
+        assert 0 < ev["acceptance_mean"] < 1 and "bounds_vs_k" not in ev
+        assert "AIS with 4 chains x 8 distributions" in out
+    else:
+        assert ev["num_samples"] == 30
+        assert ("bounds_vs_k" in ev) == (method == "refined")  # auto's weights are of 2 stages
+        assert ev["method_settings"]["refine_steps"] == 100
+    if method == "auto":
+        counts = ev["num_per_method"]
+        assert sum(counts.values()) == 359 and set(counts) == {"iwae", "refined", "ais"}
+        stages = idata.sample_stats["method"].values[0, 0]
+        assert [int((stages == i).sum()) for i in range(3)] == list(counts.values())
+        assert ev["num_unreliable"] == round(ev["frac_unreliable"] * 359)
+        assert "still flagged" in out
+
+
+def test_compare_refuses_to_mix_methods_unless_asked(capsys, run_dir, tmp_path):
+    for method in ("iwae", "ais"):
+        argv = ["evaluate", str(run_dir), "--method", method, "--num-samples", "30", *FAST]
+        assert main(argv) == 0
+    capsys.readouterr()
+    # one run, two methods: the selection must name one
+    err = cli_error(capsys, "compare", str(run_dir), "--split", "test", "--precision", "fp32")
+    assert "--method" in err
+    assert main(["compare", str(run_dir), "--method", "ais"]) == 0
+    assert "test-ais-T8-C4-fp32" in capsys.readouterr().out
+    # two runs evaluated by different methods: refused, then ranked with --mix-methods
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", *TINY, "--out", str(a), "--no-eval", "--no-progress"]) == 0
+    assert main(["evaluate", str(a), "--method", "ais", *FAST]) == 0
+    assert main(["train", *TINY, "--seed", "1", "--out", str(b), "--no-progress"]) == 0
+    capsys.readouterr()
+    err = cli_error(capsys, "compare", str(a), str(b))
+    assert "no evaluation of one setting" in err and "--mix-methods" in err
+    assert main(["compare", str(a), str(b), "--mix-methods"]) == 0
+    out = capsys.readouterr().out
+    assert str(a) in out and str(b) in out
+    assert "test-K25-fp32" in out and "test-ais-T8-C4-fp32" in out
+
+
+def test_plot_draws_an_ais_evaluation_without_a_bound_figure(capsys, run_dir, tmp_path):
+    assert main(["evaluate", str(run_dir), "--method", "ais", "--num-samples", "30", *FAST]) == 0
+    out = tmp_path / "plots"
+    assert main(["plot", str(run_dir), "--method", "ais", "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert "gap.png" in names and "bound_vs_k.png" not in names
+
+
+def test_bdmc_keeps_the_simulated_data_and_both_bounds(capsys, run_dir):
+    argv = ["bdmc", str(run_dir), "--num-datapoints", "12", "--num-samples", "50", *FAST[:4]]
+    assert main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "upper" in out and "lower" in out and "gap" in out
+    folder = run_dir / "bdmc"
+    summary = json.loads((folder / "bdmc-T8-C4.json").read_text())
+    arrays = np.load(folder / "bdmc-T8-C4.npz")
+    assert arrays["x"].shape[0] == 12 and set(np.unique(arrays["x"])) <= {0.0, 1.0}
+    assert arrays["latent_z"].shape == (12, 2)
+    gap = arrays["upper"] - arrays["lower"]
+    assert summary["gap"] == pytest.approx(gap.mean())
+    assert summary["upper"] == pytest.approx(arrays["upper"].mean())
+    assert summary["iwae"] == pytest.approx(arrays["iwae"].mean())
+    assert summary["num_datapoints"] == 12
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--method", "hmc"], "unknown estimation method 'hmc'"),
+        (["--method", "ais", "--ais-steps", "0"], "--ais-steps must be at least 1"),
+        (["--method", "ais", "--ais-chains", "0"], "--ais-chains must be at least 1"),
+        (["--method", "refined", "--widen", "0"], "--widen must be a positive number"),
+        (["--method", "auto", "--max-seconds", "-1"], "--max-seconds must be positive"),
+    ],
+)
+def test_bad_method_settings_are_one_line(capsys, run_dir, argv, message):
+    assert message in cli_error(capsys, "evaluate", str(run_dir), *argv)
+
+
+def test_bdmc_refuses_no_datapoints(capsys, run_dir):
+    err = cli_error(capsys, "bdmc", str(run_dir), "--num-datapoints", "0")
+    assert "--num-datapoints must be at least 1" in err
