@@ -22,7 +22,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.infer import ais_log_likelihood, importance_log_likelihood
 from pyro_vae.infer.escalate import METHODS as AUTO_STAGES
 from pyro_vae.infer.escalate import auto_log_likelihood
-from pyro_vae.infer.refined import refined_log_likelihood
+from pyro_vae.infer.refine import refined_log_likelihood
 
 METHODS = ("iwae", "refined", "ais", "auto")
 # Draws of the guide per datapoint for the ELBO reported beside methods that do not draw from

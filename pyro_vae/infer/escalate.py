@@ -37,7 +37,7 @@ import torch
 
 from pyro_vae.infer.ais import ais_log_likelihood
 from pyro_vae.infer.importance import importance_log_likelihood
-from pyro_vae.infer.refined import refined_log_likelihood
+from pyro_vae.infer.refine import refined_log_likelihood
 
 METHODS = ("iwae", "refined", "ais")
 KHAT_THRESHOLD = 0.7

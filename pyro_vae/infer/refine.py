@@ -6,9 +6,10 @@ is rarely the best of its family: Cremer, Li & Duvenaud (2018) call the differen
 module does that for full-covariance Gaussian proposals in an unconstrained latent space, and
 scores any proposal by importance sampling.
 
-Everything here is written against a generic, differentiable, unnormalised log target over
-unconstrained latent vectors (e.g. :meth:`pyro_vae.infer.latent.LatentSpace.log_target`); it
-knows nothing about Pyro:
+Everything but :func:`refined_log_likelihood` (which applies it to a Pyro model/guide pair
+through :class:`~pyro_vae.infer.latent.LatentSpace`) is written against a generic,
+differentiable, unnormalised log target over unconstrained latent vectors (e.g.
+:meth:`pyro_vae.infer.latent.LatentSpace.log_target`), and knows nothing about Pyro:
 
 ``log_target(u, rows) -> Tensor``
     ``u`` of shape ``(S, N', D)``: S points in R^D for each of N' datapoints; ``rows`` is None
@@ -62,7 +63,14 @@ from typing import Protocol
 import torch
 
 from pyro_vae.errors import NonFiniteEstimate
-from pyro_vae.infer.importance import ImportanceResult, LogWeightAccumulator
+from pyro_vae.infer.importance import (
+    ImportanceResult,
+    LogWeightAccumulator,
+    guess_max_plate_nesting,
+    pass_budget,
+)
+from pyro_vae.infer.latent import LatentSpace, check_data
+from pyro_vae.progress import progress_bar
 
 LogTarget = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 OBJECTIVES = ("elbo", "iwae")
@@ -764,3 +772,122 @@ def _gaussian_log_prob_float64(loc, tril, u) -> torch.Tensor:
 def _check_points(u: torch.Tensor, n: int, d: int, name: str) -> None:
     if u.dim() != 3 or tuple(u.shape[1:]) != (n, d):
         raise ValueError(f"{name} must have shape (k, {n}, {d}), got {tuple(u.shape)}")
+
+
+def refined_log_likelihood(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    num_samples: int = 1000,
+    widen: float = 1.1,
+    defensive_weight: float = 0.0,
+    defensive_widen: float = 1.5,
+    init_samples: int = 256,
+    num_particles: int = 16,
+    lr: float = 0.1,
+    lr_decay: float = 0.5,
+    max_steps: int = 1000,
+    check_every: int = 50,
+    patience: int = 3,
+    objective: str = "elbo",
+    batch_size: int | None = None,
+    max_plate_nesting: int | None = None,
+    keep_log_weights: bool = False,
+    progress: bool | str | None = False,
+) -> ImportanceResult:
+    """Importance-sampled log p(x) per datapoint from a proposal refined for each datapoint.
+
+    For a Pyro model/guide pair (as for :func:`~pyro_vae.infer.importance_log_likelihood`), each
+    datapoint's latents are flattened to an unconstrained vector u
+    (:class:`~pyro_vae.infer.latent.LatentSpace`). A full-covariance Gaussian is fitted to
+    ``init_samples`` draws of the guide (:meth:`GaussianProposal.from_samples`: it works for any
+    guide, and starts from the guide's mean and covariance), refined for the datapoint on its
+    own by :func:`refine_gaussian`, widened by ``widen`` (heavier tails relative to the
+    posterior: a prototype on Fashion-MNIST found 1.05-1.1 took the share of k-hat > 0.7 from
+    1.8% to 0.0-0.2%), and used for K = ``num_samples`` fresh importance draws
+    (:func:`proposal_log_likelihood`). The weights use the refined proposal's exact density in
+    u-space and the target's log-Jacobian, so the estimate is a stochastic lower bound of
+    log p(x), like the guide's own L_K.
+
+    Parameters
+    ----------
+    num_samples : int
+        K, importance draws per datapoint from the refined proposal.
+    widen : float
+        Factor on the refined proposal's scale (1: as refined).
+    defensive_weight, defensive_widen : float
+        With a positive weight w, the proposal is the defensive mixture (Hesterberg 1995)
+        ``(1 - w) r + w r'``, r' the refined proposal with its scale multiplied by
+        ``defensive_widen`` (and ``widen``), so that every weight is at most
+        ``gamma / (w r')``: bounded where r' has the heavier tail. A prototype found w = 0.5 on
+        a 1.5x wider copy took the share of k-hat > 0.7 from 1.8% to 0.4%.
+    init_samples : int
+        Guide draws per datapoint that set the initial proposal.
+    num_particles, lr, lr_decay, max_steps, check_every, patience, objective
+        Settings of :func:`refine_gaussian`.
+    batch_size : int, optional
+        Datapoints refined together; by default as many as keep ``num_particles`` draws of each
+        within the importance estimator's pass budget.
+    max_plate_nesting : int, optional
+        Found from one trace when not given.
+    keep_log_weights : bool
+        Also return the final log weights ``(K, N)``.
+    progress : bool, str or None
+        Progress over blocks of datapoints (see :mod:`pyro_vae.progress`).
+
+    Returns
+    -------
+    ImportanceResult
+        As :func:`~pyro_vae.infer.importance_log_likelihood`'s, for the refined proposal
+        (``elbo`` is the refined proposal's mean log weight).
+    """
+    if x.shape[0] < 1:
+        raise ValueError("x holds no datapoints")
+    if not widen > 0:
+        raise ValueError(f"widen must be positive, got {widen}")
+    if not 0.0 <= defensive_weight < 1.0:
+        raise ValueError(f"defensive_weight must lie in [0, 1), got {defensive_weight}")
+    if not defensive_widen > 0:
+        raise ValueError(f"defensive_widen must be positive, got {defensive_widen}")
+    if init_samples < 2:
+        raise ValueError(f"init_samples must be at least 2, got {init_samples}")
+    n = x.shape[0]
+    if batch_size is None:
+        per_point = max(1, x[0].numel())
+        batch_size = max(1, min(n, pass_budget(x.device) // (num_particles * per_point)))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    blocks = [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+    bar = progress_bar(total=n, desc="refined log p(x)", unit="datapoint", progress=progress)
+    parts = []
+    with bar:
+        if max_plate_nesting is None:
+            max_plate_nesting = guess_max_plate_nesting(model, guide, x[: blocks[0][1]])
+        for first, stop in blocks:
+            xb = x[first:stop]
+            check_data(model, guide, xb, max_plate_nesting, (first, n))
+            space = LatentSpace(model, guide, xb, max_plate_nesting=max_plate_nesting)
+            init = GaussianProposal.from_samples(space.sample_guide(init_samples))
+            refined = refine_gaussian(
+                space.log_target,
+                init,
+                num_particles=num_particles,
+                lr=lr,
+                lr_decay=lr_decay,
+                max_steps=max_steps,
+                check_every=check_every,
+                patience=patience,
+                objective=objective,
+            )
+            proposal = refined.proposal if widen == 1.0 else refined.proposal.widened(widen)
+            if defensive_weight > 0:
+                wide = proposal.widened(defensive_widen)
+                proposal = DefensiveMixture(proposal, wide, weight=defensive_weight)
+            parts.append(
+                proposal_log_likelihood(
+                    space.log_target, proposal, num_samples, keep_log_weights=keep_log_weights
+                )
+            )
+            bar.update(stop - first)
+    return ImportanceResult.concat(parts)

@@ -1,0 +1,132 @@
+"""Refined and defensive importance sampling, and the escalating estimator, on Pyro programs:
+against PPCA's closed form and the quadrature oracle of a VAE with a 2-D latent."""
+
+import math
+
+import pytest
+import torch
+
+from pyro_vae.errors import UnsupportedDataError
+from pyro_vae.estimators import khat_of
+from pyro_vae.infer import importance_log_likelihood
+from pyro_vae.infer.escalate import METHODS, auto_log_likelihood
+from pyro_vae.infer.refine import refined_log_likelihood
+from pyro_vae.models import ProbabilisticPCA
+from tests.infer.quadrature import trained_2d_vae, trained_2d_vae_quadrature
+
+
+def _mean_and_se(t):
+    return float(t.mean()), float(t.std() / math.sqrt(t.numel()))
+
+
+def _wrong(ppca):
+    return lambda x: ppca.wrong_guide(x, shift=1.0, inflate=1.2)
+
+
+def test_refining_a_wrong_guide_on_ppca_makes_the_weights_nearly_constant():
+    # the posterior is Gaussian: the refined full-covariance proposal can match it exactly
+    ppca = ProbabilisticPCA(d=5, D=20, s2=0.5)
+    x = ppca.sample_data(20)
+    exact = ppca.log_px(x)
+    before = importance_log_likelihood(ppca.model, _wrong(ppca), x, num_samples=500)
+    after = refined_log_likelihood(ppca.model, _wrong(ppca), x, num_samples=500, widen=1.0)
+    assert float(before.ess.mean()) < 200
+    assert float(after.ess.mean()) > 450  # of 500
+    torch.testing.assert_close(after.log_px, exact, atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"widen": 1.1}, {"widen": 1.0, "defensive_weight": 0.5, "defensive_widen": 1.5}],
+    ids=["widened", "defensive"],
+)
+def test_refined_iwae_agrees_with_quadrature_within_its_error_bar(settings):
+    vae, x = trained_2d_vae()
+    exact = trained_2d_vae_quadrature().log_px
+    r = refined_log_likelihood(vae.model, vae.guide, x, num_samples=4000, **settings)
+    err = r.log_px - exact
+    assert bool((err.abs() < 4 * r.stderr + 0.005).all()), err.tolist()
+    guide = importance_log_likelihood(vae.model, vae.guide, x, num_samples=4000)
+    assert float(r.ess.mean()) > float(guide.ess.mean())  # a better proposal than the guide
+
+
+@pytest.mark.parametrize("defensive_weight", [0.0, 0.5])
+def test_refined_small_k_bound_stays_below_log_px_in_expectation(defensive_weight):
+    # L_K <= log p(x) in expectation for any proposal whose exact density is used: averaged over
+    # 60 repeats and 20 datapoints, the refined L_3 sits below the quadrature answer
+    vae, x = trained_2d_vae()
+    exact = trained_2d_vae_quadrature().log_px
+    repeats = x.repeat(60, 1)
+    r = refined_log_likelihood(
+        vae.model,
+        vae.guide,
+        repeats,
+        num_samples=3,
+        widen=1.0,
+        defensive_weight=defensive_weight,
+        max_steps=200,
+    )
+    gap, se = _mean_and_se(r.log_px - exact.repeat(60))
+    assert gap < 2 * se  # not above log p(x)
+    assert gap > -0.1  # and, refined, close to it even at K = 3
+
+
+def test_auto_escalates_only_the_flagged_datapoints_and_says_which_method():
+    vae, x = trained_2d_vae()
+    exact = trained_2d_vae_quadrature().log_px
+    r = auto_log_likelihood(
+        vae.model,
+        vae.guide,
+        x,
+        khat=khat_of,
+        num_samples=200,
+        stderr_tolerance=0.03,
+        ais={"num_steps": 100, "num_chains": 32},
+    )
+    first = importance_log_likelihood(vae.model, vae.guide, x, num_samples=200)
+    counts = r.counts()
+    assert set(counts) == set(METHODS) and sum(counts.values()) == x.shape[0]
+    assert counts["iwae"] < x.shape[0]  # the guide's K=200 error bars exceed 0.03 somewhere
+    assert bool((r.method >= 0).all()) and bool((r.method <= 2).all())
+    # reliable datapoints meet the tolerance; every escalated estimate is right
+    assert bool((r.stderr[r.reliable] <= 0.03).all())
+    err = r.log_px - exact
+    assert bool((err.abs() < 4 * r.stderr + 0.02).all()), err.tolist()
+    assert bool(torch.isnan(r.khat[r.method == 2]).all())
+    assert bool(torch.isfinite(r.khat[r.method < 2]).all())
+    assert r.elbo.shape == first.elbo.shape
+
+
+def test_auto_with_no_time_left_keeps_the_refined_estimates_flagged():
+    ppca = ProbabilisticPCA(d=5, D=20, s2=0.5)
+    x = ppca.sample_data(10)
+    r = auto_log_likelihood(
+        ppca.model,
+        _wrong(ppca),
+        x,
+        khat=khat_of,
+        num_samples=100,
+        stderr_tolerance=1e-6,  # nothing passes it: everything escalates
+        max_seconds=1e-9,  # ... but AIS gets no time
+    )
+    assert r.counts() == {"iwae": 0, "refined": 10, "ais": 0}
+    assert r.frac_unreliable == 1.0 and "ais" in r.seconds
+
+
+def test_refined_refuses_unsupported_data():
+    import pyro
+    import pyro.distributions as dist
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=z.sum(-1, keepdim=True)).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    with pytest.raises(UnsupportedDataError):
+        refined_log_likelihood(model, guide, torch.full((4, 1), 0.5), num_samples=5)
+    with pytest.raises(ValueError, match="defensive_weight"):
+        refined_log_likelihood(model, guide, torch.ones(4, 1), defensive_weight=1.0)
