@@ -126,3 +126,23 @@ def test_precision_experiment_measures_a_small_nonzero_difference(tmp_path):
     assert abs(r["mean_diff"]) <= r["max_abs_diff"]
     assert r["log_px_bf16"] - r["log_px_fp32"] == pytest.approx(r["mean_diff"], abs=1e-9)
     assert "| bf16 |" in (tmp_path / "table.md").read_text()
+
+
+def test_estimators_smoke(tmp_path):
+    rows = _run(
+        "estimators.py",
+        tmp_path,
+        *("--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--points", "12"),
+        *("--iwae-ks", "1,25", "--refined-k", "25", "--ais-steps", "3,6", "--ais-points", "4"),
+        *("--auto-ais-steps", "3", "--bdmc-points", "4", "--bdmc-steps", "3"),
+    )
+    methods = {(r["model"], r["data"], r["method"]) for r in rows}
+    for model in ("ELBO", "IWAE"):
+        for method in ("iwae", "refined", "ais", "auto"):
+            assert (model, "test", method) in methods
+        assert (model, "simulated", "bdmc upper (reverse AIS)") in methods
+    assert all(float(r["seconds_per_1000"]) > 0 for r in rows)
+    refined = [r for r in rows if r["method"] == "refined" and r["data"] == "test"]
+    assert all(0 <= float(r["frac_khat_above_0.7"]) <= 1 for r in refined)
+    assert (tmp_path / "estimators.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| model | data | method |" in (tmp_path / "table.md").read_text()
