@@ -252,6 +252,16 @@ def figure(rows: list[dict], path: Path) -> None:
                         xytext=(3, -9),
                         textcoords="offset points",
                     )
+        values = [r["vs_refined"] for r in test if "vs_refined" in r]
+        if values:  # zoom on the estimates near the refined one; say which fall below
+            low = max(min(values), -1.5)
+            ax.set_ylim(low - 0.1, max(values) + 0.1)
+            off = [r for r in test if r.get("vs_refined", 0.0) < low - 0.1]
+            if off:
+                text = ", ".join(
+                    f"{r['method']} {r['setting']} {r['vs_refined']:+.2f}" for r in off
+                )
+                ax.text(0.02, 0.02, f"below the axis: {text}", transform=ax.transAxes, fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("seconds per 1,000 test points")
         ax.set_ylabel("log p(x) estimate - refined IWAE, same datapoints (nats)")

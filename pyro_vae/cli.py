@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-seconds",
         type=float,
         default=None,
-        help="time budget of auto: its AIS stage stops when it is spent (default none)",
+        help="soft time budget of auto: no new block of its AIS stage starts once it is spent "
+        "(default none)",
     )
     m.add_argument(
         "--stderr-tolerance",
@@ -476,7 +477,7 @@ def run(argv: list[str] | None = None) -> int:
         rows = jobs.compare(args.run_dirs, mix_methods=args.mix_methods, **_selection(args))
         caveats = jobs.comparison_caveats(rows)
         settings = sorted({r.setting for r in rows})
-        setting = f"evaluations compared: {', '.join(settings)} (split-method-K-precision)"
+        setting = f"evaluations compared: {', '.join(settings)}"
         echo("\n".join([jobs.format_comparison(rows), setting, *caveats]))
         if args.markdown:
             table = jobs.format_comparison(rows, markdown=True)

@@ -21,6 +21,7 @@ from pyro_vae import arviz_compat
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer import ais_log_likelihood, importance_log_likelihood
 from pyro_vae.infer.escalate import METHODS as AUTO_STAGES
+from pyro_vae.infer.escalate import PSIS_MIN_SAMPLES as AUTO_MIN_SAMPLES
 from pyro_vae.infer.escalate import auto_log_likelihood
 from pyro_vae.infer.refine import refined_log_likelihood
 
@@ -80,6 +81,11 @@ class EstimatorSpec:
         for flag, value in positive_ints.items():
             if value < 1:
                 raise ConfigError(f"{flag} must be at least 1, got {value}")
+        if self.method == "auto" and self.num_samples < AUTO_MIN_SAMPLES:
+            raise ConfigError(
+                f"--num-samples must be at least {AUTO_MIN_SAMPLES} for --method auto, whose "
+                f"k-hat needs that many importance samples, got {self.num_samples}"
+            )
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ConfigError("--chunk-size must be at least 1")
         for flag, value in (("--widen", self.widen), ("--stderr-tolerance", self.stderr_tolerance)):

@@ -46,6 +46,7 @@ IDENTITY_KEYS = (
     "num_datapoints",
     "precision",
     "method",
+    "method_settings",
 )
 # ... of which these are fixed by training: re-evaluating cannot make them agree.
 TRAINING_DATA_KEYS = ("dataset", "binarize", "binarize_seed", "dequantize", "levels")
@@ -357,7 +358,7 @@ def evaluate(
     RunDir(run_dir).check_writable()  # before the computation, whose result must go somewhere
     data = prepare_splits(config, load_data(config), vae.likelihood, (split,), fixed=True)
     x = data[split].to(next(vae.parameters()).device)
-    if method in ("iwae", "refined"):
+    if method != "ais":  # the others keep K x N log weights for k-hat
         _check_log_weights_fit(num_samples, x.shape[0])
     pyro.set_rng_seed(config.train.seed)
     with vae.precision(dtype):
@@ -423,7 +424,7 @@ def evaluate(
     attrs = {
         k: summary[k]
         for k in IDENTITY_KEYS + ("likelihood", "prior", "guide", "objective", "seed")
-        if k in summary
+        if k in summary and k != "method_settings"  # a dict: in the json summary only
     }
     stats = {k: per_point[k].numpy() for k in ("khat", "ess", "stderr")}
     if result.method is not None:
@@ -787,7 +788,8 @@ def compare(
         stored = _common_evaluations(runs, **wanted)
     evaluations = [e.summary for e in stored]
     first = evaluations[0]
-    keys = [k for k in IDENTITY_KEYS if not (mix_methods and k in ("method", "num_samples"))]
+    mixed = ("method", "num_samples", "method_settings")
+    keys = [k for k in IDENTITY_KEYS if not (mix_methods and k in mixed)]
     for run, ev in zip(runs[1:], evaluations[1:], strict=True):
         differ = [k for k in keys if _identity_value(ev, k) != _identity_value(first, k)]
         if differ:
@@ -838,7 +840,8 @@ def compare(
                 frac_khat_above_threshold=_number(ev.get("frac_khat_above_threshold")),
                 diff=d.mean().item(),
                 diff_se=diff_se,
-                label=f"{ev['prior']}/{ev['likelihood']}/{ev['guide']}/{ev['objective']}",
+                label=f"{ev['prior']}/{ev['likelihood']}/{ev['guide']}/{ev['objective']}"
+                + (f" [{stored[i].setting}]" if mix_methods else ""),
                 setting=stored[i].setting,
                 epochs_trained=ev.get("epochs_trained"),
                 checkpoint_epochs=_checkpoint_epochs(runs[i]),
@@ -936,6 +939,8 @@ def comparison_caveats(rows: list[Comparison]) -> list[str]:
 
 
 def _identity_value(evaluation: dict[str, Any], key: str):
+    if key == "method_settings" and key not in evaluation:  # before methods: IWAE with K
+        return {"num_samples": evaluation.get("num_samples")}
     return evaluation.get(key, IDENTITY_DEFAULTS.get(key))
 
 
@@ -1063,7 +1068,8 @@ def plot(
         log_px = idata.log_likelihood["log_px"].values[0, 0]
         elbo = idata.log_likelihood["elbo"].values[0, 0]
         if "bounds_vs_k" in ev:  # importance sampling's; AIS has no L_K
-            series = {"L_K (mean over datapoints)": ev["bounds_vs_k"]}
+            proposal = "refined proposals" if ev.get("method") == "refined" else "the guide"
+            series = {f"L_K from {proposal} (mean over datapoints)": ev["bounds_vs_k"]}
             figures["bound_vs_k"] = plots.bound_vs_k(series, ev["elbo"])
         khat = idata.sample_stats["khat"].values[0, 0]
         if np.isfinite(khat).any():  # not computed below PSIS_MIN_SAMPLES

@@ -127,3 +127,19 @@ def test_bad_method_settings_are_one_line(capsys, run_dir, argv, message):
 def test_bdmc_refuses_no_datapoints(capsys, run_dir):
     err = cli_error(capsys, "bdmc", str(run_dir), "--num-datapoints", "0")
     assert "--num-datapoints must be at least 1" in err
+
+
+def test_compare_refuses_the_same_method_with_other_settings(capsys, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run, steps in ((a, "50"), (b, "100")):
+        assert main(["train", *TINY, "--out", str(run), "--no-eval", "--no-progress"]) == 0
+        argv = ["evaluate", str(run), "--method", "refined", "--num-samples", "30"]
+        assert main([*argv, "--refine-steps", steps, "--no-progress"]) == 0
+    capsys.readouterr()
+    err = cli_error(capsys, "compare", str(a), str(b))
+    assert "method_settings" in err and "'refine_steps': 50" in err
+
+
+def test_auto_refuses_too_few_samples_for_k_hat(capsys, run_dir):
+    err = cli_error(capsys, "evaluate", str(run_dir), "--method", "auto", "--num-samples", "20")
+    assert "--num-samples must be at least 21 for --method auto" in err

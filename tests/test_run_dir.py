@@ -104,7 +104,9 @@ def test_evaluations_of_other_settings_are_kept_and_selected(capsys, tmp_path):
     assert settings == ["test-K1000-bf16", "test-K21-fp32", "test-K30-fp32", "val-K1000-fp32"]
     assert json.loads(evaluation_file(out, 30).read_text()) == test_k30  # not overwritten
     err = cli_error(capsys, "compare", str(out))
-    assert "4 settings" in err and "choose one (--split, --num-samples, --precision)" in err
+    assert (
+        "4 settings" in err and "choose one (--split, --method, --num-samples, --precision)" in err
+    )
     assert main(["compare", str(out), "--split", "test", "--num-samples", "30"]) == 0
     assert f"{test_k30['log_px']:.3f}" in capsys.readouterr().out  # the K=30 test evaluation
     err = cli_error(capsys, "plot", str(out), "--out", str(tmp_path / "p"))
@@ -366,7 +368,7 @@ def test_evaluate_checks_it_can_write_before_computing(capsys, run_dir, monkeypa
         raise AssertionError("the estimate ran although its result could not be written")
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    monkeypatch.setattr(jobs, "importance_log_likelihood", never)
+    monkeypatch.setattr(jobs, "estimate", never)
     err = cli_error(capsys, "evaluate", str(run_dir))
     assert f"cannot write into {run_dir}: Read-only file system" in err
 

@@ -24,9 +24,10 @@ research code of Wu et al.) is too large for sharp posteriors and too small for 
 it inside the estimating run from its own chains' acceptances would make the kernel at level t
 depend on the chains' past, which breaks the argument that E[w] = p(x). So the step sizes are
 tuned in a separate, shorter PILOT run (its own chains, its own draws) that adapts each datapoint's
-log step size toward a target acceptance rate (Robbins-Monro in log space) and records it along
-the path; the estimating run then uses that schedule, frozen, with fresh chains. Given the pilot,
-the estimating run is plain AIS with fixed kernels, so its weights are unbiased. The pilot's own
+log step size toward a target acceptance rate (a constant-gain update in log space, driven by the
+acceptance averaged over the datapoint's chains) and records it along the path; the
+estimating run then uses that schedule, frozen, with fresh chains. Given the pilot, the
+estimating run is plain AIS with fixed kernels, so its weights are unbiased. The pilot's own
 weights are discarded. The momentum's (diagonal) mass matrix is fixed per datapoint in the same
 spirit, from draws of the guide that are not part of any chain.
 
@@ -77,7 +78,10 @@ class AISResult:
         Delta-method standard error of ``log_px`` over the chains, ``sqrt((C/ess - 1)/(C - 1))``
         (NaN for one chain).
     ess : Tensor
-        Effective sample size of the chains' normalised weights, in [1, C].
+        Effective sample size of the chains' normalised weights, in [1, C] (0 when every weight
+        is zero). With few chains (C = 16) it, and ``stderr``, are rough: chains that all miss
+        the same mode look consistent; reverse chains share their start, so their spread
+        understates the error of the upper bound.
     acceptance : Tensor
         HMC acceptance rate, averaged over levels and chains, of the estimating run.
     step_size : Tensor
@@ -360,7 +364,7 @@ def _tune(path, space, settings, inv_mass, bar) -> StepSizeSchedule:
     """The pilot run: fresh chains along a ``pilot_steps``-level path, each datapoint's log step
     size adapted toward ``target_accept``; its weights are discarded."""
     s = settings
-    init = s.initial_step_size or 0.5 * space.dim**-0.25
+    init = s.initial_step_size if s.initial_step_size is not None else 0.5 * space.dim**-0.25
     low, high = s.step_size_bounds
     init = min(max(init, low), high)
     log_eps0 = torch.full((space.num_data,), math.log(init), dtype=torch.float64)
@@ -558,8 +562,8 @@ def reverse_ais_log_likelihood(
     """Reverse AIS from exact posterior draws: a stochastic UPPER bound of log p(x).
 
     ``latents`` hold, for each latent site of the model, one exact draw from p(z | x_n) for every
-    row of ``x``, with the shape the model gives the site for ``x`` (as
-    :func:`~pyro_vae.infer.latent.simulate` returns them with the data it simulates). All C
+    row of ``x``, laid out as :func:`~pyro_vae.infer.latent.simulate` returns them with the data
+    it simulates (one batch dimension per plate of the model, then the event dimensions). All C
     chains of a datapoint start from its draw and anneal from p(z|x) back to f_0, adding
     ``(beta_{t-1} - beta_t) * (log p(x, z) - log f_0(z))`` at each level. The reverse weight
     w_rev has E[w_rev] = 1 / p(x), so ``-log mean_c w_rev,c`` >= log p(x) in expectation
@@ -574,8 +578,13 @@ def reverse_ais_log_likelihood(
     def start_at(space: LatentSpace, first: int, stop: int) -> torch.Tensor:
         values = {}
         for site in space.sites:
-            v = latents[site.name].movedim(site.data_axis - 1, 0)[first:stop]
-            values[site.name] = v.movedim(0, site.data_axis - 1).unsqueeze(0)
+            v = latents[site.name].movedim(site.data_axis - 1, 0)
+            if v.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"latents['{site.name}'] of shape {tuple(latents[site.name].shape)} holds "
+                    f"{v.shape[0]} datapoints along its data axis, x holds {x.shape[0]}"
+                )
+            values[site.name] = v[first:stop].movedim(0, site.data_axis - 1).unsqueeze(0)
         return space.unconstrain(values).detach()
 
     return _run(
@@ -604,6 +613,8 @@ def _settings(**kw) -> _Settings:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {kw['schedule']!r}")
     if kw["pilot_steps"] < 0:
         raise ValueError(f"pilot_steps must be at least 0, got {kw['pilot_steps']}")
+    if kw["initial_step_size"] is not None and not kw["initial_step_size"] > 0:
+        raise ValueError(f"initial_step_size must be positive, got {kw['initial_step_size']}")
     low, high = kw["step_size_bounds"]
     if not 0.0 < low <= high:
         raise ValueError(f"step_size_bounds must satisfy 0 < low <= high, got {(low, high)}")

@@ -14,12 +14,14 @@ Carlo error bar above a tolerance. :func:`auto_log_likelihood` escalates datapoi
 Each datapoint reports the estimate of the last stage it reached, with that stage's error bar,
 and which stage it was. Every stage's estimate is a stochastic lower bound of log p(x), and a
 later stage draws afresh, independently of the draws that flagged the datapoint, so an escalated
-datapoint's estimate is a lower bound in expectation given that it was flagged. (A datapoint
-that stage 1 does NOT flag keeps the estimate from the draws that cleared it; conditioning on a
-passing diagnostic can only favour draws that behaved well, a selection effect that is small
-where k-hat < 0.7 and that re-estimating with fresh draws would remove at twice the cost.)
+datapoint's estimate is a lower bound in expectation given that it was flagged. A datapoint that
+stage 1 does NOT flag keeps the estimate from the draws that cleared it. Passing the checks
+selects draws without a dominant weight, which tends to mean a lower L_K, so the selection
+effect should lean conservative; that is a heuristic, not a proven bound (re-estimating those
+datapoints with fresh draws would make it exact, at twice the cost).
 AIS has too few chains for k-hat; an AIS datapoint counts as reliable when its error bar over
-chains is within the tolerance.
+its chains is within the tolerance, a rough check with 16 chains (chains that all miss the same
+mode agree with each other).
 
 References
 ----------
@@ -41,6 +43,7 @@ from pyro_vae.infer.refine import refined_log_likelihood
 
 METHODS = ("iwae", "refined", "ais")
 KHAT_THRESHOLD = 0.7
+PSIS_MIN_SAMPLES = 21  # the fewest importance weights whose Pareto tail can be fitted
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,9 @@ def auto_log_likelihood(
         Settings passed to :func:`~pyro_vae.infer.refine.refined_log_likelihood` and
         :func:`~pyro_vae.infer.ais.ais_log_likelihood`.
     max_seconds : float, optional
-        Wall-time budget of the whole estimate. AIS runs block by block while it lasts; the
-        datapoints it does not reach keep their stage-2 estimate, flagged unreliable.
+        A soft wall-time budget: checked before each block of (at most 64) datapoints of the AIS
+        stage, so a block begun in time runs to its end, and stages 1 and 2 always run. The
+        datapoints AIS does not reach keep their stage-2 estimate, flagged unreliable.
     max_plate_nesting : int, optional
         Found from one trace when not given.
     progress : bool, str or None
@@ -140,6 +144,11 @@ def auto_log_likelihood(
         raise ValueError(f"khat_threshold must be positive, got {khat_threshold}")
     if not stderr_tolerance > 0.0:
         raise ValueError(f"stderr_tolerance must be positive, got {stderr_tolerance}")
+    if num_samples < PSIS_MIN_SAMPLES:
+        raise ValueError(
+            f"num_samples must be at least {PSIS_MIN_SAMPLES} for k-hat to tell which datapoints "
+            f"to escalate, got {num_samples}"
+        )
     refine, ais = dict(refine or {}), dict(ais or {})
     start = time.perf_counter()
     seconds = {}
@@ -182,7 +191,7 @@ def auto_log_likelihood(
 
     if rows.numel():
         t = time.perf_counter()
-        block = ais.pop("batch_size", None) or max(1, min(rows.numel(), 256))
+        block = ais.pop("batch_size", None) or max(1, min(rows.numel(), 64))
         for first_row in range(0, rows.numel(), block):
             if max_seconds is not None and time.perf_counter() - start > max_seconds:
                 break

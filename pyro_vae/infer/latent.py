@@ -120,6 +120,17 @@ class LatentSpace:
         missing = [s.name for s in self.sites if s.name not in guide_trace.nodes]
         if missing:
             raise ValueError(f"the guide has no sample site for the model's latent {missing}")
+        names = {s.name for s in self.sites}
+        extra = [
+            name
+            for name, site in guide_trace.nodes.items()
+            if site["type"] == "sample" and name not in names and not name.startswith("_")
+        ]
+        if extra:
+            raise ValueError(
+                f"the guide samples {extra}, which the model does not: a per-datapoint density "
+                "of the latents needs the guide's sample sites to be the model's latents"
+            )
         self.dim = sum(s.size for s in self.sites)
         self.dtype = guide_trace.nodes[self.sites[0].name]["value"].dtype
 
@@ -141,13 +152,21 @@ class LatentSpace:
                     f"{self.max_plate_nesting + 1} batch dimensions (draws and plates)"
                 )
             data_axis = batch_dims + frame.dim
-            moved = value.movedim(data_axis, 1).shape[2:]
             support = fn.support
             base = support
             while isinstance(base, constraints.independent):
                 base = base.base_constraint
             identity = type(base) is type(constraints.real)
-            yield LatentSite(name, data_axis, tuple(moved), biject_to(support), identity)
+            transform = biject_to(support)
+            # the unconstrained value's shape (a simplex of k loses a coordinate, for example)
+            free = value if identity else transform.inv(value)
+            if free.dim() != value.dim():
+                raise ValueError(
+                    f"latent site '{name}' has support {support}, whose unconstrained form "
+                    "changes its number of dimensions; it is not supported"
+                )
+            moved = free.movedim(data_axis, 1).shape[2:]
+            yield LatentSite(name, data_axis, tuple(moved), transform, identity)
 
     @property
     def num_data(self) -> int:
@@ -282,10 +301,31 @@ def simulate(
     ``x_like`` only gives the shape (and device and dtype) of the data: its values are ignored
     (the observed sites are sampled, ``poutine.uncondition``). Returns the simulated ``x`` (the
     value of the model's one observed site) and the latent values, each an exact draw from the
-    posterior p(z | x) of its row, with the shapes the model gives them for ``x_like``.
+    posterior p(z | x) of its row, with one batch dimension per plate of the model
+    (``max_plate_nesting`` of them, of size 1 for plates the site is not in) before its event
+    dimensions: the layout :func:`~pyro_vae.infer.ais.reverse_ais_log_likelihood` takes.
     """
     with torch.no_grad(), pyro.validation_enabled(False):
-        trace = prune_subsample_sites(poutine.trace(poutine.uncondition(model)).get_trace(x_like))
+        if max_plate_nesting is None:
+            plain = prune_subsample_sites(
+                poutine.trace(poutine.uncondition(model)).get_trace(x_like)
+            )
+            max_plate_nesting = max(
+                [0]
+                + [
+                    -f.dim
+                    for site in plain.nodes.values()
+                    if site["type"] == "sample"
+                    for f in site["cond_indep_stack"]
+                    if f.vectorized
+                ]
+            )
+        # under a plate of one draw left of the model's plates, every latent gets all
+        # max_plate_nesting batch dimensions (those of plates it is not in have size 1), the
+        # layout LatentSpace and reverse AIS expect once the draw dimension is removed
+        with pyro.plate(_PARTICLE_PLATE, 1, dim=-max_plate_nesting - 1):
+            trace = poutine.trace(poutine.uncondition(model)).get_trace(x_like)
+        trace = prune_subsample_sites(trace)
     observed = [
         name
         for name, site in trace.nodes.items()
@@ -294,7 +334,7 @@ def simulate(
     if len(observed) != 1:
         raise ValueError(f"simulation needs a model with one observed site, found {observed}")
     latents = {
-        name: site["value"]
+        name: site["value"].squeeze(0)
         for name, site in trace.nodes.items()
         if site["type"] == "sample"
         and not site["infer"].get("was_observed")

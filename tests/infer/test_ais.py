@@ -267,3 +267,48 @@ def test_bdmc_brackets_quadrature_on_a_vae_with_a_2d_latent():
     assert low < 3 * se_low + 1e-3
     assert high > -3 * se_high - 1e-3
     assert 0 <= r.mean_gap < 0.1
+
+
+def _two_plate_model():
+    # the observed site sits in a second plate (dim -2) that the latent is not in
+    def model(x):  # x: (N, 3, 2)
+        with pyro.plate("data", x.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=x.dtype), 1.0).to_event(1))
+            with pyro.plate("repeats", 3, dim=-2):
+                obs = x.permute(1, 0, 2)  # (3, N, 2)
+                pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=obs)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0], dim=-1):
+            loc = x.mean(1) * 0.75
+            pyro.sample("z", dist.Normal(loc, torch.ones_like(loc)).to_event(1))
+
+    return model, guide
+
+
+def test_reverse_ais_takes_each_rows_latents_in_a_model_with_two_plates():
+    model, guide = _two_plate_model()
+    x, latents = simulate(model, torch.zeros(5, 3, 2, dtype=torch.float64))
+    assert latents["z"].shape == (1, 5, 2)  # one batch dimension per plate
+    r = reverse_ais_log_likelihood(
+        model, guide, x, latents, num_steps=1, pilot_steps=0, batch_size=2
+    )
+    space = LatentSpace(model, guide, x)
+    joint = space.joint(space.unconstrain({"z": latents["z"].unsqueeze(0)}), guide=True)
+    expected = (joint.log_prior + joint.log_lik - joint.log_guide)[0]
+    torch.testing.assert_close(r.log_px, expected.double(), atol=1e-9, rtol=0)
+    with pytest.raises(ValueError, match="datapoints along its data axis"):
+        reverse_ais_log_likelihood(model, guide, x[:4], latents, num_steps=1, pilot_steps=0)
+
+
+def test_a_guide_with_sites_the_model_lacks_is_refused():
+    ppca = _ppca()
+
+    def guide(x):
+        loc, cov = ppca.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(loc, covariance_matrix=cov))
+            pyro.sample("aux", dist.Normal(torch.zeros(x.shape[0], dtype=x.dtype), 1.0))
+
+    with pytest.raises(ValueError, match="the guide samples \\['aux'\\]"):
+        LatentSpace(ppca.model, guide, ppca.sample_data(3))

@@ -130,3 +130,11 @@ def test_refined_refuses_unsupported_data():
         refined_log_likelihood(model, guide, torch.full((4, 1), 0.5), num_samples=5)
     with pytest.raises(ValueError, match="defensive_weight"):
         refined_log_likelihood(model, guide, torch.ones(4, 1), defensive_weight=1.0)
+
+
+def test_auto_needs_enough_samples_for_k_hat():
+    ppca = ProbabilisticPCA(d=5, D=20, s2=0.5)
+    with pytest.raises(ValueError, match="at least 21"):
+        auto_log_likelihood(
+            ppca.model, _wrong(ppca), ppca.sample_data(3), khat=khat_of, num_samples=20
+        )
