@@ -784,12 +784,12 @@ def refined_log_likelihood(
     defensive_weight: float = 0.0,
     defensive_widen: float = 1.5,
     init_samples: int = 256,
-    num_particles: int = 16,
+    num_particles: int = 8,
     lr: float = 0.1,
     lr_decay: float = 0.5,
     max_steps: int = 1000,
-    check_every: int = 50,
-    patience: int = 3,
+    check_every: int = 25,
+    patience: int = 2,
     objective: str = "elbo",
     batch_size: int | None = None,
     max_plate_nesting: int | None = None,
@@ -825,7 +825,11 @@ def refined_log_likelihood(
     init_samples : int
         Guide draws per datapoint that set the initial proposal.
     num_particles, lr, lr_decay, max_steps, check_every, patience, objective
-        Settings of :func:`refine_gaussian`.
+        Settings of :func:`refine_gaussian`. Fewer particles and shorter windows than its
+        defaults: on the Fashion-MNIST model of the README (200 test points, D = 50), 8
+        particles with windows of 25 steps and patience 2 took 0.052 s per point in all (median
+        250 steps) against 0.198 s with 16, 50 and 3 (median 650 steps), for the same mean
+        (-231.418 vs -231.417 nats) and no k-hat above 0.7 in either.
     batch_size : int, optional
         Datapoints refined together; by default as many as keep ``num_particles`` draws of each
         within the importance estimator's pass budget.
