@@ -189,12 +189,13 @@ def estimate(
     if spec.method == "ais":
         r = ais_log_likelihood(model, guide, x, **_ais_settings(spec), **common)
         seconds = time.perf_counter() - start
+        log_px = r.log_px.cpu().double()
         return Estimate(
-            log_px=r.log_px.cpu().double(),
+            log_px=log_px,
             elbo=_guide_elbo(model, guide, x),
             ess=r.ess.cpu().double(),
             stderr=r.stderr.cpu().double(),
-            khat=torch.full_like(r.log_px.cpu().double(), math.nan),
+            khat=torch.full_like(log_px, math.nan),
             seconds=seconds,
             acceptance=r.acceptance.cpu().double(),
             summary={"acceptance_mean": float(r.acceptance.mean())},

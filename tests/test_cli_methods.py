@@ -45,6 +45,7 @@ def test_each_method_is_kept_as_its_own_setting_and_recorded(capsys, run_dir, me
     assert ev["log_px"] >= ev["elbo"] - 0.5  # a lower bound of log p(x) above the guide's ELBO
     if method == "ais":
         assert ev["num_samples"] == 4 and ev["method_settings"]["ais_steps"] == 8
+        assert ev["method_settings"] == {"ais_steps": 8, "ais_chains": 4, "ais_leapfrog": 5}
         assert ev["khat_max"] is None and "AIS has no importance weights" in ev["khat_note"]
         assert 0 < ev["acceptance_mean"] < 1 and "bounds_vs_k" not in ev
         assert "AIS with 4 chains x 8 distributions" in out
@@ -52,6 +53,7 @@ def test_each_method_is_kept_as_its_own_setting_and_recorded(capsys, run_dir, me
         assert ev["num_samples"] == 30
         assert ("bounds_vs_k" in ev) == (method == "refined")  # auto's weights are of 2 stages
         assert ev["method_settings"]["refine_steps"] == 100
+        assert ev["method_settings"]["widen"] == 1.1
     if method == "auto":
         counts = ev["num_per_method"]
         assert sum(counts.values()) == 359 and set(counts) == {"iwae", "refined", "ais"}

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import torch
 
 from pyro_vae.errors import NonFiniteEstimate
-from pyro_vae.infer.importance import LogWeightAccumulator, guess_max_plate_nesting, pass_budget
+from pyro_vae.infer.importance import LogWeightAccumulator, guess_max_plate_nesting, plan_blocks
 from pyro_vae.infer.latent import LatentSpace, check_data
 from pyro_vae.progress import progress_bar
 
@@ -321,16 +321,6 @@ def _inverse_mass(space: LatentSpace, kind: str) -> torch.Tensor:
     return torch.where(torch.isfinite(var), var, torch.ones_like(var))
 
 
-def _block_rows(x, num_chains, batch_size):
-    n = x.shape[0]
-    if batch_size is None:
-        per_point = max(1, x[0].numel())
-        batch_size = max(1, min(n, pass_budget(x.device) // (num_chains * per_point)))
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    return [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
-
-
 def _check_settings(num_chains, num_steps, num_leapfrog, start, mass_matrix, target_accept):
     if num_chains < 1:
         raise ValueError(f"num_chains must be at least 1, got {num_chains}")
@@ -384,7 +374,7 @@ def _run(model, guide, x, settings, batch_size, max_plate_nesting, keep, progres
     s = settings
     if x.shape[0] < 1:
         raise ValueError("x holds no datapoints")
-    blocks = _block_rows(x, s.num_chains, batch_size)
+    blocks = plan_blocks(x, s.num_chains, batch_size)
     betas = annealing_schedule(s.num_steps, s.schedule)
     per_block = s.pilot_steps + s.num_steps
     desc = "AIS" if start_at is None else "reverse AIS"

@@ -630,6 +630,11 @@ def guess_max_plate_nesting(model, guide, x) -> int:
     # Unvalidated: it needs only the plates; the first pass of each block is validated.
     with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
         traces = _traces(model, guide, x)
+    return plate_nesting(*traces)
+
+
+def plate_nesting(*traces) -> int:
+    """The depth of the vectorised plates that the sample sites of ``traces`` sit in."""
     nesting = 0
     for trace in traces:
         for site in trace.nodes.values():
@@ -637,6 +642,21 @@ def guess_max_plate_nesting(model, guide, x) -> int:
                 dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
                 nesting = max([nesting, *dims])
     return nesting
+
+
+def plan_blocks(
+    x: torch.Tensor, draws_per_point: int, batch_size: int | None
+) -> list[tuple[int, int]]:
+    """``(first, stop)`` row ranges of ``x`` for estimators that hold ``draws_per_point`` draws
+    (chains, particles) of every datapoint of a block at once: ``batch_size`` rows each, by
+    default as many as keep a block within :func:`pass_budget`."""
+    n = x.shape[0]
+    if batch_size is None:
+        per_point = max(1, x[0].numel())
+        batch_size = max(1, min(n, pass_budget(x.device) // (draws_per_point * per_point)))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
 
 
 def _log_weights(

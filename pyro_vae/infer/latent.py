@@ -34,6 +34,7 @@ from pyro_vae.infer.importance import (
     check_observed_support,
     guess_max_plate_nesting,
     per_datapoint_log_prob,
+    plate_nesting,
     vectorized_traces,
 )
 
@@ -120,11 +121,11 @@ class LatentSpace:
         missing = [s.name for s in self.sites if s.name not in guide_trace.nodes]
         if missing:
             raise ValueError(f"the guide has no sample site for the model's latent {missing}")
-        names = {s.name for s in self.sites}
+        self.names = frozenset(s.name for s in self.sites)
         extra = [
             name
             for name, site in guide_trace.nodes.items()
-            if site["type"] == "sample" and name not in names and not name.startswith("_")
+            if site["type"] == "sample" and name not in self.names and not name.startswith("_")
         ]
         if extra:
             raise ValueError(
@@ -259,15 +260,11 @@ class LatentSpace:
             if site["type"] != "sample":
                 continue
             lp = per_datapoint_log_prob(name, site, self.max_plate_nesting).expand(shape)
-            if site["is_observed"] and name not in self._names:
+            if site["is_observed"] and name not in self.names:
                 observed = observed + lp
             else:
                 latent = latent + lp
         return latent, observed
-
-    @property
-    def _names(self) -> frozenset[str]:
-        return frozenset(s.name for s in self.sites)
 
     def log_target(self, u: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``log p(x, z(u)) + log|dz/du|``, shape ``(S, N')``: the unnormalised log posterior
@@ -307,19 +304,8 @@ def simulate(
     """
     with torch.no_grad(), pyro.validation_enabled(False):
         if max_plate_nesting is None:
-            plain = prune_subsample_sites(
-                poutine.trace(poutine.uncondition(model)).get_trace(x_like)
-            )
-            max_plate_nesting = max(
-                [0]
-                + [
-                    -f.dim
-                    for site in plain.nodes.values()
-                    if site["type"] == "sample"
-                    for f in site["cond_indep_stack"]
-                    if f.vectorized
-                ]
-            )
+            probe = poutine.trace(poutine.uncondition(model)).get_trace(x_like)
+            max_plate_nesting = plate_nesting(prune_subsample_sites(probe))
         # under a plate of one draw left of the model's plates, every latent gets all
         # max_plate_nesting batch dimensions (those of plates it is not in have size 1), the
         # layout LatentSpace and reverse AIS expect once the draw dimension is removed

@@ -67,7 +67,7 @@ from pyro_vae.infer.importance import (
     ImportanceResult,
     LogWeightAccumulator,
     guess_max_plate_nesting,
-    pass_budget,
+    plan_blocks,
 )
 from pyro_vae.infer.latent import LatentSpace, check_data
 from pyro_vae.progress import progress_bar
@@ -857,12 +857,7 @@ def refined_log_likelihood(
     if init_samples < 2:
         raise ValueError(f"init_samples must be at least 2, got {init_samples}")
     n = x.shape[0]
-    if batch_size is None:
-        per_point = max(1, x[0].numel())
-        batch_size = max(1, min(n, pass_budget(x.device) // (num_particles * per_point)))
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    blocks = [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+    blocks = plan_blocks(x, num_particles, batch_size)
     bar = progress_bar(total=n, desc="refined log p(x)", unit="datapoint", progress=progress)
     parts = []
     with bar:
