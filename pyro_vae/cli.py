@@ -256,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.05,
         help="error bar in nats above which auto escalates a datapoint (default 0.05)",
     )
+    m.add_argument(
+        "--max-samples",
+        type=int,
+        default=None,
+        help="auto: the most fresh draws from a refined proposal whose k-hat is fine but whose "
+        "error bar is above the tolerance, before AIS (default 16 times --num-samples)",
+    )
     _progress_flags(e)
 
     b = sub.add_parser(
@@ -465,6 +472,7 @@ def run(argv: list[str] | None = None) -> int:
             widen=args.widen,
             max_seconds=args.max_seconds,
             stderr_tolerance=args.stderr_tolerance,
+            max_samples=args.max_samples,
             **_ais_settings(args),
         )
         json_path, nc_path = RunDir(args.run_dir).evaluation_paths(summary)

@@ -55,6 +55,9 @@ class EstimatorSpec:
         Time budget of ``auto`` (its AIS stage stops when it is spent).
     stderr_tolerance : float
         Error bar above which ``auto`` escalates a datapoint, in nats.
+    max_samples : int, optional
+        ``auto``: the most fresh draws from a refined proposal whose k-hat is fine but whose
+        error bar is too wide (default 16 K).
     """
 
     method: str = "iwae"
@@ -67,6 +70,7 @@ class EstimatorSpec:
     widen: float = 1.1
     max_seconds: float | None = None
     stderr_tolerance: float = 0.05
+    max_samples: int | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -85,6 +89,11 @@ class EstimatorSpec:
             raise ConfigError(
                 f"--num-samples must be at least {AUTO_MIN_SAMPLES} for --method auto, whose "
                 f"k-hat needs that many importance samples, got {self.num_samples}"
+            )
+        if self.max_samples is not None and self.max_samples < self.num_samples:
+            raise ConfigError(
+                f"--max-samples must be at least --num-samples ({self.num_samples}), "
+                f"got {self.max_samples}"
             )
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ConfigError("--chunk-size must be at least 1")
@@ -114,6 +123,7 @@ class EstimatorSpec:
                 "ais_leapfrog",
                 "max_seconds",
                 "stderr_tolerance",
+                "max_samples",
             ),
         }[self.method]
         return {k: getattr(self, k) for k in keys}
@@ -127,7 +137,8 @@ class Estimate:
     """Per-datapoint numbers of an evaluation, each ``(N,)`` on the host, float64.
 
     ``khat`` is NaN where it is undefined (AIS, or too few weights); ``method`` indexes
-    :data:`~pyro_vae.infer.escalate.METHODS` (the stage behind each number), for ``auto`` only;
+    :data:`~pyro_vae.infer.escalate.METHODS` (the stage behind each number) and ``draws`` the
+    importance draws (or AIS chains) behind it, for ``auto`` only;
     ``log_weights`` ``(K, N)`` are the importance weights when the method has them (iwae,
     refined); ``summary`` holds the method's own summary fields.
     """
@@ -140,6 +151,7 @@ class Estimate:
     seconds: float
     log_weights: torch.Tensor | None = None
     method: torch.Tensor | None = None
+    draws: torch.Tensor | None = None
     acceptance: torch.Tensor | None = None
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -206,6 +218,7 @@ def estimate(
         x,
         khat=khat_of,
         num_samples=spec.num_samples,
+        max_samples=spec.max_samples,
         stderr_tolerance=spec.stderr_tolerance,
         refine={"max_steps": spec.refine_steps, "widen": spec.widen},
         ais=_ais_settings(spec),
@@ -222,10 +235,12 @@ def estimate(
         khat=r.khat.cpu().double(),
         seconds=seconds,
         method=r.method.cpu(),
+        draws=r.draws.cpu(),
         summary={
             "num_per_method": counts,
             "frac_unreliable": r.frac_unreliable,
             "num_unreliable": int((~r.reliable).sum()),
+            "num_more_draws": int(((r.method == 1) & (r.draws > spec.num_samples)).sum()),
             "seconds_per_method": {k: round(v, 3) for k, v in r.seconds.items()},
             "stages": list(AUTO_STAGES),
         },

@@ -429,6 +429,8 @@ def evaluate(
     stats = {k: per_point[k].numpy() for k in ("khat", "ess", "stderr")}
     if result.method is not None:
         stats["method"] = result.method.numpy()
+    if result.draws is not None:
+        stats["draws"] = result.draws.numpy()
     if result.acceptance is not None:
         stats["acceptance"] = result.acceptance.numpy()
     idata = arviz_compat.to_inference_data(
@@ -650,7 +652,16 @@ def format_evaluation(s: dict[str, Any]) -> str:
     if s.get("acceptance_mean") is not None:
         lines.append(f"  HMC       {s['acceptance_mean']:10.2f} mean acceptance rate")
     if s.get("num_per_method"):
-        counts = ", ".join(f"{n} {m}" for m, n in s["num_per_method"].items())
+        more = s.get("num_more_draws")
+        counts = ", ".join(
+            f"{n} {m}"
+            + (
+                f" ({more} with more than {s['num_samples']} draws)"
+                if m == "refined" and more
+                else ""
+            )
+            for m, n in s["num_per_method"].items()
+        )
         lines.append(
             f"  methods   {counts}; {s['num_unreliable']} of {s['num_datapoints']} still flagged "
             f"({100 * s['frac_unreliable']:.2f}%)"

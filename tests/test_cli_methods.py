@@ -61,6 +61,12 @@ def test_each_method_is_kept_as_its_own_setting_and_recorded(capsys, run_dir, me
         assert [int((stages == i).sum()) for i in range(3)] == list(counts.values())
         assert ev["num_unreliable"] == round(ev["frac_unreliable"] * 359)
         assert "still flagged" in out
+        assert ev["method_settings"]["max_samples"] is None  # the default, 16 K
+        draws = idata.sample_stats["draws"].values[0, 0]
+        refined = stages == 1
+        assert bool((draws[stages == 0] == 30).all()) and bool((draws[refined] >= 30).all())
+        assert bool((draws[refined] <= 480).all())
+        assert ev["num_more_draws"] == int((draws[refined] > 30).sum())
 
 
 def test_compare_refuses_to_mix_methods_unless_asked(capsys, run_dir, tmp_path):
@@ -120,6 +126,10 @@ def test_bdmc_keeps_the_simulated_data_and_both_bounds(capsys, run_dir):
         (["--method", "ais", "--ais-chains", "0"], "--ais-chains must be at least 1"),
         (["--method", "refined", "--widen", "0"], "--widen must be a positive number"),
         (["--method", "auto", "--max-seconds", "-1"], "--max-seconds must be positive"),
+        (
+            ["--method", "auto", "--num-samples", "100", "--max-samples", "50"],
+            "--max-samples must be at least --num-samples (100)",
+        ),
     ],
 )
 def test_bad_method_settings_are_one_line(capsys, run_dir, argv, message):

@@ -7,7 +7,10 @@ Carlo error bar above a tolerance. :func:`auto_log_likelihood` escalates datapoi
 
 1. IWAE from the guide, K draws, for every datapoint;
 2. for the datapoints it flags, importance sampling from a proposal refined for each of them
-   (:func:`~pyro_vae.infer.refine.refined_log_likelihood`), K fresh draws;
+   (:func:`~pyro_vae.infer.refine.refine_proposals`), K fresh draws; where the refined
+   proposal's k-hat is fine but its error bar is above the tolerance, more fresh draws from
+   the same proposal, as many as the error bar says it takes (it shrinks as 1/sqrt(K)), up to
+   ``max_samples``: far cheaper than AIS for the same error bar;
 3. for those still flagged, AIS (:func:`~pyro_vae.infer.ais.ais_log_likelihood`), until every
    datapoint is done or the time budget is spent.
 
@@ -39,11 +42,14 @@ import torch
 
 from pyro_vae.infer.ais import ais_log_likelihood
 from pyro_vae.infer.importance import importance_log_likelihood
-from pyro_vae.infer.refine import refined_log_likelihood
+from pyro_vae.infer.refine import refine_proposals
 
 METHODS = ("iwae", "refined", "ais")
 KHAT_THRESHOLD = 0.7
 PSIS_MIN_SAMPLES = 21  # the fewest importance weights whose Pareto tail can be fitted
+MAX_SAMPLES_FACTOR = 16  # auto_log_likelihood(max_samples=None): at most 16 K draws per datapoint
+MORE_DRAWS_ROUNDS = 2  # rounds of more draws for refined datapoints whose error bar is too wide
+MORE_DRAWS_MARGIN = 1.2  # draws asked for: this times what the error bar says it takes
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,9 @@ class AutoResult:
         Pareto k-hat of the final stage's importance weights; NaN for AIS datapoints.
     method : LongTensor
         Index into :data:`METHODS` of the stage that produced each estimate.
+    draws : LongTensor
+        Importance draws behind each estimate (K, or more for a refined datapoint whose error
+        bar needed them), or AIS chains.
     reliable : BoolTensor
         Whether the final estimate passed its diagnostic (k-hat and error bar, or the error bar
         for AIS).
@@ -75,6 +84,7 @@ class AutoResult:
     ess: torch.Tensor
     khat: torch.Tensor
     method: torch.Tensor
+    draws: torch.Tensor
     reliable: torch.Tensor
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -102,6 +112,7 @@ def auto_log_likelihood(
     *,
     khat: Callable[[torch.Tensor], torch.Tensor],
     num_samples: int = 1000,
+    max_samples: int | None = None,
     khat_threshold: float = KHAT_THRESHOLD,
     stderr_tolerance: float = 0.05,
     refine: dict | None = None,
@@ -124,12 +135,16 @@ def auto_log_likelihood(
         which does not depend on ArviZ.
     num_samples : int
         K, importance samples per datapoint of stages 1 and 2.
+    max_samples : int, optional
+        The most fresh draws from a refined proposal for a datapoint whose k-hat is fine but
+        whose error bar is above ``stderr_tolerance`` (default ``16 * num_samples``; set it to
+        ``num_samples`` to send such datapoints straight to AIS).
     khat_threshold : float
         k-hat above this flags a datapoint (0.7, Vehtari et al. 2024).
     stderr_tolerance : float
         An error bar above this (in nats) flags a datapoint.
     refine, ais : dict, optional
-        Settings passed to :func:`~pyro_vae.infer.refine.refined_log_likelihood` and
+        Settings passed to :func:`~pyro_vae.infer.refine.refine_proposals` and
         :func:`~pyro_vae.infer.ais.ais_log_likelihood`.
     max_seconds : float, optional
         A soft wall-time budget: checked before each block of (at most 64) datapoints of the AIS
@@ -149,6 +164,11 @@ def auto_log_likelihood(
             f"num_samples must be at least {PSIS_MIN_SAMPLES} for k-hat to tell which datapoints "
             f"to escalate, got {num_samples}"
         )
+    max_samples = MAX_SAMPLES_FACTOR * num_samples if max_samples is None else max_samples
+    if max_samples < num_samples:
+        raise ValueError(
+            f"max_samples must be at least num_samples ({num_samples}), got {max_samples}"
+        )
     refine, ais = dict(refine or {}), dict(ais or {})
     start = time.perf_counter()
     seconds = {}
@@ -164,29 +184,37 @@ def auto_log_likelihood(
     flagged = _flagged(k1, first.stderr, khat_threshold, stderr_tolerance)
     seconds["iwae"] = time.perf_counter() - start
 
+    draws = torch.full_like(method, num_samples)
     rows = flagged.nonzero().flatten()
     if rows.numel():
         t = time.perf_counter()
-        second = refined_log_likelihood(
-            model,
-            guide,
-            x[rows.to(x.device)],
-            num_samples=num_samples,
-            keep_log_weights=True,
-            **common,
-            **refine,
-        )
-        k2 = khat(second.log_weights).to(log_px)
-        log_px[rows], stderr[rows], ess[rows], khats[rows] = (
-            second.log_px.to(log_px),
-            second.stderr.to(log_px),
-            second.ess.to(log_px),
-            k2,
-        )
-        method[rows] = 1
-        still = _flagged(k2, second.stderr.to(log_px), khat_threshold, stderr_tolerance)
-        flagged[rows] = still
-        rows = rows[still]
+        refined = refine_proposals(model, guide, x[rows.to(x.device)], **common, **refine)
+        local = torch.arange(rows.numel())
+        pending = local
+        k_now = torch.full((rows.numel(),), num_samples, dtype=torch.long)
+        for _ in range(1 + MORE_DRAWS_ROUNDS):
+            for k, sel in _by_draws(k_now, pending):
+                r = refined.log_likelihood(k, rows=sel, keep_log_weights=True)
+                at = rows[sel.to(rows.device)]
+                log_px[at], stderr[at], ess[at] = (
+                    r.log_px.to(log_px),
+                    r.stderr.to(log_px),
+                    r.ess.to(log_px),
+                )
+                khats[at] = khat(r.log_weights).to(log_px)
+                draws[at] = k
+            method[rows] = 1
+            flagged[rows] = _flagged(khats[rows], stderr[rows], khat_threshold, stderr_tolerance)
+            # more draws only where k-hat is fine and the error bar alone is too wide
+            wide = (
+                (khats[rows] <= khat_threshold) & torch.isfinite(stderr[rows]) & flagged[rows]
+            ).cpu() & (k_now < max_samples)
+            if not bool(wide.any()):
+                break
+            ratio = (stderr[rows].cpu() / stderr_tolerance) ** 2 * MORE_DRAWS_MARGIN
+            k_now = torch.where(wide, _more_draws(k_now, ratio, num_samples, max_samples), k_now)
+            pending = local[wide]
+        rows = rows[flagged[rows]]
         seconds["refined"] = time.perf_counter() - t
 
     if rows.numel():
@@ -202,6 +230,7 @@ def auto_log_likelihood(
             ess[part] = third.ess.to(log_px)
             khats[part] = math.nan
             method[part] = 2
+            draws[part] = third.num_chains
             flagged[part] = _flagged(
                 None, third.stderr.to(log_px), khat_threshold, stderr_tolerance
             )
@@ -214,6 +243,22 @@ def auto_log_likelihood(
         ess=ess,
         khat=khats,
         method=method,
+        draws=draws,
         reliable=~flagged,
         seconds=seconds,
     )
+
+
+def _more_draws(k_now, ratio, num_samples: int, max_samples: int) -> torch.Tensor:
+    """Draws for the next round: ``k_now * ratio`` rounded up to ``num_samples`` times a power
+    of two (few distinct sizes, each one vectorised call), at most ``max_samples``."""
+    wanted = k_now.double() * ratio.clamp(min=1.0)
+    doublings = torch.log2(wanted / num_samples).clamp(min=0).ceil()
+    k = (num_samples * torch.pow(2.0, doublings)).long()
+    return torch.maximum(k_now, k.clamp(max=max_samples))
+
+
+def _by_draws(k_now: torch.Tensor, pending: torch.Tensor):
+    """``(k, rows)`` for each distinct number of draws among the ``pending`` rows."""
+    for k in torch.unique(k_now[pending]).tolist():
+        yield int(k), pending[k_now[pending] == k]

@@ -179,6 +179,10 @@ class GaussianProposal:
     def detach(self) -> GaussianProposal:
         return GaussianProposal(self.loc.detach(), self.scale_tril.detach())
 
+    def select(self, rows: torch.Tensor) -> GaussianProposal:
+        """The proposals of the datapoints ``rows`` (a LongTensor of indices), in that order."""
+        return GaussianProposal(self.loc[rows], self.scale_tril[rows])
+
     @classmethod
     def from_samples(
         cls,
@@ -331,6 +335,10 @@ class DefensiveMixture:
             return self.wide.log_prob(u)
         lb, lw = self.base.log_prob(u), self.wide.log_prob(u)
         return torch.logaddexp(lb + math.log1p(-self.weight), lw + math.log(self.weight))
+
+    def select(self, rows: torch.Tensor) -> DefensiveMixture:
+        """The mixtures of the datapoints ``rows``; both components must have ``select``."""
+        return DefensiveMixture(self.base.select(rows), self.wide.select(rows), self.weight)
 
 
 @dataclass(frozen=True)
@@ -780,42 +788,82 @@ def refined_log_likelihood(
     x: torch.Tensor,
     *,
     num_samples: int = 1000,
-    widen: float = 1.1,
-    defensive_weight: float = 0.0,
-    defensive_widen: float = 1.5,
-    init_samples: int = 256,
-    num_particles: int = 8,
-    lr: float = 0.1,
-    lr_decay: float = 0.5,
-    max_steps: int = 1000,
-    check_every: int = 25,
-    patience: int = 2,
-    objective: str = "elbo",
-    batch_size: int | None = None,
-    max_plate_nesting: int | None = None,
     keep_log_weights: bool = False,
+    max_plate_nesting: int | None = None,
     progress: bool | str | None = False,
+    **settings,
 ) -> ImportanceResult:
     """Importance-sampled log p(x) per datapoint from a proposal refined for each datapoint.
 
     For a Pyro model/guide pair (as for :func:`~pyro_vae.infer.importance_log_likelihood`), each
     datapoint's latents are flattened to an unconstrained vector u
     (:class:`~pyro_vae.infer.latent.LatentSpace`). A full-covariance Gaussian is fitted to
-    ``init_samples`` draws of the guide (:meth:`GaussianProposal.from_samples`: it works for any
-    guide, and starts from the guide's mean and covariance), refined for the datapoint on its
-    own by :func:`refine_gaussian`, widened by ``widen`` (heavier tails relative to the
-    posterior: a prototype on Fashion-MNIST found 1.05-1.1 took the share of k-hat > 0.7 from
-    1.8% to 0.0-0.2%), and used for K = ``num_samples`` fresh importance draws
-    (:func:`proposal_log_likelihood`). The weights use the refined proposal's exact density in
-    u-space and the target's log-Jacobian, so the estimate is a stochastic lower bound of
-    log p(x), like the guide's own L_K.
+    guide draws and refined for the datapoint on its own (:class:`RefineSettings`), then used
+    for K = ``num_samples`` fresh importance draws (:func:`proposal_log_likelihood`). The
+    weights use the refined proposal's exact density in u-space and the target's log-Jacobian,
+    so the estimate is a stochastic lower bound of log p(x), like the guide's own L_K.
+
+    Blocks of datapoints are refined and scored one after another, so memory does not grow
+    with N (:func:`refine_proposals` keeps every proposal, to draw from them again).
 
     Parameters
     ----------
     num_samples : int
         K, importance draws per datapoint from the refined proposal.
+    keep_log_weights : bool
+        Also return the final log weights ``(K, N)``.
+    max_plate_nesting : int, optional
+        Found from one trace when not given.
+    progress : bool, str or None
+        Progress over blocks of datapoints (see :mod:`pyro_vae.progress`).
+    **settings
+        The fields of :class:`RefineSettings` (``widen``, ``max_steps``, ``defensive_weight``,
+        ...).
+
+    Returns
+    -------
+    ImportanceResult
+        As :func:`~pyro_vae.infer.importance_log_likelihood`'s, for the refined proposal
+        (``elbo`` is the refined proposal's mean log weight).
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    spec = RefineSettings(**settings)
+    blocks = spec.blocks(x)
+    if max_plate_nesting is None:
+        max_plate_nesting = guess_max_plate_nesting(model, guide, x[: blocks[0][1]])
+    bar = progress_bar(
+        total=x.shape[0], desc="refined log p(x)", unit="datapoint", progress=progress
+    )
+    parts = []
+    with bar:
+        for first, stop in blocks:
+            space, proposal = spec.refine(model, guide, x, first, stop, max_plate_nesting)
+            parts.append(
+                proposal_log_likelihood(
+                    space.log_target, proposal, num_samples, keep_log_weights=keep_log_weights
+                )
+            )
+            bar.update(stop - first)
+    return ImportanceResult.concat(parts)
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """How a proposal is refined for each datapoint of a Pyro model/guide pair: the settings of
+    :func:`refine_proposals` and :func:`refined_log_likelihood`, declared once here.
+
+    A full-covariance Gaussian in the unconstrained latent space is fitted to ``init_samples``
+    draws of the guide (:meth:`GaussianProposal.from_samples`: it works for any guide, and
+    starts from the guide's mean and covariance), refined for the datapoint on its own by
+    :func:`refine_gaussian`, and widened by ``widen``.
+
+    Attributes
+    ----------
     widen : float
-        Factor on the refined proposal's scale (1: as refined).
+        Factor on the refined proposal's scale (1: as refined). Heavier tails relative to the
+        posterior: a prototype on Fashion-MNIST found 1.05-1.1 took the share of k-hat > 0.7
+        from 1.8% to 0.0-0.2%.
     defensive_weight, defensive_widen : float
         With a positive weight w, the proposal is the defensive mixture (Hesterberg 1995)
         ``(1 - w) r + w r'``, r' the refined proposal with its scale multiplied by
@@ -833,60 +881,152 @@ def refined_log_likelihood(
     batch_size : int, optional
         Datapoints refined together; by default as many as keep ``num_particles`` draws of each
         within the importance estimator's pass budget.
+    """
+
+    widen: float = 1.1
+    defensive_weight: float = 0.0
+    defensive_widen: float = 1.5
+    init_samples: int = 256
+    num_particles: int = 8
+    lr: float = 0.1
+    lr_decay: float = 0.5
+    max_steps: int = 1000
+    check_every: int = 25
+    patience: int = 2
+    objective: str = "elbo"
+    batch_size: int | None = None
+
+    def __post_init__(self):
+        if not self.widen > 0:
+            raise ValueError(f"widen must be positive, got {self.widen}")
+        if not 0.0 <= self.defensive_weight < 1.0:
+            raise ValueError(f"defensive_weight must lie in [0, 1), got {self.defensive_weight}")
+        if not self.defensive_widen > 0:
+            raise ValueError(f"defensive_widen must be positive, got {self.defensive_widen}")
+        if self.init_samples < 2:
+            raise ValueError(f"init_samples must be at least 2, got {self.init_samples}")
+
+    def blocks(self, x: torch.Tensor) -> list[tuple[int, int]]:
+        """The blocks of rows refined together."""
+        if x.shape[0] < 1:
+            raise ValueError("x holds no datapoints")
+        return plan_blocks(x, self.num_particles, self.batch_size)
+
+    def refine(
+        self, model, guide, x: torch.Tensor, first: int, stop: int, max_plate_nesting: int
+    ) -> tuple[LatentSpace, GaussianProposal | DefensiveMixture]:
+        """The latent space of rows ``first:stop`` of ``x`` and their refined proposal."""
+        xb = x[first:stop]
+        check_data(model, guide, xb, max_plate_nesting, (first, x.shape[0]))
+        space = LatentSpace(model, guide, xb, max_plate_nesting=max_plate_nesting)
+        init = GaussianProposal.from_samples(space.sample_guide(self.init_samples))
+        proposal = refine_gaussian(
+            space.log_target,
+            init,
+            num_particles=self.num_particles,
+            lr=self.lr,
+            lr_decay=self.lr_decay,
+            max_steps=self.max_steps,
+            check_every=self.check_every,
+            patience=self.patience,
+            objective=self.objective,
+        ).proposal
+        if self.widen != 1.0:
+            proposal = proposal.widened(self.widen)
+        if self.defensive_weight > 0:
+            wide = proposal.widened(self.defensive_widen)
+            proposal = DefensiveMixture(proposal, wide, weight=self.defensive_weight)
+        return space, proposal
+
+
+def refine_proposals(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    max_plate_nesting: int | None = None,
+    progress: bool | str | None = False,
+    **settings,
+) -> RefinedProposals:
+    """A proposal refined for each datapoint of a Pyro model/guide pair, kept to be sampled.
+
+    :meth:`RefinedProposals.log_likelihood` then scores any of the datapoints with any number
+    of fresh draws (to spend more draws where an error bar is too wide, without refining
+    again). The proposals take N D^2 numbers (D latent dimensions).
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs as for :func:`~pyro_vae.infer.importance_log_likelihood`.
+    x : Tensor
+        The data.
     max_plate_nesting : int, optional
         Found from one trace when not given.
-    keep_log_weights : bool
-        Also return the final log weights ``(K, N)``.
     progress : bool, str or None
         Progress over blocks of datapoints (see :mod:`pyro_vae.progress`).
-
-    Returns
-    -------
-    ImportanceResult
-        As :func:`~pyro_vae.infer.importance_log_likelihood`'s, for the refined proposal
-        (``elbo`` is the refined proposal's mean log weight).
+    **settings
+        The fields of :class:`RefineSettings`.
     """
-    if x.shape[0] < 1:
-        raise ValueError("x holds no datapoints")
-    if not widen > 0:
-        raise ValueError(f"widen must be positive, got {widen}")
-    if not 0.0 <= defensive_weight < 1.0:
-        raise ValueError(f"defensive_weight must lie in [0, 1), got {defensive_weight}")
-    if not defensive_widen > 0:
-        raise ValueError(f"defensive_widen must be positive, got {defensive_widen}")
-    if init_samples < 2:
-        raise ValueError(f"init_samples must be at least 2, got {init_samples}")
-    n = x.shape[0]
-    blocks = plan_blocks(x, num_particles, batch_size)
-    bar = progress_bar(total=n, desc="refined log p(x)", unit="datapoint", progress=progress)
-    parts = []
+    spec = RefineSettings(**settings)
+    blocks = spec.blocks(x)
+    if max_plate_nesting is None:
+        max_plate_nesting = guess_max_plate_nesting(model, guide, x[: blocks[0][1]])
+    bar = progress_bar(total=x.shape[0], desc="refining", unit="datapoint", progress=progress)
+    proposals = []
     with bar:
-        if max_plate_nesting is None:
-            max_plate_nesting = guess_max_plate_nesting(model, guide, x[: blocks[0][1]])
         for first, stop in blocks:
-            xb = x[first:stop]
-            check_data(model, guide, xb, max_plate_nesting, (first, n))
-            space = LatentSpace(model, guide, xb, max_plate_nesting=max_plate_nesting)
-            init = GaussianProposal.from_samples(space.sample_guide(init_samples))
-            refined = refine_gaussian(
-                space.log_target,
-                init,
-                num_particles=num_particles,
-                lr=lr,
-                lr_decay=lr_decay,
-                max_steps=max_steps,
-                check_every=check_every,
-                patience=patience,
-                objective=objective,
+            proposals.append(spec.refine(model, guide, x, first, stop, max_plate_nesting)[1])
+            bar.update(stop - first)
+    return RefinedProposals(model, guide, x, max_plate_nesting, tuple(blocks), tuple(proposals))
+
+
+@dataclass(frozen=True)
+class RefinedProposals:
+    """Proposals refined for the datapoints of ``x`` (by :func:`refine_proposals`), one per
+    block of rows ``blocks[i] = (first, stop)``, ``proposals[i]`` covering those rows."""
+
+    model: Callable
+    guide: Callable
+    x: torch.Tensor
+    max_plate_nesting: int
+    blocks: tuple[tuple[int, int], ...]
+    proposals: tuple[GaussianProposal | DefensiveMixture, ...]
+
+    def log_likelihood(
+        self,
+        num_samples: int,
+        *,
+        rows: torch.Tensor | None = None,
+        keep_log_weights: bool = False,
+    ) -> ImportanceResult:
+        """L_K of the datapoints ``rows`` (increasing indices into ``x``; all when None) from
+        K = ``num_samples`` fresh draws of their refined proposals, in the order of ``rows``.
+
+        Each call draws afresh, so a call made because an earlier one's error bar was too wide
+        is a stochastic lower bound of log p(x) given that it was made.
+        """
+        n = self.x.shape[0]
+        rows = torch.arange(n) if rows is None else torch.as_tensor(rows).flatten().long().cpu()
+        if rows.numel() == 0:
+            raise ValueError("rows selects no datapoints")
+        if bool((rows[1:] <= rows[:-1]).any()) or int(rows[0]) < 0 or int(rows[-1]) >= n:
+            raise ValueError(f"rows must be increasing indices in [0, {n})")
+        parts = []
+        for (first, stop), proposal in zip(self.blocks, self.proposals, strict=True):
+            local = rows[(rows >= first) & (rows < stop)] - first
+            if local.numel() == 0:
+                continue
+            if local.numel() < stop - first:
+                local = local.to(self.x.device)
+                proposal, xb = proposal.select(local), self.x[first + local]
+            else:
+                xb = self.x[first:stop]
+            space = LatentSpace(
+                self.model, self.guide, xb, max_plate_nesting=self.max_plate_nesting
             )
-            proposal = refined.proposal if widen == 1.0 else refined.proposal.widened(widen)
-            if defensive_weight > 0:
-                wide = proposal.widened(defensive_widen)
-                proposal = DefensiveMixture(proposal, wide, weight=defensive_weight)
             parts.append(
                 proposal_log_likelihood(
                     space.log_target, proposal, num_samples, keep_log_weights=keep_log_weights
                 )
             )
-            bar.update(stop - first)
-    return ImportanceResult.concat(parts)
+        return ImportanceResult.concat(parts)

@@ -9,8 +9,8 @@ import torch
 from pyro_vae.errors import UnsupportedDataError
 from pyro_vae.estimators import khat_of
 from pyro_vae.infer import importance_log_likelihood
-from pyro_vae.infer.escalate import METHODS, auto_log_likelihood
-from pyro_vae.infer.refine import refined_log_likelihood
+from pyro_vae.infer.escalate import METHODS, _more_draws, auto_log_likelihood
+from pyro_vae.infer.refine import refine_proposals, refined_log_likelihood
 from pyro_vae.models import ProbabilisticPCA
 from tests.infer.quadrature import trained_2d_vae, trained_2d_vae_quadrature
 
@@ -138,3 +138,67 @@ def test_auto_needs_enough_samples_for_k_hat():
         auto_log_likelihood(
             ppca.model, _wrong(ppca), ppca.sample_data(3), khat=khat_of, num_samples=20
         )
+
+
+def test_refined_proposals_score_any_subset_of_their_datapoints_across_blocks():
+    # refined for the exact (Gaussian) posterior, the weights are nearly constant: each row's
+    # estimate is its own exact log p(x), whichever rows are asked for and in whichever block
+    ppca = ProbabilisticPCA(d=5, D=20, s2=0.5)
+    x = ppca.sample_data(12)
+    exact = ppca.log_px(x)
+    refined = refine_proposals(ppca.model, _wrong(ppca), x, widen=1.0, batch_size=5)
+    assert refined.blocks == ((0, 5), (5, 10), (10, 12))
+    rows = torch.tensor([1, 4, 5, 11])
+    r = refined.log_likelihood(300, rows=rows, keep_log_weights=True)
+    assert r.log_weights.shape == (300, 4)
+    torch.testing.assert_close(r.log_px, exact[rows], atol=0.01, rtol=0)
+    whole = refined.log_likelihood(300)
+    torch.testing.assert_close(whole.log_px, exact, atol=0.01, rtol=0)
+    for bad in (torch.tensor([4, 1]), torch.tensor([12]), torch.tensor([], dtype=torch.long)):
+        with pytest.raises(ValueError, match="rows"):
+            refined.log_likelihood(10, rows=bad)
+
+
+def test_refine_settings_are_checked_and_unknown_ones_refused():
+    ppca = ProbabilisticPCA(d=5, D=20, s2=0.5)
+    x = ppca.sample_data(3)
+    with pytest.raises(TypeError, match="widenn"):
+        refine_proposals(ppca.model, _wrong(ppca), x, widenn=1.0)
+    with pytest.raises(ValueError, match="init_samples"):
+        refined_log_likelihood(ppca.model, _wrong(ppca), x, init_samples=1)
+
+
+def test_more_draws_round_up_to_k_times_a_power_of_two_within_the_cap():
+    k_now = torch.tensor([1000, 1000, 1000, 2000, 8000])
+    ratio = torch.tensor([1.5, 3.0, 1.0001, 5.0, 100.0])
+    assert _more_draws(k_now, ratio, 1000, 16000).tolist() == [2000, 4000, 2000, 16000, 16000]
+
+
+def test_auto_spends_more_draws_where_only_the_error_bar_is_too_wide():
+    # a proposal twice as wide as the exact posterior: light tails (k-hat fine) but an error
+    # bar at K = 100 above a tolerance of 0.02, which more draws from the same proposal meet
+    ppca = ProbabilisticPCA(d=5, D=20, s2=0.5)
+    x = ppca.sample_data(10)
+    exact = ppca.log_px(x)
+    settings = {"khat": khat_of, "num_samples": 100, "stderr_tolerance": 0.02}
+    refine = {"widen": 1.6}
+    r = auto_log_likelihood(ppca.model, _wrong(ppca), x, refine=refine, **settings)
+    assert r.counts() == {"iwae": 0, "refined": 10, "ais": 0}
+    assert bool(r.reliable.all()) and bool((r.stderr <= 0.02).all())
+    assert bool((r.draws > 100).all()) and bool((r.draws <= 1600).all())
+    err = r.log_px - exact
+    assert bool((err.abs() < 4 * r.stderr + 0.005).all()), err.tolist()
+    # with no more draws allowed, the same datapoints go on to AIS instead
+    r = auto_log_likelihood(
+        ppca.model,
+        _wrong(ppca),
+        x,
+        refine=refine,
+        max_samples=100,
+        ais={"num_steps": 20, "num_chains": 4},
+        **settings,
+    )
+    assert r.counts()["ais"] > 0 and bool((r.draws[r.method == 2] == 4).all())
+    assert bool((r.draws[r.method == 1] == 100).all())
+    with pytest.raises(ValueError, match="max_samples"):
+        auto_log_likelihood(ppca.model, _wrong(ppca), x, max_samples=99, **settings)
