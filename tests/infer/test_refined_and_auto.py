@@ -175,16 +175,16 @@ def test_more_draws_round_up_to_k_times_a_power_of_two_within_the_cap():
 
 
 def test_auto_spends_more_draws_where_only_the_error_bar_is_too_wide():
-    # a proposal twice as wide as the exact posterior: light tails (k-hat fine) but an error
-    # bar at K = 100 above a tolerance of 0.02, which more draws from the same proposal meet
+    # a proposal 1.2 times as wide as the exact posterior: light tails (k-hat fine) but an
+    # error bar at K = 100 (about 0.05) above a tolerance of 0.03, which more draws meet
     ppca = ProbabilisticPCA(d=5, D=20, s2=0.5)
     x = ppca.sample_data(10)
     exact = ppca.log_px(x)
-    settings = {"khat": khat_of, "num_samples": 100, "stderr_tolerance": 0.02}
-    refine = {"widen": 1.6}
+    settings = {"khat": khat_of, "num_samples": 100, "stderr_tolerance": 0.03}
+    refine = {"widen": 1.2}
     r = auto_log_likelihood(ppca.model, _wrong(ppca), x, refine=refine, **settings)
     assert r.counts() == {"iwae": 0, "refined": 10, "ais": 0}
-    assert bool(r.reliable.all()) and bool((r.stderr <= 0.02).all())
+    assert bool(r.reliable.all()) and bool((r.stderr <= 0.03).all())
     assert bool((r.draws > 100).all()) and bool((r.draws <= 1600).all())
     err = r.log_px - exact
     assert bool((err.abs() < 4 * r.stderr + 0.005).all()), err.tolist()
