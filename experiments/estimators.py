@@ -261,7 +261,14 @@ def figure(rows: list[dict], path: Path) -> None:
                 text = ", ".join(
                     f"{r['method']} {r['setting']} {r['vs_refined']:+.2f}" for r in off
                 )
-                ax.text(0.02, 0.02, f"below the axis: {text}", transform=ax.transAxes, fontsize=7)
+                ax.text(
+                    0.02,
+                    0.97,
+                    f"below the axis: {text}",
+                    transform=ax.transAxes,
+                    fontsize=7,
+                    va="top",
+                )
         ax.set_xscale("log")
         ax.set_xlabel("seconds per 1,000 test points")
         ax.set_ylabel("log p(x) estimate - refined IWAE, same datapoints (nats)")
