@@ -368,7 +368,7 @@ def test_evaluate_checks_it_can_write_before_computing(capsys, run_dir, monkeypa
         raise AssertionError("the estimate ran although its result could not be written")
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    monkeypatch.setattr(jobs, "estimate", never)
+    monkeypatch.setattr(jobs.evaluation, "estimate", never)
     err = cli_error(capsys, "evaluate", str(run_dir))
     assert f"cannot write into {run_dir}: Read-only file system" in err
 

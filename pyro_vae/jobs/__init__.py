@@ -1,0 +1,43 @@
+"""The jobs behind the command line: train a run, evaluate it, compare runs, draw figures.
+
+Each job reads and writes a :class:`~pyro_vae.runs.RunDir` and returns plain results; printing is
+left to the caller (``echo``), so the same jobs serve the CLI, scripts and tests. One module per
+job: :mod:`~pyro_vae.jobs.loading` (a run's device, data and trained VAE),
+:mod:`~pyro_vae.jobs.training` (train and resume), :mod:`~pyro_vae.jobs.evaluation` (log p(x)
+and its diagnostics, BDMC), :mod:`~pyro_vae.jobs.comparison` (paired comparison of runs) and
+:mod:`~pyro_vae.jobs.figures` (samples, training curves).
+"""
+
+from pyro_vae.jobs.comparison import (
+    Comparison,
+    compare,
+    comparison_caveats,
+    format_comparison,
+    write_comparison_csv,
+)
+from pyro_vae.jobs.evaluation import bdmc, evaluate, format_bdmc, format_evaluation, khat_summary
+from pyro_vae.jobs.figures import plot, sample, samples_path
+from pyro_vae.jobs.loading import load_data, load_run, prepare_splits, resolve_device
+from pyro_vae.jobs.training import TrainResult, train
+
+__all__ = [
+    "Comparison",
+    "TrainResult",
+    "bdmc",
+    "compare",
+    "comparison_caveats",
+    "evaluate",
+    "format_bdmc",
+    "format_comparison",
+    "format_evaluation",
+    "khat_summary",
+    "load_data",
+    "load_run",
+    "plot",
+    "prepare_splits",
+    "resolve_device",
+    "sample",
+    "samples_path",
+    "train",
+    "write_comparison_csv",
+]

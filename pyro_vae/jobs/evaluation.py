@@ -1,0 +1,415 @@
+"""Evaluating a run: log p(x) and its diagnostics, written as one evaluation; the BDMC
+sandwich; and their printed summaries."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_vae import arviz_compat, registry
+from pyro_vae.config import RunConfig
+from pyro_vae.errors import ConfigError
+from pyro_vae.estimators import EstimatorSpec, estimate
+from pyro_vae.infer.diagnostics import active_units, bounds_vs_k, guide_means, kl_per_dimension
+from pyro_vae.infer.importance import free_memory_bytes
+from pyro_vae.jobs.loading import load_data, load_run, number_or, prepare_splits
+from pyro_vae.runs import RunDir
+from pyro_vae.text import plural
+
+BOUND_KS = (1, 5, 50, 500, 5000)  # L_K reported for these K (those up to --num-samples)
+
+
+# What makes two evaluations comparable datapoint by datapoint (see compare()).
+IDENTITY_KEYS = (
+    "dataset",
+    "split",
+    "binarize",
+    "binarize_seed",
+    "dequantize",
+    "levels",
+    "num_samples",
+    "num_datapoints",
+    "precision",
+    "method",
+    "method_settings",
+)
+
+
+# ... of which these are fixed by training: re-evaluating cannot make them agree.
+TRAINING_DATA_KEYS = ("dataset", "binarize", "binarize_seed", "dequantize", "levels")
+
+
+# Values assumed for keys that evaluations written by earlier versions lack.
+IDENTITY_DEFAULTS = {"precision": "fp32", "method": "iwae"}
+
+
+def evaluate(
+    run_dir: str | Path,
+    *,
+    num_samples: int = 1000,
+    chunk_size: int | None = None,
+    split: str = "test",
+    device: str = "auto",
+    precision: str = "fp32",
+    progress: bool = True,
+    method: str = "iwae",
+    **settings,
+) -> dict[str, Any]:
+    """log p(x) against the ELBO on a split, kept in the run directory as
+    ``evaluations/SETTING.json`` and ``.nc`` (one evaluation per setting: another split, method,
+    K or precision adds one; the same setting replaces its earlier one).
+
+    ``method`` and ``settings`` choose the estimator (:class:`~pyro_vae.estimators.EstimatorSpec`:
+    ``iwae``, the default, is importance sampling from the guide with K = ``num_samples``;
+    ``refined``, ``ais`` and ``auto`` are recorded in the evaluation, and :func:`compare` does not
+    rank evaluations of different methods together unless asked).
+
+    The split is binarised (if the run binarises) with the run's fixed ``binarize_seed`` and the
+    estimator is seeded with the run's seed, so evaluating twice gives the same numbers.
+    ``precision="bf16"`` runs the networks in bfloat16 (faster on hardware with bf16 matrix
+    units; log-densities stay float32): an approximation of the float32 estimate, recorded in the
+    summary, and :func:`compare` refuses to rank it against float32 evaluations.
+    """
+    dtype = registry.build_precision(precision)
+    spec = EstimatorSpec(method=method, num_samples=num_samples, chunk_size=chunk_size, **settings)
+    config, vae, meta = load_run(run_dir, device)
+    RunDir(run_dir).check_writable()  # before the computation, whose result must go somewhere
+    data = prepare_splits(config, load_data(config), vae.likelihood, (split,), fixed=True)
+    x = data[split].to(next(vae.parameters()).device)
+    if method != "ais":  # the others keep K x N log weights for k-hat
+        check_log_weights_fit(num_samples, x.shape[0])
+    pyro.set_rng_seed(config.train.seed)
+    with vae.precision(dtype):
+        result = estimate(spec, vae.model, vae.guide, x, progress=progress)
+    per_point = {
+        "log_px": result.log_px,
+        "elbo": result.elbo,
+        "ess": result.ess,
+        "stderr": result.stderr,
+        "khat": result.khat,
+    }
+    k = spec.weights_per_datapoint
+    with torch.no_grad():
+        q = vae.encoder(x)
+        n_active, _ = active_units(guide_means(q).cpu())
+        kl = kl_per_dimension(q, vae.prior)
+    n = x.shape[0]
+    finite_khat = bool(torch.isfinite(result.khat).any())
+    summary: dict[str, Any] = {
+        "log_px": per_point["log_px"].mean().item(),
+        "log_px_stderr": (per_point["stderr"].pow(2).sum().sqrt() / n).item() if k > 1 else None,
+        "log_px_std": per_point["log_px"].std().item() if n > 1 else 0.0,
+        "elbo": per_point["elbo"].mean().item(),
+        "gap": (per_point["log_px"] - per_point["elbo"]).mean().item(),
+        "ess_mean": per_point["ess"].mean().item(),
+        "ess_min": per_point["ess"].min().item(),
+        **khat_summary(result.khat, k, method=method),
+    }
+    if method == "auto" and finite_khat:
+        summary.update(_auto_khat_fields(result.khat))
+    if result.log_weights is not None:
+        bounds = bounds_vs_k(result.log_weights, BOUND_KS + (num_samples,))
+        summary["bounds_vs_k"] = {str(kk): v.mean().item() for kk, v in bounds.items()}
+    summary.update(
+        {
+            "active_units": n_active,
+            "latent_dim": vae.latent_dim,
+            "kl_per_dim": None if kl is None else [round(v, 6) for v in kl.cpu().tolist()],
+            "method": method,
+            "method_settings": spec.settings(),
+            **result.summary,
+            "num_samples": k,
+            "num_datapoints": n,
+            "precision": precision,
+            "dataset": config.data.dataset,
+            "split": split,
+            "binarize": config.data.binarize,
+            "binarize_seed": config.data.binarize_seed,
+            "dequantize": config.data.dequantize,
+            "levels": meta.get("levels"),
+            "likelihood": config.model.likelihood,
+            "prior": config.model.prior,
+            "guide": config.model.guide,
+            "objective": config.train.elbo,
+            "epochs_trained": meta["epoch"],
+            "seed": config.train.seed,
+            "seconds": result.seconds,
+        }
+    )
+    bpd = bits_per_dim(summary["log_px"], meta["data_dim"], vae.likelihood, config, meta)
+    if bpd is not None:
+        summary["bits_per_dim"] = bpd
+    attrs = {
+        k: summary[k]
+        for k in IDENTITY_KEYS + ("likelihood", "prior", "guide", "objective", "seed")
+        if k in summary and k != "method_settings"  # a dict: in the json summary only
+    }
+    stats = {k: per_point[k].numpy() for k in ("khat", "ess", "stderr")}
+    if result.method is not None:
+        stats["method"] = result.method.numpy()
+    if result.draws is not None:
+        stats["draws"] = result.draws.numpy()
+    if result.acceptance is not None:
+        stats["acceptance"] = result.acceptance.numpy()
+    idata = arviz_compat.to_inference_data(
+        {k: per_point[k].numpy() for k in ("log_px", "elbo")}, stats, attrs
+    )
+    stored = RunDir(run_dir).write_evaluation(summary, idata)
+    summary["evaluation_id"] = stored.summary["evaluation_id"]
+    return summary
+
+
+def bdmc(
+    run_dir: str | Path,
+    *,
+    num_datapoints: int = 100,
+    num_samples: int = 1000,
+    device: str = "auto",
+    progress: bool = True,
+    **settings,
+) -> dict[str, Any]:
+    """The BDMC sandwich of a run's model on ``num_datapoints`` datapoints simulated from it.
+
+    Forward AIS gives a stochastic lower bound and reverse AIS from the simulated latents an
+    upper bound of each simulated datapoint's log p(x) (:func:`pyro_vae.infer.bdmc`); IWAE from
+    the guide with K = ``num_samples`` is reported on the same data, below the upper bound.
+    ``settings`` (``ais_steps``, ``ais_chains``, ``ais_leapfrog``) are AIS's, as for
+    :func:`evaluate`. Kept in ``RUN_DIR/bdmc/bdmc-TT-CC.json`` with the simulated data, latents
+    and per-datapoint bounds in ``.npz`` beside it.
+    """
+    from pyro_vae.infer import bdmc as sandwich
+
+    spec = EstimatorSpec(method="ais", num_samples=num_samples, **settings)
+    if num_datapoints < 1:
+        raise ConfigError(f"--num-datapoints must be at least 1, got {num_datapoints}")
+    config, vae, meta = load_run(run_dir, device)
+    run = RunDir(run_dir)
+    run.check_writable()
+    param = next(vae.parameters())
+    x_like = torch.zeros(num_datapoints, meta["data_dim"], dtype=param.dtype, device=param.device)
+    pyro.set_rng_seed(config.train.seed)
+    start = time.perf_counter()
+    result = sandwich(
+        vae.model,
+        vae.guide,
+        x_like,
+        num_steps=spec.ais_steps,
+        num_chains=spec.ais_chains,
+        num_leapfrog=spec.ais_leapfrog,
+        max_plate_nesting=1,
+        progress=progress,
+    )
+    ais_seconds = time.perf_counter() - start
+    iwae = estimate(spec.replace(method="iwae"), vae.model, vae.guide, result.x, progress=progress)
+    lower, upper = result.lower.log_px.cpu(), result.upper.log_px.cpu()
+    gap = upper - lower
+    n = num_datapoints
+    summary: dict[str, Any] = {
+        "num_datapoints": n,
+        "lower": lower.mean().item(),
+        "upper": upper.mean().item(),
+        "gap": gap.mean().item(),
+        "gap_stderr": gap.std().item() / math.sqrt(n) if n > 1 else None,
+        "gap_max": gap.max().item(),
+        "frac_gap_above_1": (gap > 1.0).double().mean().item(),
+        "iwae": iwae.log_px.mean().item(),
+        "iwae_num_samples": num_samples,
+        "iwae_above_upper": (iwae.log_px - upper).mean().item(),
+        "acceptance_mean": result.lower.acceptance.mean().item(),
+        "method_settings": spec.settings(),
+        "likelihood": config.model.likelihood,
+        "prior": config.model.prior,
+        "guide": config.model.guide,
+        "objective": config.train.elbo,
+        "epochs_trained": meta["epoch"],
+        "seed": config.train.seed,
+        "seconds": ais_seconds,
+    }
+    name = f"bdmc-T{spec.ais_steps}-C{spec.ais_chains}"
+    arrays = {
+        "x": result.x.cpu().numpy(),
+        **{f"latent_{k}": v.cpu().numpy() for k, v in result.latents.items()},
+        "lower": lower.numpy(),
+        "upper": upper.numpy(),
+        "iwae": iwae.log_px.numpy(),
+    }
+    run.write_bdmc(name, summary, arrays)
+    summary["paths"] = [str(p) for p in run.bdmc_paths(name)]
+    return summary
+
+
+def format_bdmc(s: dict[str, Any]) -> str:
+    """A short summary of :func:`bdmc`'s result."""
+    settings = s["method_settings"]
+    se = s.get("gap_stderr")
+    error_bar = f" (± {se:.3f} over datapoints)" if se is not None else ""
+    return "\n".join(
+        [
+            f"BDMC on {plural(s['num_datapoints'], 'datapoint')} simulated from the model, AIS "
+            f"with {plural(settings['ais_chains'], 'chain')} x {settings['ais_steps']} "
+            f"distributions ({s['seconds']:.1f} s):",
+            f"  upper     {s['upper']:10.3f} nats  (reverse AIS from the true latents)",
+            f"  lower     {s['lower']:10.3f} nats  (forward AIS)",
+            f"  gap       {s['gap']:10.3f} nats{error_bar}; max {s['gap_max']:.3f}, "
+            f"{100 * s['frac_gap_above_1']:.1f}% of datapoints above 1 nat",
+            f"  IWAE      {s['iwae']:10.3f} nats  (K={s['iwae_num_samples']} from the guide, "
+            f"{s['iwae_above_upper']:+.3f} vs the upper bound)",
+            f"  HMC       {s['acceptance_mean']:10.2f} mean acceptance rate",
+        ]
+    )
+
+
+def _auto_khat_fields(khat: torch.Tensor) -> dict[str, Any]:
+    """k-hat over the datapoints whose final estimate is importance sampling (AIS has none)."""
+    finite = khat[torch.isfinite(khat)]
+    return {"khat_mean": finite.mean().item(), "khat_max": finite.max().item()}
+
+
+def check_log_weights_fit(num_samples: int, num_datapoints: int) -> None:
+    """Refuse a K whose K x N float64 log weights (kept for k-hat and L_K, about twice over while
+    they are joined) would not fit in the host's free memory."""
+    need = 2 * 8 * num_samples * num_datapoints
+    free = free_memory_bytes(torch.device("cpu"))
+    if free is not None and need > free:
+        raise ConfigError(
+            f"K={num_samples} importance samples on {num_datapoints} datapoints keep "
+            f"{need / 1e9:.3g} GB of log weights, more than the {free / 1e9:.3g} GB of free "
+            "memory; choose a smaller K (or evaluate on fewer datapoints)"
+        )
+
+
+def khat_summary(khat: torch.Tensor, num_samples: int, method: str = "iwae") -> dict[str, Any]:
+    """The k-hat fields of an evaluation. Below :data:`~pyro_vae.arviz_compat.PSIS_MIN_SAMPLES`
+    importance samples PSIS has no tail to fit, and AIS has no importance weights: the fields are
+    None and ``khat_note`` says why. Datapoints without a k-hat (NaN: AIS's, under ``auto``) are
+    not counted above the threshold."""
+    threshold = arviz_compat.KHAT_THRESHOLD
+    if method == "ais" or num_samples < arviz_compat.PSIS_MIN_SAMPLES:
+        if method == "ais":
+            why = (
+                "AIS has no importance weights for PSIS; its error bar is over its "
+                f"{plural(num_samples, 'chain')}"
+            )
+        elif num_samples == 1:
+            why = "K=1 is the ELBO, with no importance weights to diagnose"
+        else:
+            why = (
+                f"K={num_samples} is too small for PSIS (it needs at least "
+                f"{arviz_compat.PSIS_MIN_SAMPLES} importance samples per datapoint)"
+            )
+        return {
+            "khat_mean": None,
+            "khat_max": None,
+            "khat_threshold": threshold,
+            "num_khat_above_threshold": None,
+            "frac_khat_above_threshold": None,
+            "khat_note": f"not computed: {why}",
+        }
+    unreliable = int((khat > threshold).sum())
+    return {
+        "khat_mean": khat.mean().item(),
+        "khat_max": khat.max().item(),
+        "khat_threshold": threshold,
+        "num_khat_above_threshold": unreliable,
+        "frac_khat_above_threshold": unreliable / khat.shape[0],
+    }
+
+
+def bits_per_dim(log_px: float, data_dim: int, likelihood, config: RunConfig, meta) -> float | None:
+    """-log2 P(x) / D for a discrete likelihood; for a density of uniformly dequantised data with
+    L levels, the bound -(log p(x) - D ln L) / (D ln 2) on the levels' probability; else None."""
+    if likelihood.is_discrete:
+        return -log_px / (data_dim * math.log(2))
+    if config.data.dequantize == "uniform" and meta.get("levels"):
+        return -(log_px - data_dim * math.log(meta["levels"])) / (data_dim * math.log(2))
+    return None
+
+
+def _data_label(s: dict[str, Any]) -> str:
+    if s.get("dequantize", "none") != "none":
+        return f"dequantize={s['dequantize']}"
+    return f"binarize={s['binarize']}"
+
+
+def _estimator_label(s: dict[str, Any]) -> str:
+    """``K=1000 importance samples``, ``AIS with 16 chains x 500 distributions``, ..."""
+    k, method = s["num_samples"], s.get("method", "iwae")
+    settings = s.get("method_settings") or {}
+    samples = f"K={k} importance {'sample' if k == 1 else 'samples'}"
+    if method == "ais":
+        return f"AIS with {plural(k, 'chain')} x {settings.get('ais_steps')} distributions"
+    if method == "refined":
+        return f"{samples} from refined proposals"
+    if method == "auto":
+        return f"auto (IWAE, then refined, then AIS where flagged), {samples}"
+    return samples
+
+
+def format_evaluation(s: dict[str, Any]) -> str:
+    """A short, readable summary of :func:`evaluate`'s result."""
+    precision = identity_value(s, "precision")
+    stderr = s.get("log_px_stderr")
+    if stderr is not None and math.isfinite(stderr):
+        error_bar = f"(± {stderr:.3f} Monte Carlo stderr)"
+    elif s["num_samples"] == 1:
+        error_bar = "(no Monte Carlo stderr from one sample)"
+    else:  # written as null: infinite, where some datapoint got no weight at all
+        error_bar = "(Monte Carlo stderr unbounded: some datapoints' weights are all zero)"
+    lines = [
+        f"{s['dataset']} ({s['split']} split, {_data_label(s)}), "
+        f"{plural(s['num_datapoints'], 'datapoint')}, {_estimator_label(s)}, "
+        f"{plural(s['epochs_trained'], 'epoch')}"
+        + (f", networks in {precision}:" if precision != "fp32" else ":"),
+        f"  log p(x)  {number_or(s['log_px'], -math.inf):10.3f} nats  {error_bar}",
+        f"  ELBO      {number_or(s['elbo'], -math.inf):10.3f} nats",
+        f"  gap       {number_or(s['gap']):10.3f} nats  (log p(x) - ELBO, estimates KL(q || "
+        "posterior))",
+        f"  ESS       {number_or(s['ess_mean']):10.1f} of {s['num_samples']} on average "
+        f"(min {number_or(s['ess_min']):.1f})",
+    ]
+    if s.get("acceptance_mean") is not None:
+        lines.append(f"  HMC       {s['acceptance_mean']:10.2f} mean acceptance rate")
+    if s.get("num_per_method"):
+        more = s.get("num_more_draws")
+        counts = ", ".join(
+            f"{n} {m}"
+            + (
+                f" ({more} with more than {s['num_samples']} draws)"
+                if m == "refined" and more
+                else ""
+            )
+            for m, n in s["num_per_method"].items()
+        )
+        lines.append(
+            f"  methods   {counts}; {s['num_unreliable']} of {s['num_datapoints']} still flagged "
+            f"({100 * s['frac_unreliable']:.2f}%)"
+        )
+    if s.get("khat_note"):
+        lines.append(f"  k-hat     {s['khat_note']}")
+    elif s.get("khat_max") is not None:
+        above = s["num_khat_above_threshold"]
+        verdict = "reliable" if above == 0 else "NOT reliable for these"
+        lines.append(
+            f"  k-hat     {s['khat_mean']:10.2f} mean, {s['khat_max']:.2f} max; "
+            f"{above} of {s['num_datapoints']} datapoints above "
+            f"{s['khat_threshold']} ({verdict})"
+        )
+    if "bounds_vs_k" in s:
+        bounds = ", ".join(f"L_{k} {v:.2f}" for k, v in s["bounds_vs_k"].items())
+        lines.append(f"  bound/K   {bounds}")
+    if "active_units" in s:
+        lines.append(f"  active    {s['active_units']} of {s['latent_dim']} latent dimensions")
+    if "bits_per_dim" in s:
+        lines.append(f"  bits/dim  {s['bits_per_dim']:10.4f}")
+    return "\n".join(lines)
+
+
+def identity_value(evaluation: dict[str, Any], key: str):
+    if key == "method_settings" and key not in evaluation:  # before methods: IWAE with K
+        return {"num_samples": evaluation.get("num_samples")}
+    return evaluation.get(key, IDENTITY_DEFAULTS.get(key))

@@ -1,0 +1,157 @@
+"""Figures of a run: samples from the model and the training curves with the evaluation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+from pyro_vae.config import RunConfig, check_seed
+from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.infer.diagnostics import active_units, guide_means
+from pyro_vae.jobs.loading import load_data, load_run, prepare_splits
+from pyro_vae.models import VAE
+from pyro_vae.runs import RunDir
+from pyro_vae.text import plural
+
+MAX_SAMPLES_FIGURE = 4096  # draws in one samples figure
+
+
+def samples_path(run_dir: str | Path, out: str | Path | None) -> Path:
+    """Where :func:`sample` writes: ``out`` (``.png`` added when it has no suffix; a directory,
+    or a path ending in ``/``, gets ``samples.png`` inside it), by default
+    ``RUN_DIR/samples.png``."""
+    if out is None:
+        return Path(run_dir) / "samples.png"
+    path = Path(out)
+    if path.is_dir() or str(out).endswith(("/", os.sep)):  # a directory, or one to create
+        return path / "samples.png"
+    if path.suffix == "":
+        return path.with_name(path.name + ".png")
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"the samples figure is a PNG; {path} names a '{path.suffix}' file")
+    return path
+
+
+def sample(
+    run_dir: str | Path, *, num: int = 64, out: str | Path | None = None, seed: int | None = None
+) -> Path:
+    """Draw ``num`` samples and write a PNG with two labelled grids: decoder means and samples.
+
+    ``seed`` (default: the run's seed) seeds the draws. Returns the path written.
+    """
+    if not 1 <= num <= MAX_SAMPLES_FIGURE:
+        raise ConfigError(f"--num must be between 1 and {MAX_SAMPLES_FIGURE}, got {num}")
+    if seed is not None:
+        check_seed(seed)
+    config, vae, meta = load_run(run_dir, "cpu")
+    shape = meta.get("image_shape") or []
+    if len(shape) != 2:
+        raise ConfigError(f"sample grids need image data; this run's datapoints have shape {shape}")
+    out_path = samples_path(run_dir, out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    figure = _samples_figure(vae, config, tuple(shape), num, seed)
+    figure.savefig(out_path, bbox_inches="tight")
+    return out_path
+
+
+def _samples_figure(vae: VAE, config: RunConfig, shape, num: int, seed: int | None = None):
+    """The labelled samples figure, drawn with ``seed`` (default the run's seed, as
+    ``pyro-vae sample`` does)."""
+    from pyro_vae import plots
+
+    pyro.set_rng_seed(config.train.seed if seed is None else seed)
+    drawn = vae.sample(num)
+    title = f"z ~ p(z), {config.data.dataset}, {config.model.likelihood} likelihood"
+    return plots.samples(drawn.mean, drawn.sample, shape, title)
+
+
+def plot(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    split: str | None = None,
+    num_samples: int | None = None,
+    precision: str | None = None,
+    method: str | None = None,
+) -> list[Path]:
+    """Draw every figure of a run into ``out_dir`` (default RUN_DIR/plots); return the paths.
+
+    Figures that need an evaluation (bound vs K, k-hat, gap) are drawn from the run's one kept
+    evaluation, or the one ``split``, ``num_samples`` and ``precision`` select (ambiguity raises).
+    """
+    from pyro_vae import plots
+
+    run = RunDir(run_dir).require()
+    config, vae, meta = load_run(run_dir, "cpu")
+    out = Path(out_dir) if out_dir is not None else run.path / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    history = run.read_metrics()
+    if history:
+        figures["training"] = plots.training_curves(
+            [r.epoch for r in history],
+            [r.train_objective for r in history],
+            [r.val_elbo for r in history],
+            [r.beta for r in history],
+        )
+    shape = tuple(meta.get("image_shape") or ())
+    dataset = load_data(config)
+    x = prepare_splits(config, dataset, vae.likelihood, ("test",))["test"]
+    labels = None if dataset.labels is None else dataset.labels["test"].numpy()
+    pyro.set_rng_seed(config.train.seed)
+    with torch.no_grad():
+        means = guide_means(vae.encoder(x))
+        if len(shape) == 2:
+            figures["reconstructions"] = plots.reconstructions(
+                x[:16], vae.reconstruct(x[:16]), shape
+            )
+            _, variances = active_units(means)
+            dims = variances.argsort(descending=True)[: min(6, vae.latent_dim)].tolist()
+            values = torch.linspace(-2.5, 2.5, 9)
+            z = torch.zeros(len(dims), len(values), vae.latent_dim)
+            for row, d in enumerate(dims):
+                z[row, :, d] = values
+            decoded = vae.likelihood.mean(vae.decoder(z.reshape(-1, vae.latent_dim)))
+            figures["traversals"] = plots.traversals(decoded, shape, dims, values.tolist())
+    projected = vae.latent_dim > 2
+    if projected:
+        centred = means - means.mean(0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        points = (centred @ v[:2].T).numpy()
+    else:
+        points = torch.cat([means, torch.zeros(means.shape[0], 2 - vae.latent_dim)], 1).numpy()
+    figures["latent"] = plots.latent_space(points, labels, projected)
+    if len(shape) == 2:
+        figures["samples"] = _samples_figure(vae, config, shape, 64)
+    wanted = {"split": split, "num_samples": num_samples, "precision": precision, "method": method}
+    if run.select_evaluations(**wanted) or any(v is not None for v in wanted.values()):
+        kept = run.find_evaluation(**wanted)  # raises when it is ambiguous or missing
+        ev, idata = kept.summary, kept.inference_data()
+        if ev.get("epochs_trained") != meta["epoch"]:
+            raise CheckpointError(
+                f"the evaluation {kept.setting} of {run.path} was made after "
+                f"{plural(ev.get('epochs_trained') or 0, 'epoch')}, but its checkpoint has "
+                f"{meta['epoch']}: its "
+                "figures would describe another model; evaluate it again "
+                f"(pyro-vae evaluate {run.path})"
+            )
+        log_px = idata.log_likelihood["log_px"].values[0, 0]
+        elbo = idata.log_likelihood["elbo"].values[0, 0]
+        if "bounds_vs_k" in ev:  # importance sampling's; AIS has no L_K
+            proposal = "refined proposals" if ev.get("method") == "refined" else "the guide"
+            series = {f"L_K from {proposal} (mean over datapoints)": ev["bounds_vs_k"]}
+            figures["bound_vs_k"] = plots.bound_vs_k(series, ev["elbo"])
+        khat = idata.sample_stats["khat"].values[0, 0]
+        if np.isfinite(khat).any():  # not computed below PSIS_MIN_SAMPLES
+            figures["khat"] = plots.khat(khat)
+        figures["gap"] = plots.gap_histogram(log_px - elbo)
+    paths = []
+    for name, fig in figures.items():
+        path = out / f"{name}.png"
+        fig.savefig(path, bbox_inches="tight" if name == "samples" else None)
+        paths.append(path)
+    return paths

@@ -1,0 +1,181 @@
+"""Training a run and resuming it, in a claimed run directory."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+
+from pyro_vae import registry
+from pyro_vae.config import RunConfig
+from pyro_vae.data import minibatch_transform
+from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.infer import BetaSchedule, EpochStats, Trainer
+from pyro_vae.jobs.evaluation import check_log_weights_fit, evaluate, format_evaluation
+from pyro_vae.jobs.loading import (
+    load_data,
+    prepare_splits,
+    resolve_device,
+    training_identity,
+)
+from pyro_vae.runs import RunDir
+from pyro_vae.text import plural
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    history: list[EpochStats]
+    evaluation: dict[str, Any] | None
+
+
+def train(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    evaluate_at_end: bool = True,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> TrainResult:
+    """Fit a VAE as ``config`` says, checkpointing into ``out`` after every epoch.
+
+    With ``resume=True``, continue the run in ``out`` from its last checkpoint; the result equals
+    an uninterrupted run with the same seed. Only the options in :data:`RESUMABLE` may differ from
+    the run's saved config. The run directory is held exclusively while training runs: a second
+    ``train`` into it raises :class:`~pyro_vae.errors.RunInUseError` at once.
+    """
+    run = RunDir(out)
+    registry.check_names(config.model, config.train)
+    if resume:
+        run.require(checkpoint=False)  # before claiming, which creates the directory
+    created = not run.path.exists()
+    try:
+        with run.claim():
+            return _train_claimed(run, config, resume, evaluate_at_end, progress, echo)
+    except BaseException:
+        if created:
+            run.remove_if_empty()  # a run that failed before its config was written
+        raise
+
+
+def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, progress, echo):
+    """:func:`train` in a run directory this process holds (:meth:`RunDir.claim`)."""
+    if resume:
+        _check_resumable(run.read_config(), config)
+    elif run.exists():
+        raise ConfigError(
+            f"{run.path} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    else:
+        _check_new_run_dir(run)
+    run.check_writable()
+    device = resolve_device(config.train.device)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.train.seed)
+    dataset = load_data(config)
+    if evaluate_at_end:  # before training, not after it
+        check_log_weights_fit(config.train.eval_samples, dataset.split("test").shape[0])
+    likelihood = registry.build_likelihood(config.model, dataset.levels)
+    data = prepare_splits(config, dataset, likelihood, ("train", "val"))
+    vae = registry.build_vae(config.model, dataset.data_dim, dataset.levels).to(device)
+    train_x = data["train"].to(device)
+    steps_per_epoch = math.ceil(train_x.shape[0] / config.train.batch_size)
+    trainer = Trainer(
+        vae,
+        train_x,
+        elbo=registry.build_elbo(config.train),
+        lr=config.train.lr,
+        batch_size=config.train.batch_size,
+        beta=BetaSchedule(config.train.beta, config.train.warmup_epochs * steps_per_epoch),
+        transform=minibatch_transform(config.data.binarize, config.data.dequantize, dataset.levels),
+        val_x=data["val"].to(device),
+        log_every=config.train.log_every,
+        progress=progress,
+        precision=registry.build_precision(config.train.precision),
+    )
+    meta = {
+        "data_dim": dataset.data_dim,
+        "image_shape": list(dataset.image_shape),
+        "levels": dataset.levels,
+    }
+    history: list[EpochStats] = []
+    if resume and run.checkpoint_path.is_file():
+        state = run.load_checkpoint(training_identity(config), map_location=device)
+        _load_model_state(trainer, state)
+        rows = run.read_metrics(drop_damaged_tail=True)  # a torn tail is rewritten below
+        history = [row for row in rows if row.epoch <= trainer.epoch]
+    elif resume:
+        echo(f"{run.path}: no epoch was finished; training from the beginning")
+    run.write_config(config)
+    if trainer.epoch >= config.train.epochs:
+        done = run.select_evaluations(
+            split="test", num_samples=config.train.eval_samples, precision="fp32"
+        )
+        if evaluate_at_end and done:
+            echo(
+                f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
+                f"(--epochs {config.train.epochs}) and evaluated ({done[0].json_path})"
+            )
+            return TrainResult(run.path, history, done[0].summary)
+        echo(
+            f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
+            f"(--epochs {config.train.epochs})"
+            + ("; running its missing evaluation" if evaluate_at_end else "")
+        )
+    report_every = max(1, config.train.epochs // 10)
+    while trainer.epoch < config.train.epochs:
+        stats = trainer.train_epoch()
+        history.append(stats)
+        run.save_checkpoint({**trainer.state_dict(), "meta": meta}, training_identity(config))
+        run.write_metrics(history)
+        if stats.epoch % report_every == 0 or stats.epoch == config.train.epochs:
+            echo(
+                f"epoch {stats.epoch:4d}/{config.train.epochs}  train objective "
+                f"{stats.train_objective:9.3f}  val ELBO {stats.val_elbo:9.3f} nats  "
+                f"beta {stats.beta:.3g}  ({stats.seconds:.2f} s)"
+            )
+    evaluation = None
+    if evaluate_at_end:
+        evaluation = evaluate(run.path, num_samples=config.train.eval_samples, progress=progress)
+        echo(format_evaluation(evaluation))
+    return TrainResult(run.path, history, evaluation)
+
+
+def _check_new_run_dir(run: RunDir) -> None:
+    """A new run goes into a new or empty directory, not into another run's."""
+    others = [p.name for p in run.path.iterdir() if p.name != run.lock_path.name]
+    if others:
+        raise ConfigError(
+            f"{run.path} is not empty and holds no run ({', '.join(sorted(others)[:3])}"
+            f"{', ...' if len(others) > 3 else ''}); choose a new or empty directory for --out"
+        )
+    for parent in run.path.absolute().parents:
+        if RunDir(parent).exists():
+            raise ConfigError(
+                f"{run.path} lies inside the run directory {parent}; choose --out outside it"
+            )
+
+
+def _check_resumable(saved: RunConfig, given: RunConfig) -> None:
+    a, b = training_identity(saved).to_dict(), training_identity(given).to_dict()
+    diffs = [
+        f"{section}.{key}: run has {a[section][key]!r}, asked for {b[section][key]!r}"
+        for section in a
+        for key in a[section]
+        if a[section][key] != b[section][key]
+    ]
+    if diffs:
+        raise ConfigError("cannot resume with different options: " + "; ".join(diffs))
+
+
+def _load_model_state(trainer: Trainer, state: dict[str, Any]) -> None:
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint does not match its run's model: {first}") from None
