@@ -14,9 +14,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from pyro_vae import jobs, registry
-from pyro_vae.config import RunConfig
+from pyro_vae.config import SECTIONS, RunConfig
 from pyro_vae.data.datasets import is_path
 from pyro_vae.errors import ConfigError, NonFiniteError, PyroVAEError, UnsupportedDataError
+from pyro_vae.options import declared, flag_of
 from pyro_vae.runs import RunDir, atomic_write_text, check_output_dir, check_output_file
 
 # Flag advice the CLI adds to a library error about data outside a likelihood's support.
@@ -29,38 +30,8 @@ SUPPORT_HINTS = {
     "levels": "--binarize none without --dequantize",
 }
 
-# CLI option dest -> (config section, field)
-TRAIN_OPTIONS = {
-    "dataset": ("data", "dataset"),
-    "data_dir": ("data", "data_dir"),
-    "binarize": ("data", "binarize"),
-    "binarize_seed": ("data", "binarize_seed"),
-    "dequantize": ("data", "dequantize"),
-    "download": ("data", "download"),
-    "latent_dim": ("model", "latent_dim"),
-    "hidden": ("model", "hidden"),
-    "prior": ("model", "prior"),
-    "likelihood": ("model", "likelihood"),
-    "guide": ("model", "guide"),
-    "gaussian_scale": ("model", "gaussian_scale"),
-    "scale_floor": ("model", "scale_floor"),
-    "num_components": ("model", "num_components"),
-    "flows": ("model", "flows"),
-    "rank": ("model", "rank"),
-    "elbo": ("train", "elbo"),
-    "num_particles": ("train", "num_particles"),
-    "vectorize_particles": ("train", "vectorize_particles"),
-    "epochs": ("train", "epochs"),
-    "batch_size": ("train", "batch_size"),
-    "lr": ("train", "lr"),
-    "beta": ("train", "beta"),
-    "warmup_epochs": ("train", "warmup_epochs"),
-    "seed": ("train", "seed"),
-    "device": ("train", "device"),
-    "log_every": ("train", "log_every"),
-    "eval_samples": ("train", "eval_samples"),
-    "precision": ("train", "precision"),
-}
+# The option groups of ``pyro-vae train``: config section -> group title.
+TRAIN_GROUPS = {"data": "data", "model": "model", "train": "training"}
 
 
 def _names(table: dict, default: str) -> str:
@@ -72,12 +43,46 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see {self.prog} --help)")
 
 
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected widths like 512,512, got '{text}'") from None
-    return widths
+def _add_config_options(parser: argparse.ArgumentParser, defaults: RunConfig) -> None:
+    """One flag per declared config field (:mod:`pyro_vae.options`), with its help and default;
+    a flag given sets the field (its ``dest``), one not given leaves it unset."""
+    for section, title in TRAIN_GROUPS.items():
+        group = parser.add_argument_group(title)
+        for f, opt in declared(SECTIONS[section]):
+            if not opt.cli:
+                continue
+            if f.type == "bool":
+                group.add_argument(opt.negate, dest=f.name, action="store_false", help=opt.help)
+                continue
+            default = getattr(getattr(defaults, section), f.name)
+            text = opt.help
+            if opt.names:
+                text += ": " + ", ".join(getattr(registry, opt.names))
+            if default is not None:
+                shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+                text += f" (default {shown})"
+            kind = _parser_of(opt.parse) if opt.parse else {"int": int, "float": float}.get(f.type)
+            group.add_argument(flag_of(f.name), type=kind, help=text, metavar=opt.metavar)
+
+
+def _parser_of(parse):
+    """``parse`` for argparse: its ValueError becomes argparse's one-line message."""
+
+    def parsed(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parsed
+
+
+# The flag of each config option, for errors that name the option by its config path.
+FLAGS = {
+    f"{section}.{f.name}": opt.negate or flag_of(f.name)
+    for section, kind in SECTIONS.items()
+    for f, opt in declared(kind)
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,103 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit a VAE with SVI, checkpoint every epoch, evaluate log p(x) at the end",
         argument_default=argparse.SUPPRESS,
     )
-    g = t.add_argument_group("data")
-    g.add_argument(
-        "--dataset",
-        help=f"digits, mnist, fashion-mnist, kmnist, or a .npz/.npy/.pt file "
-        f"(default {d.data.dataset})",
-    )
-    g.add_argument("--data-dir", help="first directory to look in for data files")
-    g.add_argument("--binarize", help=f"dynamic, static or none (default {d.data.binarize})")
-    g.add_argument(
-        "--binarize-seed",
-        type=int,
-        help=f"seed of static and evaluation binarisation (default {d.data.binarize_seed})",
-    )
-    g.add_argument(
-        "--no-download", dest="download", action="store_false", help="never download data"
-    )
-    g.add_argument(
-        "--dequantize",
-        help="uniform or none: (k + u) / levels, for densities on 8-bit data "
-        f"(default {d.data.dequantize})",
-    )
-    g = t.add_argument_group("model")
-    g.add_argument("--latent-dim", type=int, help=f"dimension of z (default {d.model.latent_dim})")
-    g.add_argument(
-        "--hidden", type=_hidden, help="hidden widths of encoder and decoder (default 256,256)"
-    )
-    g.add_argument("--prior", help=f"p(z): {_names(registry.PRIORS, d.model.prior)}")
-    g.add_argument(
-        "--likelihood", help=f"p(x|z): {_names(registry.LIKELIHOODS, d.model.likelihood)}"
-    )
-    g.add_argument("--guide", help=f"q(z|x): {_names(registry.GUIDES, d.model.guide)}")
-    g.add_argument(
-        "--gaussian-scale",
-        type=float,
-        help=f"sigma of --likelihood gaussian (default {d.model.gaussian_scale})",
-    )
-    g.add_argument(
-        "--scale-floor",
-        type=float,
-        help="minimum scale of gaussian-learned, laplace, discretized-logistic "
-        f"(default {d.model.scale_floor})",
-    )
-    g.add_argument(
-        "--num-components",
-        type=int,
-        help=f"components of mog, pseudo-inputs of vamp (default {d.model.num_components})",
-    )
-    g.add_argument(
-        "--flows", type=int, help=f"steps of the flow prior and iaf guide (default {d.model.flows})"
-    )
-    g.add_argument("--rank", type=int, help=f"rank of the lowrank guide (default {d.model.rank})")
-    g = t.add_argument_group("training")
-    g.add_argument(
-        "--elbo",
-        help="trace (Trace_ELBO), meanfield (TraceMeanField_ELBO) or iwae (IWAE bound with "
-        f"--num-particles K) (default {d.train.elbo})",
-    )
-    g.add_argument(
-        "--num-particles",
-        type=int,
-        help=f"samples of z per datapoint per step (default {d.train.num_particles})",
-    )
-    g.add_argument(
-        "--no-vectorize-particles",
-        dest="vectorize_particles",
-        action="store_false",
-        help="draw particles in a Python loop",
-    )
-    g.add_argument("--epochs", type=int, help=f"default {d.train.epochs}")
-    g.add_argument("--batch-size", type=int, help=f"default {d.train.batch_size}")
-    g.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.train.lr})")
-    g.add_argument(
-        "--beta", type=float, help=f"KL weight; 1 is the true ELBO (default {d.train.beta})"
-    )
-    g.add_argument(
-        "--warmup-epochs",
-        type=int,
-        help=f"epochs of linear KL warm-up to --beta (default {d.train.warmup_epochs})",
-    )
-    g.add_argument("--seed", type=int, help=f"default {d.train.seed}")
-    g.add_argument("--device", help=f"auto, cpu or cuda (default {d.train.device})")
-    g.add_argument(
-        "--log-every",
-        type=int,
-        help=f"steps between progress updates (default {d.train.log_every})",
-    )
-    g.add_argument(
-        "--eval-samples",
-        type=int,
-        help=f"K of the evaluation after training (default {d.train.eval_samples})",
-    )
-    g.add_argument(
-        "--precision",
-        help="precision of the networks in training steps; bf16 is mixed precision, faster "
-        "where the hardware has bf16 matrix units (the final evaluation stays fp32): "
-        f"{_names(registry.PRECISIONS, d.train.precision)}",
-    )
+    _add_config_options(t, d)
     g = t.add_argument_group("run")
     g.add_argument("--out", help="run directory (default runs/DATASET-TIMESTAMP)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -394,15 +303,14 @@ def _show_progress(args) -> str:
 
 def train_config(args: argparse.Namespace) -> RunConfig:
     """The run's config: defaults (or, with --resume, the saved config) plus the given options."""
-    given = {dest: getattr(args, dest) for dest in TRAIN_OPTIONS if hasattr(args, dest)}
     if getattr(args, "resume", False):
         base = RunDir(args.out).require(checkpoint=False).read_config()
     else:
         base = RunConfig()
-    sections: dict[str, dict] = {"data": {}, "model": {}, "train": {}}
-    for dest, value in given.items():
-        section, field = TRAIN_OPTIONS[dest]
-        sections[section][field] = value
+    sections = {
+        section: {f.name: getattr(args, f.name) for f, _ in declared(kind) if hasattr(args, f.name)}
+        for section, kind in SECTIONS.items()
+    }
     return base.replace(**sections)
 
 
@@ -534,7 +442,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(argv)
     except PyroVAEError as e:
         hint = advice(e)
-        message = " ".join(str(e).split())  # one line, whatever the message holds
+        text = str(e)
+        if isinstance(e, ConfigError) and e.option:
+            text = f"{FLAGS.get(e.option, e.option)} {e.reason}"
+        message = " ".join(text.split())  # one line, whatever the message holds
         _error_line(f"pyro-vae: error: {message}" + (f" ({hint})" if hint else ""))
         return 2
     except KeyboardInterrupt:  # outside training (evaluate, plot, compare, sample)

@@ -1,87 +1,120 @@
 """The run configuration: three small dataclasses that serialise to JSON.
 
-Names of priors, likelihoods, objectives and so on are kept as strings here; they become objects
-only in :mod:`pyro_vae.registry`.
+Every field is declared once, with its help and its range (:func:`pyro_vae.options.option`): the
+checks here and the ``pyro-vae train`` flags are made from those declarations. Names of priors,
+likelihoods, objectives and so on are kept as strings here; they become objects only in
+:mod:`pyro_vae.registry`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.options import check_options, option
 
 BINARIZE_MODES = ("dynamic", "static", "none")
 DEQUANTIZE_MODES = ("uniform", "none")
 DEVICES = ("auto", "cpu", "cuda")
-# Integer options and their ranges: beyond these, networks or loops would not fit in memory or
-# time (and beyond 2**63 PyTorch cannot take them at all).
-INT_RANGES = {
-    ("model", "latent_dim"): ("--latent-dim", 1, 4096),
-    ("model", "num_components"): ("--num-components", 1, 10_000),
-    ("model", "flows"): ("--flows", 1, 64),
-    ("model", "rank"): ("--rank", 1, 4096),
-    ("train", "epochs"): ("--epochs", 1, 1_000_000),
-    ("train", "batch_size"): ("--batch-size", 1, 10_000_000),
-    ("train", "num_particles"): ("--num-particles", 1, 100_000),
-    ("train", "warmup_epochs"): ("--warmup-epochs", 0, 1_000_000),
-    ("train", "log_every"): ("--log-every", 1, 1_000_000_000),
-    ("train", "eval_samples"): ("--eval-samples", 1, 1_000_000_000),
-}
 MAX_HIDDEN_WIDTH = 65_536
-FLOAT32_MAX = 3.4028234663852886e38  # parameters and the optimiser are float32
 # Seeds reach NumPy's generator through pyro.set_rng_seed, which takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
+# Ranges of integer options: beyond these, networks or loops would not fit in memory or time
+# (and beyond 2**63 PyTorch cannot take them at all).
+MAX_STEPS = 1_000_000_000
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """``"512,512"`` -> ``(512, 512)``."""
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected widths like 512,512, got '{text}'") from None
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Which data, and how it is turned into what the likelihood scores."""
 
-    dataset: str = "digits"
-    data_dir: str | None = None
-    binarize: str = "dynamic"
-    binarize_seed: int = 0  # fixes static binarisation, dequantisation noise of val/test splits
-    dequantize: str = "none"
-    download: bool = True
+    dataset: str = option(
+        "digits", "digits, mnist, fashion-mnist, kmnist, or a .npz/.npy/.pt file", metavar="NAME"
+    )
+    data_dir: str | None = option(None, "first directory to look in for data files")
+    binarize: str = option("dynamic", "dynamic, static or none", choices=BINARIZE_MODES)
+    binarize_seed: int = option(
+        0,
+        "seed of static and evaluation binarisation (and of val/test dequantisation noise)",
+        low=0,
+        high=MAX_SEED,
+    )
+    dequantize: str = option(
+        "none",
+        "uniform or none: (k + u) / levels, for densities on 8-bit data",
+        choices=DEQUANTIZE_MODES,
+    )
+    download: bool = option(True, "never download data", negate="--no-download")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The generative model p(z) p(x|z) and the guide q(z|x)."""
 
-    latent_dim: int = 16
-    hidden: tuple[int, ...] = (256, 256)
-    prior: str = "normal"
-    likelihood: str = "bernoulli"
-    guide: str = "diagonal"
-    gaussian_scale: float = 0.1  # sigma of the fixed-scale Gaussian likelihood
-    scale_floor: float = 0.001  # lower bound on learned likelihood scales (Mattei & Frellsen 2018)
-    num_components: int = 10  # mixture prior components / VampPrior pseudo-inputs
-    flows: int = 2  # coupling steps of the flow prior, IAF steps of the iaf guide
-    rank: int = 2  # rank of the lowrank guide's covariance factor
+    latent_dim: int = option(16, "dimension of z", low=1, high=4096, metavar="D")
+    hidden: tuple[int, ...] = option(
+        (256, 256), "hidden widths of encoder and decoder", parse=parse_widths, metavar="W,W"
+    )
+    prior: str = option("normal", "p(z)", names="PRIORS")
+    likelihood: str = option("bernoulli", "p(x|z)", names="LIKELIHOODS")
+    guide: str = option("diagonal", "q(z|x)", names="GUIDES")
+    gaussian_scale: float = option(0.1, "sigma of --likelihood gaussian", positive=True)
+    scale_floor: float = option(
+        0.001,
+        "minimum scale of gaussian-learned, laplace, discretized-logistic (Mattei & Frellsen 2018)",
+        positive=True,
+    )
+    num_components: int = option(
+        10, "components of mog, pseudo-inputs of vamp", low=1, high=10_000, metavar="K"
+    )
+    flows: int = option(2, "steps of the flow prior and iaf guide", low=1, high=64)
+    rank: int = option(2, "rank of the lowrank guide's covariance factor", low=1, high=4096)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How the model is fitted with SVI."""
 
-    elbo: str = "trace"
-    num_particles: int = 1
-    vectorize_particles: bool = True
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3
-    beta: float = 1.0
-    warmup_epochs: int = 0
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 50
-    eval_samples: int = 1000  # K of the evaluation run at the end of training
-    precision: str = "fp32"  # of the networks in training steps (registry.PRECISIONS)
+    elbo: str = option(
+        "trace",
+        "trace (Trace_ELBO), meanfield (TraceMeanField_ELBO) or iwae (IWAE bound with "
+        "--num-particles K)",
+    )
+    num_particles: int = option(
+        1, "samples of z per datapoint per step", low=1, high=100_000, metavar="K"
+    )
+    vectorize_particles: bool = option(
+        True, "draw particles in a Python loop", negate="--no-vectorize-particles"
+    )
+    epochs: int = option(100, "passes over the training data", low=1, high=1_000_000)
+    batch_size: int = option(128, "datapoints per step", low=1, high=10_000_000)
+    lr: float = option(1e-3, "Adam learning rate", positive=True)
+    beta: float = option(1.0, "KL weight; 1 is the true ELBO", positive=True)
+    warmup_epochs: int = option(0, "epochs of linear KL warm-up to --beta", low=0, high=1_000_000)
+    seed: int = option(0, "seed of initialisation, minibatches and noise", low=0, high=MAX_SEED)
+    device: str = option("auto", "auto, cpu or cuda", choices=DEVICES)
+    log_every: int = option(50, "steps between progress updates", low=1, high=MAX_STEPS)
+    eval_samples: int = option(1000, "K of the evaluation after training", low=1, high=MAX_STEPS)
+    precision: str = option(
+        "fp32",
+        "precision of the networks in training steps; bf16 is mixed precision, faster where "
+        "the hardware has bf16 matrix units (the final evaluation stays fp32)",
+        names="PRECISIONS",
+    )
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
 @dataclass(frozen=True)
@@ -91,45 +124,21 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        _check(self.data.binarize in BINARIZE_MODES, f"--binarize must be one of {BINARIZE_MODES}")
-        _check(
-            self.data.dequantize in DEQUANTIZE_MODES,
-            f"--dequantize must be one of {DEQUANTIZE_MODES}",
-        )
+        for name in SECTIONS:
+            check_options(name, getattr(self, name))
         _check(
             self.data.dequantize == "none" or self.data.binarize == "none",
             "choose binarisation or dequantisation, not both: --dequantize uniform needs "
             "--binarize none and a density likelihood (e.g. --likelihood gaussian); to binarise, "
             "drop --dequantize",
         )
-        _check(self.train.device in DEVICES, f"--device must be one of {DEVICES}")
-        for (section, name), (flag, low, high) in INT_RANGES.items():
-            value = getattr(getattr(self, section), name)
-            _check(
-                low <= value <= high, f"{flag} must be an integer from {low} to {high}, got {value}"
+        hidden = self.model.hidden
+        if not (len(hidden) >= 1 and all(1 <= h <= MAX_HIDDEN_WIDTH for h in hidden)):
+            raise ConfigError(
+                f"must be a comma-separated list of widths from 1 to {MAX_HIDDEN_WIDTH}, "
+                "e.g. 512,512",
+                option="model.hidden",
             )
-        _check(
-            len(self.model.hidden) >= 1
-            and all(1 <= h <= MAX_HIDDEN_WIDTH for h in self.model.hidden),
-            "--hidden must be a comma-separated list of widths from 1 to "
-            f"{MAX_HIDDEN_WIDTH}, e.g. 512,512",
-        )
-        for flag, value in (
-            ("--gaussian-scale", self.model.gaussian_scale),
-            ("--scale-floor", self.model.scale_floor),
-            ("--lr", self.train.lr),
-            ("--beta", self.train.beta),
-        ):
-            _check(
-                math.isfinite(value) and abs(value) <= FLOAT32_MAX,
-                f"{flag} must be a finite number within float32's range, got {value}",
-            )
-        check_seed(self.train.seed, "--seed")
-        check_seed(self.data.binarize_seed, "--binarize-seed")
-        _check(self.model.gaussian_scale > 0, "--gaussian-scale must be positive")
-        _check(self.model.scale_floor > 0, "--scale-floor must be positive")
-        _check(self.train.lr > 0, "--lr must be positive")
-        _check(self.train.beta > 0, "--beta must be positive (beta=1 is the true ELBO)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,10 +152,9 @@ class RunConfig:
         with its declared type, and nothing else (:class:`ConfigError` names what is wrong)."""
         if not isinstance(d, dict):
             raise ConfigError(f"not a valid pyro_vae run config (a {type(d).__name__})")
-        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-        _check_keys(d, set(sections), "the config")
+        _check_keys(d, set(SECTIONS), "the config")
         parts = {}
-        for name, kind in sections.items():
+        for name, kind in SECTIONS.items():
             values = d[name]
             if not isinstance(values, dict):
                 raise ConfigError(f"config section '{name}' is a {type(values).__name__}")
@@ -218,12 +226,10 @@ def _check_type(name: str, value, declared: str) -> None:
         raise ConfigError(f"config value {name} = {value!r} is not of type {declared}")
 
 
-def check_seed(seed: int, flag: str = "--seed") -> None:
+def check_seed(seed: int, option: str = "train.seed") -> None:
     """Raise :class:`ConfigError` unless ``seed`` is an integer in 0 .. :data:`MAX_SEED`."""
-    _check(
-        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED,
-        f"{flag} must be an integer from 0 to {MAX_SEED}, got {seed}",
-    )
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        raise ConfigError(f"must be an integer from 0 to {MAX_SEED}, got {seed}", option=option)
 
 
 def _check(ok: bool, message: str) -> None:

@@ -85,7 +85,22 @@ SUPPORT_ADVICE = {
 
 
 class ConfigError(PyroVAEError, ValueError):
-    """An option or configuration value that is not valid."""
+    """An option or configuration value that is not valid.
+
+    Attributes
+    ----------
+    option : str or None
+        The config path of the option at fault (``"model.latent_dim"``), when it is one option;
+        the message then says what is wrong with it (``"must be ..."``), and ``str()`` puts the
+        path in front. The command line puts the option's flag there instead.
+    reason : str
+        The message without the option.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None):
+        self.option = option
+        self.reason = message
+        super().__init__(f"{option} {message}" if option else message)
 
 
 class CheckpointError(PyroVAEError):

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vae.cli import TRAIN_OPTIONS, build_parser
+from pyro_vae.cli import build_parser
+from pyro_vae.config import SECTIONS, RunConfig
+from pyro_vae.options import declared, flag_of
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
@@ -28,4 +30,18 @@ def test_every_option_of_every_command_is_documented():
         missing = sorted(f for f in flags - {"--help"} if f"{f}" not in README)
         assert not missing, f"README lacks {name} {missing}"
         assert f"pyro-vae {name}" in README
-    assert set(TRAIN_OPTIONS) <= {a.dest for a in commands["train"]._actions}
+    options = {f.name for kind in SECTIONS.values() for f, _ in declared(kind)}
+    assert options <= {a.dest for a in commands["train"]._actions}
+
+
+def test_the_train_table_shows_each_declared_default():
+    defaults = RunConfig()
+    for section, kind in SECTIONS.items():
+        for f, opt in declared(kind):
+            value = getattr(getattr(defaults, section), f.name)
+            if opt.negate or value is None:
+                continue
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            rows = [r for r in README.splitlines() if r.startswith(f"| `{flag_of(f.name)}")]
+            assert rows, f"README's train table lacks {flag_of(f.name)}"
+            assert f"| `{shown}` |" in rows[0], f"README shows another default for {rows[0]}"
