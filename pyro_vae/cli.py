@@ -16,7 +16,14 @@ from pathlib import Path
 from pyro_vae import jobs, registry
 from pyro_vae.config import SECTIONS, RunConfig
 from pyro_vae.data.datasets import is_path
-from pyro_vae.errors import ConfigError, NonFiniteError, PyroVAEError, UnsupportedDataError
+from pyro_vae.errors import (
+    ConfigError,
+    NonFiniteError,
+    PyroVAEError,
+    UnsupportedDataError,
+    name_options,
+)
+from pyro_vae.estimators import EstimatorSpec
 from pyro_vae.options import declared, flag_of
 from pyro_vae.runs import RunDir, atomic_write_text, check_output_dir, check_output_file
 
@@ -30,6 +37,18 @@ SUPPORT_HINTS = {
     "levels": "--binarize none without --dequantize",
 }
 
+# The estimator's settings that pyro-vae evaluate takes (beside --num-samples and --chunk-size),
+# and those of them that pyro-vae bdmc takes.
+AIS_SETTINGS = ("ais_steps", "ais_chains", "ais_leapfrog")
+ESTIMATOR_SETTINGS = (
+    "method",
+    *AIS_SETTINGS,
+    "refine_steps",
+    "widen",
+    "max_seconds",
+    "stderr_tolerance",
+    "max_samples",
+)
 # The option groups of ``pyro-vae train``: config section -> group title.
 TRAIN_GROUPS = {"data": "data", "model": "model", "train": "training"}
 
@@ -44,25 +63,33 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_options(parser: argparse.ArgumentParser, defaults: RunConfig) -> None:
-    """One flag per declared config field (:mod:`pyro_vae.options`), with its help and default;
-    a flag given sets the field (its ``dest``), one not given leaves it unset."""
+    """One flag per declared config field (:mod:`pyro_vae.options`), grouped by section; a flag
+    given sets the field (its ``dest``), one not given leaves it unset."""
     for section, title in TRAIN_GROUPS.items():
         group = parser.add_argument_group(title)
-        for f, opt in declared(SECTIONS[section]):
-            if not opt.cli:
-                continue
-            if f.type == "bool":
-                group.add_argument(opt.negate, dest=f.name, action="store_false", help=opt.help)
-                continue
-            default = getattr(getattr(defaults, section), f.name)
-            text = opt.help
-            if opt.names:
-                text += ": " + ", ".join(getattr(registry, opt.names))
-            if default is not None:
-                shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-                text += f" (default {shown})"
-            kind = _parser_of(opt.parse) if opt.parse else {"int": int, "float": float}.get(f.type)
-            group.add_argument(flag_of(f.name), type=kind, help=text, metavar=opt.metavar)
+        _add_declared(group, SECTIONS[section], getattr(defaults, section))
+
+
+def _add_declared(group, kind, defaults, only: tuple[str, ...] | None = None) -> None:
+    """A flag for each declared field of ``kind`` (those named in ``only``, when given), with
+    its help, its default from ``defaults`` and its parser."""
+    for f, opt in declared(kind):
+        if not opt.cli or (only is not None and f.name not in only):
+            continue
+        text = name_options(opt.help, _flag)
+        if f.type == "bool":
+            group.add_argument(opt.negate, dest=f.name, action="store_false", help=text)
+            continue
+        default = getattr(defaults, f.name)
+        if opt.names:
+            text += ": " + ", ".join(getattr(registry, opt.names))
+        if default is not None:
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            text += f" (default {shown})"
+        base = f.type.removesuffix(" | None")
+        kind_of = _parser_of(opt.parse) if opt.parse else {"int": int, "float": float}.get(base)
+        extra = {} if group.argument_default is argparse.SUPPRESS else {"default": default}
+        group.add_argument(flag_of(f.name), type=kind_of, help=text, metavar=opt.metavar, **extra)
 
 
 def _parser_of(parse):
@@ -77,12 +104,16 @@ def _parser_of(parse):
     return parsed
 
 
-# The flag of each config option, for errors that name the option by its config path.
+# The flag of each option, for errors that name the option by its config path.
 FLAGS = {
     f"{section}.{f.name}": opt.negate or flag_of(f.name)
-    for section, kind in SECTIONS.items()
+    for section, kind in {**SECTIONS, "estimator": EstimatorSpec}.items()
     for f, opt in declared(kind)
 }
+
+
+def _flag(path: str) -> str:
+    return FLAGS.get(path, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,18 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         "split, K and precision)",
     )
     e.add_argument("run_dir")
-    e.add_argument(
-        "--num-samples",
-        type=int,
-        default=1000,
-        help="K, importance samples per datapoint (default 1000)",
-    )
-    e.add_argument(
-        "--chunk-size",
-        type=int,
-        default=None,
-        help="particles per vectorised pass (default: automatic, sized from free device memory)",
-    )
+    spec = EstimatorSpec()
+    _add_declared(e, EstimatorSpec, spec, only=("num_samples", "chunk_size"))
     e.add_argument("--split", default="test", help="train, val or test (default test)")
     e.add_argument("--device", default="auto", help="auto (the run's device), cpu or cuda")
     e.add_argument(
@@ -132,46 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "approximation; compare refuses to mix it with fp32)",
     )
     m = e.add_argument_group("estimation method")
-    m.add_argument(
-        "--method",
-        default="iwae",
-        help="iwae (importance sampling from the guide), refined (from a proposal refined per "
-        "datapoint), ais (annealed importance sampling) or auto (iwae, then refined, then ais "
-        "for the datapoints k-hat or the error bar flags) (default iwae)",
-    )
-    _ais_flags(m)
-    m.add_argument(
-        "--refine-steps",
-        type=int,
-        default=1000,
-        help="most optimisation steps per datapoint of refined and auto (default 1000)",
-    )
-    m.add_argument(
-        "--widen",
-        type=float,
-        default=1.1,
-        help="factor on the refined proposal's scale (default 1.1)",
-    )
-    m.add_argument(
-        "--max-seconds",
-        type=float,
-        default=None,
-        help="soft time budget of auto: no new block of its AIS stage starts once it is spent "
-        "(default none)",
-    )
-    m.add_argument(
-        "--stderr-tolerance",
-        type=float,
-        default=0.05,
-        help="error bar in nats above which auto escalates a datapoint (default 0.05)",
-    )
-    m.add_argument(
-        "--max-samples",
-        type=int,
-        default=None,
-        help="auto: the most fresh draws from a refined proposal whose k-hat is fine but whose "
-        "error bar is above the tolerance, before AIS (default 16 times --num-samples)",
-    )
+    _add_declared(m, EstimatorSpec, spec, only=ESTIMATOR_SETTINGS)
     _progress_flags(e)
 
     b = sub.add_parser(
@@ -193,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="K of the IWAE estimate reported beside the bounds (default 1000)",
     )
     b.add_argument("--device", default="auto", help="auto (the run's device), cpu or cuda")
-    _ais_flags(b)
+    _add_declared(b, EstimatorSpec, spec, only=AIS_SETTINGS)
     _progress_flags(b)
 
     c = sub.add_parser(
@@ -253,30 +235,8 @@ def _selection(args) -> dict:
     }
 
 
-def _ais_flags(group) -> None:
-    group.add_argument(
-        "--ais-steps",
-        type=int,
-        default=500,
-        help="AIS: intermediate distributions (default 500)",
-    )
-    group.add_argument(
-        "--ais-chains", type=int, default=16, help="AIS: chains per datapoint (default 16)"
-    )
-    group.add_argument(
-        "--ais-leapfrog",
-        type=int,
-        default=5,
-        help="AIS: leapfrog steps per HMC transition (default 5)",
-    )
-
-
-def _ais_settings(args) -> dict:
-    return {
-        "ais_steps": args.ais_steps,
-        "ais_chains": args.ais_chains,
-        "ais_leapfrog": args.ais_leapfrog,
-    }
+def _settings(args, names: tuple[str, ...]) -> dict:
+    return {name: getattr(args, name) for name in names}
 
 
 def _progress_flags(group) -> None:
@@ -369,19 +329,11 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "evaluate":
         summary = jobs.evaluate(
             args.run_dir,
-            num_samples=args.num_samples,
-            chunk_size=args.chunk_size,
             split=args.split,
             device=args.device,
             precision=args.precision,
             progress=progress,
-            method=args.method,
-            refine_steps=args.refine_steps,
-            widen=args.widen,
-            max_seconds=args.max_seconds,
-            stderr_tolerance=args.stderr_tolerance,
-            max_samples=args.max_samples,
-            **_ais_settings(args),
+            **_settings(args, ("num_samples", "chunk_size", *ESTIMATOR_SETTINGS)),
         )
         json_path, nc_path = RunDir(args.run_dir).evaluation_paths(summary)
         echo(jobs.format_evaluation(summary))
@@ -410,7 +362,7 @@ def run(argv: list[str] | None = None) -> int:
             num_samples=args.num_samples,
             device=args.device,
             progress=progress,
-            **_ais_settings(args),
+            **_settings(args, AIS_SETTINGS),
         )
         echo(jobs.format_bdmc(summary))
         echo(f"wrote {' and '.join(summary['paths'])}")
@@ -442,9 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(argv)
     except PyroVAEError as e:
         hint = advice(e)
-        text = str(e)
-        if isinstance(e, ConfigError) and e.option:
-            text = f"{FLAGS.get(e.option, e.option)} {e.reason}"
+        text = e.render(_flag) if isinstance(e, ConfigError) else str(e)
         message = " ".join(text.split())  # one line, whatever the message holds
         _error_line(f"pyro-vae: error: {message}" + (f" ({hint})" if hint else ""))
         return 2

@@ -69,7 +69,7 @@ class ModelConfig:
     prior: str = option("normal", "p(z)", names="PRIORS")
     likelihood: str = option("bernoulli", "p(x|z)", names="LIKELIHOODS")
     guide: str = option("diagonal", "q(z|x)", names="GUIDES")
-    gaussian_scale: float = option(0.1, "sigma of --likelihood gaussian", positive=True)
+    gaussian_scale: float = option(0.1, "sigma of {model.likelihood} gaussian", positive=True)
     scale_floor: float = option(
         0.001,
         "minimum scale of gaussian-learned, laplace, discretized-logistic (Mattei & Frellsen 2018)",
@@ -89,7 +89,7 @@ class TrainConfig:
     elbo: str = option(
         "trace",
         "trace (Trace_ELBO), meanfield (TraceMeanField_ELBO) or iwae (IWAE bound with "
-        "--num-particles K)",
+        "{train.num_particles} K)",
     )
     num_particles: int = option(
         1, "samples of z per datapoint per step", low=1, high=100_000, metavar="K"
@@ -101,7 +101,9 @@ class TrainConfig:
     batch_size: int = option(128, "datapoints per step", low=1, high=10_000_000)
     lr: float = option(1e-3, "Adam learning rate", positive=True)
     beta: float = option(1.0, "KL weight; 1 is the true ELBO", positive=True)
-    warmup_epochs: int = option(0, "epochs of linear KL warm-up to --beta", low=0, high=1_000_000)
+    warmup_epochs: int = option(
+        0, "epochs of linear KL warm-up to {train.beta}", low=0, high=1_000_000
+    )
     seed: int = option(0, "seed of initialisation, minibatches and noise", low=0, high=MAX_SEED)
     device: str = option("auto", "auto, cpu or cuda", choices=DEVICES)
     log_every: int = option(50, "steps between progress updates", low=1, high=MAX_STEPS)
@@ -128,9 +130,9 @@ class RunConfig:
             check_options(name, getattr(self, name))
         _check(
             self.data.dequantize == "none" or self.data.binarize == "none",
-            "choose binarisation or dequantisation, not both: --dequantize uniform needs "
-            "--binarize none and a density likelihood (e.g. --likelihood gaussian); to binarise, "
-            "drop --dequantize",
+            "choose binarisation or dequantisation, not both: {data.dequantize} uniform needs "
+            "{data.binarize} none and a density likelihood (e.g. {model.likelihood} gaussian); "
+            "to binarise, drop {data.dequantize}",
         )
         hidden = self.model.hidden
         if not (len(hidden) >= 1 and all(1 <= h <= MAX_HIDDEN_WIDTH for h in hidden)):

@@ -7,6 +7,9 @@ exits non-zero; anything else is a bug.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 
 class PyroVAEError(Exception):
     """Base class for errors caused by input, data or files rather than by a bug."""
@@ -87,20 +90,30 @@ SUPPORT_ADVICE = {
 class ConfigError(PyroVAEError, ValueError):
     """An option or configuration value that is not valid.
 
-    Attributes
-    ----------
-    option : str or None
-        The config path of the option at fault (``"model.latent_dim"``), when it is one option;
-        the message then says what is wrong with it (``"must be ..."``), and ``str()`` puts the
-        path in front. The command line puts the option's flag there instead.
-    reason : str
-        The message without the option.
+    Options are named by their config path (``model.latent_dim``), never by a command-line flag:
+    :attr:`option` is the option at fault (then the message says what is wrong with it,
+    ``"must be ..."``), and the message may name other options as ``{section.name}``.
+    ``str()`` writes the paths; :meth:`render` writes whatever names the caller gives them (the
+    command line gives flags).
     """
 
     def __init__(self, message: str, *, option: str | None = None):
         self.option = option
-        self.reason = message
-        super().__init__(f"{option} {message}" if option else message)
+        self.template = message
+        super().__init__(self.render(lambda path: path))
+
+    def render(self, name: Callable[[str], str]) -> str:
+        """The message with every option path replaced by ``name(path)``."""
+        reason = name_options(self.template, name)
+        return f"{name(self.option)} {reason}" if self.option else reason
+
+
+_OPTION_PATH = re.compile(r"\{([a-z]+\.[a-z_]+)\}")
+
+
+def name_options(text: str, name: Callable[[str], str]) -> str:
+    """``text`` with each ``{section.option}`` replaced by ``name("section.option")``."""
+    return _OPTION_PATH.sub(lambda m: name(m.group(1)), text)
 
 
 class CheckpointError(PyroVAEError):

@@ -24,6 +24,7 @@ from pyro_vae.infer.escalate import METHODS as AUTO_STAGES
 from pyro_vae.infer.escalate import PSIS_MIN_SAMPLES as AUTO_MIN_SAMPLES
 from pyro_vae.infer.escalate import auto_log_likelihood
 from pyro_vae.infer.refine import refined_log_likelihood
+from pyro_vae.options import check_options, option
 
 METHODS = ("iwae", "refined", "ais", "auto")
 # Draws of the guide per datapoint for the ELBO reported beside methods that do not draw from
@@ -33,75 +34,70 @@ ELBO_SAMPLES = 100
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """The estimator of an evaluation and its settings.
+    """The estimator of an evaluation and its settings, each declared with its meaning and
+    range (:func:`~pyro_vae.options.option`; ``pyro-vae evaluate`` makes its flags from them).
 
-    Attributes
-    ----------
-    method : {"iwae", "refined", "ais", "auto"}
-        IWAE from the guide; importance sampling from a proposal refined per datapoint; annealed
-        importance sampling; or IWAE escalated to refinement and AIS where k-hat or the error bar
-        flags a datapoint (:func:`~pyro_vae.infer.escalate.auto_log_likelihood`).
-    num_samples : int
-        K, importance samples per datapoint (iwae, refined, auto).
-    chunk_size : int, optional
-        Particles per vectorised pass of the guide's IWAE.
-    ais_steps, ais_chains, ais_leapfrog : int
-        AIS's intermediate distributions, chains per datapoint and leapfrog steps (ais, auto).
-    refine_steps : int
-        Most optimisation steps per datapoint of the refinement (refined, auto).
-    widen : float
-        Factor on the refined proposal's scale (refined, auto).
-    max_seconds : float, optional
-        Time budget of ``auto`` (its AIS stage stops when it is spent).
-    stderr_tolerance : float
-        Error bar above which ``auto`` escalates a datapoint, in nats.
-    max_samples : int, optional
-        ``auto``: the most fresh draws from a refined proposal whose k-hat is fine but whose
-        error bar is too wide (default 16 K).
+    ``method`` is IWAE from the guide; importance sampling from a proposal refined per datapoint
+    (:func:`~pyro_vae.infer.refine.refined_log_likelihood`); annealed importance sampling
+    (:func:`~pyro_vae.infer.ais.ais_log_likelihood`); or IWAE escalated to refinement and AIS
+    where k-hat or the error bar flags a datapoint
+    (:func:`~pyro_vae.infer.escalate.auto_log_likelihood`). Errors name the fields as
+    ``estimator.NAME``.
     """
 
-    method: str = "iwae"
-    num_samples: int = 1000
-    chunk_size: int | None = None
-    ais_steps: int = 500
-    ais_chains: int = 16
-    ais_leapfrog: int = 5
-    refine_steps: int = 1000
-    widen: float = 1.1
-    max_seconds: float | None = None
-    stderr_tolerance: float = 0.05
-    max_samples: int | None = None
+    method: str = option(
+        "iwae",
+        "iwae (importance sampling from the guide), refined (from a proposal refined per "
+        "datapoint), ais (annealed importance sampling) or auto (iwae, then refined, then ais "
+        "for the datapoints k-hat or the error bar flags)",
+    )
+    num_samples: int = option(1000, "K, importance samples per datapoint", low=1, metavar="K")
+    chunk_size: int | None = option(
+        None,
+        "particles per vectorised pass (default: automatic, sized from free device memory)",
+        low=1,
+    )
+    ais_steps: int = option(500, "AIS: intermediate distributions", low=1, metavar="T")
+    ais_chains: int = option(16, "AIS: chains per datapoint", low=1, metavar="C")
+    ais_leapfrog: int = option(5, "AIS: leapfrog steps per HMC transition", low=1, metavar="L")
+    refine_steps: int = option(
+        1000, "most optimisation steps per datapoint of refined and auto", low=1
+    )
+    widen: float = option(1.1, "factor on the refined proposal's scale", positive=True)
+    max_seconds: float | None = option(
+        None,
+        "soft time budget of auto: no new block of its AIS stage starts once it is spent "
+        "(default none)",
+    )
+    stderr_tolerance: float = option(
+        0.05, "error bar in nats above which auto escalates a datapoint", positive=True
+    )
+    max_samples: int | None = option(
+        None,
+        "auto: the most fresh draws from a refined proposal whose k-hat is fine but whose "
+        "error bar is above the tolerance, before AIS (default 16 times {estimator.num_samples})",
+    )
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ConfigError(f"unknown estimation method {self.method!r}; choose one of {METHODS}")
-        positive_ints = {
-            "--num-samples": self.num_samples,
-            "--ais-steps": self.ais_steps,
-            "--ais-chains": self.ais_chains,
-            "--ais-leapfrog": self.ais_leapfrog,
-            "--refine-steps": self.refine_steps,
-        }
-        for flag, value in positive_ints.items():
-            if value < 1:
-                raise ConfigError(f"{flag} must be at least 1, got {value}")
+        check_options("estimator", self)
         if self.method == "auto" and self.num_samples < AUTO_MIN_SAMPLES:
             raise ConfigError(
-                f"--num-samples must be at least {AUTO_MIN_SAMPLES} for --method auto, whose "
-                f"k-hat needs that many importance samples, got {self.num_samples}"
+                f"must be at least {AUTO_MIN_SAMPLES} for {{estimator.method}} auto, whose "
+                f"k-hat needs that many importance samples, got {self.num_samples}",
+                option="estimator.num_samples",
             )
         if self.max_samples is not None and self.max_samples < self.num_samples:
             raise ConfigError(
-                f"--max-samples must be at least --num-samples ({self.num_samples}), "
-                f"got {self.max_samples}"
+                f"must be at least {{estimator.num_samples}} ({self.num_samples}), "
+                f"got {self.max_samples}",
+                option="estimator.max_samples",
             )
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ConfigError("--chunk-size must be at least 1")
-        for flag, value in (("--widen", self.widen), ("--stderr-tolerance", self.stderr_tolerance)):
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{flag} must be a positive number, got {value}")
         if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ConfigError(f"--max-seconds must be positive, got {self.max_seconds}")
+            raise ConfigError(
+                f"must be positive, got {self.max_seconds}", option="estimator.max_seconds"
+            )
 
     @property
     def weights_per_datapoint(self) -> int:

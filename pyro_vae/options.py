@@ -33,7 +33,8 @@ class Option:
     Attributes
     ----------
     help : str
-        One line for ``--help`` and the docs (the default is appended by the command line).
+        One line for ``--help`` and the docs (the default is appended by the command line). It
+        may name other options as ``{section.name}``, as :class:`ConfigError` messages do.
     low, high : number, optional
         The closed range of an integer, or a float's bounds.
     positive : bool
@@ -93,12 +94,17 @@ def check_options(section_name: str, section) -> None:
 
 
 def _problem(kind: str, value, opt: Option) -> str | None:
+    if value is None and kind.endswith("| None"):
+        return None
+    kind = kind.removesuffix(" | None")
     if kind == "int":
         if not isinstance(value, int) or isinstance(value, bool):
             return f"must be an integer, got {value!r}"
         low = -math.inf if opt.low is None else opt.low
         high = math.inf if opt.high is None else opt.high
         if not (low <= value <= high):
+            if opt.high is None:
+                return f"must be at least {opt.low}, got {value}"
             return f"must be an integer from {opt.low} to {opt.high}, got {value}"
     elif kind == "float":
         if not isinstance(value, int | float) or isinstance(value, bool):
@@ -106,7 +112,7 @@ def _problem(kind: str, value, opt: Option) -> str | None:
         if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
             return f"must be a finite number within float32's range, got {value}"
         if opt.positive and not value > 0:
-            return f"must be positive, got {value}"
+            return f"must be a positive number, got {value}"
     elif opt.choices is not None and value not in opt.choices:
         return f"must be one of {opt.choices}"
     return None

@@ -85,21 +85,25 @@ ELBOS: dict[str, Callable[[TrainConfig], pyro.infer.ELBO]] = {
 def _require_levels(levels: int | None) -> int:
     if levels is None:
         raise ConfigError(
-            "--likelihood discretized-logistic needs quantised data (8-bit images); "
+            "{model.likelihood} discretized-logistic needs quantised data (8-bit images); "
             "these data are continuous"
         )
     return levels
 
 
 def lookup(table: dict, name: str, option: str):
+    """``table[name]``; an unknown name is a :class:`ConfigError` naming the option (its config
+    path, e.g. ``model.prior``) and the names it may take."""
     try:
         return table[name]
     except KeyError:
-        raise ConfigError(f"unknown {option} '{name}'; choose one of {', '.join(table)}") from None
+        raise ConfigError(
+            f"unknown {{{option}}} '{name}'; choose one of {', '.join(table)}"
+        ) from None
 
 
 def build_likelihood(cfg: ModelConfig, levels: int | None = None) -> Likelihood:
-    return lookup(LIKELIHOODS, cfg.likelihood, "--likelihood")(cfg, levels)
+    return lookup(LIKELIHOODS, cfg.likelihood, "model.likelihood")(cfg, levels)
 
 
 def build_vae(cfg: ModelConfig, data_dim: int, levels: int | None = None) -> VAE:
@@ -108,27 +112,27 @@ def build_vae(cfg: ModelConfig, data_dim: int, levels: int | None = None) -> VAE
     ``levels`` is the number of quantisation levels of the data (for discrete likelihoods).
     """
     likelihood = build_likelihood(cfg, levels)
-    encoder = lookup(GUIDES, cfg.guide, "--guide")(cfg, data_dim)
+    encoder = lookup(GUIDES, cfg.guide, "model.guide")(cfg, data_dim)
     try:
-        prior = lookup(PRIORS, cfg.prior, "--prior")(cfg, data_dim, encoder)
+        prior = lookup(PRIORS, cfg.prior, "model.prior")(cfg, data_dim, encoder)
     except ValueError as e:
-        raise ConfigError(f"--prior {cfg.prior}: {e}") from None
+        raise ConfigError(f"{{model.prior}} {cfg.prior}: {e}") from None
     decoder = MLP([cfg.latent_dim, *reversed(cfg.hidden), likelihood.params_per_dim * data_dim])
     return VAE(encoder, decoder, prior, likelihood)
 
 
 def build_elbo(cfg: TrainConfig) -> pyro.infer.ELBO:
-    return lookup(ELBOS, cfg.elbo, "--elbo")(cfg)
+    return lookup(ELBOS, cfg.elbo, "train.elbo")(cfg)
 
 
 def build_precision(name: str) -> torch.dtype:
-    return lookup(PRECISIONS, name, "--precision")
+    return lookup(PRECISIONS, name, "train.precision")
 
 
 def check_names(model: ModelConfig, train: TrainConfig) -> None:
     """Fail early, before any data are loaded, on a name no table knows."""
-    lookup(PRIORS, model.prior, "--prior")
-    lookup(LIKELIHOODS, model.likelihood, "--likelihood")
-    lookup(GUIDES, model.guide, "--guide")
-    lookup(ELBOS, train.elbo, "--elbo")
-    lookup(PRECISIONS, train.precision, "--precision")
+    lookup(PRIORS, model.prior, "model.prior")
+    lookup(LIKELIHOODS, model.likelihood, "model.likelihood")
+    lookup(GUIDES, model.guide, "model.guide")
+    lookup(ELBOS, train.elbo, "train.elbo")
+    lookup(PRECISIONS, train.precision, "train.precision")
