@@ -1,4 +1,4 @@
-"""The README's Python examples run as written, and its commands match the CLI."""
+"""The README's and docs' Python examples run as written, and the docs' commands match the CLI."""
 
 import re
 from pathlib import Path
@@ -9,8 +9,15 @@ from pyro_vae.cli import build_parser
 from pyro_vae.config import SECTIONS, RunConfig
 from pyro_vae.options import declared, flag_of
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+DOCS = {p.name: p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}
+CLI = DOCS["cli.md"]
+BLOCKS = [
+    block
+    for text in (README, *DOCS.values())
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+]
 
 
 def test_readme_has_python_examples():
@@ -19,7 +26,15 @@ def test_readme_has_python_examples():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_block_runs(index):
-    exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {})
+    exec(compile(BLOCKS[index], f"python block {index} of README.md and docs/", "exec"), {})
+
+
+def test_readme_links_every_page_of_the_docs_and_each_link_exists():
+    links = set(re.findall(r"\]\((docs/[^)#]+)\)", README))
+    assert {f"docs/{name}" for name in DOCS} <= links
+    for text, base in ((README, ROOT), *((t, ROOT / "docs") for t in DOCS.values())):
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+            assert (base / target).exists(), f"a link to a missing file: {target}"
 
 
 def test_every_option_of_every_command_is_documented():
@@ -27,9 +42,9 @@ def test_every_option_of_every_command_is_documented():
     assert set(commands) == {"train", "evaluate", "compare", "plot", "sample", "bdmc"}
     for name, parser in commands.items():
         flags = {s for a in parser._actions for s in a.option_strings if s.startswith("--")}
-        missing = sorted(f for f in flags - {"--help"} if f"{f}" not in README)
-        assert not missing, f"README lacks {name} {missing}"
-        assert f"pyro-vae {name}" in README
+        missing = sorted(f for f in flags - {"--help"} if f"{f}" not in CLI)
+        assert not missing, f"docs/cli.md lacks {name} {missing}"
+        assert f"pyro-vae {name}" in CLI
     options = {f.name for kind in SECTIONS.values() for f, _ in declared(kind)}
     assert options <= {a.dest for a in commands["train"]._actions}
 
@@ -42,6 +57,6 @@ def test_the_train_table_shows_each_declared_default():
             if opt.negate or value is None:
                 continue
             shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-            rows = [r for r in README.splitlines() if r.startswith(f"| `{flag_of(f.name)}")]
-            assert rows, f"README's train table lacks {flag_of(f.name)}"
-            assert f"| `{shown}` |" in rows[0], f"README shows another default for {rows[0]}"
+            rows = [r for r in CLI.splitlines() if r.startswith(f"| `{flag_of(f.name)}")]
+            assert rows, f"docs/cli.md's train table lacks {flag_of(f.name)}"
+            assert f"| `{shown}` |" in rows[0], f"docs/cli.md shows another default for {rows[0]}"
