@@ -20,8 +20,9 @@ import torch
 from bench import DATA_DIM, HIDDEN, LATENT, load_images, sync
 
 from pyro_vae.config import ModelConfig
-from pyro_vae.infer import DeviceTrace_ELBO, Trainer, importance_log_likelihood
+from pyro_vae.infer import DeviceTrace_ELBO, importance_log_likelihood
 from pyro_vae.registry import build_vae
+from pyro_vae.training import Trainer
 
 
 def epoch_seconds(data, sizes, device, repeats=3) -> list[float]:

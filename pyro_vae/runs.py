@@ -26,7 +26,7 @@ import torch
 from pyro_vae import arviz_compat
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import CheckpointError, ConfigError, RunInUseError
-from pyro_vae.infer.svi import EpochStats
+from pyro_vae.training import EpochStats
 
 CHECKPOINT_FORMAT = 1
 METRIC_FIELDS = [f.name for f in dataclasses.fields(EpochStats)]

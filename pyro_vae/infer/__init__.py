@@ -1,5 +1,7 @@
-"""Inference: sync-free ELBOs, the SVI trainer, and per-datapoint estimates of log p(x):
-importance sampling, annealed importance sampling and the BDMC sandwich."""
+"""Inference for any Pyro model/guide pair with a data plate: sync-free ELBOs and SVI step, and
+per-datapoint estimates of log p(x): importance sampling (from the guide or refined proposals),
+annealed importance sampling, the BDMC sandwich and the escalating ``auto``. The VAE trainer is
+:mod:`pyro_vae.training`."""
 
 from pyro_vae.infer.ais import AISResult, ais_log_likelihood, reverse_ais_log_likelihood
 from pyro_vae.infer.bdmc import BDMCResult, bdmc
@@ -12,21 +14,18 @@ from pyro_vae.infer.importance import (
 )
 from pyro_vae.infer.iwae_elbo import IWAE_ELBO
 from pyro_vae.infer.refine import refined_log_likelihood
-from pyro_vae.infer.svi import BetaSchedule, DeviceSVI, EpochStats, Trainer
+from pyro_vae.infer.svi import DeviceSVI
 
 __all__ = [
     "AISResult",
     "AutoResult",
     "BDMCResult",
-    "BetaSchedule",
     "DeviceSVI",
     "DeviceTraceMeanField_ELBO",
     "DeviceTrace_ELBO",
-    "EpochStats",
     "IWAE_ELBO",
     "ImportanceResult",
     "LogWeightAccumulator",
-    "Trainer",
     "ais_log_likelihood",
     "auto_log_likelihood",
     "bdmc",

@@ -14,7 +14,6 @@ from pyro_vae import registry
 from pyro_vae.config import RunConfig
 from pyro_vae.data import minibatch_transform
 from pyro_vae.errors import CheckpointError, ConfigError
-from pyro_vae.infer import BetaSchedule, EpochStats, Trainer
 from pyro_vae.jobs.evaluation import check_log_weights_fit, evaluate, format_evaluation
 from pyro_vae.jobs.loading import (
     load_data,
@@ -24,6 +23,7 @@ from pyro_vae.jobs.loading import (
 )
 from pyro_vae.runs import RunDir
 from pyro_vae.text import plural
+from pyro_vae.training import BetaSchedule, EpochStats, Trainer
 
 
 @dataclass(frozen=True)

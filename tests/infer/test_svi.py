@@ -7,8 +7,9 @@ from pyro_vae import jobs
 from pyro_vae.config import RunConfig
 from pyro_vae.data import load_dataset, prepare_split
 from pyro_vae.errors import DataError, TrainingDiverged, UnsupportedDataError
-from pyro_vae.infer import BetaSchedule, DeviceTrace_ELBO, Trainer, importance_log_likelihood
+from pyro_vae.infer import DeviceTrace_ELBO, importance_log_likelihood
 from pyro_vae.runs import RunDir
+from pyro_vae.training import BetaSchedule, Trainer
 from tests.helpers import binary_data, tiny_vae
 
 

@@ -4,10 +4,11 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.infer import BetaSchedule, DeviceSVI, DeviceTrace_ELBO, Trainer
+from pyro_vae.infer import DeviceSVI, DeviceTrace_ELBO
 from pyro_vae.infer import importance_log_likelihood as estimate
 from pyro_vae.infer.optim import JointAdam
 from pyro_vae.models import MLP, networks_in
+from pyro_vae.training import BetaSchedule, Trainer
 from tests.helpers import binary_data, tiny_vae
 
 

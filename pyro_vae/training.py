@@ -1,0 +1,254 @@
+"""Fitting a VAE with SVI: the epoch loop around :class:`~pyro_vae.infer.svi.DeviceSVI`.
+
+The training split is one tensor on the training device; minibatches are indexed by a permutation
+drawn on that device and, with dynamic binarisation, binarised there. The only host syncs are the
+logged numbers (every ``log_every`` steps and once per epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_vae.errors import DataError, TrainingDiverged
+from pyro_vae.infer.importance import importance_log_likelihood
+from pyro_vae.infer.optim import JointAdam
+from pyro_vae.infer.rng import rng_state, set_rng_state
+from pyro_vae.infer.svi import DeviceSVI
+from pyro_vae.models.vae import VAE
+from pyro_vae.progress import progress_bar
+
+# Data with values beyond this magnitude are treated as unscaled when a loss becomes NaN.
+DATA_SCALE_LIMIT = 1e3
+# Rows of the training split transformed at once when they are checked against the likelihood.
+_CHECKED_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class BetaSchedule:
+    """KL weight with linear warm-up: ``beta * min(1, (step + 1) / warmup_steps)``.
+
+    Starts at ``beta / warmup_steps`` (Pyro's scale must be positive) and reaches ``beta``.
+    """
+
+    beta: float = 1.0
+    warmup_steps: int = 0
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps <= 0:
+            return self.beta
+        return self.beta * min(1.0, (step + 1) / self.warmup_steps)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch's record. Objectives are in nats per datapoint."""
+
+    epoch: int
+    step: int
+    beta: float
+    train_objective: float  # mean beta-weighted ELBO of the epoch's minibatches (= ELBO at beta=1)
+    val_elbo: float  # single-sample ELBO on the validation split, beta = 1
+    seconds: float
+
+
+class Trainer:
+    """Fits a :class:`~pyro_vae.models.VAE` by SVI, one epoch at a time.
+
+    Parameters
+    ----------
+    vae : VAE
+        The model, already on the training device.
+    train_x : Tensor
+        Training data ``(N, D)`` on the training device, as stored.
+    elbo : pyro.infer.ELBO
+        The objective, e.g. :class:`~pyro_vae.infer.elbo.DeviceTrace_ELBO`.
+    lr : float
+        Adam learning rate.
+    batch_size : int
+        Minibatch size; the last minibatch of an epoch may be smaller.
+    beta : BetaSchedule
+        KL weight per step.
+    transform : callable, optional
+        Applied to every minibatch on the device before scoring, e.g. ``torch.bernoulli`` for
+        dynamic binarisation (see :func:`pyro_vae.data.minibatch_transform`).
+    val_x : Tensor, optional
+        Validation data as scored (already binarised), on the device.
+    log_every : int
+        Steps between updates of the progress bar (each is one host sync).
+    progress : bool or str
+        ``True``/``"bar"``, ``"lines"`` or ``False``/``"off"``: see :mod:`pyro_vae.progress`.
+    precision : torch.dtype, optional
+        Precision of the networks in training steps (``torch.bfloat16``: mixed precision through
+        :meth:`VAE.precision`); parameters, optimizer state and the validation ELBO stay float32.
+    """
+
+    def __init__(
+        self,
+        vae: VAE,
+        train_x: torch.Tensor,
+        *,
+        elbo: pyro.infer.ELBO,
+        lr: float,
+        batch_size: int,
+        beta: BetaSchedule | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        val_x: torch.Tensor | None = None,
+        log_every: int = 50,
+        progress: bool = True,
+        precision: torch.dtype | None = None,
+    ):
+        vae.check_param_store()
+        check_training_data(vae, train_x, transform, val_x)
+        self.data_abs_max = float(train_x.abs().max())
+        self.precision = precision
+        self.vae = vae
+        self.train_x = train_x
+        self.val_x = val_x
+        self.batch_size = batch_size
+        self.beta = beta or BetaSchedule()
+        self.transform = transform
+        self.log_every = log_every
+        self.progress = progress
+        self.optim = JointAdam({"lr": lr})
+        self.svi = DeviceSVI(vae.model, vae.guide, self.optim, loss=elbo)
+        self.epoch = 0
+        self.step = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.train_x.shape[0] / self.batch_size)
+
+    def train_epoch(self) -> EpochStats:
+        """One pass over the training data in a random order, then a validation ELBO."""
+        start = time.perf_counter()
+        n = self.train_x.shape[0]
+        device = self.train_x.device
+        perm = torch.randperm(n, device=device)
+        bar = progress_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}", "step", self.progress)
+        with pyro.validation_enabled(False), bar:
+            with self.vae.precision(self.precision):
+                objective = self._run_steps(n, perm, bar)
+            val_elbo = self.validation_elbo()
+        self.epoch += 1
+        return EpochStats(
+            epoch=self.epoch,
+            step=self.step,
+            beta=self.beta(self.step - 1),
+            train_objective=objective,
+            val_elbo=val_elbo,
+            seconds=time.perf_counter() - start,
+        )
+
+    def _run_steps(self, n: int, perm: torch.Tensor, bar) -> float:
+        """The epoch's SVI steps; returns its mean training objective per datapoint."""
+        total = torch.zeros((), device=perm.device)
+        for i in range(0, n, self.batch_size):
+            index = perm[i : i + self.batch_size]
+            xb = self.train_x[index]
+            if self.transform is not None:
+                xb = self.transform(xb)
+            beta = self.beta(self.step)
+            loss = self.svi.step(xb, index=index, num_data=n, beta=beta)
+            total = total + loss
+            self.step += 1
+            bar.update()
+            if self.step % self.log_every == 0:
+                value = -float(loss) / n
+                self._check_finite(value)
+                bar.set_postfix(elbo=f"{value:.2f}", beta=f"{beta:.2f}")
+        objective = -float(total) / (self.steps_per_epoch * n)
+        self._check_finite(objective)
+        return objective
+
+    def validation_elbo(self) -> float:
+        """Mean single-sample ELBO (beta = 1) on the validation split, nats per datapoint."""
+        if self.val_x is None:
+            return math.nan
+        result = importance_log_likelihood(
+            self.vae.model, self.vae.guide, self.val_x, num_samples=1, max_plate_nesting=1
+        )
+        return float(result.elbo.mean())
+
+    def _check_finite(self, value: float) -> None:
+        if math.isfinite(value):
+            return
+        where = f"the ELBO became {value} at step {self.step} (epoch {self.epoch + 1})"
+        if self.data_abs_max > DATA_SCALE_LIMIT:
+            raise TrainingDiverged(
+                f"{where}: the training data reach |x| = {self.data_abs_max:.3g}, far outside "
+                "the scale the networks work in; standardise or rescale the data",
+                cause="data",
+                data_abs_max=self.data_abs_max,
+            )
+        raise TrainingDiverged(
+            f"{where}; a smaller learning rate, or a larger floor on a learned likelihood "
+            "scale, may help",
+            cause="model",
+            data_abs_max=self.data_abs_max,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: parameters, Adam state, RNG, counters."""
+        return {
+            "model": self.vae.state_dict(),
+            "optim": self.optim.get_state(),
+            "rng": rng_state(self.train_x.device),
+            "epoch": self.epoch,
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.vae.load_state_dict(state["model"])
+        self.optim.set_state(state["optim"])
+        set_rng_state(state["rng"], self.train_x.device)
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+
+
+def check_training_data(
+    vae: VAE,
+    train_x: torch.Tensor,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    val_x: torch.Tensor | None = None,
+) -> None:
+    """Check the data against the VAE's likelihood once, before any step.
+
+    Every training row is checked as the likelihood will score it: passed through ``transform``
+    (e.g. dynamic binarisation) in blocks of rows, on forked random streams so that training
+    draws stay as they were. Raises :class:`~pyro_vae.errors.DataError` (its subclass
+    :class:`~pyro_vae.errors.UnsupportedDataError` for values outside the likelihood's support),
+    also when ``transform`` itself refuses a block (e.g. ``torch.bernoulli`` on values outside
+    [0, 1]).
+    """
+    if train_x.dim() != 2 or train_x.shape[0] == 0:
+        raise DataError(
+            f"training data must have shape (N, D) with N >= 1, got {tuple(train_x.shape)}"
+        )
+    if transform is None:
+        vae.likelihood.check_data(train_x, "the training data")
+    else:
+        devices = [train_x.device] if train_x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for start in range(0, train_x.shape[0], _CHECKED_ROWS):
+                block = train_x[start : start + _CHECKED_ROWS]
+                what = f"rows {start}-{start + block.shape[0] - 1} of the training data"
+                try:
+                    scored = transform(block)
+                except (RuntimeError, ValueError) as e:
+                    text = str(e).strip().split("(Could this error message")[0].strip()
+                    first = text.splitlines()[0] if text else type(e).__name__
+                    lo, hi = float(block.min()), float(block.max())
+                    raise DataError(
+                        f"{what} (values in [{lo:.3g}, {hi:.3g}]) cannot be transformed as the "
+                        f"likelihood needs: {first}"
+                    ) from None
+                vae.likelihood.check_data(scored, what)
+    if val_x is not None:
+        vae.likelihood.check_data(val_x, "the validation data")
