@@ -53,10 +53,6 @@ ESTIMATOR_SETTINGS = (
 TRAIN_GROUPS = {"data": "data", "model": "model", "train": "training"}
 
 
-def _names(table: dict, default: str) -> str:
-    return f"{', '.join(table)} (default {default})"
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise ConfigError(f"{message} (see {self.prog} --help)")

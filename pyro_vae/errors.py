@@ -108,7 +108,7 @@ class ConfigError(PyroVAEError, ValueError):
         return f"{name(self.option)} {reason}" if self.option else reason
 
 
-_OPTION_PATH = re.compile(r"\{([a-z]+\.[a-z_]+)\}")
+_OPTION_PATH = re.compile(r"\{([a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*)\}")
 
 
 def name_options(text: str, name: Callable[[str], str]) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,8 @@ class Option:
 
 def option(default, help: str, **declared) -> Any:
     """A dataclass field with ``default`` and its :class:`Option` (``help`` and ``declared``)."""
+    if isinstance(default, bool) and not (default and declared.get("negate")):
+        raise TypeError("a bool option is on by default and declares its negate flag")
     return dataclasses.field(default=default, metadata={"option": Option(help, **declared)})
 
 
@@ -98,7 +101,7 @@ def _problem(kind: str, value, opt: Option) -> str | None:
         return None
     kind = kind.removesuffix(" | None")
     if kind == "int":
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
             return f"must be an integer, got {value!r}"
         low = -math.inf if opt.low is None else opt.low
         high = math.inf if opt.high is None else opt.high
@@ -107,7 +110,7 @@ def _problem(kind: str, value, opt: Option) -> str | None:
                 return f"must be at least {opt.low}, got {value}"
             return f"must be an integer from {opt.low} to {opt.high}, got {value}"
     elif kind == "float":
-        if not isinstance(value, int | float) or isinstance(value, bool):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
             return f"must be a number, got {value!r}"
         if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
             return f"must be a finite number within float32's range, got {value}"

@@ -115,6 +115,8 @@ def build_vae(cfg: ModelConfig, data_dim: int, levels: int | None = None) -> VAE
     encoder = lookup(GUIDES, cfg.guide, "model.guide")(cfg, data_dim)
     try:
         prior = lookup(PRIORS, cfg.prior, "model.prior")(cfg, data_dim, encoder)
+    except ConfigError:
+        raise
     except ValueError as e:
         raise ConfigError(f"{{model.prior}} {cfg.prior}: {e}") from None
     decoder = MLP([cfg.latent_dim, *reversed(cfg.hidden), likelihood.params_per_dim * data_dim])
