@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(argv)
     except PyroVAEError as e:
         hint = advice(e)
-        text = e.render(_flag) if isinstance(e, ConfigError) else str(e)
+        text = e.render(_flag)
         message = " ".join(text.split())  # one line, whatever the message holds
         _error_line(f"pyro-vae: error: {message}" + (f" ({hint})" if hint else ""))
         return 2

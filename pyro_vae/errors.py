@@ -12,7 +12,24 @@ from collections.abc import Callable
 
 
 class PyroVAEError(Exception):
-    """Base class for errors caused by input, data or files rather than by a bug."""
+    """Base class for errors caused by input, data or files rather than by a bug.
+
+    A message may name options as ``{section.name}`` (``{data.binarize}``): ``str()`` writes
+    their config paths, :meth:`render` whatever names the caller gives them (the command line
+    gives flags).
+    """
+
+    option: str | None = None
+
+    def __init__(self, message: str = "", *args):
+        self.template = message
+        super().__init__(self.render(lambda path: path), *args)
+
+    def render(self, name: Callable[[str], str]) -> str:
+        """The message with every option path replaced by ``name(path)`` (and, when the error
+        is about one option, that option's name in front)."""
+        reason = name_options(self.template, name)
+        return f"{name(self.option)} {reason}" if self.option else reason
 
 
 class DataError(PyroVAEError, ValueError):
@@ -93,19 +110,16 @@ class ConfigError(PyroVAEError, ValueError):
     Options are named by their config path (``model.latent_dim``), never by a command-line flag:
     :attr:`option` is the option at fault (then the message says what is wrong with it,
     ``"must be ..."``), and the message may name other options as ``{section.name}``.
-    ``str()`` writes the paths; :meth:`render` writes whatever names the caller gives them (the
-    command line gives flags).
     """
 
     def __init__(self, message: str, *, option: str | None = None):
         self.option = option
-        self.template = message
-        super().__init__(self.render(lambda path: path))
+        super().__init__(message)
 
-    def render(self, name: Callable[[str], str]) -> str:
-        """The message with every option path replaced by ``name(path)``."""
-        reason = name_options(self.template, name)
-        return f"{name(self.option)} {reason}" if self.option else reason
+    @property
+    def reason(self) -> str:
+        """The message without the option's name in front."""
+        return name_options(self.template, lambda path: path)
 
 
 _OPTION_PATH = re.compile(r"\{([a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*)\}")

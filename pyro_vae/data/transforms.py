@@ -47,7 +47,7 @@ def check_probabilities(x: torch.Tensor, what: str = "data") -> None:
         raise DataError(
             f"binarisation reads values as probabilities, but {what} lie in [{lo:.3g}, {hi:.3g}]; "
             "rescale them to [0, 1] (divide 8-bit pixels by 255, or store them as uint8) or use "
-            "--binarize none with a likelihood for real values"
+            "{data.binarize} none with a likelihood for real values"
         )
 
 
@@ -57,10 +57,10 @@ def check_modes(binarize_mode: str, dequantize_mode: str, levels: int | None) ->
     if dequantize_mode not in DEQUANTIZE_MODES:
         raise DataError(f"unknown dequantisation '{dequantize_mode}'; choose {DEQUANTIZE_MODES}")
     if dequantize_mode != "none" and binarize_mode != "none":
-        raise DataError("choose binarisation or dequantisation, not both (--binarize none)")
+        raise DataError("choose binarisation or dequantisation, not both ({data.binarize} none)")
     if dequantize_mode != "none" and levels is None:
         raise DataError(
-            "--dequantize needs quantised data (a named image data set, or a uint8 array); "
+            "{data.dequantize} needs quantised data (a named image data set, or a uint8 array); "
             "these data are continuous already"
         )
 

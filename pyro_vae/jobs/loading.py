@@ -26,7 +26,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device")
+        raise ConfigError("{train.device} cuda was asked for, but PyTorch sees no CUDA device")
     return torch.device(name)
 
 
@@ -55,8 +55,8 @@ def prepare_splits(
         raise DataError(
             f"the {config.model.likelihood} likelihood is a density, and {dataset.name} data "
             f"are {kind}: a density of discrete values is no valid log-likelihood. Use "
-            "--dequantize uniform (with --binarize none), or a discrete likelihood "
-            "(--likelihood bernoulli with --binarize, or discretized-logistic)"
+            "{data.dequantize} uniform (with {data.binarize} none), or a discrete likelihood "
+            "({model.likelihood} bernoulli with {data.binarize}, or discretized-logistic)"
         )
     prepared = {}
     transform = minibatch_transform(d.binarize, d.dequantize, dataset.levels)
