@@ -40,14 +40,8 @@ SUPPORT_HINTS = {
 # The estimator's settings that pyro-vae evaluate takes (beside --num-samples and --chunk-size),
 # and those of them that pyro-vae bdmc takes.
 AIS_SETTINGS = ("ais_steps", "ais_chains", "ais_leapfrog")
-ESTIMATOR_SETTINGS = (
-    "method",
-    *AIS_SETTINGS,
-    "refine_steps",
-    "widen",
-    "max_seconds",
-    "stderr_tolerance",
-    "max_samples",
+ESTIMATOR_SETTINGS = tuple(
+    f.name for f, _ in declared(EstimatorSpec) if f.name not in ("num_samples", "chunk_size")
 )
 # The option groups of ``pyro-vae train``: config section -> group title.
 TRAIN_GROUPS = {"data": "data", "model": "model", "train": "training"}

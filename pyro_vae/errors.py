@@ -116,11 +116,6 @@ class ConfigError(PyroVAEError, ValueError):
         self.option = option
         super().__init__(message)
 
-    @property
-    def reason(self) -> str:
-        """The message without the option's name in front."""
-        return name_options(self.template, lambda path: path)
-
 
 _OPTION_PATH = re.compile(r"\{([a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*)\}")
 

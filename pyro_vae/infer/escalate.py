@@ -197,6 +197,7 @@ def auto_log_likelihood(
         local = torch.arange(rows.numel())
         pending = local
         k_now = torch.full((rows.numel(),), num_samples, dtype=torch.long)
+        method[rows] = 1
         for _ in range(1 + MORE_DRAWS_ROUNDS):
             for k, sel in _by_draws(k_now, pending):
                 r = refined.log_likelihood(k, rows=sel, keep_log_weights=True)
@@ -208,7 +209,6 @@ def auto_log_likelihood(
                 )
                 khats[at] = khat(r.log_weights).to(log_px)
                 draws[at] = k
-            method[rows] = 1
             flagged[rows] = _flagged(khats[rows], stderr[rows], khat_threshold, stderr_tolerance)
             # more draws only where k-hat is fine and the error bar alone is too wide
             wide = (

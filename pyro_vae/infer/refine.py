@@ -828,10 +828,7 @@ def refined_log_likelihood(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    spec = RefineSettings(**settings)
-    blocks = spec.blocks(x)
-    if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, x[: blocks[0][1]])
+    spec, blocks, max_plate_nesting = _plan(model, guide, x, settings, max_plate_nesting)
     bar = progress_bar(
         total=x.shape[0], desc="refined log p(x)", unit="datapoint", progress=progress
     )
@@ -939,6 +936,15 @@ class RefineSettings:
         return space, proposal
 
 
+def _plan(model, guide, x, settings: dict, max_plate_nesting: int | None):
+    """The checked settings, the blocks of rows refined together, and the plate depth."""
+    spec = RefineSettings(**settings)
+    blocks = spec.blocks(x)
+    if max_plate_nesting is None:
+        max_plate_nesting = guess_max_plate_nesting(model, guide, x[: blocks[0][1]])
+    return spec, blocks, max_plate_nesting
+
+
 def refine_proposals(
     model: Callable,
     guide: Callable,
@@ -967,10 +973,7 @@ def refine_proposals(
     **settings
         The fields of :class:`RefineSettings`.
     """
-    spec = RefineSettings(**settings)
-    blocks = spec.blocks(x)
-    if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, x[: blocks[0][1]])
+    spec, blocks, max_plate_nesting = _plan(model, guide, x, settings, max_plate_nesting)
     bar = progress_bar(total=x.shape[0], desc="refining", unit="datapoint", progress=progress)
     proposals = []
     with bar:

@@ -132,12 +132,7 @@ def evaluate(
             "binarize_seed": config.data.binarize_seed,
             "dequantize": config.data.dequantize,
             "levels": meta.get("levels"),
-            "likelihood": config.model.likelihood,
-            "prior": config.model.prior,
-            "guide": config.model.guide,
-            "objective": config.train.elbo,
-            "epochs_trained": meta["epoch"],
-            "seed": config.train.seed,
+            **_run_fields(config, meta),
             "seconds": result.seconds,
         }
     )
@@ -222,12 +217,7 @@ def bdmc(
         "iwae_above_upper": (iwae.log_px - upper).mean().item(),
         "acceptance_mean": result.lower.acceptance.mean().item(),
         "method_settings": spec.settings(),
-        "likelihood": config.model.likelihood,
-        "prior": config.model.prior,
-        "guide": config.model.guide,
-        "objective": config.train.elbo,
-        "epochs_trained": meta["epoch"],
-        "seed": config.train.seed,
+        **_run_fields(config, meta),
         "seconds": ais_seconds,
     }
     name = f"bdmc-T{spec.ais_steps}-C{spec.ais_chains}"
@@ -241,6 +231,18 @@ def bdmc(
     run.write_bdmc(name, summary, arrays)
     summary["paths"] = [str(p) for p in run.bdmc_paths(name)]
     return summary
+
+
+def _run_fields(config: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    """What an evaluation or a BDMC result records of the run it scored."""
+    return {
+        "likelihood": config.model.likelihood,
+        "prior": config.model.prior,
+        "guide": config.model.guide,
+        "objective": config.train.elbo,
+        "epochs_trained": meta["epoch"],
+        "seed": config.train.seed,
+    }
 
 
 def format_bdmc(s: dict[str, Any]) -> str:
