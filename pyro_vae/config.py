@@ -1,9 +1,10 @@
 """The run configuration: three small dataclasses that serialise to JSON.
 
 Every field is declared once, with its help and its range (:func:`pyro_vae.options.option`): the
-checks here and the ``pyro-vae train`` flags are made from those declarations. Names of priors,
-likelihoods, objectives and so on are kept as strings here; they become objects only in
-:mod:`pyro_vae.registry`.
+checks here and the ``pyro-vae train`` flags are made from those declarations. The model section's
+fields beyond the names of its pieces are declared by the pieces themselves (their ``Params``,
+collected by :func:`pyro_vae.registry.piece_options`). Names of priors, likelihoods, objectives and
+so on are kept as strings here; they become objects only in :mod:`pyro_vae.registry`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.options import check_options, option
+from pyro_vae.registry import piece_options
 
 BINARIZE_MODES = ("dynamic", "static", "none")
 DEQUANTIZE_MODES = ("uniform", "none")
@@ -58,28 +60,41 @@ class DataConfig:
     download: bool = option(True, "never download data", negate="--no-download")
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """The generative model p(z) p(x|z) and the guide q(z|x)."""
+# The model section's own fields; the pieces' hyperparameters are added after them.
+_MODEL_FIELDS = [
+    ("latent_dim", "int", option(16, "dimension of z", low=1, high=4096, metavar="D")),
+    (
+        "hidden",
+        "tuple[int, ...]",
+        option(
+            (256, 256), "hidden widths of encoder and decoder", parse=parse_widths, metavar="W,W"
+        ),
+    ),
+    ("prior", "str", option("normal", "p(z)", names="PRIORS")),
+    ("likelihood", "str", option("bernoulli", "p(x|z)", names="LIKELIHOODS")),
+    ("guide", "str", option("diagonal", "q(z|x)", names="GUIDES")),
+]
 
-    latent_dim: int = option(16, "dimension of z", low=1, high=4096, metavar="D")
-    hidden: tuple[int, ...] = option(
-        (256, 256), "hidden widths of encoder and decoder", parse=parse_widths, metavar="W,W"
-    )
-    prior: str = option("normal", "p(z)", names="PRIORS")
-    likelihood: str = option("bernoulli", "p(x|z)", names="LIKELIHOODS")
-    guide: str = option("diagonal", "q(z|x)", names="GUIDES")
-    gaussian_scale: float = option(0.1, "sigma of {model.likelihood} gaussian", positive=True)
-    scale_floor: float = option(
-        0.001,
-        "minimum scale of gaussian-learned, laplace, discretized-logistic (Mattei & Frellsen 2018)",
-        positive=True,
-    )
-    num_components: int = option(
-        10, "components of mog, pseudo-inputs of vamp", low=1, high=10_000, metavar="K"
-    )
-    flows: int = option(2, "steps of the flow prior and iaf guide", low=1, high=64)
-    rank: int = option(2, "rank of the lowrank guide's covariance factor", low=1, high=4096)
+# Fields of the model section declared by the registered pieces (their Params), not here.
+PIECE_OPTIONS = {p.name: p for p in piece_options()}
+
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig",
+    _MODEL_FIELDS
+    + [
+        (p.name, p.type, dataclasses.field(default=p.default, metadata={"option": p.option}))
+        for p in PIECE_OPTIONS.values()
+    ],
+    frozen=True,
+)
+ModelConfig.__module__ = __name__
+ModelConfig.__doc__ = """The generative model p(z) p(x|z) and the guide q(z|x).
+
+Its fields are ``latent_dim``, ``hidden``, the names of the ``prior``, ``likelihood`` and
+``guide``, and the hyperparameters those pieces declare (:data:`PIECE_OPTIONS`, from
+:func:`pyro_vae.registry.piece_options`): a new piece's hyperparameter is a field here without
+an edit to this module.
+"""
 
 
 @dataclass(frozen=True)
@@ -162,6 +177,8 @@ class RunConfig:
                 raise ConfigError(f"config section '{name}' is a {type(values).__name__}")
             fields = {f.name: f for f in dataclasses.fields(kind)}
             values = {**ADDED_LATER.get(name, {}), **values}
+            if name == "model":  # a hyperparameter added with or after its piece: its default
+                values = {**{p.name: p.default for p in PIECE_OPTIONS.values()}, **values}
             _check_keys(values, set(fields), f"config section '{name}'")
             if name == "model" and isinstance(values["hidden"], list):
                 values["hidden"] = tuple(values["hidden"])
@@ -190,10 +207,11 @@ class RunConfig:
 
 
 # Fields added after the first release, with the value runs written before them had: a config
-# that lacks them is read with these (any other missing field is refused).
+# that lacks them is read with these (any other missing field is refused). The pieces'
+# hyperparameters are read with their declared defaults, the value a piece had before its
+# hyperparameter was declared.
 ADDED_LATER = {
     "data": {"dequantize": "none"},
-    "model": {"flows": 2, "num_components": 10, "rank": 2},
     "train": {"precision": "fp32"},
 }
 

@@ -1,16 +1,20 @@
 """The one place where names (from the command line and config.json) become objects.
 
-To add a prior, likelihood, guide or objective: write its class, then add one entry here.
+To add a prior, likelihood or guide: write its class (with its ``Params``, see
+:mod:`pyro_vae.models.pieces`), then add one entry here. Its hyperparameters become fields of the
+run config's model section and flags of ``pyro-vae train`` (:func:`piece_options`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyro.infer
 import torch
 
-from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.elbo import DeviceTrace_ELBO, DeviceTraceMeanField_ELBO
 from pyro_vae.infer.iwae_elbo import IWAE_ELBO
@@ -22,7 +26,6 @@ from pyro_vae.models import (
     ContinuousBernoulli,
     DiagonalNormalEncoder,
     DiscretizedLogistic,
-    Encoder,
     FlowPrior,
     FullCovarianceEncoder,
     Gaussian,
@@ -32,63 +35,127 @@ from pyro_vae.models import (
     Likelihood,
     LowRankEncoder,
     MixtureOfGaussians,
-    Prior,
     StandardNormal,
     VampPrior,
 )
+from pyro_vae.models.pieces import BuildContext, Piece
+from pyro_vae.options import Option
 
-# Each factory gets the model config, the data dimension and, for priors, the guide's encoder.
-PRIORS: dict[str, Callable[[ModelConfig, int, Encoder], Prior]] = {
-    "normal": lambda cfg, data_dim, encoder: StandardNormal(cfg.latent_dim),
-    "mog": lambda cfg, data_dim, encoder: MixtureOfGaussians(cfg.latent_dim, cfg.num_components),
-    "vamp": lambda cfg, data_dim, encoder: VampPrior(encoder, data_dim, cfg.num_components),
-    "flow": lambda cfg, data_dim, encoder: FlowPrior(cfg.latent_dim, cfg.flows),
+if TYPE_CHECKING:  # the config is made from this module's tables, so it is not imported here
+    from pyro_vae.config import ModelConfig, TrainConfig
+
+PRIORS: dict[str, type[Piece]] = {
+    "normal": StandardNormal,
+    "mog": MixtureOfGaussians,
+    "vamp": VampPrior,
+    "flow": FlowPrior,
 }
 
-LIKELIHOODS: dict[str, Callable[[ModelConfig, int | None], Likelihood]] = {
-    "bernoulli": lambda cfg, levels: Bernoulli(),
-    "continuous-bernoulli": lambda cfg, levels: ContinuousBernoulli(),
-    "gaussian": lambda cfg, levels: Gaussian(cfg.gaussian_scale),
-    "gaussian-learned": lambda cfg, levels: LearnedGaussian(cfg.scale_floor),
-    "laplace": lambda cfg, levels: LearnedLaplace(cfg.scale_floor),
-    "beta": lambda cfg, levels: Beta(),
-    "discretized-logistic": lambda cfg, levels: DiscretizedLogistic(
-        cfg.scale_floor, _require_levels(levels)
-    ),
+LIKELIHOODS: dict[str, type[Piece]] = {
+    "bernoulli": Bernoulli,
+    "continuous-bernoulli": ContinuousBernoulli,
+    "gaussian": Gaussian,
+    "gaussian-learned": LearnedGaussian,
+    "laplace": LearnedLaplace,
+    "beta": Beta,
+    "discretized-logistic": DiscretizedLogistic,
 }
 
-GUIDES: dict[str, Callable[[ModelConfig, int], Encoder]] = {
-    "diagonal": lambda cfg, d: DiagonalNormalEncoder(d, cfg.latent_dim, cfg.hidden),
-    "full": lambda cfg, d: FullCovarianceEncoder(d, cfg.latent_dim, cfg.hidden),
-    "lowrank": lambda cfg, d: LowRankEncoder(d, cfg.latent_dim, cfg.hidden, cfg.rank),
-    "iaf": lambda cfg, d: IAFEncoder(d, cfg.latent_dim, cfg.hidden, cfg.flows),
+GUIDES: dict[str, type[Piece]] = {
+    "diagonal": DiagonalNormalEncoder,
+    "full": FullCovarianceEncoder,
+    "lowrank": LowRankEncoder,
+    "iaf": IAFEncoder,
+}
+
+# The model config's option naming each kind of piece, and the kind's table.
+PIECES: dict[str, dict[str, type[Piece]]] = {
+    "prior": PRIORS,
+    "likelihood": LIKELIHOODS,
+    "guide": GUIDES,
 }
 
 # Precision of the encoder and decoder networks (VAE.precision); log-densities stay float32.
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-ELBOS: dict[str, Callable[[TrainConfig], pyro.infer.ELBO]] = {
-    "trace": lambda cfg: DeviceTrace_ELBO(
-        num_particles=cfg.num_particles,
-        vectorize_particles=cfg.vectorize_particles,
+# Each objective is made from the number of particles and whether they are vectorised.
+ELBOS: dict[str, Callable[..., pyro.infer.ELBO]] = {
+    "trace": lambda num_particles, vectorize_particles: DeviceTrace_ELBO(
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles,
         max_plate_nesting=1,
     ),
-    "meanfield": lambda cfg: DeviceTraceMeanField_ELBO(
-        num_particles=cfg.num_particles,
-        vectorize_particles=cfg.vectorize_particles,
+    "meanfield": lambda num_particles, vectorize_particles: DeviceTraceMeanField_ELBO(
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles,
         max_plate_nesting=1,
     ),
-    "iwae": lambda cfg: IWAE_ELBO(num_particles=cfg.num_particles, max_plate_nesting=1),
+    "iwae": lambda num_particles, vectorize_particles: IWAE_ELBO(
+        num_particles=num_particles, max_plate_nesting=1
+    ),
 }
 
 
-def _require_levels(levels: int | None) -> int:
-    if levels is None:
-        raise ConfigError(
-            "{model.likelihood} discretized-logistic needs quantised data (8-bit images); "
-            "these data are continuous"
-        )
-    return levels
+@dataclass(frozen=True)
+class PieceOption:
+    """One hyperparameter of the model section, as the pieces declaring it declare it.
+
+    ``users`` are ``(kind, name)`` pairs (``("prior", "mog")``) of the pieces that take it.
+    """
+
+    name: str
+    type: str
+    default: object
+    option: Option
+    users: tuple[tuple[str, str], ...]
+
+
+def piece_options() -> list[PieceOption]:
+    """The hyperparameters the registered pieces declare, each once, in table order.
+
+    Pieces declaring the same name share one option; their declarations must agree on everything
+    but the help, whose distinct texts are joined. The help ends with the pieces that use it.
+    """
+    found: dict[str, PieceOption] = {}
+    for kind, table in PIECES.items():
+        for name, cls in table.items():
+            for f in dataclasses.fields(cls.Params):
+                opt = f.metadata["option"]
+                if not isinstance(f.type, str):
+                    raise TypeError(
+                        f"{cls.__name__}.Params: declare it in a module with "
+                        "'from __future__ import annotations' (its field types are read as text)"
+                    )
+                seen = found.get(f.name)
+                if seen is None:
+                    found[f.name] = PieceOption(f.name, f.type, f.default, opt, ((kind, name),))
+                    continue
+                same = dataclasses.replace(opt, help=seen.option.help)
+                if (f.type, f.default, same) != (seen.type, seen.default, seen.option):
+                    raise TypeError(
+                        f"{kind} {name} declares '{f.name}' unlike "
+                        f"{' and '.join(' '.join(u) for u in seen.users)}: a shared "
+                        "hyperparameter must agree on type, default and range"
+                    )
+                helps = seen.option.help.split("; ")
+                text = "; ".join(helps + [opt.help] if opt.help not in helps else helps)
+                found[f.name] = dataclasses.replace(
+                    seen,
+                    option=dataclasses.replace(seen.option, help=text),
+                    users=seen.users + ((kind, name),),
+                )
+    return [
+        dataclasses.replace(p, option=dataclasses.replace(p.option, help=_with_users(p)))
+        for p in found.values()
+    ]
+
+
+def _with_users(p: PieceOption) -> str:
+    by_kind: dict[str, list[str]] = {}
+    for kind, name in p.users:
+        by_kind.setdefault(kind, []).append(name)
+    users = "; ".join(f"{{model.{kind}}} {', '.join(names)}" for kind, names in by_kind.items())
+    return f"{p.option.help} (for {users})"
 
 
 def lookup(table: dict, name: str, option: str):
@@ -102,8 +169,26 @@ def lookup(table: dict, name: str, option: str):
         ) from None
 
 
+def piece_class(cfg: ModelConfig, kind: str) -> type[Piece]:
+    """The class of the config's piece of ``kind`` (``"prior"``, ``"likelihood"``, ``"guide"``)."""
+    return lookup(PIECES[kind], getattr(cfg, kind), f"model.{kind}")
+
+
+def build_piece(cfg: ModelConfig, kind: str, context: BuildContext):
+    """The config's piece of ``kind``, built with its hyperparameters from the config."""
+    cls = piece_class(cfg, kind)
+    try:
+        return cls.build(cls.params_from(cfg), context)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"{{model.{kind}}} {getattr(cfg, kind)}: {e}") from None
+
+
 def build_likelihood(cfg: ModelConfig, levels: int | None = None) -> Likelihood:
-    return lookup(LIKELIHOODS, cfg.likelihood, "model.likelihood")(cfg, levels)
+    """The likelihood alone (the data checks need it before there is a model)."""
+    context = BuildContext(data_dim=0, latent_dim=cfg.latent_dim, hidden=cfg.hidden, levels=levels)
+    return build_piece(cfg, "likelihood", context)
 
 
 def build_vae(cfg: ModelConfig, data_dim: int, levels: int | None = None) -> VAE:
@@ -111,20 +196,18 @@ def build_vae(cfg: ModelConfig, data_dim: int, levels: int | None = None) -> VAE
 
     ``levels`` is the number of quantisation levels of the data (for discrete likelihoods).
     """
-    likelihood = build_likelihood(cfg, levels)
-    encoder = lookup(GUIDES, cfg.guide, "model.guide")(cfg, data_dim)
-    try:
-        prior = lookup(PRIORS, cfg.prior, "model.prior")(cfg, data_dim, encoder)
-    except ConfigError:
-        raise
-    except ValueError as e:
-        raise ConfigError(f"{{model.prior}} {cfg.prior}: {e}") from None
+    context = BuildContext(data_dim, cfg.latent_dim, tuple(cfg.hidden), levels)
+    likelihood = build_piece(cfg, "likelihood", context)
+    encoder = build_piece(cfg, "guide", context)
+    prior = build_piece(cfg, "prior", dataclasses.replace(context, encoder=encoder))
     decoder = MLP([cfg.latent_dim, *reversed(cfg.hidden), likelihood.params_per_dim * data_dim])
     return VAE(encoder, decoder, prior, likelihood)
 
 
 def build_elbo(cfg: TrainConfig) -> pyro.infer.ELBO:
-    return lookup(ELBOS, cfg.elbo, "train.elbo")(cfg)
+    return lookup(ELBOS, cfg.elbo, "train.elbo")(
+        num_particles=cfg.num_particles, vectorize_particles=cfg.vectorize_particles
+    )
 
 
 def build_precision(name: str) -> torch.dtype:
@@ -133,8 +216,7 @@ def build_precision(name: str) -> torch.dtype:
 
 def check_names(model: ModelConfig, train: TrainConfig) -> None:
     """Fail early, before any data are loaded, on a name no table knows."""
-    lookup(PRIORS, model.prior, "model.prior")
-    lookup(LIKELIHOODS, model.likelihood, "model.likelihood")
-    lookup(GUIDES, model.guide, "model.guide")
+    for kind in PIECES:
+        piece_class(model, kind)
     lookup(ELBOS, train.elbo, "train.elbo")
     lookup(PRECISIONS, train.precision, "train.precision")

@@ -1,12 +1,15 @@
 """Guides q(z|x): amortised encoders whose ``forward(x)`` returns a distribution over z.
 
-To add a guide family, subclass :class:`Encoder` and implement ``forward`` returning a
-distribution with ``event_shape == (latent_dim,)`` and batch shape ``x.shape[:-1]``.
+To add a guide family, subclass :class:`Encoder`, implement ``forward`` returning a
+distribution with ``event_shape == (latent_dim,)`` and batch shape ``x.shape[:-1]``, declare its
+hyperparameters in a nested ``Params`` (:mod:`pyro_vae.models.pieces`), and register its name in
+:mod:`pyro_vae.registry`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -14,14 +17,24 @@ import torch
 from torch import nn
 
 from pyro_vae.models.nets import MLP
+from pyro_vae.models.pieces import BuildContext, Piece, PieceParams, params_dict
+from pyro_vae.options import option
 
 
-class Encoder(nn.Module):
-    """Base class for amortised guides."""
+class Encoder(Piece, nn.Module):
+    """Base class for amortised guides.
+
+    Built as ``cls(data_dim, latent_dim, hidden, **params)`` unless a subclass overrides
+    :meth:`build`.
+    """
 
     def __init__(self, latent_dim: int):
         super().__init__()
         self.latent_dim = latent_dim
+
+    @classmethod
+    def build(cls, params: PieceParams, context: BuildContext) -> Encoder:
+        return cls(context.data_dim, context.latent_dim, context.hidden, **params_dict(params))
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -75,6 +88,10 @@ class FullCovarianceEncoder(Encoder):
 class LowRankEncoder(Encoder):
     """q(z|x) = N(mu(x), diag(sigma^2(x)) + F(x) F(x)^T) with a rank-``rank`` factor F."""
 
+    @dataclass(frozen=True)
+    class Params(PieceParams):
+        rank: int = option(2, "rank of the covariance factor", low=1, high=4096)
+
     def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int], rank: int = 2):
         super().__init__(latent_dim)
         if rank < 1:
@@ -97,6 +114,14 @@ class IAFEncoder(Encoder):
     sigma_t(z_{t-1}, h) * z_{t-1} with autoregressive networks that also see a context h(x) from
     the encoder. Sampling and the density of a drawn sample are both one pass per step.
     """
+
+    @dataclass(frozen=True)
+    class Params(PieceParams):
+        flows: int = option(2, "autoregressive steps of the guide's flow", low=1, high=64)
+
+    @classmethod
+    def build(cls, params: Params, context: BuildContext) -> IAFEncoder:
+        return cls(context.data_dim, context.latent_dim, context.hidden, num_flows=params.flows)
 
     def __init__(
         self,

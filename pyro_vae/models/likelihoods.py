@@ -5,13 +5,15 @@ log-likelihood is never silently improper (e.g. a Bernoulli scoring grey pixels)
 evaluation score x with the same likelihood object.
 
 To add a likelihood, subclass :class:`Likelihood`: set ``support`` and ``params_per_dim`` (how many
-decoder outputs it needs per data dimension), implement ``forward(h)``, and register its name in
+decoder outputs it needs per data dimension), implement ``forward(h)``, declare its
+hyperparameters in a nested ``Params`` (:mod:`pyro_vae.models.pieces`), and register its name in
 :mod:`pyro_vae.registry`.
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 import pyro.distributions as dist
 import torch
@@ -19,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
 
-from pyro_vae.errors import SUPPORT_ADVICE, DataError, UnsupportedDataError
+from pyro_vae.errors import SUPPORT_ADVICE, ConfigError, DataError, UnsupportedDataError
+from pyro_vae.models.pieces import BuildContext, Piece, PieceParams, params_dict
+from pyro_vae.options import option
 
 
 class Support(enum.Enum):
@@ -35,14 +39,19 @@ class Support(enum.Enum):
 DISCRETE_SUPPORTS = (Support.BINARY, Support.LEVELS)
 
 
-class Likelihood(nn.Module):
+class Likelihood(Piece, nn.Module):
     """Base class: ``forward(h)`` returns p(x|z) with event dimension 1 over the flattened data.
 
-    ``h`` is the decoder output of shape ``(..., params_per_dim * data_dim)``.
+    ``h`` is the decoder output of shape ``(..., params_per_dim * data_dim)``. Built as
+    ``cls(**params)`` unless a subclass overrides :meth:`build`.
     """
 
     support: Support = Support.REAL
     params_per_dim: int = 1
+
+    @classmethod
+    def build(cls, params: PieceParams, context: BuildContext) -> Likelihood:
+        return cls(**params_dict(params))
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -126,6 +135,14 @@ class Gaussian(Likelihood):
 
     support = Support.REAL
 
+    @dataclass(frozen=True)
+    class Params(PieceParams):
+        gaussian_scale: float = option(0.1, "fixed sigma of p(x|z)", positive=True)
+
+    @classmethod
+    def build(cls, params: Params, context: BuildContext) -> Gaussian:
+        return cls(params.gaussian_scale)
+
     def __init__(self, scale: float):
         super().__init__()
         if not scale > 0:
@@ -145,6 +162,18 @@ class LocationScale(Likelihood):
     """
 
     params_per_dim = 2
+
+    @dataclass(frozen=True)
+    class Params(PieceParams):
+        scale_floor: float = option(
+            0.001,
+            "minimum scale of p(x|z) (Mattei & Frellsen 2018)",
+            positive=True,
+        )
+
+    @classmethod
+    def build(cls, params: Params, context: BuildContext) -> LocationScale:
+        return cls(params.scale_floor)
 
     def __init__(self, floor: float):
         super().__init__()
@@ -207,6 +236,15 @@ class DiscretizedLogistic(LocationScale):
     """
 
     support = Support.LEVELS
+
+    @classmethod
+    def build(cls, params: LocationScale.Params, context: BuildContext) -> DiscretizedLogistic:
+        if context.levels is None:
+            raise ConfigError(
+                "{model.likelihood} discretized-logistic needs quantised data (8-bit images); "
+                "these data are continuous"
+            )
+        return cls(params.scale_floor, context.levels)
 
     def __init__(self, floor: float, levels: int = 256):
         super().__init__(floor)

@@ -1,26 +1,38 @@
 """Priors p(z). Each is a small module whose ``forward()`` returns a distribution over z.
 
 To add a prior, subclass :class:`Prior`, implement ``forward`` returning a distribution with
-``event_shape == (latent_dim,)`` and empty batch shape (the data plate broadcasts it), and register
-its name in :mod:`pyro_vae.registry`. Learnable parameters are registered with Pyro by the VAE.
+``event_shape == (latent_dim,)`` and empty batch shape (the data plate broadcasts it), declare its
+hyperparameters in a nested ``Params`` (:mod:`pyro_vae.models.pieces`), and register its name in
+:mod:`pyro_vae.registry`. Learnable parameters are registered with Pyro by the VAE.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
+from pyro_vae.models.pieces import BuildContext, Piece, PieceParams, params_dict
+from pyro_vae.options import option
 
-class Prior(nn.Module):
-    """Base class: a distribution over z in R^latent_dim, with event dimension 1."""
+
+class Prior(Piece, nn.Module):
+    """Base class: a distribution over z in R^latent_dim, with event dimension 1.
+
+    Built as ``cls(latent_dim, **params)`` unless a subclass overrides :meth:`build`.
+    """
 
     def __init__(self, latent_dim: int):
         super().__init__()
         self.latent_dim = latent_dim
+
+    @classmethod
+    def build(cls, params: PieceParams, context: BuildContext) -> Prior:
+        return cls(context.latent_dim, **params_dict(params))
 
     def forward(self) -> dist.TorchDistribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -38,12 +50,21 @@ class StandardNormal(Prior):
         return dist.Normal(self.loc, self.scale).to_event(1)
 
 
+@dataclass(frozen=True)
+class Components(PieceParams):
+    num_components: int = option(
+        10, "number of components or pseudo-inputs", low=1, high=10_000, metavar="K"
+    )
+
+
 class MixtureOfGaussians(Prior):
     """p(z) = sum_k pi_k N(z; mu_k, diag sigma_k^2) with learnable weights, means and scales.
 
     The seeds' view of a VAE as an infinite mixture of Gaussians, made a finite one in z.
     With one component at mu = 0, sigma = 1 it equals :class:`StandardNormal`.
     """
+
+    Params = Components
 
     def __init__(self, latent_dim: int, num_components: int = 10):
         super().__init__(latent_dim)
@@ -66,6 +87,12 @@ class VampPrior(Prior):
     are registered once (by the guide) and trained by both terms.
     """
 
+    Params = Components
+
+    @classmethod
+    def build(cls, params: Components, context: BuildContext) -> VampPrior:
+        return cls(context.encoder, context.data_dim, params.num_components)
+
     def __init__(self, encoder: nn.Module, data_dim: int, num_components: int = 50):
         super().__init__(encoder.latent_dim)
         if num_components < 1:
@@ -87,6 +114,14 @@ class FlowPrior(Prior):
     Each step is a rational-quadratic spline coupling layer followed by a fixed permutation, so
     every dimension is transformed; both directions are cheap, so log p(z) needs no iteration.
     """
+
+    @dataclass(frozen=True)
+    class Params(PieceParams):
+        flows: int = option(2, "coupling steps of the prior's flow", low=1, high=64)
+
+    @classmethod
+    def build(cls, params: Params, context: BuildContext) -> FlowPrior:
+        return cls(context.latent_dim, num_flows=params.flows)
 
     def __init__(self, latent_dim: int, num_flows: int = 2, hidden: int = 64):
         super().__init__(latent_dim)
