@@ -18,26 +18,7 @@ import torch
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.elbo import DeviceTrace_ELBO, DeviceTraceMeanField_ELBO
 from pyro_vae.infer.iwae_elbo import IWAE_ELBO
-from pyro_vae.models import (
-    MLP,
-    VAE,
-    Bernoulli,
-    Beta,
-    ContinuousBernoulli,
-    DiagonalNormalEncoder,
-    DiscretizedLogistic,
-    FlowPrior,
-    FullCovarianceEncoder,
-    Gaussian,
-    IAFEncoder,
-    LearnedGaussian,
-    LearnedLaplace,
-    Likelihood,
-    LowRankEncoder,
-    MixtureOfGaussians,
-    StandardNormal,
-    VampPrior,
-)
+from pyro_vae.models import MLP, VAE, Likelihood, guides, likelihoods, priors
 from pyro_vae.models.pieces import BuildContext, Piece
 from pyro_vae.options import Option
 
@@ -45,27 +26,27 @@ if TYPE_CHECKING:  # the config is made from this module's tables, so it is not 
     from pyro_vae.config import ModelConfig, TrainConfig
 
 PRIORS: dict[str, type[Piece]] = {
-    "normal": StandardNormal,
-    "mog": MixtureOfGaussians,
-    "vamp": VampPrior,
-    "flow": FlowPrior,
+    "normal": priors.StandardNormal,
+    "mog": priors.MixtureOfGaussians,
+    "vamp": priors.VampPrior,
+    "flow": priors.FlowPrior,
 }
 
 LIKELIHOODS: dict[str, type[Piece]] = {
-    "bernoulli": Bernoulli,
-    "continuous-bernoulli": ContinuousBernoulli,
-    "gaussian": Gaussian,
-    "gaussian-learned": LearnedGaussian,
-    "laplace": LearnedLaplace,
-    "beta": Beta,
-    "discretized-logistic": DiscretizedLogistic,
+    "bernoulli": likelihoods.BernoulliLikelihood,
+    "continuous-bernoulli": likelihoods.ContinuousBernoulliLikelihood,
+    "gaussian": likelihoods.GaussianLikelihood,
+    "gaussian-learned": likelihoods.LearnedGaussianLikelihood,
+    "laplace": likelihoods.LearnedLaplaceLikelihood,
+    "beta": likelihoods.BetaLikelihood,
+    "discretized-logistic": likelihoods.DiscretizedLogisticLikelihood,
 }
 
 GUIDES: dict[str, type[Piece]] = {
-    "diagonal": DiagonalNormalEncoder,
-    "full": FullCovarianceEncoder,
-    "lowrank": LowRankEncoder,
-    "iaf": IAFEncoder,
+    "diagonal": guides.DiagonalNormalEncoder,
+    "full": guides.FullCovarianceEncoder,
+    "lowrank": guides.LowRankEncoder,
+    "iaf": guides.IAFEncoder,
 }
 
 # The model config's option naming each kind of piece, and the kind's table.

@@ -112,10 +112,11 @@ class Likelihood(Piece, nn.Module):
 
     @property
     def name(self) -> str:
-        return type(self).__name__
+        """The class's name without "Likelihood", for messages ("the Bernoulli likelihood")."""
+        return type(self).__name__.removesuffix("Likelihood")
 
 
-class Bernoulli(Likelihood):
+class BernoulliLikelihood(Likelihood):
     """x_i ~ Bernoulli(sigmoid(h_i)), for binary data."""
 
     support = Support.BINARY
@@ -124,7 +125,7 @@ class Bernoulli(Likelihood):
         return dist.Bernoulli(logits=h).to_event(1)
 
 
-class Gaussian(Likelihood):
+class GaussianLikelihood(Likelihood):
     """x ~ N(h, scale^2 I) with a fixed scale.
 
     The seeds' objective ``1/2 sum (x - mu)^2 + lambda * KL`` is ``lambda`` times the negative
@@ -140,7 +141,7 @@ class Gaussian(Likelihood):
         gaussian_scale: float = option(0.1, "fixed sigma of p(x|z)", positive=True)
 
     @classmethod
-    def build(cls, params: Params, context: BuildContext) -> Gaussian:
+    def build(cls, params: Params, context: BuildContext) -> GaussianLikelihood:
         return cls(params.gaussian_scale)
 
     def __init__(self, scale: float):
@@ -186,7 +187,7 @@ class LocationScale(Likelihood):
         return loc, self.floor + F.softplus(raw)
 
 
-class LearnedGaussian(LocationScale):
+class LearnedGaussianLikelihood(LocationScale):
     """x ~ N(mu(z), diag sigma(z)^2) with ``sigma = floor + softplus(raw)``: the seeds' model."""
 
     support = Support.REAL
@@ -195,7 +196,7 @@ class LearnedGaussian(LocationScale):
         return dist.Normal(*self.loc_scale(h)).to_event(1)
 
 
-class ContinuousBernoulli(Likelihood):
+class ContinuousBernoulliLikelihood(Likelihood):
     """x_i ~ ContinuousBernoulli(sigmoid(h_i)) on [0, 1], normaliser included
     (Loaiza-Ganem & Cunningham 2019): a proper density for grey values, unlike the Bernoulli."""
 
@@ -205,7 +206,7 @@ class ContinuousBernoulli(Likelihood):
         return dist.ContinuousBernoulli(logits=h).to_event(1)
 
 
-class LearnedLaplace(LocationScale):
+class LearnedLaplaceLikelihood(LocationScale):
     """x ~ Laplace(mu(z), b(z)) per dimension, ``b = floor + softplus(raw)``."""
 
     support = Support.REAL
@@ -214,7 +215,7 @@ class LearnedLaplace(LocationScale):
         return dist.Laplace(*self.loc_scale(h)).to_event(1)
 
 
-class Beta(Likelihood):
+class BetaLikelihood(Likelihood):
     """x ~ Beta(a(z), b(z)) per dimension on (0, 1), ``a, b = 0.01 + softplus(raw)``.
 
     Data must be strictly inside (0, 1): 8-bit pixels get there by uniform dequantisation,
@@ -229,7 +230,7 @@ class Beta(Likelihood):
         return dist.Beta(a, b).to_event(1)
 
 
-class DiscretizedLogistic(LocationScale):
+class DiscretizedLogisticLikelihood(LocationScale):
     """Each x_i in {0, 1/(L-1), ..., 1} gets the mass of a logistic(mu(z), s(z)) over its bin,
     with the end bins open to -inf and +inf (Salimans et al. 2017, one component per pixel).
     A probability, so log p(x) converts to bits/dim directly.
@@ -238,7 +239,9 @@ class DiscretizedLogistic(LocationScale):
     support = Support.LEVELS
 
     @classmethod
-    def build(cls, params: LocationScale.Params, context: BuildContext) -> DiscretizedLogistic:
+    def build(
+        cls, params: LocationScale.Params, context: BuildContext
+    ) -> DiscretizedLogisticLikelihood:
         if context.levels is None:
             raise ConfigError(
                 "{model.likelihood} discretized-logistic needs quantised data (8-bit images); "

@@ -6,23 +6,23 @@ import torch
 from pyro_vae.data import dequantize
 from pyro_vae.errors import DataError, UnsupportedDataError
 from pyro_vae.models import (
-    Bernoulli,
-    Beta,
-    ContinuousBernoulli,
-    DiscretizedLogistic,
-    Gaussian,
-    LearnedGaussian,
-    LearnedLaplace,
+    BernoulliLikelihood,
+    BetaLikelihood,
+    ContinuousBernoulliLikelihood,
+    DiscretizedLogisticLikelihood,
+    GaussianLikelihood,
+    LearnedGaussianLikelihood,
+    LearnedLaplaceLikelihood,
     Support,
 )
 from pyro_vae.models.likelihoods import DiscretizedLogisticDistribution
 
 CONTINUOUS = {
-    "gaussian": (Gaussian(0.7), (-15.0, 15.0)),
-    "gaussian-learned": (LearnedGaussian(0.01), (-15.0, 15.0)),
-    "laplace": (LearnedLaplace(0.01), (-30.0, 30.0)),
-    "continuous-bernoulli": (ContinuousBernoulli(), (0.0, 1.0)),
-    "beta": (Beta(), (0.0, 1.0)),
+    "gaussian": (GaussianLikelihood(0.7), (-15.0, 15.0)),
+    "gaussian-learned": (LearnedGaussianLikelihood(0.01), (-15.0, 15.0)),
+    "laplace": (LearnedLaplaceLikelihood(0.01), (-30.0, 30.0)),
+    "continuous-bernoulli": (ContinuousBernoulliLikelihood(), (0.0, 1.0)),
+    "beta": (BetaLikelihood(), (0.0, 1.0)),
 }
 
 
@@ -51,7 +51,7 @@ def test_continuous_densities_integrate_to_one_and_match_their_samples(name):
 
 def test_continuous_bernoulli_normaliser_matters():
     """Without its normaliser the density would not integrate to 1 (here 0.79 for logit 2)."""
-    lik = ContinuousBernoulli().double()
+    lik = ContinuousBernoulliLikelihood().double()
     h = torch.tensor([[2.0]], dtype=torch.float64)
     x = (torch.arange(10000, dtype=torch.float64) + 0.5) / 10000
     lp = lik(h).log_prob(x[:, None])
@@ -61,7 +61,7 @@ def test_continuous_bernoulli_normaliser_matters():
 
 
 def test_bernoulli_masses_sum_to_one():
-    lik = Bernoulli()
+    lik = BernoulliLikelihood()
     h = torch.randn(1, 1)
     total = sum(lik(h).log_prob(torch.tensor([[v]])).exp() for v in (0.0, 1.0))
     assert total.item() == pytest.approx(1.0, abs=1e-6)
@@ -83,7 +83,7 @@ def test_discretized_logistic_masses_sum_to_one_and_match_samples(levels, loc, s
 
 
 def test_discretized_logistic_likelihood_checks_its_grid():
-    lik = DiscretizedLogistic(floor=0.001, levels=256)
+    lik = DiscretizedLogisticLikelihood(floor=0.001, levels=256)
     lik.check_data(torch.tensor([[0.0, 3 / 255, 1.0]]))
     with pytest.raises(DataError, match="quantised"):
         lik.check_data(torch.tensor([[0.5 / 255]]))
@@ -92,11 +92,11 @@ def test_discretized_logistic_likelihood_checks_its_grid():
 @pytest.mark.parametrize(
     "lik, x, message, support",
     [
-        (Bernoulli(), [[0.5]], "binarise the data", "binary"),
-        (ContinuousBernoulli(), [[1.5]], r"\[1.5, 1.5\]", "unit_interval"),
-        (Beta(), [[0.0, 0.5]], "dequantise them uniformly", "open_unit_interval"),
-        (Beta(), [[1.0]], "strictly inside", "open_unit_interval"),
-        (DiscretizedLogistic(0.01, 256), [[0.5 / 255]], "k / 255", "levels"),
+        (BernoulliLikelihood(), [[0.5]], "binarise the data", "binary"),
+        (ContinuousBernoulliLikelihood(), [[1.5]], r"\[1.5, 1.5\]", "unit_interval"),
+        (BetaLikelihood(), [[0.0, 0.5]], "dequantise them uniformly", "open_unit_interval"),
+        (BetaLikelihood(), [[1.0]], "strictly inside", "open_unit_interval"),
+        (DiscretizedLogisticLikelihood(0.01, 256), [[0.5 / 255]], "k / 255", "levels"),
     ],
     ids=["bernoulli-grey", "cb-above-1", "beta-at-0", "beta-at-1", "dlogistic-off-grid"],
 )
@@ -111,9 +111,11 @@ def test_wrong_data_are_rejected_with_the_fix_in_words(lik, x, message, support)
 
 
 def test_supports_are_declared():
-    assert Bernoulli().support is Support.BINARY and Bernoulli().is_discrete
-    assert DiscretizedLogistic(0.01).is_discrete
-    assert not Beta().is_discrete and Beta().support is Support.OPEN_UNIT_INTERVAL
+    assert BernoulliLikelihood().support is Support.BINARY and BernoulliLikelihood().is_discrete
+    assert DiscretizedLogisticLikelihood(0.01).is_discrete
+    assert (
+        not BetaLikelihood().is_discrete and BetaLikelihood().support is Support.OPEN_UNIT_INTERVAL
+    )
 
 
 def test_uniform_dequantisation_stays_in_its_bin():

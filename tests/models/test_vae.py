@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from pyro_vae.errors import DataError
-from pyro_vae.models import Bernoulli, DiagonalNormalEncoder, Gaussian, LearnedGaussian
+from pyro_vae.models import (
+    BernoulliLikelihood,
+    DiagonalNormalEncoder,
+    GaussianLikelihood,
+    LearnedGaussianLikelihood,
+)
 from tests.helpers import binary_data, tiny_vae
 
 
@@ -66,25 +71,25 @@ def test_sample_returns_labelled_means_and_samples():
 
 def test_bernoulli_rejects_grey_values_with_a_hint():
     with pytest.raises(DataError, match="binarise the data"):
-        Bernoulli().check_data(torch.tensor([[0.0, 0.5, 1.0]]))
-    Bernoulli().check_data(torch.tensor([[0.0, 1.0]]))
+        BernoulliLikelihood().check_data(torch.tensor([[0.0, 0.5, 1.0]]))
+    BernoulliLikelihood().check_data(torch.tensor([[0.0, 1.0]]))
 
 
 def test_likelihoods_reject_nan():
-    for lik in (Bernoulli(), Gaussian(0.1), LearnedGaussian(0.01)):
+    for lik in (BernoulliLikelihood(), GaussianLikelihood(0.1), LearnedGaussianLikelihood(0.01)):
         with pytest.raises(DataError, match="NaN"):
             lik.check_data(torch.tensor([[0.0, float("nan")]]))
 
 
 def test_gaussian_log_prob_keeps_the_normalising_constant():
-    lik = Gaussian(0.5)
+    lik = GaussianLikelihood(0.5)
     x = torch.zeros(1, 4)
     expected = -0.5 * 4 * torch.log(torch.tensor(2 * torch.pi * 0.25))
     torch.testing.assert_close(lik(torch.zeros(1, 4)).log_prob(x), expected.reshape(1))
 
 
 def test_learned_gaussian_scale_never_falls_below_the_floor():
-    lik = LearnedGaussian(floor=0.05)
+    lik = LearnedGaussianLikelihood(floor=0.05)
     h = torch.cat([torch.zeros(2, 3), torch.full((2, 3), -1e4)], dim=-1)
     p = lik(h)
     assert p.event_shape == (3,)
