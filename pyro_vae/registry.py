@@ -30,6 +30,7 @@ PRIORS: dict[str, type[Piece]] = {
     "mog": priors.MixtureOfGaussians,
     "vamp": priors.VampPrior,
     "flow": priors.FlowPrior,
+    "student-t": priors.StudentT,
 }
 
 LIKELIHOODS: dict[str, type[Piece]] = {

@@ -50,6 +50,26 @@ class StandardNormal(Prior):
         return dist.Normal(self.loc, self.scale).to_event(1)
 
 
+class StudentT(Prior):
+    """p(z) = prod_i StudentT(z_i; df, 0, 1): heavier tails than N(0, I), which it approaches as
+    ``df`` grows; ``df = 1`` is the Cauchy distribution."""
+
+    @dataclass(frozen=True)
+    class Params(PieceParams):
+        df: float = option(3.0, "degrees of freedom of p(z)", positive=True)
+
+    def __init__(self, latent_dim: int, df: float = 3.0):
+        super().__init__(latent_dim)
+        if not df > 0:
+            raise ValueError(f"df must be positive, got {df}")
+        self.register_buffer("df", torch.full((latent_dim,), float(df)))
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+
+    def forward(self) -> dist.TorchDistribution:
+        return dist.StudentT(self.df, self.loc, self.scale).to_event(1)
+
+
 @dataclass(frozen=True)
 class Components(PieceParams):
     num_components: int = option(

@@ -11,6 +11,7 @@ from pyro_vae.models import (
     StandardNormal,
     VampPrior,
 )
+from pyro_vae.models.priors import StudentT
 
 
 def _grid_1d(lo=-12.0, hi=12.0, n=20001):
@@ -98,3 +99,24 @@ def test_priors_sample_inside_pyro():
         with pyro.plate("data", 5):
             z = pyro.sample("z", prior())
         assert z.shape == (5, 3)
+
+
+def test_student_t_prior_goodness_of_fit():
+    _check_1d_prior(StudentT(latent_dim=1, df=8.0))
+
+
+def test_student_t_prior_is_the_product_of_its_coordinates_and_nears_the_normal_as_df_grows():
+    z = torch.randn(6, 3, dtype=torch.float64) * 2
+    by_hand = torch.distributions.StudentT(2.5).log_prob(z).sum(-1)
+    torch.testing.assert_close(StudentT(3, df=2.5).double()().log_prob(z), by_hand)
+    wide = StudentT(3, df=1e7).double()().log_prob(z)
+    torch.testing.assert_close(wide, StandardNormal(3).double()().log_prob(z), atol=1e-3, rtol=0)
+
+
+def test_student_t_prior_is_built_from_the_config_with_its_df():
+    from pyro_vae.config import ModelConfig
+    from pyro_vae.registry import build_vae
+
+    vae = build_vae(ModelConfig(latent_dim=2, prior="student-t", df=5.0), data_dim=4)
+    assert isinstance(vae.prior, StudentT)
+    torch.testing.assert_close(vae.prior.df, torch.full((2,), 5.0))
