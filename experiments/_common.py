@@ -60,8 +60,8 @@ def base_config(args) -> RunConfig:
 def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[dict]:
     """Train and evaluate each ``name -> (data description, config)`` into ``out/runs/name``.
 
-    Each row holds the table's COLUMNS and, under ``"evaluation"``, the run's whole
-    evaluation.json (not written to the CSV).
+    Each row holds the table's COLUMNS and, under ``"evaluation"``, the run's
+    :class:`~pyro_vae.records.Evaluation` (not written to the CSV).
     """
     rows = []
     for name, (data, config) in variants.items():
@@ -77,11 +77,11 @@ def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[
             "seconds": time.perf_counter() - start,
             "evaluation": ev,
         }
-        # null in evaluation.json (an undefined number, e.g. k-hat at small K) becomes NaN here
-        row |= {k: _number(ev.get(k)) for k in COLUMNS if k not in row}
+        # an undefined number (e.g. k-hat at small K) is None in the evaluation, NaN here
+        row |= {k: _number(getattr(ev, k)) for k in COLUMNS if k not in row}
         rows.append(row)
         print(
-            f"  {name:22s} log p(x) {ev['log_px']:9.3f}  ELBO {ev['elbo']:9.3f}  "
+            f"  {name:22s} log p(x) {ev.log_px:9.3f}  ELBO {ev.elbo:9.3f}  "
             f"({row['seconds']:.0f} s)",
             file=sys.stderr,
         )

@@ -50,7 +50,7 @@ def gradient_variance(run_dir, repeats: int, batch_size: int = 128) -> dict[str,
 
 
 def plot_bounds(evaluations: dict[str, dict], path) -> None:
-    series = {f"L_K, trained with {name}": ev["bounds_vs_k"] for name, ev in evaluations.items()}
+    series = {f"L_K, trained with {name}": ev.bounds_vs_k for name, ev in evaluations.items()}
     plots.bound_vs_k(series).savefig(path)
 
 
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     )
     table = write_table(rows, args.out, title)
     bounds = {row["variant"]: row["evaluation"] for row in rows}
-    ks = sorted({int(k) for ev in bounds.values() for k in ev["bounds_vs_k"]})
+    ks = sorted({int(k) for ev in bounds.values() for k in ev.bounds_vs_k})
     lines = [
         "",
         "| trained with | " + " | ".join(f"L_{k}" for k in ks) + " |",
@@ -80,8 +80,7 @@ def main(argv=None) -> int:
         lines.append(
             f"| {name} | "
             + " | ".join(
-                f"{ev['bounds_vs_k'][str(k)]:.3f}" if str(k) in ev["bounds_vs_k"] else ""
-                for k in ks
+                f"{ev.bounds_vs_k[str(k)]:.3f}" if str(k) in ev.bounds_vs_k else "" for k in ks
             )
             + " |"
         )

@@ -317,7 +317,7 @@ def run(argv: list[str] | None = None) -> int:
             return 130
         echo(f"run directory: {result.run_dir}")
     elif args.command == "evaluate":
-        summary = jobs.evaluate(
+        evaluation = jobs.evaluate(
             args.run_dir,
             split=args.split,
             device=args.device,
@@ -325,8 +325,8 @@ def run(argv: list[str] | None = None) -> int:
             progress=progress,
             **_settings(args, ("num_samples", "chunk_size", *ESTIMATOR_SETTINGS)),
         )
-        json_path, nc_path = RunDir(args.run_dir).evaluation_paths(summary)
-        echo(jobs.format_evaluation(summary))
+        json_path, nc_path = RunDir(args.run_dir).evaluation_paths(evaluation)
+        echo(jobs.format_evaluation(evaluation))
         echo(f"wrote {json_path} and {nc_path}")
     elif args.command == "compare":
         for path, flag in ((args.markdown, "--markdown"), (args.csv, "--csv")):

@@ -26,6 +26,7 @@ import torch
 from pyro_vae import arviz_compat
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import CheckpointError, ConfigError, RunInUseError
+from pyro_vae.records import Evaluation, PerPoint
 from pyro_vae.training import EpochStats
 
 CHECKPOINT_FORMAT = 1
@@ -324,13 +325,13 @@ class RunDir:
     # evaluations
     evaluations_dir = property(lambda self: self.path / "evaluations")
 
-    def evaluation_paths(self, summary: dict[str, Any]) -> tuple[Path, Path]:
-        """Where the evaluation with ``summary``'s setting lives: ``evaluations/SETTING.json``
+    def evaluation_paths(self, evaluation: Evaluation) -> tuple[Path, Path]:
+        """Where the evaluation with ``evaluation``'s setting lives: ``evaluations/SETTING.json``
         (the summary) and ``.nc`` (the per-datapoint values)."""
-        stem = self.evaluations_dir / evaluation_setting(summary)
+        stem = self.evaluations_dir / evaluation_setting(evaluation)
         return stem.with_suffix(".json"), stem.with_suffix(".nc")
 
-    def write_evaluation(self, summary: dict[str, Any], idata) -> StoredEvaluation:
+    def write_evaluation(self, evaluation: Evaluation, idata) -> StoredEvaluation:
         """Keep an evaluation: its summary (strict JSON: NaN and infinities as null) and its
         per-datapoint values (an ArviZ InferenceData) as one unit, one per setting
         (:func:`evaluation_setting`: split, K, precision), replacing only an earlier evaluation
@@ -342,10 +343,10 @@ class RunDir:
         between the two renames leaves ids that differ, which readers refuse.
         """
         evaluation_id = uuid.uuid4().hex
-        summary = {**summary, "evaluation_id": evaluation_id}
+        evaluation = evaluation.replace(evaluation_id=evaluation_id, per_point=None)
         idata.attrs["evaluation_id"] = evaluation_id
-        text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
-        json_path, nc_path = self.evaluation_paths(summary)
+        text = json.dumps(json_safe(evaluation.to_dict()), indent=2, allow_nan=False) + "\n"
+        json_path, nc_path = self.evaluation_paths(evaluation)
         try:
             self.evaluations_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -369,7 +370,7 @@ class RunDir:
         finally:
             for tmp in temps:
                 Path(tmp).unlink(missing_ok=True)
-        return StoredEvaluation(self, summary, json_path, nc_path)
+        return StoredEvaluation(self, evaluation, json_path, nc_path)
 
     def bdmc_paths(self, name: str) -> tuple[Path, Path]:
         """``RUN_DIR/bdmc/NAME.json`` (the summary) and ``.npz`` (simulated data, latents and
@@ -440,7 +441,7 @@ class RunDir:
 EVALUATION_SELECTORS = ("split", "num_samples", "precision", "method")
 
 
-def evaluation_setting(summary: dict[str, Any]) -> str:
+def evaluation_setting(evaluation: Evaluation) -> str:
     """The name of an evaluation's setting: what one kept evaluation per setting means.
 
     ``test-K1000-fp32`` for IWAE from the guide (the names of earlier versions, which had only
@@ -448,17 +449,14 @@ def evaluation_setting(summary: dict[str, Any]) -> str:
     take K importance samples, ``test-ais-T500-C16-fp32`` for AIS with T distributions and C
     chains.
     """
-    precision = summary.get("precision", "fp32")  # evaluations before the option were fp32
-    method = summary.get("method", "iwae")  # ... and before methods, IWAE
-    k = summary.get("num_samples")
+    method, k = evaluation.method, evaluation.num_samples
     if method == "iwae":
         middle = f"K{k}"
     elif method == "ais":
-        steps = (summary.get("method_settings") or {}).get("ais_steps")
-        middle = f"ais-T{steps}-C{k}"
+        middle = f"ais-T{evaluation.method_settings.get('ais_steps')}-C{k}"
     else:
         middle = f"{method}-K{k}"
-    return f"{summary.get('split')}-{middle}-{precision}"
+    return f"{evaluation.split}-{middle}-{evaluation.precision}"
 
 
 def describe_selection(wanted: dict[str, Any]) -> str:
@@ -468,16 +466,16 @@ def describe_selection(wanted: dict[str, Any]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class StoredEvaluation:
-    """One kept evaluation of a run: its summary and where its files are."""
+    """One kept evaluation of a run: the evaluation and where its files are."""
 
     run: RunDir
-    summary: dict[str, Any]
+    evaluation: Evaluation
     json_path: Path
     nc_path: Path
 
     @property
     def setting(self) -> str:
-        return evaluation_setting(self.summary)
+        return evaluation_setting(self.evaluation)
 
     def matches(self, split=None, num_samples=None, precision=None, method=None) -> bool:
         wanted = {
@@ -486,12 +484,7 @@ class StoredEvaluation:
             "precision": precision,
             "method": method,
         }
-        have = {
-            **self.summary,
-            "precision": self.summary.get("precision", "fp32"),
-            "method": self.summary.get("method", "iwae"),
-        }
-        return all(v is None or have.get(k) == v for k, v in wanted.items())
+        return all(v is None or getattr(self.evaluation, k) == v for k, v in wanted.items())
 
     def inference_data(self):
         """The per-datapoint values, refused unless they belong to this summary."""
@@ -510,8 +503,23 @@ class StoredEvaluation:
         _check_same_evaluation(self, idata)
         return idata
 
+    def per_point(self) -> PerPoint:
+        """The per-datapoint values (:meth:`inference_data`, checked) as tensors."""
+        idata = self.inference_data()
+        stats = idata.sample_stats
 
-def _read_summary(path: Path, run_path: Path) -> dict[str, Any]:
+        def values(group, name):
+            return torch.as_tensor(group[name].values[0, 0]) if name in group else None
+
+        return PerPoint(
+            log_px=values(idata.log_likelihood, "log_px"),
+            elbo=values(idata.log_likelihood, "elbo"),
+            **{k: values(stats, k) for k in ("ess", "stderr", "khat", "method", "draws")},
+            acceptance=values(stats, "acceptance"),
+        )
+
+
+def _read_summary(path: Path, run_path: Path) -> Evaluation:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -520,15 +528,13 @@ def _read_summary(path: Path, run_path: Path) -> dict[str, Any]:
         summary = json.loads(text)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(summary, dict) or not {"split", "num_samples", "log_px"} <= set(summary):
-        raise CheckpointError(f"{path} is not an evaluation summary")
-    return summary
+    return Evaluation.from_dict(summary, where=str(path))
 
 
 def _check_same_evaluation(stored: StoredEvaluation, idata) -> None:
     """Refuse a summary and per-datapoint values written by different evaluations."""
-    summary = stored.summary
-    json_id = summary.get("evaluation_id")
+    evaluation = stored.evaluation
+    json_id = evaluation.evaluation_id
     nc_id = idata.attrs.get("evaluation_id")
     problem = None
     if json_id != nc_id:
@@ -540,11 +546,11 @@ def _check_same_evaluation(stored: StoredEvaluation, idata) -> None:
             n = None
         if n is None:
             problem = f"{stored.nc_path.name} holds no per-datapoint log_px"
-        elif n != summary.get("num_datapoints"):
-            problem = f"{summary.get('num_datapoints')} datapoints in the summary, {n} per point"
-        elif idata.attrs.get("num_samples") != summary.get("num_samples"):
+        elif n != evaluation.num_datapoints:
+            problem = f"{evaluation.num_datapoints} datapoints in the summary, {n} per point"
+        elif idata.attrs.get("num_samples") != evaluation.num_samples:
             problem = (
-                f"K={summary.get('num_samples')} in the summary, "
+                f"K={evaluation.num_samples} in the summary, "
                 f"K={idata.attrs.get('num_samples')} per point"
             )
     if problem:

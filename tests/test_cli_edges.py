@@ -319,6 +319,7 @@ def test_a_minus_inf_estimate_ranks_last_and_is_shown(capsys, run_dir, tmp_path)
 
 def test_an_unbounded_stderr_is_not_called_one_sample():
     from pyro_vae.jobs import format_evaluation
+    from pyro_vae.records import Evaluation
 
     summary = {
         "dataset": "d",
@@ -334,7 +335,7 @@ def test_an_unbounded_stderr_is_not_called_one_sample():
         "ess_mean": 0.0,
         "ess_min": 0.0,
     }
-    text = format_evaluation(summary)
+    text = format_evaluation(Evaluation.from_dict(summary))
     assert "-inf nats" in text and "unbounded" in text and "one sample" not in text
 
 

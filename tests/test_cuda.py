@@ -49,7 +49,7 @@ def test_train_and_evaluate_on_cuda(tmp_path):
     )
     result = jobs.train(config, tmp_path / "r", progress=False, echo=lambda s: None)
     assert result.history[-1].val_elbo > result.history[0].val_elbo - 1.0
-    assert result.evaluation["log_px"] >= result.evaluation["elbo"]
+    assert result.evaluation.log_px >= result.evaluation.elbo
 
 
 @requires_cuda

@@ -149,7 +149,7 @@ def test_concurrent_evaluations_all_succeed_and_leave_whole_evaluations(run_dir)
     for k in (302, 50):
         kept = run.find_evaluation(num_samples=k)
         idata = kept.inference_data()  # refuses a mismatched pair
-        assert idata.attrs["num_samples"] == kept.summary["num_samples"] == k
+        assert idata.attrs["num_samples"] == kept.evaluation.num_samples == k
     assert not [p.name for p in run.evaluations_dir.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -165,11 +165,11 @@ def test_evaluation_is_reproducible_and_consistent(tmp_path):
     jobs.train(config, tmp_path / "r", evaluate_at_end=False, echo=lambda s: None)
     a = jobs.evaluate(tmp_path / "r", num_samples=50, progress=False)
     again = jobs.evaluate(tmp_path / "r", num_samples=50, progress=False)
-    assert again["log_px"] == a["log_px"] and again["elbo"] == a["elbo"]  # seeded
+    assert again.log_px == a.log_px and again.elbo == a.elbo  # seeded
     # another chunking draws other samples: the same estimate up to Monte Carlo error
     chunked = jobs.evaluate(tmp_path / "r", num_samples=50, chunk_size=7, progress=False)
-    assert chunked["log_px"] == pytest.approx(a["log_px"], abs=5 * a["log_px_stderr"] + 1e-3)
-    assert a["gap"] == pytest.approx(a["log_px"] - a["elbo"])
-    assert a["num_datapoints"] == 359 and a["split"] == "test" and a["binarize"] == "dynamic"
-    assert a["bits_per_dim"] == pytest.approx(-a["log_px"] / (64 * math.log(2)))
+    assert chunked.log_px == pytest.approx(a.log_px, abs=5 * a.log_px_stderr + 1e-3)
+    assert a.gap == pytest.approx(a.log_px - a.elbo)
+    assert a.num_datapoints == 359 and a.split == "test" and a.binarize == "dynamic"
+    assert a.bits_per_dim == pytest.approx(-a.log_px / (64 * math.log(2)))
     assert [e.setting for e in RunDir(tmp_path / "r").evaluations()] == ["test-K50-fp32"]

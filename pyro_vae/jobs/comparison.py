@@ -12,7 +12,7 @@ import torch
 from pyro_vae import arviz_compat
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.jobs.evaluation import IDENTITY_KEYS, TRAINING_DATA_KEYS, identity_value
-from pyro_vae.jobs.loading import number_or, training_identity
+from pyro_vae.jobs.loading import training_identity
 from pyro_vae.runs import RunDir, atomic_write_text, describe_selection
 from pyro_vae.text import plural
 
@@ -76,7 +76,7 @@ def compare(
         stored = [run.find_evaluation(**wanted) for run in runs]
     else:
         stored = _common_evaluations(runs, **wanted)
-    evaluations = [e.summary for e in stored]
+    evaluations = [e.evaluation for e in stored]
     first = evaluations[0]
     mixed = ("method", "num_samples", "method_settings")
     keys = [k for k in IDENTITY_KEYS if not (mix_methods and k in mixed)]
@@ -100,17 +100,9 @@ def compare(
                 "re-evaluate them alike (pyro-vae evaluate RUN --method M --num-samples K --split "
                 f"S --precision P){mixed}"
             )
-    per_point = []
-    for kept in stored:
-        idata = kept.inference_data()
-        per_point.append(
-            (
-                torch.as_tensor(idata.log_likelihood["log_px"].values[0, 0]),
-                torch.as_tensor(idata.sample_stats["stderr"].values[0, 0]),
-            )
-        )
-    # a mean log p(x) of -inf is written as null: it ranks last
-    order = sorted(range(len(runs)), key=lambda i: -number_or(evaluations[i]["log_px"], -math.inf))
+    per_point = [(p.log_px, p.stderr) for p in (kept.per_point() for kept in stored)]
+    # a mean log p(x) of -inf (all weights zero) ranks last
+    order = sorted(range(len(runs)), key=lambda i: -evaluations[i].log_px)
     best_lp, best_se = per_point[order[0]]
     rows = []
     for i in order:
@@ -122,24 +114,28 @@ def compare(
         rows.append(
             Comparison(
                 run=str(runs[i].path),
-                log_px=number_or(ev["log_px"], -math.inf),
-                log_px_stderr=number_or(ev.get("log_px_stderr")),
-                elbo=number_or(ev["elbo"], -math.inf),
-                gap=number_or(ev["gap"]),
-                khat_max=number_or(ev.get("khat_max")),
-                frac_khat_above_threshold=number_or(ev.get("frac_khat_above_threshold")),
+                log_px=ev.log_px,
+                log_px_stderr=_nan_if_none(ev.log_px_stderr),
+                elbo=ev.elbo,
+                gap=ev.gap,
+                khat_max=_nan_if_none(ev.khat_max),
+                frac_khat_above_threshold=_nan_if_none(ev.frac_khat_above_threshold),
                 diff=d.mean().item(),
                 diff_se=diff_se,
-                label=f"{ev['prior']}/{ev['likelihood']}/{ev['guide']}/{ev['objective']}"
+                label=f"{ev.prior}/{ev.likelihood}/{ev.guide}/{ev.objective}"
                 + (f" [{stored[i].setting}]" if mix_methods else ""),
                 setting=stored[i].setting,
-                epochs_trained=ev.get("epochs_trained"),
+                epochs_trained=ev.epochs_trained,
                 checkpoint_epochs=_checkpoint_epochs(runs[i]),
-                method=ev.get("method", "iwae"),
-                frac_unreliable=number_or(ev.get("frac_unreliable")),
+                method=ev.method,
+                frac_unreliable=_nan_if_none(ev.frac_unreliable),
             )
         )
     return rows
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def _checkpoint_epochs(run: RunDir) -> int | None:

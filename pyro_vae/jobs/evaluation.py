@@ -17,7 +17,8 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import EstimatorSpec, estimate
 from pyro_vae.infer.diagnostics import active_units, bounds_vs_k, guide_means, kl_per_dimension
 from pyro_vae.infer.importance import free_memory_bytes
-from pyro_vae.jobs.loading import load_data, load_run, number_or, prepare_splits
+from pyro_vae.jobs.loading import load_data, load_run, prepare_splits
+from pyro_vae.records import Evaluation, PerPoint
 from pyro_vae.runs import RunDir
 from pyro_vae.text import plural
 
@@ -44,10 +45,6 @@ IDENTITY_KEYS = (
 TRAINING_DATA_KEYS = ("dataset", "binarize", "binarize_seed", "dequantize", "levels")
 
 
-# Values assumed for keys that evaluations written by earlier versions lack.
-IDENTITY_DEFAULTS = {"precision": "fp32", "method": "iwae"}
-
-
 def evaluate(
     run_dir: str | Path,
     *,
@@ -59,7 +56,7 @@ def evaluate(
     progress: bool = True,
     method: str = "iwae",
     **settings,
-) -> dict[str, Any]:
+) -> Evaluation:
     """log p(x) against the ELBO on a split, kept in the run directory as
     ``evaluations/SETTING.json`` and ``.nc`` (one evaluation per setting: another split, method,
     K or precision adds one; the same setting replaces its earlier one).
@@ -86,13 +83,16 @@ def evaluate(
     pyro.set_rng_seed(config.train.seed)
     with vae.precision(dtype):
         result = estimate(spec, vae.model, vae.guide, x, progress=progress)
-    per_point = {
-        "log_px": result.log_px,
-        "elbo": result.elbo,
-        "ess": result.ess,
-        "stderr": result.stderr,
-        "khat": result.khat,
-    }
+    per_point = PerPoint(
+        log_px=result.log_px,
+        elbo=result.elbo,
+        ess=result.ess,
+        stderr=result.stderr,
+        khat=result.khat,
+        method=result.method,
+        draws=result.draws,
+        acceptance=result.acceptance,
+    )
     k = spec.weights_per_datapoint
     with torch.no_grad():
         q = vae.encoder(x)
@@ -101,13 +101,13 @@ def evaluate(
     n = x.shape[0]
     finite_khat = bool(torch.isfinite(result.khat).any())
     summary: dict[str, Any] = {
-        "log_px": per_point["log_px"].mean().item(),
-        "log_px_stderr": (per_point["stderr"].pow(2).sum().sqrt() / n).item() if k > 1 else None,
-        "log_px_std": per_point["log_px"].std().item() if n > 1 else 0.0,
-        "elbo": per_point["elbo"].mean().item(),
-        "gap": (per_point["log_px"] - per_point["elbo"]).mean().item(),
-        "ess_mean": per_point["ess"].mean().item(),
-        "ess_min": per_point["ess"].min().item(),
+        "log_px": per_point.log_px.mean().item(),
+        "log_px_stderr": (per_point.stderr.pow(2).sum().sqrt() / n).item() if k > 1 else None,
+        "log_px_std": per_point.log_px.std().item() if n > 1 else 0.0,
+        "elbo": per_point.elbo.mean().item(),
+        "gap": (per_point.log_px - per_point.elbo).mean().item(),
+        "ess_mean": per_point.ess.mean().item(),
+        "ess_min": per_point.ess.min().item(),
         **khat_summary(result.khat, k, method=method),
     }
     if method == "auto" and finite_khat:
@@ -139,24 +139,22 @@ def evaluate(
     bpd = bits_per_dim(summary["log_px"], meta["data_dim"], vae.likelihood, config, meta)
     if bpd is not None:
         summary["bits_per_dim"] = bpd
+    evaluation = Evaluation(**summary)
     attrs = {
-        k: summary[k]
+        k: getattr(evaluation, k)
         for k in IDENTITY_KEYS + ("likelihood", "prior", "guide", "objective", "seed")
-        if k in summary and k != "method_settings"  # a dict: in the json summary only
+        if k != "method_settings"  # a dict: in the json summary only
     }
-    stats = {k: per_point[k].numpy() for k in ("khat", "ess", "stderr")}
-    if result.method is not None:
-        stats["method"] = result.method.numpy()
-    if result.draws is not None:
-        stats["draws"] = result.draws.numpy()
-    if result.acceptance is not None:
-        stats["acceptance"] = result.acceptance.numpy()
+    stats = {
+        k: getattr(per_point, k).numpy()
+        for k in ("khat", "ess", "stderr", "method", "draws", "acceptance")
+        if getattr(per_point, k) is not None
+    }
     idata = arviz_compat.to_inference_data(
-        {k: per_point[k].numpy() for k in ("log_px", "elbo")}, stats, attrs
+        {"log_px": per_point.log_px.numpy(), "elbo": per_point.elbo.numpy()}, stats, attrs
     )
-    stored = RunDir(run_dir).write_evaluation(summary, idata)
-    summary["evaluation_id"] = stored.summary["evaluation_id"]
-    return summary
+    stored = RunDir(run_dir).write_evaluation(evaluation, idata)
+    return stored.evaluation.replace(per_point=per_point)
 
 
 def bdmc(
@@ -332,19 +330,19 @@ def bits_per_dim(log_px: float, data_dim: int, likelihood, config: RunConfig, me
     return None
 
 
-def _data_label(s: dict[str, Any]) -> str:
-    if s.get("dequantize", "none") != "none":
-        return f"dequantize={s['dequantize']}"
-    return f"binarize={s['binarize']}"
+def _data_label(ev: Evaluation) -> str:
+    if ev.dequantize != "none":
+        return f"dequantize={ev.dequantize}"
+    return f"binarize={ev.binarize}"
 
 
-def _estimator_label(s: dict[str, Any]) -> str:
+def _estimator_label(ev: Evaluation) -> str:
     """``K=1000 importance samples``, ``AIS with 16 chains x 500 distributions``, ..."""
-    k, method = s["num_samples"], s.get("method", "iwae")
-    settings = s.get("method_settings") or {}
+    k, method = ev.num_samples, ev.method
     samples = f"K={k} importance {'sample' if k == 1 else 'samples'}"
     if method == "ais":
-        return f"AIS with {plural(k, 'chain')} x {settings.get('ais_steps')} distributions"
+        steps = ev.method_settings.get("ais_steps")
+        return f"AIS with {plural(k, 'chain')} x {steps} distributions"
     if method == "refined":
         return f"{samples} from refined proposals"
     if method == "auto":
@@ -352,66 +350,58 @@ def _estimator_label(s: dict[str, Any]) -> str:
     return samples
 
 
-def format_evaluation(s: dict[str, Any]) -> str:
+def format_evaluation(ev: Evaluation) -> str:
     """A short, readable summary of :func:`evaluate`'s result."""
-    precision = identity_value(s, "precision")
-    stderr = s.get("log_px_stderr")
+    stderr = ev.log_px_stderr
     if stderr is not None and math.isfinite(stderr):
         error_bar = f"(± {stderr:.3f} Monte Carlo stderr)"
-    elif s["num_samples"] == 1:
+    elif ev.num_samples == 1:
         error_bar = "(no Monte Carlo stderr from one sample)"
     else:  # written as null: infinite, where some datapoint got no weight at all
         error_bar = "(Monte Carlo stderr unbounded: some datapoints' weights are all zero)"
     lines = [
-        f"{s['dataset']} ({s['split']} split, {_data_label(s)}), "
-        f"{plural(s['num_datapoints'], 'datapoint')}, {_estimator_label(s)}, "
-        f"{plural(s['epochs_trained'], 'epoch')}"
-        + (f", networks in {precision}:" if precision != "fp32" else ":"),
-        f"  log p(x)  {number_or(s['log_px'], -math.inf):10.3f} nats  {error_bar}",
-        f"  ELBO      {number_or(s['elbo'], -math.inf):10.3f} nats",
-        f"  gap       {number_or(s['gap']):10.3f} nats  (log p(x) - ELBO, estimates KL(q || "
-        "posterior))",
-        f"  ESS       {number_or(s['ess_mean']):10.1f} of {s['num_samples']} on average "
-        f"(min {number_or(s['ess_min']):.1f})",
+        f"{ev.dataset} ({ev.split} split, {_data_label(ev)}), "
+        f"{plural(ev.num_datapoints, 'datapoint')}, {_estimator_label(ev)}, "
+        f"{plural(ev.epochs_trained, 'epoch')}"
+        + (f", networks in {ev.precision}:" if ev.precision != "fp32" else ":"),
+        f"  log p(x)  {ev.log_px:10.3f} nats  {error_bar}",
+        f"  ELBO      {ev.elbo:10.3f} nats",
+        f"  gap       {ev.gap:10.3f} nats  (log p(x) - ELBO, estimates KL(q || posterior))",
+        f"  ESS       {ev.ess_mean:10.1f} of {ev.num_samples} on average (min {ev.ess_min:.1f})",
     ]
-    if s.get("acceptance_mean") is not None:
-        lines.append(f"  HMC       {s['acceptance_mean']:10.2f} mean acceptance rate")
-    if s.get("num_per_method"):
-        more = s.get("num_more_draws")
+    if ev.acceptance_mean is not None:
+        lines.append(f"  HMC       {ev.acceptance_mean:10.2f} mean acceptance rate")
+    if ev.num_per_method:
+        more = f" ({ev.num_more_draws} with more than {ev.num_samples} draws)"
         counts = ", ".join(
-            f"{n} {m}"
-            + (
-                f" ({more} with more than {s['num_samples']} draws)"
-                if m == "refined" and more
-                else ""
-            )
-            for m, n in s["num_per_method"].items()
+            f"{n} {m}" + (more if m == "refined" and ev.num_more_draws else "")
+            for m, n in ev.num_per_method.items()
         )
         lines.append(
-            f"  methods   {counts}; {s['num_unreliable']} of {s['num_datapoints']} still flagged "
-            f"({100 * s['frac_unreliable']:.2f}%)"
+            f"  methods   {counts}; {ev.num_unreliable} of {ev.num_datapoints} still flagged "
+            f"({100 * ev.frac_unreliable:.2f}%)"
         )
-    if s.get("khat_note"):
-        lines.append(f"  k-hat     {s['khat_note']}")
-    elif s.get("khat_max") is not None:
-        above = s["num_khat_above_threshold"]
+    if ev.khat_note:
+        lines.append(f"  k-hat     {ev.khat_note}")
+    elif ev.khat_max is not None:
+        above = ev.num_khat_above_threshold
         verdict = "reliable" if above == 0 else "NOT reliable for these"
         lines.append(
-            f"  k-hat     {s['khat_mean']:10.2f} mean, {s['khat_max']:.2f} max; "
-            f"{above} of {s['num_datapoints']} datapoints above "
-            f"{s['khat_threshold']} ({verdict})"
+            f"  k-hat     {ev.khat_mean:10.2f} mean, {ev.khat_max:.2f} max; "
+            f"{above} of {ev.num_datapoints} datapoints above "
+            f"{ev.khat_threshold} ({verdict})"
         )
-    if "bounds_vs_k" in s:
-        bounds = ", ".join(f"L_{k} {v:.2f}" for k, v in s["bounds_vs_k"].items())
+    if ev.bounds_vs_k is not None:
+        bounds = ", ".join(f"L_{k} {v:.2f}" for k, v in ev.bounds_vs_k.items())
         lines.append(f"  bound/K   {bounds}")
-    if "active_units" in s:
-        lines.append(f"  active    {s['active_units']} of {s['latent_dim']} latent dimensions")
-    if "bits_per_dim" in s:
-        lines.append(f"  bits/dim  {s['bits_per_dim']:10.4f}")
+    if ev.active_units is not None:
+        lines.append(f"  active    {ev.active_units} of {ev.latent_dim} latent dimensions")
+    if ev.bits_per_dim is not None:
+        lines.append(f"  bits/dim  {ev.bits_per_dim:10.4f}")
     return "\n".join(lines)
 
 
-def identity_value(evaluation: dict[str, Any], key: str):
-    if key == "method_settings" and key not in evaluation:  # before methods: IWAE with K
-        return {"num_samples": evaluation.get("num_samples")}
-    return evaluation.get(key, IDENTITY_DEFAULTS.get(key))
+def identity_value(evaluation: Evaluation, key: str):
+    """One of :data:`IDENTITY_KEYS` of an evaluation (those earlier versions did not write read
+    as the value they meant: :meth:`Evaluation.from_dict`)."""
+    return getattr(evaluation, key)

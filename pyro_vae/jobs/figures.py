@@ -130,22 +130,21 @@ def plot(
     wanted = {"split": split, "num_samples": num_samples, "precision": precision, "method": method}
     if run.select_evaluations(**wanted) or any(v is not None for v in wanted.values()):
         kept = run.find_evaluation(**wanted)  # raises when it is ambiguous or missing
-        ev, idata = kept.summary, kept.inference_data()
-        if ev.get("epochs_trained") != meta["epoch"]:
+        ev, per_point = kept.evaluation, kept.per_point()
+        if ev.epochs_trained != meta["epoch"]:
             raise CheckpointError(
                 f"the evaluation {kept.setting} of {run.path} was made after "
-                f"{plural(ev.get('epochs_trained') or 0, 'epoch')}, but its checkpoint has "
+                f"{plural(ev.epochs_trained or 0, 'epoch')}, but its checkpoint has "
                 f"{meta['epoch']}: its "
                 "figures would describe another model; evaluate it again "
                 f"(pyro-vae evaluate {run.path})"
             )
-        log_px = idata.log_likelihood["log_px"].values[0, 0]
-        elbo = idata.log_likelihood["elbo"].values[0, 0]
-        if "bounds_vs_k" in ev:  # importance sampling's; AIS has no L_K
-            proposal = "refined proposals" if ev.get("method") == "refined" else "the guide"
-            series = {f"L_K from {proposal} (mean over datapoints)": ev["bounds_vs_k"]}
-            figures["bound_vs_k"] = plots.bound_vs_k(series, ev["elbo"])
-        khat = idata.sample_stats["khat"].values[0, 0]
+        log_px, elbo = per_point.log_px.numpy(), per_point.elbo.numpy()
+        if ev.bounds_vs_k is not None:  # importance sampling's; AIS has no L_K
+            proposal = "refined proposals" if ev.method == "refined" else "the guide"
+            series = {f"L_K from {proposal} (mean over datapoints)": ev.bounds_vs_k}
+            figures["bound_vs_k"] = plots.bound_vs_k(series, ev.elbo)
+        khat = per_point.khat.numpy()
         if np.isfinite(khat).any():  # not computed below PSIS_MIN_SAMPLES
             figures["khat"] = plots.khat(khat)
         figures["gap"] = plots.gap_histogram(log_px - elbo)

@@ -133,9 +133,3 @@ def _checked_meta(run: RunDir, state: dict[str, Any]) -> dict[str, Any]:
 
 def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def number_or(value, null: float = math.nan) -> float:
-    """A JSON number as a float; null (written for a number that is not finite, or a k-hat not
-    computed) as ``null``: NaN, or -inf for a log-density whose weights were all zero."""
-    return null if value is None else float(value)

@@ -21,6 +21,7 @@ from pyro_vae.jobs.loading import (
     resolve_device,
     training_identity,
 )
+from pyro_vae.records import Evaluation
 from pyro_vae.runs import RunDir
 from pyro_vae.text import plural
 from pyro_vae.training import BetaSchedule, EpochStats, Trainer
@@ -30,7 +31,7 @@ from pyro_vae.training import BetaSchedule, EpochStats, Trainer
 class TrainResult:
     run_dir: Path
     history: list[EpochStats]
-    evaluation: dict[str, Any] | None
+    evaluation: Evaluation | None
 
 
 def train(
@@ -121,7 +122,7 @@ def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, prog
                 f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
                 f"(--epochs {config.train.epochs}) and evaluated ({done[0].json_path})"
             )
-            return TrainResult(run.path, history, done[0].summary)
+            return TrainResult(run.path, history, done[0].evaluation)
         echo(
             f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
             f"(--epochs {config.train.epochs})"

@@ -1,0 +1,182 @@
+"""Typed records of results: an :class:`Evaluation` of a run and its per-datapoint values.
+
+An evaluation is kept in a run directory as ``evaluations/SETTING.json``
+(:meth:`Evaluation.to_dict`, one flat JSON object whose keys are the field names) beside
+``SETTING.nc`` (the per-datapoint values, :class:`PerPoint`). :meth:`Evaluation.from_dict`
+reads what earlier versions wrote too: a field they lacked takes the value those versions meant
+(fp32, IWAE from the guide) or None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pyro_vae.errors import CheckpointError
+
+# JSON holds no infinities or NaN: a number that was not finite is written as null. These are
+# read back as -inf (a log-density whose weights were all zero); the other nulls of float
+# fields as NaN, except where None has its own meaning (OPTIONAL).
+MINUS_INF_IF_NULL = ("log_px", "elbo")
+
+
+@dataclass(frozen=True)
+class PerPoint:
+    """The per-datapoint values of an evaluation, each ``(N,)`` on the host.
+
+    ``khat`` is NaN where it is undefined (AIS); ``method`` (the stage behind each estimate,
+    indexing :data:`pyro_vae.infer.escalate.METHODS`) and ``draws`` are ``auto``'s,
+    ``acceptance`` AIS's.
+    """
+
+    log_px: torch.Tensor
+    elbo: torch.Tensor
+    ess: torch.Tensor
+    stderr: torch.Tensor
+    khat: torch.Tensor
+    method: torch.Tensor | None = None
+    draws: torch.Tensor | None = None
+    acceptance: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """log p(x) of a run on one split, its diagnostics, and what was scored how.
+
+    Means are nats per datapoint over the split. ``num_samples`` is K of the importance
+    samplers (the number of chains for AIS). Fields that only some methods or data have are
+    None elsewhere (and left out of the JSON). ``per_point`` holds the per-datapoint values when
+    the evaluation was just computed; a stored one reads them from its ``.nc``
+    (:meth:`pyro_vae.runs.StoredEvaluation.per_point`).
+    """
+
+    # the estimate
+    log_px: float
+    split: str
+    num_samples: int
+    log_px_stderr: float | None = None  # None: K = 1 (no Monte Carlo error), or unbounded
+    log_px_std: float = math.nan
+    elbo: float = -math.inf
+    gap: float = math.nan
+    ess_mean: float = math.nan
+    ess_min: float = math.nan
+    # PSIS k-hat (None where not computed, with khat_note saying why)
+    khat_mean: float | None = None
+    khat_max: float | None = None
+    khat_threshold: float | None = None
+    num_khat_above_threshold: int | None = None
+    frac_khat_above_threshold: float | None = None
+    khat_note: str | None = None
+    bounds_vs_k: dict[str, float] | None = None  # L_K by K
+    # the model's latent space
+    active_units: int | None = None
+    latent_dim: int | None = None
+    kl_per_dim: list[float] | None = None
+    # the estimator
+    method: str = "iwae"
+    method_settings: dict[str, Any] | None = None
+    acceptance_mean: float | None = None  # ais
+    num_per_method: dict[str, int] | None = None  # auto, and its stages' other fields:
+    frac_unreliable: float | None = None
+    num_unreliable: int | None = None
+    num_more_draws: int | None = None
+    seconds_per_method: dict[str, float] | None = None
+    stages: list[str] | None = None
+    num_datapoints: int | None = None
+    precision: str = "fp32"
+    # what was scored
+    dataset: str | None = None
+    binarize: str | None = None
+    binarize_seed: int | None = None
+    dequantize: str = "none"
+    levels: int | None = None
+    likelihood: str | None = None
+    prior: str | None = None
+    guide: str | None = None
+    objective: str | None = None
+    epochs_trained: int | None = None
+    seed: int | None = None
+    seconds: float | None = None
+    bits_per_dim: float | None = None
+    evaluation_id: str | None = None
+    # keys of a newer version's JSON, kept as they are
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    per_point: PerPoint | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.method_settings is None:  # before methods: IWAE with K importance samples
+            object.__setattr__(self, "method_settings", {"num_samples": self.num_samples})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON summary: every field but ``extra`` and ``per_point``, in order, the optional
+        ones only when set; then ``extra``'s keys."""
+        out = {}
+        for f in _FIELDS:
+            value = getattr(self, f.name)
+            if f.name in OPTIONAL and value is None:
+                continue
+            out[f.name] = value
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "the evaluation") -> Evaluation:
+        """The evaluation a JSON summary holds; :class:`CheckpointError` (naming ``where``) when
+        it is not one: not an object, a required key missing, or a value of the wrong type."""
+        if not isinstance(d, dict) or not REQUIRED <= set(d):
+            raise CheckpointError(f"{where} is not an evaluation summary")
+        values, extra = {}, {}
+        for key, value in d.items():
+            f = _BY_NAME.get(key)
+            if f is None:
+                extra[key] = value
+                continue
+            if value is None and key not in OPTIONAL and not f.type.endswith("| None"):
+                value = -math.inf if key in MINUS_INF_IF_NULL else math.nan
+            if not _has_type(value, f.type):
+                raise CheckpointError(f"{where}: {key} = {value!r} is not of type {f.type}")
+            values[key] = value
+        return cls(**values, extra=extra)
+
+    def replace(self, **changes) -> Evaluation:
+        return dataclasses.replace(self, **changes)
+
+
+_FIELDS = [f for f in dataclasses.fields(Evaluation) if f.name not in ("extra", "per_point")]
+_BY_NAME = {f.name: f for f in _FIELDS}
+REQUIRED = {"split", "num_samples", "log_px"}
+# Left out of the JSON when None: what only some methods or data have.
+OPTIONAL = {
+    "khat_note",
+    "bounds_vs_k",
+    "acceptance_mean",
+    "num_per_method",
+    "frac_unreliable",
+    "num_unreliable",
+    "num_more_draws",
+    "seconds_per_method",
+    "stages",
+    "bits_per_dim",
+    "evaluation_id",
+}
+
+
+def _has_type(value, declared: str) -> bool:
+    if value is None:
+        return declared.endswith("| None") or declared == "float"
+    kind = declared.removesuffix(" | None")
+    if kind == "float":
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith("dict"):
+        return isinstance(value, dict)
+    if kind.startswith("list"):
+        return isinstance(value, list)
+    return True  # pragma: no cover - every declared type is listed above
