@@ -69,8 +69,11 @@ class Trainer:
         Training data ``(N, D)`` on the training device, as stored.
     elbo : pyro.infer.ELBO
         The objective, e.g. :class:`~pyro_vae.infer.elbo.DeviceTrace_ELBO`.
-    lr : float
-        Adam learning rate.
+    lr : float, optional
+        Adam learning rate (for an Adam made here; give ``lr`` or ``optim``).
+    optim : pyro.optim.PyroOptim, optional
+        The optimiser, e.g. :func:`pyro_vae.build.build`'s (its state is saved and restored by
+        :meth:`state_dict`).
     batch_size : int
         Minibatch size; the last minibatch of an epoch may be smaller.
     beta : BetaSchedule
@@ -95,7 +98,8 @@ class Trainer:
         train_x: torch.Tensor,
         *,
         elbo: pyro.infer.ELBO,
-        lr: float,
+        lr: float | None = None,
+        optim: pyro.optim.PyroOptim | None = None,
         batch_size: int,
         beta: BetaSchedule | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -104,6 +108,8 @@ class Trainer:
         progress: bool = True,
         precision: torch.dtype | None = None,
     ):
+        if (lr is None) == (optim is None):
+            raise TypeError("give the Trainer either lr (for Adam) or optim")
         vae.check_param_store()
         check_training_data(vae, train_x, transform, val_x)
         self.data_abs_max = float(train_x.abs().max())
@@ -116,7 +122,7 @@ class Trainer:
         self.transform = transform
         self.log_every = log_every
         self.progress = progress
-        self.optim = JointAdam({"lr": lr})
+        self.optim = optim if optim is not None else JointAdam({"lr": lr})
         self.svi = DeviceSVI(vae.model, vae.guide, self.optim, loss=elbo)
         self.epoch = 0
         self.step = 0

@@ -1,13 +1,15 @@
 """The jobs behind the command line: train a run, evaluate it, compare runs, draw figures.
 
 Each job reads and writes a :class:`~pyro_vae.runs.RunDir` and returns plain results; printing is
-left to the caller (``echo``), so the same jobs serve the CLI, scripts and tests. One module per
-job: :mod:`~pyro_vae.jobs.loading` (a run's device, data and trained VAE),
-:mod:`~pyro_vae.jobs.training` (train and resume), :mod:`~pyro_vae.jobs.evaluation` (log p(x)
-and its diagnostics, BDMC), :mod:`~pyro_vae.jobs.comparison` (paired comparison of runs) and
-:mod:`~pyro_vae.jobs.figures` (samples, training curves).
+left to the caller (``echo``), so the same jobs serve the CLI, scripts and tests. The objects they
+work on are made by :func:`pyro_vae.build.build`. One module per job:
+:mod:`~pyro_vae.jobs.loading` (a run's config and trained VAE), :mod:`~pyro_vae.jobs.training`
+(train and resume), :mod:`~pyro_vae.jobs.evaluation` (log p(x) and its diagnostics, BDMC),
+:mod:`~pyro_vae.jobs.comparison` (paired comparison of runs) and :mod:`~pyro_vae.jobs.figures`
+(samples, training curves).
 """
 
+from pyro_vae.build import load_data, prepare_splits, resolve_device
 from pyro_vae.jobs.comparison import (
     Comparison,
     compare,
@@ -17,7 +19,7 @@ from pyro_vae.jobs.comparison import (
 )
 from pyro_vae.jobs.evaluation import bdmc, evaluate, format_bdmc, format_evaluation, khat_summary
 from pyro_vae.jobs.figures import plot, sample, samples_path
-from pyro_vae.jobs.loading import load_data, load_run, prepare_splits, resolve_device
+from pyro_vae.jobs.loading import load_run
 from pyro_vae.jobs.training import TrainResult, train
 
 __all__ = [

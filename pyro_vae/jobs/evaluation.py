@@ -12,12 +12,13 @@ import pyro
 import torch
 
 from pyro_vae import arviz_compat, registry
+from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.config import RunConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import EstimatorSpec, estimate
 from pyro_vae.infer.diagnostics import active_units, bounds_vs_k, guide_means, kl_per_dimension
 from pyro_vae.infer.importance import free_memory_bytes
-from pyro_vae.jobs.loading import load_data, load_run, prepare_splits
+from pyro_vae.jobs.loading import load_run
 from pyro_vae.records import Evaluation, PerPoint
 from pyro_vae.runs import RunDir
 from pyro_vae.text import plural

@@ -9,10 +9,11 @@ import numpy as np
 import pyro
 import torch
 
+from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.config import RunConfig, check_seed
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.infer.diagnostics import active_units, guide_means
-from pyro_vae.jobs.loading import load_data, load_run, prepare_splits
+from pyro_vae.jobs.loading import load_run
 from pyro_vae.models import VAE
 from pyro_vae.runs import RunDir
 from pyro_vae.text import plural

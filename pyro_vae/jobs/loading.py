@@ -1,4 +1,4 @@
-"""Loading a run: its device, its data as the likelihood scores it, and its trained VAE."""
+"""Loading a run: its config and its trained VAE (built as :mod:`pyro_vae.build` builds one)."""
 
 from __future__ import annotations
 
@@ -7,74 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pyro
-import torch
 
 from pyro_vae import registry
+from pyro_vae.build import resolve_device
 from pyro_vae.config import RunConfig
-from pyro_vae.data import load_dataset, minibatch_transform, prepare_split
-from pyro_vae.data.datasets import Dataset
-from pyro_vae.data.transforms import is_quantised
-from pyro_vae.errors import CheckpointError, ConfigError, DataError
-from pyro_vae.models import VAE, Likelihood
+from pyro_vae.errors import CheckpointError
+from pyro_vae.models import VAE
 from pyro_vae.runs import RunDir
 
 # Options that may change when a run is resumed: they do not change what is being fitted.
 RESUMABLE = {"train": {"epochs", "device", "log_every", "eval_samples"}, "data": {"data_dir"}}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("{train.device} cuda was asked for, but PyTorch sees no CUDA device")
-    return torch.device(name)
-
-
-def load_data(config: RunConfig) -> Dataset:
-    d = config.data
-    return load_dataset(d.dataset, d.data_dir, download=d.download)
-
-
-def prepare_splits(
-    config: RunConfig,
-    dataset: Dataset,
-    likelihood: Likelihood,
-    splits=("train", "val", "test"),
-    *,
-    fixed: bool = False,
-) -> dict[str, torch.Tensor]:
-    """The data set and its splits as the likelihood scores them, each checked against it.
-
-    With dynamic binarisation or dequantisation the training split stays as stored and is
-    transformed per minibatch; a sample of it is transformed here to check it. With ``fixed``
-    (for an evaluation) every split, the training split included, gets its one seeded draw.
-    """
-    d = config.data
-    if is_quantised(d.binarize, d.dequantize, dataset.levels) and not likelihood.is_discrete:
-        kind = "binarised" if d.binarize != "none" else f"quantised ({dataset.levels} levels)"
-        raise DataError(
-            f"the {config.model.likelihood} likelihood is a density, and {dataset.name} data "
-            f"are {kind}: a density of discrete values is no valid log-likelihood. Use "
-            "{data.dequantize} uniform (with {data.binarize} none), or a discrete likelihood "
-            "({model.likelihood} bernoulli with {data.binarize}, or discretized-logistic)"
-        )
-    prepared = {}
-    transform = minibatch_transform(d.binarize, d.dequantize, dataset.levels)
-    for split in splits:
-        x = prepare_split(
-            dataset.split(split),
-            split,
-            d.binarize,
-            d.binarize_seed,
-            d.dequantize,
-            dataset.levels,
-            fixed=fixed,
-        )
-        fresh = split == "train" and not fixed and transform is not None
-        scored = transform(x[:1000]) if fresh else x
-        likelihood.check_data(scored, f"the {split} split of {dataset.name}")
-        prepared[split] = x
-    return prepared
 
 
 def training_identity(config: RunConfig) -> RunConfig:

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyro
-
 from pyro_vae import registry
+from pyro_vae.build import build
 from pyro_vae.config import RunConfig
-from pyro_vae.data import minibatch_transform
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.jobs.evaluation import check_log_weights_fit, evaluate, format_evaluation
-from pyro_vae.jobs.loading import (
-    load_data,
-    prepare_splits,
-    resolve_device,
-    training_identity,
-)
+from pyro_vae.jobs.loading import training_identity
 from pyro_vae.records import Evaluation
 from pyro_vae.runs import RunDir
 from pyro_vae.text import plural
-from pyro_vae.training import BetaSchedule, EpochStats, Trainer
+from pyro_vae.training import EpochStats, Trainer
 
 
 @dataclass(frozen=True)
@@ -75,30 +67,12 @@ def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, prog
     else:
         _check_new_run_dir(run)
     run.check_writable()
-    device = resolve_device(config.train.device)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.train.seed)
-    dataset = load_data(config)
+    built = build(config)
+    dataset = built.dataset
     if evaluate_at_end:  # before training, not after it
         check_log_weights_fit(config.train.eval_samples, dataset.split("test").shape[0])
-    likelihood = registry.build_likelihood(config.model, dataset.levels)
-    data = prepare_splits(config, dataset, likelihood, ("train", "val"))
-    vae = registry.build_vae(config.model, dataset.data_dim, dataset.levels).to(device)
-    train_x = data["train"].to(device)
-    steps_per_epoch = math.ceil(train_x.shape[0] / config.train.batch_size)
-    trainer = Trainer(
-        vae,
-        train_x,
-        elbo=registry.build_elbo(config.train),
-        lr=config.train.lr,
-        batch_size=config.train.batch_size,
-        beta=BetaSchedule(config.train.beta, config.train.warmup_epochs * steps_per_epoch),
-        transform=minibatch_transform(config.data.binarize, config.data.dequantize, dataset.levels),
-        val_x=data["val"].to(device),
-        log_every=config.train.log_every,
-        progress=progress,
-        precision=registry.build_precision(config.train.precision),
-    )
+    trainer = built.trainer(progress=progress)
+    device = built.device
     meta = {
         "data_dim": dataset.data_dim,
         "image_shape": list(dataset.image_shape),

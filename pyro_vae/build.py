@@ -1,0 +1,170 @@
+"""One build step: a run's config becomes its data, transforms, model, objective and optimiser.
+
+:func:`build` makes them once, in the order that fixes their random draws (the seed, the data
+and their checks, then the networks' initialisation), and returns them as :class:`Built`;
+training (:meth:`Built.trainer`), the jobs and the experiments receive these objects instead of
+looking names up again. Names become objects only through :mod:`pyro_vae.registry`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import pyro.infer
+import pyro.optim
+import torch
+
+from pyro_vae import registry
+from pyro_vae.config import RunConfig
+from pyro_vae.data import load_dataset, minibatch_transform, prepare_split
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.data.transforms import is_quantised
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.infer.optim import JointAdam
+from pyro_vae.models import VAE, Likelihood
+from pyro_vae.training import BetaSchedule, Trainer
+
+
+@dataclass(frozen=True)
+class Built:
+    """What :func:`build` made of a config.
+
+    Attributes
+    ----------
+    config : RunConfig
+        The config it was made from.
+    device : torch.device
+        Where the model and the splits are.
+    dataset : Dataset
+        The data set as stored.
+    splits : dict of str to Tensor
+        The prepared splits (:func:`prepare_splits`), on ``device``.
+    transform : callable or None
+        The per-minibatch transform of the training split (dynamic binarisation or
+        dequantisation; :func:`pyro_vae.data.minibatch_transform`).
+    vae : VAE
+        The model and guide, freshly initialised, on ``device``.
+    elbo : pyro.infer.ELBO
+        The training objective.
+    optim : pyro.optim.PyroOptim
+        The optimiser (Adam at the config's learning rate).
+    beta : BetaSchedule
+        The KL weight per step (its warm-up in steps of this training split).
+    precision : torch.dtype
+        The networks' precision in training steps.
+    """
+
+    config: RunConfig
+    device: torch.device
+    dataset: Dataset
+    splits: dict[str, torch.Tensor]
+    transform: Callable[[torch.Tensor], torch.Tensor] | None
+    vae: VAE
+    elbo: pyro.infer.ELBO
+    optim: pyro.optim.PyroOptim
+    beta: BetaSchedule
+    precision: torch.dtype
+
+    def trainer(self, *, progress: bool | str = True) -> Trainer:
+        """A :class:`~pyro_vae.training.Trainer` of these objects on the training split."""
+        t = self.config.train
+        return Trainer(
+            self.vae,
+            self.splits["train"],
+            elbo=self.elbo,
+            optim=self.optim,
+            batch_size=t.batch_size,
+            beta=self.beta,
+            transform=self.transform,
+            val_x=self.splits.get("val"),
+            log_every=t.log_every,
+            progress=progress,
+            precision=self.precision,
+        )
+
+
+def build(config: RunConfig, *, splits: tuple[str, ...] = ("train", "val")) -> Built:
+    """Everything ``config`` describes, made once: the device, the data set and its ``splits``
+    (checked against the likelihood), the per-minibatch transform, the VAE (a fresh Pyro param
+    store, the networks initialised from ``train.seed``), the objective, the optimiser, the KL
+    schedule and the precision. The same config builds the same objects, bit for bit."""
+    registry.check_names(config.model, config.train)
+    device = resolve_device(config.train.device)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.train.seed)
+    dataset = load_data(config)
+    likelihood = registry.build_likelihood(config.model, dataset.levels)
+    data = prepare_splits(config, dataset, likelihood, splits)
+    vae = registry.build_vae(config.model, dataset.data_dim, dataset.levels).to(device)
+    t = config.train
+    steps_per_epoch = math.ceil(data["train"].shape[0] / t.batch_size) if "train" in data else 0
+    return Built(
+        config=config,
+        device=device,
+        dataset=dataset,
+        splits={name: x.to(device) for name, x in data.items()},
+        transform=minibatch_transform(config.data.binarize, config.data.dequantize, dataset.levels),
+        vae=vae,
+        elbo=registry.build_elbo(t),
+        optim=JointAdam({"lr": t.lr}),
+        beta=BetaSchedule(t.beta, t.warmup_epochs * steps_per_epoch),
+        precision=registry.build_precision(t.precision),
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("{train.device} cuda was asked for, but PyTorch sees no CUDA device")
+    return torch.device(name)
+
+
+def load_data(config: RunConfig) -> Dataset:
+    d = config.data
+    return load_dataset(d.dataset, d.data_dir, download=d.download)
+
+
+def prepare_splits(
+    config: RunConfig,
+    dataset: Dataset,
+    likelihood: Likelihood,
+    splits=("train", "val", "test"),
+    *,
+    fixed: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The data set and its splits as the likelihood scores them, each checked against it.
+
+    With dynamic binarisation or dequantisation the training split stays as stored and is
+    transformed per minibatch; a sample of it is transformed here to check it. With ``fixed``
+    (for an evaluation) every split, the training split included, gets its one seeded draw.
+    """
+    d = config.data
+    if is_quantised(d.binarize, d.dequantize, dataset.levels) and not likelihood.is_discrete:
+        kind = "binarised" if d.binarize != "none" else f"quantised ({dataset.levels} levels)"
+        raise DataError(
+            f"the {config.model.likelihood} likelihood is a density, and {dataset.name} data "
+            f"are {kind}: a density of discrete values is no valid log-likelihood. Use "
+            "{data.dequantize} uniform (with {data.binarize} none), or a discrete likelihood "
+            "({model.likelihood} bernoulli with {data.binarize}, or discretized-logistic)"
+        )
+    prepared = {}
+    transform = minibatch_transform(d.binarize, d.dequantize, dataset.levels)
+    for split in splits:
+        x = prepare_split(
+            dataset.split(split),
+            split,
+            d.binarize,
+            d.binarize_seed,
+            d.dequantize,
+            dataset.levels,
+            fixed=fixed,
+        )
+        fresh = split == "train" and not fixed and transform is not None
+        scored = transform(x[:1000]) if fresh else x
+        likelihood.check_data(scored, f"the {split} split of {dataset.name}")
+        prepared[split] = x
+    return prepared
