@@ -8,38 +8,37 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from pyro_vae.models.nets import Network
+
 
 @contextlib.contextmanager
 def networks_in(dtype: torch.dtype | None, modules: list[nn.Module]) -> Iterator[None]:
-    """Within the block, each module's forward runs under ``torch.autocast`` to ``dtype`` and
-    returns float32.
+    """Within the block, each :class:`~pyro_vae.models.nets.Network` in ``modules`` (and in
+    their submodules) computes in ``dtype`` and returns float32 (its ``compute_dtype``).
 
     Matrix products inside the networks use ``dtype`` (accumulating in float32); the
     distributions built from their outputs, the draws and every log-density stay float32. With
     ``dtype`` None or float32 nothing changes. The modules' parameters stay float32, so a model
-    trained this way is evaluated exactly (float32) by leaving the block.
+    trained this way is evaluated exactly (float32) by leaving the block, which restores each
+    network's earlier precision (blocks nest).
     """
     if dtype is None or dtype == torch.float32:
         yield
         return
-    patched = []
+    networks = []
+    for module in modules:
+        found = [m for m in module.modules() if isinstance(m, Network)]
+        if not found:
+            raise TypeError(
+                f"{type(module).__name__} holds no pyro_vae Network (pyro_vae.models.nets): "
+                "derive its networks from Network to run them in another precision"
+            )
+        networks += found
+    before = [net.compute_dtype for net in networks]
     try:
-        for module in modules:
-            if "forward" in vars(module):
-                raise RuntimeError(f"{type(module).__name__}.forward is already patched")
-            module.forward = _autocast_forward(module.forward, module, dtype)
-            patched.append(module)
+        for net in networks:
+            net.compute_dtype = dtype
         yield
     finally:
-        for module in patched:
-            del module.forward
-
-
-def _autocast_forward(forward, module: nn.Module, dtype: torch.dtype):
-    def run(*args, **kwargs):
-        device_type = next(module.parameters()).device.type
-        with torch.autocast(device_type=device_type, dtype=dtype):
-            out = forward(*args, **kwargs)
-        return out.float()
-
-    return run
+        for net, old in zip(networks, before, strict=True):
+            net.compute_dtype = old

@@ -121,7 +121,7 @@ class VAE(nn.Module):
 
     def networks(self) -> list[nn.Module]:
         """The networks whose precision :meth:`precision` sets: the encoder's ``net`` and the
-        decoder."""
+        decoder (their :class:`~pyro_vae.models.nets.Network` modules)."""
         net = getattr(self.encoder, "net", None)
         if not isinstance(net, nn.Module):
             raise TypeError(

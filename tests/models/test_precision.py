@@ -17,7 +17,7 @@ def test_float32_and_none_change_nothing():
     x = torch.randn(4, 5)
     for dtype in (None, torch.float32):
         with networks_in(dtype, [net]):
-            assert "forward" not in vars(net)
+            assert net.compute_dtype is None
             torch.testing.assert_close(net(x), net.forward(x), rtol=0, atol=0)
 
 
@@ -32,7 +32,7 @@ def test_bf16_networks_compute_in_bf16_and_return_float32():
     rel = (low - exact).abs().max() / exact.abs().max()
     assert 0 < rel < 2e-2  # rounded to bfloat16's 8 bits, not exact, not garbage
     # restored afterwards: the float32 network again, bit for bit
-    assert "forward" not in vars(net)
+    assert net.compute_dtype is None
     torch.testing.assert_close(net(x), exact, rtol=0, atol=0)
 
 
@@ -40,13 +40,17 @@ def test_forward_is_restored_after_an_error():
     net = MLP([3, 4, 2])
     with pytest.raises(RuntimeError, match="boom"), networks_in(torch.bfloat16, [net]):
         raise RuntimeError("boom")
-    assert "forward" not in vars(net)
+    assert net.compute_dtype is None
 
 
 def test_vae_precision_covers_encoder_and_decoder_only():
     vae = tiny_vae()
     with vae.precision(torch.bfloat16):
-        patched = {name for name, m in vae.named_modules() if "forward" in vars(m)}
+        patched = {
+            name
+            for name, m in vae.named_modules()
+            if getattr(m, "compute_dtype", None) is torch.bfloat16
+        }
     assert patched == {"encoder.net", "decoder"}
 
     class NoNet(torch.nn.Module):
@@ -103,7 +107,9 @@ def _fit(precision, epochs=20):
 def test_bf16_training_keeps_float32_parameters_and_learns_like_float32():
     vae, low = _fit(torch.bfloat16)
     assert all(p.dtype == torch.float32 for p in vae.parameters())
-    assert not any("forward" in vars(m) for m in vae.modules())  # restored after each epoch
+    assert not any(
+        getattr(m, "compute_dtype", None) for m in vae.modules()
+    )  # restored after each epoch
     _, full = _fit(None)
     assert low[-1].val_elbo > low[0].val_elbo + 1.0  # it learns
     assert low[-1].val_elbo == pytest.approx(full[-1].val_elbo, abs=0.1)
@@ -149,3 +155,15 @@ def test_bf16_works_with_every_kind_of_piece(prior, guide, likelihood):
     assert all(torch.isfinite(loss) and loss.dtype == torch.float32 for loss in losses)
     assert torch.isfinite(r.log_px).all() and (r.log_px >= r.elbo - 1e-9).all()
     assert all(p.dtype == torch.float32 for p in vae.parameters())
+
+
+def test_precision_blocks_nest_and_a_plain_module_is_refused():
+    net = MLP([3, 4, 2])
+    with networks_in(torch.bfloat16, [net]):
+        with networks_in(torch.float16, [net]):
+            assert net.compute_dtype is torch.float16
+        assert net.compute_dtype is torch.bfloat16
+    assert net.compute_dtype is None
+    with pytest.raises(TypeError, match="holds no pyro_vae Network"):
+        with networks_in(torch.bfloat16, [torch.nn.Linear(3, 2)]):
+            pass
