@@ -68,7 +68,7 @@ class Built:
     beta: BetaSchedule
     precision: torch.dtype
 
-    def trainer(self, *, progress: bool | str = True) -> Trainer:
+    def trainer(self, *, progress: bool | str = False) -> Trainer:
         """A :class:`~pyro_vae.training.Trainer` of these objects on the training split."""
         t = self.config.train
         return Trainer(

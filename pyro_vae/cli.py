@@ -103,6 +103,9 @@ FLAGS = {
 
 
 def _flag(path: str) -> str:
+    """The flag of a config path, or of a job's argument (``args.out`` -> ``--out``)."""
+    if path.startswith("args."):
+        return flag_of(path.removeprefix("args."))
     return FLAGS.get(path, path)
 
 
@@ -333,7 +336,7 @@ def run(argv: list[str] | None = None) -> int:
             if path:
                 check_output_file(path, flag)
         rows = jobs.compare(args.run_dirs, mix_methods=args.mix_methods, **_selection(args))
-        caveats = jobs.comparison_caveats(rows)
+        caveats = jobs.comparison_caveats(rows, _flag)
         settings = sorted({r.setting for r in rows})
         setting = f"evaluations compared: {', '.join(settings)}"
         echo("\n".join([jobs.format_comparison(rows), setting, *caveats]))

@@ -14,16 +14,17 @@ from collections.abc import Callable
 class PyroVAEError(Exception):
     """Base class for errors caused by input, data or files rather than by a bug.
 
-    A message may name options as ``{section.name}`` (``{data.binarize}``): ``str()`` writes
-    their config paths, :meth:`render` whatever names the caller gives them (the command line
-    gives flags).
+    A message may name options as ``{section.name}`` (``{data.binarize}``) and a job's
+    arguments as ``{args.name}`` (``{args.out}``): ``str()`` writes config paths and keywords
+    (:func:`library_name`), :meth:`render` whatever names the caller gives them (the command
+    line gives flags).
     """
 
     option: str | None = None
 
     def __init__(self, message: str = "", *args):
         self.template = message
-        super().__init__(self.render(lambda path: path), *args)
+        super().__init__(self.render(library_name), *args)
 
     def render(self, name: Callable[[str], str]) -> str:
         """The message with every option path replaced by ``name(path)`` (and, when the error
@@ -118,6 +119,12 @@ class ConfigError(PyroVAEError, ValueError):
 
 
 _OPTION_PATH = re.compile(r"\{([a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*)\}")
+
+
+def library_name(path: str) -> str:
+    """How the library names an option: a config field by its path (``model.prior``), a job's
+    argument, written ``{args.NAME}``, by its keyword (``out``)."""
+    return path.removeprefix("args.")
 
 
 def name_options(text: str, name: Callable[[str], str]) -> str:

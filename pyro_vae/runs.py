@@ -434,7 +434,7 @@ class RunDir:
         raise CheckpointError(
             f"{self.path} holds {len(matching)} evaluations{asked}: "
             f"{', '.join(e.setting for e in matching)}; choose one by its split, method, K and "
-            "precision (--split, --method, --num-samples, --precision)"
+            "precision ({args.split}, {args.method}, {args.num_samples}, {args.precision})"
         )
 
 

@@ -105,7 +105,7 @@ class Trainer:
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         val_x: torch.Tensor | None = None,
         log_every: int = 50,
-        progress: bool = True,
+        progress: bool | str = False,
         precision: torch.dtype | None = None,
     ):
         if (lr is None) == (optim is None):

@@ -6,7 +6,7 @@ import torch
 from pyro_vae import jobs
 from pyro_vae.config import RunConfig
 from pyro_vae.data import load_dataset, prepare_split
-from pyro_vae.errors import DataError, TrainingDiverged, UnsupportedDataError
+from pyro_vae.errors import ConfigError, DataError, TrainingDiverged, UnsupportedDataError
 from pyro_vae.infer import DeviceTrace_ELBO, importance_log_likelihood
 from pyro_vae.runs import RunDir
 from pyro_vae.training import BetaSchedule, Trainer
@@ -173,3 +173,19 @@ def test_evaluation_is_reproducible_and_consistent(tmp_path):
     assert a.num_datapoints == 359 and a.split == "test" and a.binarize == "dynamic"
     assert a.bits_per_dim == pytest.approx(-a.log_px / (64 * math.log(2)))
     assert [e.setting for e in RunDir(tmp_path / "r").evaluations()] == ["test-K50-fp32"]
+
+
+def test_library_errors_name_a_jobs_arguments_by_keyword_and_the_cli_by_flag(tmp_path):
+    from pyro_vae.cli import _flag
+
+    config = _small_config(epochs=1)
+    jobs.train(config, tmp_path / "r", evaluate_at_end=False, echo=lambda s: None)
+    with pytest.raises(ConfigError) as e:
+        jobs.train(config, tmp_path / "r", evaluate_at_end=False, echo=lambda s: None)
+    assert "continue it (resume) or choose another run directory (out)" in str(e.value)
+    assert "--" not in str(e.value)
+    assert "continue it (--resume) or choose another run directory (--out)" in e.value.render(_flag)
+    with pytest.raises(ConfigError) as e:
+        jobs.bdmc(tmp_path / "r", num_datapoints=0)
+    assert str(e.value) == "num_datapoints must be at least 1, got 0"
+    assert e.value.render(_flag) == "--num-datapoints must be at least 1, got 0"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pyro_vae import arviz_compat
-from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.errors import CheckpointError, ConfigError, library_name, name_options
 from pyro_vae.jobs.evaluation import IDENTITY_KEYS, TRAINING_DATA_KEYS, identity_value
 from pyro_vae.jobs.loading import training_identity
 from pyro_vae.runs import RunDir, atomic_write_text, describe_selection
@@ -92,13 +93,13 @@ def compare(
                     f"evaluated on different data ({detail}), so their log p(x) are not "
                     "comparable; compare runs trained on the same data"
                 )
-            mixed = " (or, for different methods, compare with --mix-methods)" * (
+            mixed = " (or, for different methods, compare with {args.mix_methods})" * (
                 "method" in differ
             )
             raise ConfigError(
                 f"cannot compare {runs[0].path} and {run.path}: evaluated differently ({detail}); "
-                "re-evaluate them alike (pyro-vae evaluate RUN --method M --num-samples K --split "
-                f"S --precision P){mixed}"
+                "re-evaluate them alike (the same {args.method}, {args.num_samples}, "
+                f"{{args.split}} and {{args.precision}}){mixed}"
             )
     per_point = [(p.log_px, p.stderr) for p in (kept.per_point() for kept in stored)]
     # a mean log p(x) of -inf (all weights zero) ranks last
@@ -165,12 +166,12 @@ def _common_evaluations(runs: list[RunDir], **wanted) -> list:
         )
         raise ConfigError(
             f"the runs hold no evaluation of one setting{asked} in common ({held}); evaluate "
-            "them alike (pyro-vae evaluate RUN --split S --method M --num-samples K --precision "
-            "P), or compare different methods with --mix-methods"
+            "them alike (the same {args.split}, {args.method}, {args.num_samples} and "
+            "{args.precision}), or compare different methods with {args.mix_methods}"
         )
     raise ConfigError(
         f"the runs hold evaluations of {len(common)} settings{asked}: {', '.join(common)}; "
-        "choose one (--split, --method, --num-samples, --precision)"
+        "choose one ({args.split}, {args.method}, {args.num_samples}, {args.precision})"
     )
 
 
@@ -179,10 +180,13 @@ def _fixed(value: float, digits: int) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def comparison_caveats(rows: list[Comparison]) -> list[str]:
+def comparison_caveats(
+    rows: list[Comparison], name: Callable[[str], str] = library_name
+) -> list[str]:
     """One line for each run whose evaluation predates its checkpoint (a resumed run), and for
     each run whose estimate is unreliable (PSIS k-hat above the threshold) for some of its
-    datapoints, naming the share: the ranking rests on those estimates."""
+    datapoints, naming the share: the ranking rests on those estimates. Options are named by
+    ``name`` (config paths and keywords; the command line gives flags)."""
     threshold = arviz_compat.KHAT_THRESHOLD
     lines = []
     for r in rows:
@@ -203,8 +207,8 @@ def comparison_caveats(rows: list[Comparison]) -> list[str]:
             if r.frac_unreliable > 0:
                 lines.append(
                     f"caveat: {r.run}: {100 * r.frac_unreliable:.1f}% of its datapoints are still "
-                    "flagged after escalation (k-hat or error bar; a larger --max-seconds lets "
-                    "AIS reach them)"
+                    "flagged after escalation (k-hat or error bar; a larger "
+                    "{estimator.max_seconds} lets AIS reach them)"
                 )
             continue
         share = r.frac_khat_above_threshold
@@ -217,7 +221,7 @@ def comparison_caveats(rows: list[Comparison]) -> list[str]:
                 f"({most} estimates of log p(x) are unreliable lower bounds; more samples or a "
                 "better proposal may change the ranking)"
             )
-    return lines
+    return [name_options(line, name) for line in lines]
 
 
 def format_comparison(rows: list[Comparison], markdown: bool = False) -> str:

@@ -54,7 +54,7 @@ def evaluate(
     split: str = "test",
     device: str = "auto",
     precision: str = "fp32",
-    progress: bool = True,
+    progress: bool | str = False,
     method: str = "iwae",
     **settings,
 ) -> Evaluation:
@@ -164,7 +164,7 @@ def bdmc(
     num_datapoints: int = 100,
     num_samples: int = 1000,
     device: str = "auto",
-    progress: bool = True,
+    progress: bool | str = False,
     **settings,
 ) -> dict[str, Any]:
     """The BDMC sandwich of a run's model on ``num_datapoints`` datapoints simulated from it.
@@ -180,7 +180,7 @@ def bdmc(
 
     spec = EstimatorSpec(method="ais", num_samples=num_samples, **settings)
     if num_datapoints < 1:
-        raise ConfigError(f"--num-datapoints must be at least 1, got {num_datapoints}")
+        raise ConfigError(f"must be at least 1, got {num_datapoints}", option="args.num_datapoints")
     config, vae, meta = load_run(run_dir, device)
     run = RunDir(run_dir)
     run.check_writable()

@@ -45,7 +45,9 @@ def sample(
     ``seed`` (default: the run's seed) seeds the draws. Returns the path written.
     """
     if not 1 <= num <= MAX_SAMPLES_FIGURE:
-        raise ConfigError(f"--num must be between 1 and {MAX_SAMPLES_FIGURE}, got {num}")
+        raise ConfigError(
+            f"must be between 1 and {MAX_SAMPLES_FIGURE}, got {num}", option="args.num"
+        )
     if seed is not None:
         check_seed(seed)
     config, vae, meta = load_run(run_dir, "cpu")

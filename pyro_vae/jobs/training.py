@@ -32,7 +32,7 @@ def train(
     *,
     resume: bool = False,
     evaluate_at_end: bool = True,
-    progress: bool = True,
+    progress: bool | str = False,
     echo: Callable[[str], None] = print,
 ) -> TrainResult:
     """Fit a VAE as ``config`` says, checkpointing into ``out`` after every epoch.
@@ -62,7 +62,8 @@ def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, prog
         _check_resumable(run.read_config(), config)
     elif run.exists():
         raise ConfigError(
-            f"{run.path} already holds a run; pass --resume to continue it or choose another --out"
+            f"{run.path} already holds a run; continue it ({{args.resume}}) or choose another run "
+            "directory ({args.out})"
         )
     else:
         _check_new_run_dir(run)
@@ -94,12 +95,12 @@ def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, prog
         if evaluate_at_end and done:
             echo(
                 f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
-                f"(--epochs {config.train.epochs}) and evaluated ({done[0].json_path})"
+                f"of {config.train.epochs} and evaluated ({done[0].json_path})"
             )
             return TrainResult(run.path, history, done[0].evaluation)
         echo(
             f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
-            f"(--epochs {config.train.epochs})"
+            f"of {config.train.epochs}"
             + ("; running its missing evaluation" if evaluate_at_end else "")
         )
     report_every = max(1, config.train.epochs // 10)
@@ -127,12 +128,14 @@ def _check_new_run_dir(run: RunDir) -> None:
     if others:
         raise ConfigError(
             f"{run.path} is not empty and holds no run ({', '.join(sorted(others)[:3])}"
-            f"{', ...' if len(others) > 3 else ''}); choose a new or empty directory for --out"
+            f"{', ...' if len(others) > 3 else ''}); choose a new or empty run directory "
+            "({args.out})"
         )
     for parent in run.path.absolute().parents:
         if RunDir(parent).exists():
             raise ConfigError(
-                f"{run.path} lies inside the run directory {parent}; choose --out outside it"
+                f"{run.path} lies inside the run directory {parent}; choose a run directory "
+                "({args.out}) outside it"
             )
 
 
