@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from pyro_vae import jobs
+from pyro_vae.cli import add_config_flags, config_from_flags
 from pyro_vae.config import RunConfig
 
 COLUMNS = [
@@ -28,33 +29,32 @@ COLUMNS = [
 ]
 
 
-def parser(description: str, default_out: str) -> argparse.ArgumentParser:
+# The config fields every experiment offers as flags (pyro-vae train's, with its defaults).
+CONFIG_FLAGS = (
+    "data.dataset",
+    "model.latent_dim",
+    "model.hidden",
+    "train.epochs",
+    "train.eval_samples",
+    "train.device",
+    "train.seed",
+)
+
+
+def parser(
+    description: str, default_out: str, defaults: RunConfig | None = None
+) -> argparse.ArgumentParser:
+    """The experiment's parser: ``--out`` and :data:`CONFIG_FLAGS` with ``defaults``' values
+    (pyro-vae train's when None)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", type=Path, default=Path(default_out))
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--eval-samples", type=int, default=1000)
-    p.add_argument("--latent-dim", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hidden", default="256,256", help="hidden widths, e.g. 512,512")
+    add_config_flags(p, defaults or RunConfig(), CONFIG_FLAGS)
     return p
 
 
-def base_config(args) -> RunConfig:
-    return RunConfig().replace(
-        data={"dataset": args.dataset},
-        model={
-            "latent_dim": args.latent_dim,
-            "hidden": tuple(int(w) for w in args.hidden.split(",")),
-        },
-        train={
-            "epochs": args.epochs,
-            "eval_samples": args.eval_samples,
-            "device": args.device,
-            "seed": args.seed,
-        },
-    )
+def base_config(args, defaults: RunConfig | None = None) -> RunConfig:
+    """``defaults`` (pyro-vae train's when None) with the values of the flags."""
+    return config_from_flags(args, defaults or RunConfig())
 
 
 def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[dict]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pyro
 
 from pyro_vae import jobs
+from pyro_vae.cli import add_config_flags, config_from_flags
 from pyro_vae.config import RunConfig
 from pyro_vae.estimators import khat_of
 from pyro_vae.infer import (
@@ -36,6 +37,9 @@ from pyro_vae.infer import (
     importance_log_likelihood,
     refined_log_likelihood,
 )
+
+# The models this experiment trains when not given --runs: pyro-vae train's config, smaller.
+TRAINING = RunConfig().replace(model={"latent_dim": 8, "hidden": (128, 128)}, train={"epochs": 50})
 
 COLUMNS = [
     "model",
@@ -295,14 +299,10 @@ def _train(name: str, objective: str, args) -> Path:
     run_dir = args.out / "runs" / name
     if (run_dir / "checkpoint.pt").is_file():
         return run_dir
-    train = {"epochs": args.epochs, "elbo": objective, "seed": args.seed}
+    train = {"elbo": objective}
     if objective == "iwae":
         train["num_particles"] = 5
-    config = RunConfig().replace(
-        data={"dataset": args.dataset},
-        model={"latent_dim": args.latent_dim, "hidden": _ints(args.hidden)},
-        train=train,
-    )
+    config = config_from_flags(args, TRAINING).replace(train=train)
     jobs.train(config, run_dir, evaluate_at_end=False, progress=False, echo=lambda s: None)
     return run_dir
 
@@ -311,10 +311,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=Path, nargs=2, default=None, metavar=("ELBO_RUN", "IWAE_RUN"))
     p.add_argument("--out", type=Path, default=Path("results/estimators"))
-    p.add_argument("--dataset", default="digits", help="when training (default digits)")
-    p.add_argument("--epochs", type=int, default=50, help="when training (default 50)")
-    p.add_argument("--latent-dim", type=int, default=8, help="when training (default 8)")
-    p.add_argument("--hidden", default="128,128", help="when training (default 128,128)")
+    add_config_flags(
+        p,
+        TRAINING,
+        (
+            "data.dataset",
+            "train.epochs",
+            "model.latent_dim",
+            "model.hidden",
+            "train.device",
+            "train.seed",
+        ),
+    )
     p.add_argument("--points", type=int, default=200, help="test datapoints (default 200)")
     p.add_argument("--iwae-ks", type=_ints, default=[1, 10, 100, 1000, 5000])
     p.add_argument("--refined-k", type=int, default=1000)
@@ -324,8 +332,6 @@ def main(argv=None) -> int:
     p.add_argument("--auto-seconds", type=float, default=None)
     p.add_argument("--bdmc-points", type=int, default=50)
     p.add_argument("--bdmc-steps", type=int, default=500)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--replot", action="store_true", help="only redraw the figure from OUT/table.csv"
     )

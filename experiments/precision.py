@@ -19,6 +19,7 @@ import pyro
 import torch
 
 from pyro_vae import jobs
+from pyro_vae.cli import add_config_flags, config_from_flags
 from pyro_vae.config import RunConfig
 from pyro_vae.infer import importance_log_likelihood
 
@@ -72,15 +73,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, default=None, help="a trained run (default: train one)")
     p.add_argument("--out", type=Path, default=Path("results/precision"))
-    p.add_argument("--eval-samples", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=100, help="when training (default 100)")
+    add_config_flags(p, RunConfig(), ("train.eval_samples", "train.epochs"))
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.run
     if run_dir is None:
         run_dir = args.out / "run"
         if not (run_dir / "checkpoint.pt").is_file():
-            config = RunConfig().replace(train={"epochs": args.epochs})
+            config = config_from_flags(args, RunConfig())
             jobs.train(config, run_dir, evaluate_at_end=False, progress=False, echo=lambda s: None)
     table = format_table(compare_precisions(run_dir, args.eval_samples))
     print(table)

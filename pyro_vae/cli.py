@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -254,17 +255,41 @@ def _show_progress(args) -> str:
     return "bar" if flag else "off"
 
 
+def add_config_flags(
+    parser: argparse.ArgumentParser, defaults: RunConfig, only: Iterable[str]
+) -> None:
+    """``pyro-vae train``'s flags for the config fields named in ``only`` (``"model.latent_dim"``,
+    ...), with their declared help and checks and ``defaults``' values: how a script (the
+    experiments) offers part of a config of its own defaults without declaring its flags again.
+    Read the config back with :func:`config_from_flags`."""
+    wanted = set(only)
+    unknown = wanted - {f"{s}.{f.name}" for s, kind in SECTIONS.items() for f, _ in declared(kind)}
+    if unknown:
+        raise ValueError(f"not config fields: {sorted(unknown)}")
+    group = parser.add_argument_group("config (as pyro-vae train's)")
+    for section, kind in SECTIONS.items():
+        names = tuple(p.split(".", 1)[1] for p in wanted if p.startswith(section + "."))
+        if names:
+            _add_declared(group, kind, getattr(defaults, section), only=names)
+
+
+def config_from_flags(args: argparse.Namespace, base: RunConfig) -> RunConfig:
+    """``base`` with the config fields that flags of :func:`add_config_flags` (or of
+    ``pyro-vae train``) set in ``args``; their values are checked as the config checks them."""
+    sections = {
+        section: {f.name: getattr(args, f.name) for f, _ in declared(kind) if hasattr(args, f.name)}
+        for section, kind in SECTIONS.items()
+    }
+    return base.replace(**sections)
+
+
 def train_config(args: argparse.Namespace) -> RunConfig:
     """The run's config: defaults (or, with --resume, the saved config) plus the given options."""
     if getattr(args, "resume", False):
         base = RunDir(args.out).require(checkpoint=False).read_config()
     else:
         base = RunConfig()
-    sections = {
-        section: {f.name: getattr(args, f.name) for f, _ in declared(kind) if hasattr(args, f.name)}
-        for section, kind in SECTIONS.items()
-    }
-    return base.replace(**sections)
+    return config_from_flags(args, base)
 
 
 def _default_out(dataset: str) -> str:

@@ -445,3 +445,23 @@ def test_model_options_reach_the_model(argv, check):
 )
 def test_bad_model_option_values(capsys, argv, message):
     assert message in cli_error(capsys, "train", *argv)
+
+
+def test_a_script_offers_config_flags_with_its_own_defaults_and_the_declared_checks():
+    import argparse
+
+    from pyro_vae.cli import add_config_flags, config_from_flags
+    from pyro_vae.config import RunConfig
+    from pyro_vae.errors import ConfigError
+
+    spec = RunConfig().replace(model={"latent_dim": 8, "hidden": (128, 128)})
+    p = argparse.ArgumentParser()
+    add_config_flags(p, spec, ("model.latent_dim", "model.hidden", "train.epochs"))
+    assert "(default 8)" in p.format_help() and "(default 128,128)" in p.format_help()
+    config = config_from_flags(p.parse_args(["--hidden", "32", "--epochs", "3"]), spec)
+    assert config.model.hidden == (32,) and config.model.latent_dim == 8
+    assert config.train.epochs == 3 and config.train.lr == spec.train.lr
+    with pytest.raises(ConfigError, match="must be an integer from 1 to 4096"):
+        config_from_flags(p.parse_args(["--latent-dim", "0"]), spec)
+    with pytest.raises(ValueError, match="not config fields"):
+        add_config_flags(argparse.ArgumentParser(), spec, ("model.latentdim",))
