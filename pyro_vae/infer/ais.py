@@ -459,7 +459,7 @@ def ais_log_likelihood(
     """Annealed importance sampling estimate of log p(x) for every datapoint of ``x``.
 
     ``model(x)`` and ``guide(x)`` follow :func:`~pyro_vae.infer.importance_log_likelihood`'s
-    convention (every sample site in ``pyro.plate("data")`` over the rows of ``x``). For each
+    convention (every sample site in one plate over the rows of ``x``). For each
     datapoint, ``num_chains`` chains anneal from ``start`` to p(z|x) through ``num_steps``
     distributions (see the module docstring); the estimate is
 

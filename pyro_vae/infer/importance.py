@@ -1,6 +1,7 @@
 """Per-datapoint importance-sampled estimates of log p(x) (the IWAE bound) for Pyro programs.
 
-For a model p(x, z) and a guide q(z|x) whose datapoints live in ``pyro.plate("data")``, draws
+For a model p(x, z) and a guide q(z|x) whose datapoints live in one plate (found by structure,
+:func:`data_plate`: the plate every sample site shares, ``pyro.plate("data")`` in the VAE), draws
 z_1..z_K ~ q(z|x) for every datapoint at once and forms the log importance weights
 ``log w_k = log p(x, z_k) - log q(z_k|x)`` per datapoint. Unlike Pyro's
 ``vectorized_importance_weights`` and ``psis_diagnostic``, log-probabilities are NOT summed over the
@@ -43,8 +44,11 @@ from pyro_vae.infer.rng import rng_state, set_rng_state
 from pyro_vae.progress import progress_bar
 from pyro_vae.text import plural
 
-DATA_PLATE = "data"
+DATA_PLATE = "data"  # the plate over datapoints when several plates hold every site
 _PARTICLE_PLATE = "_importance_particles"
+LATENT_DRAWS_PLATE = "_latent_draws"  # infer.latent's
+# Plates of draws, not of data, left of all others: never the plate over datapoints.
+DRAW_PLATES = frozenset({_PARTICLE_PLATE, LATENT_DRAWS_PLATE, "num_particles_vectorized"})
 # automatic pass size: at most this many x-sized elements per pass. On a CPU, 2**22 float32 values
 # (16 MB tiles) stay near the cache; larger tiles made the estimator 1.6x slower (benchmarks/).
 _AUTO_CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**28}
@@ -208,8 +212,9 @@ def importance_log_likelihood(
 ) -> ImportanceResult:
     """Importance-sampled log p(x) for every datapoint of ``x``, with ELBO, ESS and error bar.
 
-    ``model(x)`` and ``guide(x)`` must be Pyro programs whose every sample site lies inside a plate
-    named ``"data"`` over the rows of ``x`` (latent variables are local to a datapoint). With
+    ``model(x)`` and ``guide(x)`` must be Pyro programs whose every sample site lies inside one
+    plate over the rows of ``x`` (latent variables are local to a datapoint), found by structure
+    (:func:`data_plate`; ``pyro.plate("data")`` in the VAE). With
     z_k ~ q(z|x), k = 1..K,
 
     .. math:: L_K(x) = \\log \\frac{1}{K} \\sum_{k=1}^K \\frac{p(x, z_k)}{q(z_k | x)},
@@ -406,11 +411,12 @@ def _non_finite_site(model, guide, x, k, max_plate_nesting) -> str | None:
     with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
         try:
             model_trace, guide_trace = vectorized_traces(model, guide, k, max_plate_nesting, x)
+            plate = data_plate(model_trace, guide_trace)
             for program, trace in (("guide", guide_trace), ("model", model_trace)):
                 for name, site in trace.nodes.items():
                     if site["type"] != "sample":
                         continue
-                    lp = per_datapoint_log_prob(name, site, max_plate_nesting)
+                    lp = per_datapoint_log_prob(name, site, max_plate_nesting, plate)
                     bad = ~torch.isfinite(lp) if program == "guide" else _not_finite(lp)
                     if bool(bad.any()):
                         return f"{program} site '{name}'"
@@ -491,10 +497,16 @@ def check_observed_support(model_trace, rows: tuple[int, int] = (0, 0)) -> None:
         ok = base.check(value)
         if bool(ok.all()):
             continue
-        _raise_unsupported(name, site, base, ok, rows)
+        try:
+            plate = data_plate(model_trace)
+        except ValueError:  # the message then names no rows
+            plate = None
+        _raise_unsupported(name, site, base, ok, rows, plate)
 
 
-def _raise_unsupported(name: str, site: dict, base, ok: torch.Tensor, rows: tuple[int, int]):
+def _raise_unsupported(
+    name: str, site: dict, base, ok: torch.Tensor, rows: tuple[int, int], plate: str | None
+):
     fn, value = site["fn"], site["value"]
     invalid = ~ok
     while invalid.dim() > value.dim() - base.event_dim:  # bounds with more batch dims than value
@@ -502,7 +514,7 @@ def _raise_unsupported(name: str, site: dict, base, ok: torch.Tensor, rows: tupl
     count = int(invalid.sum())
     start, num_data = rows
     block = None
-    frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+    frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
     if frame is not None:
         axis = value.dim() - fn.event_dim + frame.dim
         if 0 <= axis < invalid.dim():
@@ -682,41 +694,88 @@ def log_weights_from_traces(
     dimensions. With ``keep_scale``, site scales (e.g. a KL weight from ``poutine.scale``) are
     applied, except the data plate's subsampling factor ``full_size / size``.
     """
+    plate = data_plate(model_trace, guide_trace)
     terms = []
     for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
         for name, site in trace.nodes.items():
             if site["type"] == "sample":
-                lp = per_datapoint_log_prob(name, site, max_plate_nesting)
+                lp = per_datapoint_log_prob(name, site, max_plate_nesting, plate)
                 if keep_scale:
-                    lp = lp * _scale_without_subsampling(site)
+                    lp = lp * _scale_without_subsampling(site, plate)
                 terms.append(sign * lp)
-    if not terms:
-        raise ValueError("the model and guide have no sample sites")
     lw = terms[0]
     for term in terms[1:]:
         lw = lw + term
     return lw
 
 
-def _data_frame(name: str, site: dict):
+def data_plate(*traces) -> str:
+    """The name of the plate over datapoints in ``traces``, found by structure: the vectorised
+    plate that every sample site sits in (the estimators' own particle plate aside), as NumPyro's
+    RenyiELBO finds the plates common to all sites. Where several plates hold every site (a
+    pixel plate inside the data plate of a model with one site), the one named
+    :data:`DATA_PLATE`.
+
+    Raises ValueError, naming a site, when no plate holds every site (a latent shared by all
+    datapoints has no per-datapoint density), and when several do and none is named "data".
+    """
+    plates: dict[str, set[str]] = {}
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample":
+                frames = {
+                    f.name
+                    for f in site["cond_indep_stack"]
+                    if f.vectorized and f.name not in DRAW_PLATES
+                }
+                plates[name] = plates.get(name, frames) & frames
+    if not plates:
+        raise ValueError("the model and guide have no sample sites")
+    common = set.intersection(*plates.values())
+    if len(common) == 1:
+        return common.pop()
+    if DATA_PLATE in common:
+        return DATA_PLATE
+    if common:
+        raise ValueError(
+            f"every sample site lies in each of the plates {sorted(common)}: name the plate over "
+            f"datapoints '{DATA_PLATE}' (pyro.plate('{DATA_PLATE}', N))"
+        )
+    counts: dict[str, int] = {}
+    for frames in plates.values():
+        for f in frames:
+            counts[f] = counts.get(f, 0) + 1
+    shared = max(counts, key=lambda f: (counts[f], f == DATA_PLATE)) if counts else DATA_PLATE
+    outside = next(name for name, frames in plates.items() if shared not in frames)
+    raise ValueError(
+        f"sample site '{outside}' is outside pyro.plate('{shared}'), the plate over datapoints "
+        "of the other sites: a per-datapoint log p(x) needs every latent and observed site to "
+        "belong to one datapoint"
+    )
+
+
+def _data_frame(name: str, site: dict, plate: str):
     for frame in site["cond_indep_stack"]:
-        if frame.name == DATA_PLATE:
+        if frame.name == plate:
             return frame
     raise ValueError(
-        f"sample site '{name}' is outside pyro.plate('{DATA_PLATE}'): a per-datapoint "
+        f"sample site '{name}' is outside pyro.plate('{plate}'): a per-datapoint "
         "log p(x) needs every latent and observed site to belong to one datapoint"
     )
 
 
-def _scale_without_subsampling(site: dict):
-    frame = _data_frame("", site)
+def _scale_without_subsampling(site: dict, plate: str):
+    frame = _data_frame("", site, plate)
     full = frame.full_size if frame.full_size is not None else frame.size
     return site["scale"] * frame.size / full
 
 
-def per_datapoint_log_prob(name: str, site: dict, max_plate_nesting: int) -> torch.Tensor:
-    """A site's log-probability summed over every dimension but particles and datapoints."""
-    frame = _data_frame(name, site)
+def per_datapoint_log_prob(
+    name: str, site: dict, max_plate_nesting: int, plate: str = DATA_PLATE
+) -> torch.Tensor:
+    """A site's log-probability summed over every dimension but particles and datapoints (the
+    dimension of ``plate``, :func:`data_plate`)."""
+    frame = _data_frame(name, site, plate)
     log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
     ndim = max_plate_nesting + 1
     if log_prob.dim() > ndim:
@@ -732,7 +791,7 @@ def per_datapoint_log_prob(name: str, site: dict, max_plate_nesting: int) -> tor
     log_prob = log_prob.reshape(log_prob.shape[0], log_prob.shape[data_axis])
     if log_prob.shape[1] not in (1, frame.size):
         raise ValueError(
-            f"site '{name}' spans {log_prob.shape[1]} datapoints, but its '{DATA_PLATE}' plate has "
+            f"site '{name}' spans {log_prob.shape[1]} datapoints, but its '{plate}' plate has "
             f"{frame.size}: the plate must run over the rows of x"
         )
     return log_prob

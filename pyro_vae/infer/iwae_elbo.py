@@ -27,7 +27,7 @@ import torch
 from pyro.infer import ELBO
 from pyro.util import warn_if_nan
 
-from pyro_vae.infer.importance import DATA_PLATE, log_weights_from_traces, vectorized_traces
+from pyro_vae.infer.importance import data_plate, log_weights_from_traces, vectorized_traces
 
 
 class IWAE_ELBO(ELBO):
@@ -114,9 +114,10 @@ class IWAE_ELBO(ELBO):
 
 
 def _subsample_factor(trace) -> float:
+    plate = data_plate(trace)
     for site in trace.nodes.values():
         if site["type"] == "sample":
             for frame in site["cond_indep_stack"]:
-                if frame.name == DATA_PLATE and frame.full_size is not None:
+                if frame.name == plate and frame.full_size is not None:
                     return frame.full_size / frame.size
     return 1.0

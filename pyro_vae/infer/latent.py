@@ -14,7 +14,8 @@ is the unnormalised log posterior density of datapoint n in u-space. Datapoints 
 row n depends only on ``u[:, n]`` and ``x[n]``.
 
 The programs follow the convention of :func:`~pyro_vae.infer.importance_log_likelihood`: every
-sample site lies in ``pyro.plate("data")`` over the rows of ``x``. Site scales (a KL weight from
+sample site lies in one plate over the rows of ``x`` (``pyro.plate("data")``; found by structure,
+:func:`~pyro_vae.infer.importance.data_plate`). Site scales (a KL weight from
 ``poutine.scale``) are ignored, masks are applied: the densities are the model's own.
 """
 
@@ -29,16 +30,15 @@ import torch
 from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import biject_to, constraints
 
+from pyro_vae.infer.importance import LATENT_DRAWS_PLATE as _PARTICLE_PLATE
 from pyro_vae.infer.importance import (
-    DATA_PLATE,
     check_observed_support,
+    data_plate,
     guess_max_plate_nesting,
     per_datapoint_log_prob,
     plate_nesting,
     vectorized_traces,
 )
-
-_PARTICLE_PLATE = "_latent_draws"
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ class LatentSpace:
     Parameters
     ----------
     model, guide : callable
-        Pyro programs called as ``model(x)`` and ``guide(x)``; every sample site lies in
-        ``pyro.plate("data")`` over the rows of ``x``.
+        Pyro programs called as ``model(x)`` and ``guide(x)``; every sample site lies in one
+        plate over the rows of ``x`` (:func:`~pyro_vae.infer.importance.data_plate`).
     x : Tensor
         The data, first dimension indexing datapoints (N of them).
     max_plate_nesting : int, optional
@@ -115,6 +115,7 @@ class LatentSpace:
         with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
             with torch.no_grad():
                 model_trace, guide_trace = vectorized_traces(model, guide, 1, max_plate_nesting, x)
+        self.data_plate = data_plate(model_trace, guide_trace)
         self.sites = tuple(self._latent_sites(model_trace))
         if not self.sites:
             raise ValueError("the model has no latent sample sites")
@@ -139,10 +140,11 @@ class LatentSpace:
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site["is_observed"]:
                 continue
-            frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
-            if frame is None:
+            plate = self.data_plate
+            frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+            if frame is None:  # pragma: no cover - data_plate found it in every site
                 raise ValueError(
-                    f"latent site '{name}' is outside pyro.plate('{DATA_PLATE}'): a per-datapoint "
+                    f"latent site '{name}' is outside pyro.plate('{plate}'): a per-datapoint "
                     "posterior needs every latent site to belong to one datapoint"
                 )
             fn, value = site["fn"], site["value"]
@@ -259,7 +261,9 @@ class LatentSpace:
         for name, site in trace.nodes.items():
             if site["type"] != "sample":
                 continue
-            lp = per_datapoint_log_prob(name, site, self.max_plate_nesting).expand(shape)
+            lp = per_datapoint_log_prob(name, site, self.max_plate_nesting, self.data_plate).expand(
+                shape
+            )
             if site["is_observed"] and name not in self.names:
                 observed = observed + lp
             else:

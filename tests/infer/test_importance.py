@@ -6,7 +6,7 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
-from pyro_vae.infer import LogWeightAccumulator, importance_log_likelihood
+from pyro_vae.infer import LogWeightAccumulator, ais_log_likelihood, importance_log_likelihood
 from pyro_vae.models.ppca import ProbabilisticPCA as PPCA
 
 
@@ -278,3 +278,68 @@ def test_invalid_data_in_a_later_block_is_still_refused():
     x[4, 1] = 0.5  # not binary, in the second block of 3
     with pyro.validation_enabled(True), pytest.raises(ValueError, match="support|within"):
         importance_log_likelihood(model, guide, x, num_samples=4, chunk_size=2, batch_size=3)
+
+
+def _gaussian_programs(plate_name):
+    """A conjugate model and a deliberately poor guide, their datapoints in ``plate_name``."""
+
+    def model(x):
+        with pyro.plate(plate_name, x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x):
+        with pyro.plate(plate_name, x.shape[0]):
+            pyro.sample("z", dist.Normal(0.5 * x, 0.7))
+
+    return model, guide
+
+
+def test_the_data_plate_is_found_by_structure_not_by_its_name():
+    x = torch.linspace(-2.0, 2.0, 7)
+    results = {}
+    for name in ("data", "rows"):
+        model, guide = _gaussian_programs(name)
+        pyro.set_rng_seed(3)
+        results[name] = importance_log_likelihood(model, guide, x, num_samples=50)
+    torch.testing.assert_close(results["rows"].log_px, results["data"].log_px, rtol=0, atol=0)
+    ais = {}
+    for name in ("data", "rows"):  # AIS and refined find it through the latent space
+        model, guide = _gaussian_programs(name)
+        pyro.set_rng_seed(3)
+        ais[name] = ais_log_likelihood(model, guide, x, num_chains=4, num_steps=10)
+    torch.testing.assert_close(ais["rows"].log_px, ais["data"].log_px, rtol=0, atol=0)
+    exact = dist.Normal(0.0, math.sqrt(1.25)).log_prob(x).double()
+    model, guide = _gaussian_programs("rows")
+    big = importance_log_likelihood(model, guide, x, num_samples=20000)
+    assert ((big.log_px - exact).abs() < 5 * big.stderr + 1e-3).all()
+
+
+def test_the_iwae_objective_finds_a_subsampled_data_plate_by_structure():
+    from pyro_vae.infer.iwae_elbo import IWAE_ELBO
+
+    x = torch.linspace(-2.0, 2.0, 8)
+    losses = {}
+    for name in ("data", "rows"):
+
+        def model(x, name=name):
+            with pyro.plate(name, 80, subsample=torch.arange(8)):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0))
+                pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+        def guide(x, name=name):
+            with pyro.plate(name, 80, subsample=torch.arange(8)):
+                pyro.sample("z", dist.Normal(0.5 * x, 0.7))
+
+        pyro.set_rng_seed(0)
+        losses[name] = IWAE_ELBO(num_particles=4, max_plate_nesting=1).loss(model, guide, x)
+    assert losses["rows"] == losses["data"]  # both scaled by the plate's 80 / 8
+
+
+def test_several_plates_around_every_site_need_one_named_data():
+    def model(x):
+        with pyro.plate("a", x.shape[0], dim=-2), pyro.plate("b", x.shape[1], dim=-1):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match=r"each of the plates \['a', 'b'\]: name the plate"):
+        importance_log_likelihood(model, lambda x: None, torch.zeros(3, 2), num_samples=4)
