@@ -413,6 +413,7 @@ def _non_finite_site(model, guide, x, k, max_plate_nesting) -> str | None:
             model_trace, guide_trace = vectorized_traces(model, guide, k, max_plate_nesting, x)
             plate = data_plate(model_trace, guide_trace)
             for program, trace in (("guide", guide_trace), ("model", model_trace)):
+                compute_log_prob(trace)
                 for name, site in trace.nodes.items():
                     if site["type"] != "sample":
                         continue
@@ -697,6 +698,7 @@ def log_weights_from_traces(
     plate = data_plate(model_trace, guide_trace)
     terms = []
     for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
+        compute_log_prob(trace)
         for name, site in trace.nodes.items():
             if site["type"] == "sample":
                 lp = per_datapoint_log_prob(name, site, max_plate_nesting, plate)
@@ -770,13 +772,25 @@ def _scale_without_subsampling(site: dict, plate: str):
     return site["scale"] * frame.size / full
 
 
+def compute_log_prob(trace) -> None:
+    """Pyro's :meth:`~pyro.poutine.Trace.compute_log_prob` of ``trace`` (memoised): each sample
+    site's own log-density, before its scale, in ``site["unscaled_log_prob"]``, which is what a
+    log importance weight needs (a KL weight or a subsampling factor is not part of log p(x)).
+    Pyro's NaN and infinity warnings are off: the estimators report non-finite values with the
+    datapoints and the site (:class:`~pyro_vae.errors.NonFiniteEstimate`), and -inf is a
+    legitimate log-density."""
+    with pyro.validation_enabled(False):
+        trace.compute_log_prob()
+
+
 def per_datapoint_log_prob(
     name: str, site: dict, max_plate_nesting: int, plate: str = DATA_PLATE
 ) -> torch.Tensor:
-    """A site's log-probability summed over every dimension but particles and datapoints (the
-    dimension of ``plate``, :func:`data_plate`)."""
+    """A site's log-probability (its masked ``unscaled_log_prob``, :func:`compute_log_prob`)
+    summed over every dimension but particles and datapoints (the dimension of ``plate``,
+    :func:`data_plate`)."""
     frame = _data_frame(name, site, plate)
-    log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
+    log_prob = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
     ndim = max_plate_nesting + 1
     if log_prob.dim() > ndim:
         raise ValueError(

@@ -33,6 +33,7 @@ from torch.distributions import biject_to, constraints
 from pyro_vae.infer.importance import LATENT_DRAWS_PLATE as _PARTICLE_PLATE
 from pyro_vae.infer.importance import (
     check_observed_support,
+    compute_log_prob,
     data_plate,
     guess_max_plate_nesting,
     per_datapoint_log_prob,
@@ -256,6 +257,7 @@ class LatentSpace:
     def _sum_sites(self, trace, u) -> tuple[torch.Tensor, torch.Tensor]:
         """(latent, observed) per-datapoint log-probabilities of a trace, each ``(S, N)``."""
         shape = (u.shape[0], u.shape[1])
+        compute_log_prob(trace)
         latent = torch.zeros(shape, dtype=u.dtype, device=u.device)
         observed = torch.zeros(shape, dtype=u.dtype, device=u.device)
         for name, site in trace.nodes.items():
