@@ -60,57 +60,27 @@ class DataConfig:
     download: bool = option(True, "never download data", negate="--no-download")
 
 
-# The model section's own fields; the pieces' hyperparameters are added after them.
-_MODEL_FIELDS = [
-    ("latent_dim", "int", option(16, "dimension of z", low=1, high=4096, metavar="D")),
-    (
-        "hidden",
-        "tuple[int, ...]",
-        option(
-            (256, 256), "hidden widths of encoder and decoder", parse=parse_widths, metavar="W,W"
-        ),
-    ),
-    ("prior", "str", option("normal", "p(z)", names="PRIORS")),
-    ("likelihood", "str", option("bernoulli", "p(x|z)", names="LIKELIHOODS")),
-    ("guide", "str", option("diagonal", "q(z|x)", names="GUIDES")),
-]
+@dataclass(frozen=True)
+class _ModelFields:
+    """The model section's own fields; :data:`ModelConfig` adds the pieces' hyperparameters."""
 
-# Fields of the model section declared by the registered pieces (their Params), not here.
-PIECE_OPTIONS = {p.name: p for p in piece_options()}
-
-ModelConfig = dataclasses.make_dataclass(
-    "ModelConfig",
-    _MODEL_FIELDS
-    + [
-        (p.name, p.type, dataclasses.field(default=p.default, metadata={"option": p.option}))
-        for p in PIECE_OPTIONS.values()
-    ],
-    frozen=True,
-)
-ModelConfig.__module__ = __name__
-ModelConfig.__doc__ = """The generative model p(z) p(x|z) and the guide q(z|x).
-
-Its fields are ``latent_dim``, ``hidden``, the names of the ``prior``, ``likelihood`` and
-``guide``, and the hyperparameters those pieces declare (:data:`PIECE_OPTIONS`, from
-:func:`pyro_vae.registry.piece_options`): a new piece's hyperparameter is a field here without
-an edit to this module.
-"""
+    latent_dim: int = option(16, "dimension of z", low=1, high=4096, metavar="D")
+    hidden: tuple[int, ...] = option(
+        (256, 256), "hidden widths of encoder and decoder", parse=parse_widths, metavar="W,W"
+    )
+    prior: str = option("normal", "p(z)", names="PRIORS")
+    likelihood: str = option("bernoulli", "p(x|z)", names="LIKELIHOODS")
+    guide: str = option("diagonal", "q(z|x)", names="GUIDES")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """How the model is fitted with SVI."""
+class _TrainFields:
+    """The training section's own fields; :data:`TrainConfig` adds the objectives'."""
 
     elbo: str = option(
         "trace",
         "trace (Trace_ELBO), meanfield (TraceMeanField_ELBO) or iwae (IWAE bound with "
         "{train.num_particles} K)",
-    )
-    num_particles: int = option(
-        1, "samples of z per datapoint per step", low=1, high=100_000, metavar="K"
-    )
-    vectorize_particles: bool = option(
-        True, "draw particles in a Python loop", negate="--no-vectorize-particles"
     )
     epochs: int = option(100, "passes over the training data", low=1, high=1_000_000)
     batch_size: int = option(128, "datapoints per step", low=1, high=10_000_000)
@@ -129,6 +99,51 @@ class TrainConfig:
         "the hardware has bf16 matrix units (the final evaluation stays fp32)",
         names="PRECISIONS",
     )
+
+
+# Fields of the model and training sections declared by the registered pieces (their Params:
+# priors, likelihoods, guides; objectives), not here.
+PIECE_OPTIONS = {
+    section: {p.name: p for p in piece_options(section)} for section in ("model", "train")
+}
+
+
+def _with_pieces(base: type, name: str, section: str, doc: str) -> type:
+    """The frozen dataclass ``name``: ``base``'s fields, then the pieces' of ``section``."""
+    cls = dataclasses.make_dataclass(
+        name,
+        [
+            (p.name, p.type, dataclasses.field(default=p.default, metadata={"option": p.option}))
+            for p in PIECE_OPTIONS[section].values()
+        ],
+        bases=(base,),
+        frozen=True,
+    )
+    cls.__module__ = __name__
+    cls.__doc__ = doc
+    return cls
+
+
+ModelConfig = _with_pieces(
+    _ModelFields,
+    "ModelConfig",
+    "model",
+    """The generative model p(z) p(x|z) and the guide q(z|x).
+
+Its fields are ``latent_dim``, ``hidden``, the names of the ``prior``, ``likelihood`` and
+``guide``, and the hyperparameters those pieces declare (:data:`PIECE_OPTIONS`, from
+:func:`pyro_vae.registry.piece_options`): a new piece's hyperparameter is a field here without
+an edit to this module.
+""",
+)
+
+TrainConfig = _with_pieces(
+    _TrainFields,
+    "TrainConfig",
+    "train",
+    """How the model is fitted with SVI: the objective, its hyperparameters (declared by the
+objectives, :mod:`pyro_vae.objectives`), the optimisation and the run's device and seed.""",
+)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -177,8 +192,8 @@ class RunConfig:
                 raise ConfigError(f"config section '{name}' is a {type(values).__name__}")
             fields = {f.name: f for f in dataclasses.fields(kind)}
             values = {**ADDED_LATER.get(name, {}), **values}
-            if name == "model":  # a hyperparameter added with or after its piece: its default
-                values = {**{p.name: p.default for p in PIECE_OPTIONS.values()}, **values}
+            if name in PIECE_OPTIONS:  # a piece's hyperparameter that a run lacks: its default
+                values = {**{p.name: p.default for p in PIECE_OPTIONS[name].values()}, **values}
             _check_keys(values, set(fields), f"config section '{name}'")
             if name == "model" and isinstance(values["hidden"], list):
                 values["hidden"] = tuple(values["hidden"])

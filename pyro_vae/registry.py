@@ -1,26 +1,24 @@
 """The one place where names (from the command line and config.json) become objects.
 
 To add a prior, likelihood or guide: write its class (with its ``Params``, see
-:mod:`pyro_vae.models.pieces`), then add one entry here. Its hyperparameters become fields of the
+:mod:`pyro_vae.pieces`), then add one entry here. Its hyperparameters become fields of the
 run config's model section and flags of ``pyro-vae train`` (:func:`piece_options`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyro.infer
 import torch
 
+from pyro_vae import objectives
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.elbo import DeviceTrace_ELBO, DeviceTraceMeanField_ELBO
-from pyro_vae.infer.iwae_elbo import IWAE_ELBO
 from pyro_vae.models import MLP, VAE, Likelihood, guides, likelihoods, priors
-from pyro_vae.models.pieces import BuildContext, Piece
 from pyro_vae.options import Option
+from pyro_vae.pieces import BuildContext, Piece
 
 if TYPE_CHECKING:  # the config is made from this module's tables, so it is not imported here
     from pyro_vae.config import ModelConfig, TrainConfig
@@ -60,21 +58,18 @@ PIECES: dict[str, dict[str, type[Piece]]] = {
 # Precision of the encoder and decoder networks (VAE.precision); log-densities stay float32.
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-# Each objective is made from the number of particles and whether they are vectorised.
-ELBOS: dict[str, Callable[..., pyro.infer.ELBO]] = {
-    "trace": lambda num_particles, vectorize_particles: DeviceTrace_ELBO(
-        num_particles=num_particles,
-        vectorize_particles=vectorize_particles,
-        max_plate_nesting=1,
-    ),
-    "meanfield": lambda num_particles, vectorize_particles: DeviceTraceMeanField_ELBO(
-        num_particles=num_particles,
-        vectorize_particles=vectorize_particles,
-        max_plate_nesting=1,
-    ),
-    "iwae": lambda num_particles, vectorize_particles: IWAE_ELBO(
-        num_particles=num_particles, max_plate_nesting=1
-    ),
+# The training objectives (pyro_vae.objectives: an ELBO class and its declared options).
+ELBOS: dict[str, objectives.Objective] = {
+    "trace": objectives.TRACE,
+    "meanfield": objectives.MEANFIELD,
+    "iwae": objectives.IWAE,
+}
+
+# The pieces of each config section, by the option that names them: their declared
+# hyperparameters are fields of that section.
+SECTION_PIECES: dict[str, dict[str, dict[str, type[Piece]]]] = {
+    "model": PIECES,
+    "train": {"elbo": ELBOS},
 }
 
 
@@ -92,14 +87,15 @@ class PieceOption:
     users: tuple[tuple[str, str], ...]
 
 
-def piece_options() -> list[PieceOption]:
-    """The hyperparameters the registered pieces declare, each once, in table order.
+def piece_options(section: str = "model") -> list[PieceOption]:
+    """The hyperparameters the registered pieces of a config section declare (the model's:
+    priors, likelihoods, guides; training's: objectives), each once, in table order.
 
     Pieces declaring the same name share one option; their declarations must agree on everything
     but the help, whose distinct texts are joined. The help ends with the pieces that use it.
     """
     found: dict[str, PieceOption] = {}
-    for kind, table in PIECES.items():
+    for kind, table in SECTION_PIECES[section].items():
         for name, cls in table.items():
             for f in dataclasses.fields(cls.Params):
                 opt = f.metadata["option"]
@@ -127,16 +123,16 @@ def piece_options() -> list[PieceOption]:
                     users=seen.users + ((kind, name),),
                 )
     return [
-        dataclasses.replace(p, option=dataclasses.replace(p.option, help=_with_users(p)))
+        dataclasses.replace(p, option=dataclasses.replace(p.option, help=_with_users(p, section)))
         for p in found.values()
     ]
 
 
-def _with_users(p: PieceOption) -> str:
+def _with_users(p: PieceOption, section: str) -> str:
     by_kind: dict[str, list[str]] = {}
     for kind, name in p.users:
         by_kind.setdefault(kind, []).append(name)
-    users = "; ".join(f"{{model.{kind}}} {', '.join(names)}" for kind, names in by_kind.items())
+    users = "; ".join(f"{{{section}.{kind}}} {', '.join(names)}" for kind, names in by_kind.items())
     return f"{p.option.help} (for {users})"
 
 
@@ -187,9 +183,9 @@ def build_vae(cfg: ModelConfig, data_dim: int, levels: int | None = None) -> VAE
 
 
 def build_elbo(cfg: TrainConfig) -> pyro.infer.ELBO:
-    return lookup(ELBOS, cfg.elbo, "train.elbo")(
-        num_particles=cfg.num_particles, vectorize_particles=cfg.vectorize_particles
-    )
+    """The config's objective, built with its declared hyperparameters from the config."""
+    objective = lookup(ELBOS, cfg.elbo, "train.elbo")
+    return objective.build(objective.params_from(cfg))
 
 
 def build_precision(name: str) -> torch.dtype:

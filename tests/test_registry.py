@@ -13,8 +13,8 @@ from pyro_vae.cli import build_parser
 from pyro_vae.config import ModelConfig, RunConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.models import Prior, StandardNormal
-from pyro_vae.models.pieces import PieceParams
 from pyro_vae.options import declared, option
+from pyro_vae.pieces import PieceParams
 
 
 def test_every_declared_hyperparameter_is_a_model_field_with_its_default():
@@ -92,3 +92,22 @@ def test_a_bad_value_in_a_pieces_constructor_is_a_config_error_naming_the_piece(
     with pytest.raises(ConfigError, match="needs an even latent_dim") as e:
         registry.build_vae(ModelConfig(prior="fussy"), data_dim=4)
     assert str(e.value).startswith("model.prior fussy:")
+
+
+def test_the_objectives_declare_their_particles_as_training_options():
+    from pyro_vae.config import TrainConfig
+    from pyro_vae.infer.iwae_elbo import IWAE_ELBO
+
+    options = {p.name: p for p in registry.piece_options("train")}
+    assert options["num_particles"].users == (
+        ("elbo", "trace"),
+        ("elbo", "meanfield"),
+        ("elbo", "iwae"),
+    )
+    assert options["vectorize_particles"].users == (("elbo", "trace"), ("elbo", "meanfield"))
+    assert {f.name for f, _ in declared(TrainConfig)} >= set(options)
+    elbo = registry.build_elbo(TrainConfig(elbo="iwae", num_particles=7))
+    assert isinstance(elbo, IWAE_ELBO) and elbo.num_particles == 7
+    with pytest.raises(ConfigError) as e:
+        RunConfig(train=TrainConfig(num_particles=0))
+    assert e.value.option == "train.num_particles"

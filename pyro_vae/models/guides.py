@@ -2,7 +2,7 @@
 
 To add a guide family, subclass :class:`Encoder`, implement ``forward`` returning a
 distribution with ``event_shape == (latent_dim,)`` and batch shape ``x.shape[:-1]``, declare its
-hyperparameters in a nested ``Params`` (:mod:`pyro_vae.models.pieces`), and register its name in
+hyperparameters in a nested ``Params`` (:mod:`pyro_vae.pieces`), and register its name in
 :mod:`pyro_vae.registry`.
 """
 
@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from pyro_vae.models.nets import MLP
-from pyro_vae.models.pieces import BuildContext, Piece, PieceParams, params_dict
 from pyro_vae.options import option
+from pyro_vae.pieces import BuildContext, Piece, PieceParams, params_dict
 
 
 class Encoder(Piece, nn.Module):

@@ -6,7 +6,7 @@ evaluation score x with the same likelihood object.
 
 To add a likelihood, subclass :class:`Likelihood`: set ``support`` and ``params_per_dim`` (how many
 decoder outputs it needs per data dimension), implement ``forward(h)``, declare its
-hyperparameters in a nested ``Params`` (:mod:`pyro_vae.models.pieces`), and register its name in
+hyperparameters in a nested ``Params`` (:mod:`pyro_vae.pieces`), and register its name in
 :mod:`pyro_vae.registry`.
 """
 
@@ -22,8 +22,8 @@ from torch import nn
 from torch.distributions import constraints
 
 from pyro_vae.errors import SUPPORT_ADVICE, ConfigError, DataError, UnsupportedDataError
-from pyro_vae.models.pieces import BuildContext, Piece, PieceParams, params_dict
 from pyro_vae.options import option
+from pyro_vae.pieces import BuildContext, Piece, PieceParams, params_dict
 
 
 class Support(enum.Enum):

@@ -2,7 +2,7 @@
 
 To add a prior, subclass :class:`Prior`, implement ``forward`` returning a distribution with
 ``event_shape == (latent_dim,)`` and empty batch shape (the data plate broadcasts it), declare its
-hyperparameters in a nested ``Params`` (:mod:`pyro_vae.models.pieces`), and register its name in
+hyperparameters in a nested ``Params`` (:mod:`pyro_vae.pieces`), and register its name in
 :mod:`pyro_vae.registry`. Learnable parameters are registered with Pyro by the VAE.
 """
 
@@ -16,8 +16,8 @@ import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
-from pyro_vae.models.pieces import BuildContext, Piece, PieceParams, params_dict
 from pyro_vae.options import option
+from pyro_vae.pieces import BuildContext, Piece, PieceParams, params_dict
 
 
 class Prior(Piece, nn.Module):

@@ -113,11 +113,12 @@ def test_svi_step_makes_no_host_sync(monkeypatch, make_optim, precision, make_el
 def test_every_registered_objective_agrees_through_every_entry_point_and_trains_under_svi(name):
     """loss, loss_and_grads and differentiable_loss give one value on the same draws, so the
     objective works under Pyro's stock SVI as under DeviceSVI."""
-    from pyro_vae.registry import ELBOS
+    from pyro_vae.config import TrainConfig
+    from pyro_vae.registry import build_elbo
 
     vae = tiny_vae()
     x = binary_data(12)
-    elbo = ELBOS[name](num_particles=3, vectorize_particles=True)
+    elbo = build_elbo(TrainConfig(elbo=name, num_particles=3))
     kwargs = dict(index=torch.arange(12), num_data=48)
     values = []
     for method in ("loss", "loss_and_grads", "differentiable_loss"):

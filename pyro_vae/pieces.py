@@ -1,4 +1,5 @@
-"""What every swappable piece (prior, likelihood, guide) declares about itself, next to its class.
+"""What every swappable piece (prior, likelihood, guide, objective) declares about itself, next
+to its class.
 
 A piece declares its hyperparameters once, as a frozen dataclass ``Params`` of options
 (:func:`pyro_vae.options.option`), and says how it is built from them with :meth:`Piece.build`::
@@ -10,7 +11,8 @@ A piece declares its hyperparameters once, as a frozen dataclass ``Params`` of o
 
         def __init__(self, latent_dim: int, df: float = 3.0): ...
 
-The registry (:mod:`pyro_vae.registry`) names the piece; the run config's model section, the
+The registry (:mod:`pyro_vae.registry`) names the piece; the run config's fields for it (the
+model section's for priors, likelihoods and guides, the training section's for objectives), the
 ``pyro-vae train`` flags, their help and defaults, and the checks of their values are all made
 from these declarations. Pieces that declare a hyperparameter of the same name share it (one
 field, one flag): their declarations must then agree on type, default and range.
@@ -29,12 +31,15 @@ from pyro_vae.options import check_options
 
 @dataclass(frozen=True)
 class PieceParams:
-    """Base of a piece's ``Params``: its fields are options of the model section, checked when
-    the dataclass is made (a bad value is a :class:`~pyro_vae.errors.ConfigError` naming
-    ``model.FIELD``)."""
+    """Base of a piece's ``Params``: its fields are options of the config section ``section``
+    (the model's for priors, likelihoods and guides; training's for objectives), checked when the
+    dataclass is made (a bad value is a :class:`~pyro_vae.errors.ConfigError` naming
+    ``SECTION.FIELD``)."""
+
+    section: ClassVar[str] = "model"
 
     def __post_init__(self) -> None:
-        check_options("model", self)
+        check_options(self.section, self)
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,13 @@ class Piece:
     def params_from(cls, values: Any) -> PieceParams:
         """This piece's ``Params`` with the values of the same names held by ``values`` (the
         model config, or any object with those attributes)."""
-        return cls.Params(
-            **{f.name: getattr(values, f.name) for f in dataclasses.fields(cls.Params)}
-        )
+        return params_from(cls.Params, values)
+
+
+def params_from(params: type[PieceParams], values: Any) -> PieceParams:
+    """``params`` made of the values of its fields' names held by ``values`` (a config section,
+    or any object with those attributes)."""
+    return params(**{f.name: getattr(values, f.name) for f in dataclasses.fields(params)})
 
 
 def params_dict(params: PieceParams) -> dict[str, Any]:
