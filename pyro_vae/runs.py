@@ -269,7 +269,7 @@ class RunDir:
             ) from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{self.checkpoint_path} is not a pyro-vae checkpoint (format)")
-        if state.get("config") != config.to_json():
+        if _saved_config(state.get("config")) != config:
             raise CheckpointError(
                 f"{self.checkpoint_path} was written for another config than {self.config_path}"
             )
@@ -439,6 +439,17 @@ class RunDir:
 
 
 EVALUATION_SELECTORS = ("split", "num_samples", "precision", "method")
+
+
+def _saved_config(text) -> RunConfig | None:
+    """The config a checkpoint was written for, read as config.json is (so a hyperparameter
+    declared after the run was written takes its default in both); None when unreadable."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return RunConfig.from_json(text)
+    except ConfigError:
+        return None
 
 
 def evaluation_setting(evaluation: Evaluation) -> str:

@@ -131,6 +131,32 @@ def test_an_evaluation_written_by_an_earlier_version_is_still_read(capsys, run_d
     assert main(["compare", str(old), "--num-samples", "21"]) == 0
 
 
+def test_a_run_written_before_a_hyperparameter_was_declared_loads_and_resumes(
+    capsys, run_dir, tmp_path
+):
+    """A run of an earlier version has no field for a hyperparameter declared since (the
+    Student-t prior's df): its config.json and its checkpoint's copy of the config lack it."""
+    import io
+
+    import torch
+
+    old = tmp_path / "old"
+    __import__("shutil").copytree(run_dir, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["model"]["df"]
+    (old / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    state = torch.load(old / "checkpoint.pt", weights_only=True)
+    saved = json.loads(state["config"])
+    del saved["model"]["df"]
+    state["config"] = json.dumps(saved, indent=2, sort_keys=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    (old / "checkpoint.pt").write_bytes(buffer.getvalue())
+    assert main(["evaluate", str(old), "--num-samples", "21", "--no-progress"]) == 0
+    assert main(["train", "--out", str(old), "--resume", "--epochs", "2", "--no-eval"]) == 0
+    assert "epoch    2/2" in capsys.readouterr().out
+
+
 # item 2: an evaluation is one unit
 def test_concurrent_evaluations_all_succeed_and_leave_whole_evaluations(run_dir):
     procs = [
