@@ -22,6 +22,7 @@ from _common import base_config, parser, run_variants, write_table
 
 from pyro_vae import jobs, plots
 from pyro_vae.infer import DeviceTrace_ELBO, DeviceTraceMeanField_ELBO
+from pyro_vae.records import Evaluation
 
 
 def gradient_variance(run_dir, repeats: int, batch_size: int = 128) -> dict[str, dict]:
@@ -49,7 +50,7 @@ def gradient_variance(run_dir, repeats: int, batch_size: int = 128) -> dict[str,
     return out
 
 
-def plot_bounds(evaluations: dict[str, dict], path) -> None:
+def plot_bounds(evaluations: dict[str, Evaluation], path) -> None:
     series = {f"L_K, trained with {name}": ev.bounds_vs_k for name, ev in evaluations.items()}
     plots.bound_vs_k(series).savefig(path)
 

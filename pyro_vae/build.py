@@ -96,7 +96,7 @@ def build(config: RunConfig, *, splits: tuple[str, ...] = ("train", "val")) -> B
     pyro.clear_param_store()
     pyro.set_rng_seed(config.train.seed)
     dataset = load_data(config)
-    likelihood = registry.build_likelihood(config.model, dataset.levels)
+    likelihood = registry.build_likelihood(config.model, dataset.data_dim, dataset.levels)
     data = prepare_splits(config, dataset, likelihood, splits)
     vae = registry.build_vae(config.model, dataset.data_dim, dataset.levels).to(device)
     t = config.train

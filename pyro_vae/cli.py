@@ -68,10 +68,11 @@ def _add_declared(group, kind, defaults, only: tuple[str, ...] | None = None) ->
         if not opt.cli or (only is not None and f.name not in only):
             continue
         text = name_options(opt.help, _flag)
-        if f.type == "bool":
-            group.add_argument(opt.negate, dest=f.name, action="store_false", help=text)
-            continue
         default = getattr(defaults, f.name)
+        extra = {} if group.argument_default is argparse.SUPPRESS else {"default": default}
+        if f.type == "bool":
+            group.add_argument(opt.negate, dest=f.name, action="store_false", help=text, **extra)
+            continue
         if opt.names:
             text += ": " + ", ".join(getattr(registry, opt.names))
         if default is not None:
@@ -79,7 +80,6 @@ def _add_declared(group, kind, defaults, only: tuple[str, ...] | None = None) ->
             text += f" (default {shown})"
         base = f.type.removesuffix(" | None")
         kind_of = _parser_of(opt.parse) if opt.parse else {"int": int, "float": float}.get(base)
-        extra = {} if group.argument_default is argparse.SUPPRESS else {"default": default}
         group.add_argument(flag_of(f.name), type=kind_of, help=text, metavar=opt.metavar, **extra)
 
 

@@ -108,17 +108,20 @@ PIECE_OPTIONS = {
 }
 
 
-def _with_pieces(base: type, name: str, section: str, doc: str) -> type:
-    """The frozen dataclass ``name``: ``base``'s fields, then the pieces' of ``section``."""
-    cls = dataclasses.make_dataclass(
-        name,
-        [
-            (p.name, p.type, dataclasses.field(default=p.default, metadata={"option": p.option}))
-            for p in PIECE_OPTIONS[section].values()
-        ],
-        bases=(base,),
-        frozen=True,
-    )
+def _with_pieces(base: type, name: str, section: str, doc: str, after: str) -> type:
+    """The frozen dataclass ``name``: ``base``'s fields with the pieces' of ``section`` after
+    the field ``after`` (the order, and so the positional arguments, of earlier versions)."""
+
+    def spec(name, kind, default, option):
+        return (name, kind, dataclasses.field(default=default, metadata={"option": option}))
+
+    pieces = [spec(p.name, p.type, p.default, p.option) for p in PIECE_OPTIONS[section].values()]
+    fields = []
+    for f in dataclasses.fields(base):
+        fields.append(spec(f.name, f.type, f.default, f.metadata["option"]))
+        if f.name == after:
+            fields += pieces
+    cls = dataclasses.make_dataclass(name, fields, frozen=True)
     cls.__module__ = __name__
     cls.__doc__ = doc
     return cls
@@ -135,6 +138,7 @@ Its fields are ``latent_dim``, ``hidden``, the names of the ``prior``, ``likelih
 :func:`pyro_vae.registry.piece_options`): a new piece's hyperparameter is a field here without
 an edit to this module.
 """,
+    after="guide",
 )
 
 TrainConfig = _with_pieces(
@@ -143,6 +147,7 @@ TrainConfig = _with_pieces(
     "train",
     """How the model is fitted with SVI: the objective, its hyperparameters (declared by the
 objectives, :mod:`pyro_vae.objectives`), the optimisation and the run's device and seed.""",
+    after="elbo",
 )
 
 

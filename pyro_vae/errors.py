@@ -123,8 +123,10 @@ _OPTION_PATH = re.compile(r"\{([a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*)\}")
 
 def library_name(path: str) -> str:
     """How the library names an option: a config field by its path (``model.prior``), a job's
-    argument, written ``{args.NAME}``, by its keyword (``out``)."""
-    return path.removeprefix("args.")
+    argument, written ``{args.NAME}``, by its keyword (``the out argument``)."""
+    if path.startswith("args."):
+        return f"the {path.removeprefix('args.')} argument"
+    return path
 
 
 def name_options(text: str, name: Callable[[str], str]) -> str:

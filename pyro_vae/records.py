@@ -20,8 +20,9 @@ import torch
 from pyro_vae.errors import CheckpointError
 
 # JSON holds no infinities or NaN: a number that was not finite is written as null. These are
-# read back as -inf (a log-density whose weights were all zero); the other nulls of float
-# fields as NaN, except where None has its own meaning (OPTIONAL).
+# read back as -inf (a log-density whose weights were all zero: log p(x), the ELBO, L_K); a
+# written bits/dim of null as +inf (-log p(x) / D); the nulls in kl_per_dim as NaN; the other
+# nulls of float fields as NaN, except where None has its own meaning (no error bar, no k-hat).
 MINUS_INF_IF_NULL = ("log_px", "elbo")
 
 
@@ -61,7 +62,7 @@ class Evaluation:
     num_samples: int
     log_px_stderr: float | None = None  # None: K = 1 (no Monte Carlo error), or unbounded
     log_px_std: float = math.nan
-    elbo: float = -math.inf
+    elbo: float = math.nan
     gap: float = math.nan
     ess_mean: float = math.nan
     ess_min: float = math.nan
@@ -137,6 +138,12 @@ class Evaluation:
                 continue
             if value is None and key not in OPTIONAL and not f.type.endswith("| None"):
                 value = -math.inf if key in MINUS_INF_IF_NULL else math.nan
+            elif value is None and key == "bits_per_dim":
+                value = math.inf
+            elif key == "bounds_vs_k" and isinstance(value, dict):
+                value = {k: -math.inf if v is None else v for k, v in value.items()}
+            elif key == "kl_per_dim" and isinstance(value, list):
+                value = [math.nan if v is None else v for v in value]
             if not _has_type(value, f.type):
                 raise CheckpointError(f"{where}: {key} = {value!r} is not of type {f.type}")
             values[key] = value

@@ -77,7 +77,8 @@ SECTION_PIECES: dict[str, dict[str, dict[str, type[Piece]]]] = {
 class PieceOption:
     """One hyperparameter of the model section, as the pieces declaring it declare it.
 
-    ``users`` are ``(kind, name)`` pairs (``("prior", "mog")``) of the pieces that take it.
+    ``users`` are ``(kind, name)`` pairs (``("prior", "mog")``) of the pieces that take it,
+    ``helps`` their distinct help texts.
     """
 
     name: str
@@ -85,6 +86,11 @@ class PieceOption:
     default: object
     option: Option
     users: tuple[tuple[str, str], ...]
+    helps: tuple[str, ...] = ()
+
+
+# The field types a piece may declare: those config.json can hold (config._JSON_TYPES).
+PIECE_TYPES = ("int", "float", "str", "str | None", "bool", "tuple[int, ...]")
 
 
 def piece_options(section: str = "model") -> list[PieceOption]:
@@ -104,9 +110,16 @@ def piece_options(section: str = "model") -> list[PieceOption]:
                         f"{cls.__name__}.Params: declare it in a module with "
                         "'from __future__ import annotations' (its field types are read as text)"
                     )
+                if f.type not in PIECE_TYPES:
+                    raise TypeError(
+                        f"{cls.__name__}.Params.{f.name}: type {f.type!r} is not one of "
+                        f"{', '.join(PIECE_TYPES)}"
+                    )
                 seen = found.get(f.name)
                 if seen is None:
-                    found[f.name] = PieceOption(f.name, f.type, f.default, opt, ((kind, name),))
+                    found[f.name] = PieceOption(
+                        f.name, f.type, f.default, opt, ((kind, name),), (opt.help,)
+                    )
                     continue
                 same = dataclasses.replace(opt, help=seen.option.help)
                 if (f.type, f.default, same) != (seen.type, seen.default, seen.option):
@@ -115,12 +128,10 @@ def piece_options(section: str = "model") -> list[PieceOption]:
                         f"{' and '.join(' '.join(u) for u in seen.users)}: a shared "
                         "hyperparameter must agree on type, default and range"
                     )
-                helps = seen.option.help.split("; ")
-                text = "; ".join(helps + [opt.help] if opt.help not in helps else helps)
                 found[f.name] = dataclasses.replace(
                     seen,
-                    option=dataclasses.replace(seen.option, help=text),
                     users=seen.users + ((kind, name),),
+                    helps=seen.helps + ((opt.help,) if opt.help not in seen.helps else ()),
                 )
     return [
         dataclasses.replace(p, option=dataclasses.replace(p.option, help=_with_users(p, section)))
@@ -133,7 +144,7 @@ def _with_users(p: PieceOption, section: str) -> str:
     for kind, name in p.users:
         by_kind.setdefault(kind, []).append(name)
     users = "; ".join(f"{{{section}.{kind}}} {', '.join(names)}" for kind, names in by_kind.items())
-    return f"{p.option.help} (for {users})"
+    return f"{'; '.join(p.helps)} (for {users})"
 
 
 def lookup(table: dict, name: str, option: str):
@@ -155,6 +166,13 @@ def piece_class(cfg: ModelConfig, kind: str) -> type[Piece]:
 def build_piece(cfg: ModelConfig, kind: str, context: BuildContext):
     """The config's piece of ``kind``, built with its hyperparameters from the config."""
     cls = piece_class(cfg, kind)
+    missing = [f.name for f in dataclasses.fields(cls.Params) if not hasattr(cfg, f.name)]
+    if missing:
+        raise TypeError(
+            f"{kind} {getattr(cfg, kind)} declares {missing}, which the model config lacks: "
+            "register a piece in pyro_vae/registry.py's tables, which the config is made from "
+            "when pyro_vae.config is first imported, not afterwards"
+        )
     try:
         return cls.build(cls.params_from(cfg), context)
     except ConfigError:
@@ -163,9 +181,10 @@ def build_piece(cfg: ModelConfig, kind: str, context: BuildContext):
         raise ConfigError(f"{{model.{kind}}} {getattr(cfg, kind)}: {e}") from None
 
 
-def build_likelihood(cfg: ModelConfig, levels: int | None = None) -> Likelihood:
-    """The likelihood alone (the data checks need it before there is a model)."""
-    context = BuildContext(data_dim=0, latent_dim=cfg.latent_dim, hidden=cfg.hidden, levels=levels)
+def build_likelihood(cfg: ModelConfig, data_dim: int, levels: int | None = None) -> Likelihood:
+    """The likelihood alone, as :func:`build_vae` builds it (the data checks need it before
+    there is a model)."""
+    context = BuildContext(data_dim, cfg.latent_dim, tuple(cfg.hidden), levels)
     return build_piece(cfg, "likelihood", context)
 
 

@@ -78,3 +78,24 @@ def test_optional_fields_stay_out_of_the_json_until_set():
     d = ev.to_dict()
     assert "khat_note" not in d and "bits_per_dim" not in d and "kl_per_dim" in d
     assert "bits_per_dim" in ev.replace(bits_per_dim=0.5).to_dict()
+
+
+def test_numbers_written_as_null_inside_a_summary_come_back_as_what_they_were():
+    ev = Evaluation(
+        log_px=-math.inf,
+        split="test",
+        num_samples=5,
+        elbo=-math.inf,
+        bits_per_dim=math.inf,
+        bounds_vs_k={"1": -math.inf, "5": -2.0},
+        kl_per_dim=[math.nan, 0.5],
+    )
+    from pyro_vae.runs import json_safe
+
+    back = Evaluation.from_dict(json.loads(json.dumps(json_safe(ev.to_dict()), allow_nan=False)))
+    assert back.log_px == back.elbo == -math.inf and back.bits_per_dim == math.inf
+    assert back.bounds_vs_k == {"1": -math.inf, "5": -2.0}
+    assert math.isnan(back.kl_per_dim[0]) and back.kl_per_dim[1] == 0.5
+    text = jobs.format_evaluation(back.replace(num_datapoints=2, dataset="d", epochs_trained=1))
+    assert "L_1 -inf" in text and "bits/dim         inf" in text
+    assert math.isnan(Evaluation.from_dict({"split": "t", "num_samples": 2, "log_px": 1.0}).elbo)

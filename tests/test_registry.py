@@ -111,3 +111,44 @@ def test_the_objectives_declare_their_particles_as_training_options():
     with pytest.raises(ConfigError) as e:
         RunConfig(train=TrainConfig(num_particles=0))
     assert e.value.option == "train.num_particles"
+
+
+def test_a_piece_registered_after_the_config_was_made_is_refused_clearly(monkeypatch):
+    class Late(StandardNormal):
+        @dataclasses.dataclass(frozen=True)
+        class Params(PieceParams):
+            late_scale: float = option(1.0, "scale", positive=True)
+
+    monkeypatch.setitem(registry.PRIORS, "late", Late)
+    with pytest.raises(TypeError, match=r"declares \['late_scale'\], which the model config lacks"):
+        registry.build_vae(ModelConfig(prior="late"), data_dim=4)
+
+
+def test_a_declared_type_config_json_cannot_hold_is_refused(monkeypatch):
+    class Odd(StandardNormal):
+        @dataclasses.dataclass(frozen=True)
+        class Params(PieceParams):
+            odd: int | None = option(None, "an optional count")
+
+    monkeypatch.setitem(registry.PRIORS, "odd", Odd)
+    with pytest.raises(TypeError, match="type 'int | None' is not one of"):
+        registry.piece_options()
+
+
+def test_config_fields_keep_the_order_of_earlier_versions():
+    from pyro_vae.config import TrainConfig
+
+    assert [f.name for f in dataclasses.fields(TrainConfig)][:4] == [
+        "elbo",
+        "num_particles",
+        "vectorize_particles",
+        "epochs",
+    ]
+    assert [f.name for f in dataclasses.fields(ModelConfig)][:6] == [
+        "latent_dim",
+        "hidden",
+        "prior",
+        "likelihood",
+        "guide",
+        "num_components",
+    ]

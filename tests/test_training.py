@@ -182,10 +182,11 @@ def test_library_errors_name_a_jobs_arguments_by_keyword_and_the_cli_by_flag(tmp
     jobs.train(config, tmp_path / "r", evaluate_at_end=False, echo=lambda s: None)
     with pytest.raises(ConfigError) as e:
         jobs.train(config, tmp_path / "r", evaluate_at_end=False, echo=lambda s: None)
-    assert "continue it (resume) or choose another run directory (out)" in str(e.value)
+    text = "continue it (the resume argument) or choose another run directory (the out argument)"
+    assert text in str(e.value)
     assert "--" not in str(e.value)
     assert "continue it (--resume) or choose another run directory (--out)" in e.value.render(_flag)
     with pytest.raises(ConfigError) as e:
         jobs.bdmc(tmp_path / "r", num_datapoints=0)
-    assert str(e.value) == "num_datapoints must be at least 1, got 0"
+    assert str(e.value) == "the num_datapoints argument must be at least 1, got 0"
     assert e.value.render(_flag) == "--num-datapoints must be at least 1, got 0"

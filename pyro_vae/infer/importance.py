@@ -718,13 +718,18 @@ def data_plate(*traces) -> str:
     pixel plate inside the data plate of a model with one site), the one named
     :data:`DATA_PLATE`.
 
+    Auxiliary sites (named ``_...`` or marked ``infer={"is_auxiliary": True}``, which the
+    estimators that draw their own latents ignore) do not decide the plate; an estimator that
+    scores one outside it refuses it when it does (:func:`per_datapoint_log_prob`).
+
     Raises ValueError, naming a site, when no plate holds every site (a latent shared by all
     datapoints has no per-datapoint density), and when several do and none is named "data".
     """
     plates: dict[str, set[str]] = {}
     for trace in traces:
         for name, site in trace.nodes.items():
-            if site["type"] == "sample":
+            auxiliary = name.startswith("_") or site.get("infer", {}).get("is_auxiliary", False)
+            if site["type"] == "sample" and not auxiliary:
                 frames = {
                     f.name
                     for f in site["cond_indep_stack"]
@@ -790,6 +795,8 @@ def per_datapoint_log_prob(
     summed over every dimension but particles and datapoints (the dimension of ``plate``,
     :func:`data_plate`)."""
     frame = _data_frame(name, site, plate)
+    if "unscaled_log_prob" not in site:
+        raise KeyError(f"site '{name}' has no unscaled_log_prob: call compute_log_prob(trace)")
     log_prob = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
     ndim = max_plate_nesting + 1
     if log_prob.dim() > ndim:

@@ -30,9 +30,12 @@ class Network(nn.Module):
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         dtype = self.compute_dtype
-        if dtype is None or dtype == torch.float32:
+        if dtype is None:
             return self.compute(*args, **kwargs)
         device_type = next(self.parameters()).device.type
+        if dtype == torch.float32:  # float32 even inside another network's reduced precision
+            with torch.autocast(device_type=device_type, enabled=False):
+                return self.compute(*args, **kwargs)
         with torch.autocast(device_type=device_type, dtype=dtype):
             out = self.compute(*args, **kwargs)
         return out.float()

@@ -13,8 +13,10 @@ from pyro_vae.models.nets import Network
 
 @contextlib.contextmanager
 def networks_in(dtype: torch.dtype | None, modules: list[nn.Module]) -> Iterator[None]:
-    """Within the block, each :class:`~pyro_vae.models.nets.Network` in ``modules`` (and in
-    their submodules) computes in ``dtype`` and returns float32 (its ``compute_dtype``).
+    """Within the block, each of ``modules`` and the :class:`~pyro_vae.models.nets.Network`
+    modules inside them compute in ``dtype`` and return float32 (their ``compute_dtype``).
+    Every module given must itself be a ``Network`` (e.g. an ``MLP``): a plain module would run
+    only its inner networks in ``dtype`` and the rest of its layers in float32.
 
     Matrix products inside the networks use ``dtype`` (accumulating in float32); the
     distributions built from their outputs, the draws and every log-density stay float32. With
@@ -27,13 +29,12 @@ def networks_in(dtype: torch.dtype | None, modules: list[nn.Module]) -> Iterator
         return
     networks = []
     for module in modules:
-        found = [m for m in module.modules() if isinstance(m, Network)]
-        if not found:
+        if not isinstance(module, Network):
             raise TypeError(
-                f"{type(module).__name__} holds no pyro_vae Network (pyro_vae.models.nets): "
-                "derive its networks from Network to run them in another precision"
+                f"{type(module).__name__} is not a pyro_vae Network (pyro_vae.models.nets): "
+                "derive it from Network (or build it as an MLP) to run it in another precision"
             )
-        networks += found
+        networks += [m for m in module.modules() if isinstance(m, Network)]
     before = [net.compute_dtype for net in networks]
     try:
         for net in networks:

@@ -343,3 +343,19 @@ def test_several_plates_around_every_site_need_one_named_data():
 
     with pytest.raises(ValueError, match=r"each of the plates \['a', 'b'\]: name the plate"):
         importance_log_likelihood(model, lambda x: None, torch.zeros(3, 2), num_samples=4)
+
+
+def test_an_auxiliary_guide_site_outside_the_data_plate_does_not_decide_it():
+    from pyro_vae.infer.latent import LatentSpace
+
+    model, _ = _gaussian_programs("rows")
+
+    def guide(x):
+        pyro.sample("_aux", dist.Normal(0.0, 1.0))  # global, and not a latent of the model
+        with pyro.plate("rows", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.5 * x, 0.7))
+
+    space = LatentSpace(model, guide, torch.zeros(4))  # AIS and refined start here
+    assert space.data_plate == "rows" and [s.name for s in space.sites] == ["z"]
+    with pytest.raises(ValueError, match="'_aux' is outside pyro.plate\\('rows'\\)"):
+        importance_log_likelihood(model, guide, torch.zeros(4), num_samples=4)

@@ -8,6 +8,7 @@ from pyro_vae.infer import DeviceSVI, DeviceTrace_ELBO
 from pyro_vae.infer import importance_log_likelihood as estimate
 from pyro_vae.infer.optim import JointAdam
 from pyro_vae.models import MLP, networks_in
+from pyro_vae.models.nets import Network
 from pyro_vae.training import BetaSchedule, Trainer
 from tests.helpers import binary_data, tiny_vae
 
@@ -164,6 +165,31 @@ def test_precision_blocks_nest_and_a_plain_module_is_refused():
             assert net.compute_dtype is torch.float16
         assert net.compute_dtype is torch.bfloat16
     assert net.compute_dtype is None
-    with pytest.raises(TypeError, match="holds no pyro_vae Network"):
+    with pytest.raises(TypeError, match="is not a pyro_vae Network"):
         with networks_in(torch.bfloat16, [torch.nn.Linear(3, 2)]):
             pass
+    wrapper = torch.nn.Sequential(MLP([3, 4]), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with pytest.raises(TypeError, match="Sequential is not a pyro_vae Network"):
+        with networks_in(torch.bfloat16, [wrapper]):  # its last layer would stay float32
+            pass
+
+
+def test_a_network_declared_float32_stays_float32_inside_a_bf16_one():
+    class Outer(Network):
+        def __init__(self):
+            super().__init__()
+            self.first = torch.nn.Linear(3, 4)
+            self.inner = MLP([4, 2])
+
+        def compute(self, x):
+            h = self.first(x)
+            assert h.dtype == torch.bfloat16
+            return self.inner(h.float())
+
+    net = Outer()
+    net.compute_dtype = torch.bfloat16
+    net.inner.compute_dtype = torch.float32
+    seen = {}
+    net.inner.register_forward_hook(lambda m, i, out: seen.update(dtype=out.dtype))
+    assert net(torch.randn(5, 3)).dtype == torch.float32
+    assert seen["dtype"] == torch.float32
