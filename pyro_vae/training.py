@@ -16,6 +16,15 @@ from typing import Any
 import pyro
 import torch
 
+from pyro_vae.distributed import (
+    SINGLE,
+    DistributedSVI,
+    World,
+    broadcast_permutation,
+    check_shards,
+    seed_rank,
+    shard_bounds,
+)
 from pyro_vae.errors import DataError, TrainingDiverged
 from pyro_vae.infer.importance import importance_log_likelihood
 from pyro_vae.infer.optim import JointAdam
@@ -90,6 +99,14 @@ class Trainer:
     precision : torch.dtype, optional
         Precision of the networks in training steps (``torch.bfloat16``: mixed precision through
         :meth:`VAE.precision`); parameters, optimizer state and the validation ELBO stay float32.
+    world : World, optional
+        This process's rank among several (:mod:`pyro_vae.distributed`, after
+        :func:`~pyro_vae.distributed.init_process_group`): each minibatch is split among the
+        ranks, DistributedDataParallel averages their gradients, and every rank ends each step
+        with the same parameters. One process (the default) trains as always.
+    seed : int, optional
+        With several ranks: the run's seed, from which each rank's noise is seeded at the start
+        of every epoch (:func:`~pyro_vae.distributed.rank_seed`).
     """
 
     def __init__(
@@ -107,6 +124,8 @@ class Trainer:
         log_every: int = 50,
         progress: bool | str = False,
         precision: torch.dtype | None = None,
+        world: World = SINGLE,
+        seed: int | None = None,
     ):
         if (lr is None) == (optim is None):
             raise TypeError("give the Trainer either lr (for Adam) or optim")
@@ -123,7 +142,15 @@ class Trainer:
         self.log_every = log_every
         self.progress = progress
         self.optim = optim if optim is not None else JointAdam({"lr": lr})
-        self.svi = DeviceSVI(vae.model, vae.guide, self.optim, loss=elbo)
+        self.world = world
+        self.seed = seed
+        if world.is_distributed:
+            if seed is None:
+                raise TypeError("a distributed Trainer needs the run's seed")
+            check_shards(train_x.shape[0], batch_size, world)
+            self.svi = DistributedSVI(vae, self.optim, elbo, world)
+        else:
+            self.svi = DeviceSVI(vae.model, vae.guide, self.optim, loss=elbo)
         self.epoch = 0
         self.step = 0
 
@@ -136,7 +163,11 @@ class Trainer:
         start = time.perf_counter()
         n = self.train_x.shape[0]
         device = self.train_x.device
-        perm = torch.randperm(n, device=device)
+        if self.world.is_distributed:
+            seed_rank(self.seed, self.world, self.epoch)
+            perm = broadcast_permutation(n, device, self.world)
+        else:
+            perm = torch.randperm(n, device=device)
         bar = progress_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}", "step", self.progress)
         with pyro.validation_enabled(False), bar:
             with self.vae.precision(self.precision):
@@ -155,13 +186,19 @@ class Trainer:
     def _run_steps(self, n: int, perm: torch.Tensor, bar) -> float:
         """The epoch's SVI steps; returns its mean training objective per datapoint."""
         total = torch.zeros((), device=perm.device)
+        world = self.world
         for i in range(0, n, self.batch_size):
             index = perm[i : i + self.batch_size]
+            weight = {}
+            if world.is_distributed:  # this rank's shard, its loss weighted by W b_r / B
+                lo, hi = shard_bounds(index.shape[0], world)
+                weight = {"weight": world.size * (hi - lo) / index.shape[0]}
+                index = index[lo:hi]
             xb = self.train_x[index]
             if self.transform is not None:
                 xb = self.transform(xb)
             beta = self.beta(self.step)
-            loss = self.svi.step(xb, index=index, num_data=n, beta=beta)
+            loss = self.svi.step(xb, index=index, num_data=n, beta=beta, **weight)
             total = total + loss
             self.step += 1
             bar.update()
@@ -169,6 +206,9 @@ class Trainer:
                 value = -float(loss) / n
                 self._check_finite(value)
                 bar.set_postfix(elbo=f"{value:.2f}", beta=f"{beta:.2f}")
+        if world.is_distributed:  # the ranks' mean is the minibatches' loss
+            torch.distributed.all_reduce(total)
+            total = total / world.size
         objective = -float(total) / (self.steps_per_epoch * n)
         self._check_finite(objective)
         return objective
@@ -177,10 +217,15 @@ class Trainer:
         """Mean single-sample ELBO (beta = 1) on the validation split, nats per datapoint."""
         if self.val_x is None:
             return math.nan
-        result = importance_log_likelihood(
-            self.vae.model, self.vae.guide, self.val_x, num_samples=1, max_plate_nesting=1
-        )
-        return float(result.elbo.mean())
+        value = torch.zeros((), dtype=torch.float64, device=self.val_x.device)
+        if self.world.is_main:  # with several ranks, rank 0's value, sent to the others
+            result = importance_log_likelihood(
+                self.vae.model, self.vae.guide, self.val_x, num_samples=1, max_plate_nesting=1
+            )
+            value = result.elbo.mean().to(value)
+        if self.world.is_distributed:
+            torch.distributed.broadcast(value, src=0)
+        return float(value)
 
     def _check_finite(self, value: float) -> None:
         if math.isfinite(value):

@@ -1,0 +1,112 @@
+"""Training on several processes (torchrun, gloo on the CPU) against one process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+
+from pyro_vae.distributed import World, check_shards, rank_seed, shard_bounds, world_from_env
+from pyro_vae.errors import ConfigError
+from pyro_vae.infer import DeviceTrace_ELBO
+from pyro_vae.infer.optim import JointAdam
+from tests.distributed_setup import BATCH, EPOCHS, SEED, N, data, fresh_vae, transform
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("batch, size", [(15, 2), (16, 2), (7, 3), (5, 5), (128, 8)])
+def test_shards_cover_a_minibatch_once_and_differ_by_at_most_one_row(batch, size):
+    bounds = [shard_bounds(batch, World(rank=r, size=size)) for r in range(size)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == batch
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    sizes = [hi - lo for lo, hi in bounds]
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+def test_a_minibatch_smaller_than_the_world_is_refused():
+    check_shards(50, 15, World(0, 2))  # the last minibatch of 5 still splits
+    with pytest.raises(ConfigError, match="a minibatch of 1 datapoints cannot be split among 2"):
+        check_shards(31, 15, World(0, 2))  # 15, 15, 1
+    with pytest.raises(ConfigError, match="among 4 processes"):
+        check_shards(100, 3, World(0, 4))
+
+
+def test_the_world_is_read_from_torchruns_variables():
+    assert world_from_env({}) == World()
+    assert world_from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == World(1, 2, 1)
+    with pytest.raises(ConfigError, match="not a valid launch"):
+        world_from_env({"RANK": "2", "WORLD_SIZE": "2"})
+    with pytest.raises(ConfigError, match="must be integers"):
+        world_from_env({"WORLD_SIZE": "two"})
+
+
+def test_each_rank_and_epoch_gets_its_own_stream():
+    seeds = {rank_seed(SEED, r, e) for r in range(4) for e in range(4)}
+    assert len(seeds) == 16 and rank_seed(SEED, 1, 2) == rank_seed(SEED, 1, 2)
+
+
+def _single_process_reference(world_size: int) -> dict[str, torch.Tensor]:
+    """What the ranks compute, in one process: the same minibatches, each rank's shard scored
+    with that rank's stream, the shards' losses weighted b_r / B and summed before one step."""
+    vae = fresh_vae()
+    x, _ = data()
+    elbo = DeviceTrace_ELBO(max_plate_nesting=1)
+    optim = JointAdam({"lr": 0.05})
+    with pyro.validation_enabled(False):
+        for epoch in range(EPOCHS):
+            states = []
+            for r in range(world_size):
+                pyro.set_rng_seed(rank_seed(SEED, r, epoch))
+                if r == 0:
+                    perm = torch.randperm(N)
+                states.append(torch.get_rng_state())
+            for i in range(0, N, BATCH):
+                index = perm[i : i + BATCH]
+                with poutine.trace(param_only=True) as capture:
+                    total = 0.0
+                    for r in range(world_size):
+                        torch.set_rng_state(states[r])
+                        lo, hi = shard_bounds(index.shape[0], World(r, world_size))
+                        shard = index[lo:hi]
+                        loss = elbo.differentiable_loss(
+                            vae.model, vae.guide, transform(x[shard]), index=shard, num_data=N
+                        )
+                        total = total + loss * (hi - lo) / index.shape[0]
+                        states[r] = torch.get_rng_state()
+                    total.backward()
+                params = {s["value"].unconstrained() for s in capture.trace.nodes.values()}
+                optim(params)
+                for p in params:
+                    p.grad = None
+    return {k: v.detach().clone() for k, v in vae.state_dict().items()}
+
+
+def test_two_ranks_train_as_one_process_on_the_same_minibatches(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*launch, str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name, p in ranks[0]["params"].items():
+        assert torch.equal(p, ranks[1]["params"][name]), name  # ranks identical, bit for bit
+    assert ranks[0]["objectives"] == ranks[1]["objectives"]
+    assert ranks[0]["val"] == ranks[1]["val"]
+    reference = _single_process_reference(world_size=2)
+    trained = False
+    for name, p in ranks[0]["params"].items():
+        assert p.dtype == torch.float64
+        torch.testing.assert_close(p, reference[name], rtol=0, atol=1e-12, msg=name)
+        trained |= not torch.equal(p, fresh_vae().state_dict()[name])
+    assert trained  # the steps moved the parameters
