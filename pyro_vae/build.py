@@ -22,6 +22,7 @@ from pyro_vae.config import RunConfig
 from pyro_vae.data import load_dataset, minibatch_transform, prepare_split
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.data.transforms import is_quantised
+from pyro_vae.distributed import SINGLE, World
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer.optim import JointAdam
 from pyro_vae.models import VAE, Likelihood
@@ -68,8 +69,9 @@ class Built:
     beta: BetaSchedule
     precision: torch.dtype
 
-    def trainer(self, *, progress: bool | str = False) -> Trainer:
-        """A :class:`~pyro_vae.training.Trainer` of these objects on the training split."""
+    def trainer(self, *, progress: bool | str = False, world: World = SINGLE) -> Trainer:
+        """A :class:`~pyro_vae.training.Trainer` of these objects on the training split (this
+        rank's, when ``world`` holds several: :mod:`pyro_vae.distributed`)."""
         t = self.config.train
         return Trainer(
             self.vae,
@@ -83,6 +85,8 @@ class Built:
             log_every=t.log_every,
             progress=progress,
             precision=self.precision,
+            world=world,
+            seed=t.seed,
         )
 
 

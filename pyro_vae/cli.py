@@ -14,9 +14,13 @@ from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import torch
+
 from pyro_vae import jobs, registry
+from pyro_vae.build import resolve_device
 from pyro_vae.config import SECTIONS, RunConfig
 from pyro_vae.data.datasets import is_path
+from pyro_vae.distributed import World, broadcast_object, init_process_group, world_from_env
 from pyro_vae.errors import (
     ConfigError,
     NonFiniteError,
@@ -321,6 +325,12 @@ def run(argv: list[str] | None = None) -> int:
         config = train_config(args)
         out = getattr(args, "out", None) or _default_out(config.data.dataset)
         check_output_dir(out, "--out")
+        world = _join_launch(config)
+        say = echo
+        if world.is_distributed:
+            out = broadcast_object(out, world)  # rank 0's default name (it holds a time)
+            if not world.is_main:
+                say, progress = (lambda text: None), "off"
         try:
             result = jobs.train(
                 config,
@@ -328,8 +338,11 @@ def run(argv: list[str] | None = None) -> int:
                 resume=getattr(args, "resume", False),
                 evaluate_at_end=getattr(args, "evaluate", True),
                 progress=progress,
-                echo=echo,
+                echo=say,
+                world=world,
             )
+            if world.is_distributed:
+                torch.distributed.destroy_process_group()
         except KeyboardInterrupt:
             saved = (
                 "the last finished epoch is saved"
@@ -343,7 +356,7 @@ def run(argv: list[str] | None = None) -> int:
             else:
                 _error_line("\ninterrupted before the run began: nothing was written")
             return 130
-        echo(f"run directory: {result.run_dir}")
+        say(f"run directory: {result.run_dir}")
     elif args.command == "evaluate":
         evaluation = jobs.evaluate(
             args.run_dir,
@@ -407,6 +420,23 @@ def advice(error: PyroVAEError) -> str:
     return ""
 
 
+def _join_launch(config: RunConfig) -> World:
+    """This process's world: one process, or a rank of a torchrun launch (WORLD_SIZE > 1),
+    joined to the others (its CUDA device is its local rank)."""
+    world = world_from_env()
+    if world.is_distributed:
+        device = resolve_device(config.train.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(world.local_rank)
+        init_process_group(world, device)
+    return world
+
+
+def _is_main_rank() -> bool:
+    """False on ranks other than 0 of a launch, which print no errors (rank 0 does)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
@@ -429,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error_line(text: str) -> None:
+    if not _is_main_rank():
+        return
     try:
         print(text, file=sys.stderr, flush=True)
     except (BrokenPipeError, ValueError):  # nobody is reading stderr any more

@@ -175,6 +175,13 @@ def broadcast_permutation(n: int, device: torch.device, world: World) -> torch.T
     return perm
 
 
+def broadcast_object(obj, world: World):
+    """Rank 0's ``obj`` on every rank (pickled: a path, a checkpoint's state)."""
+    box = [obj if world.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def seed_rank(seed: int, world: World, epoch: int) -> None:
     """Seed this rank's streams (torch, NumPy, Python) for epoch ``epoch``."""
     pyro.set_rng_seed(rank_seed(seed, world.rank, epoch))

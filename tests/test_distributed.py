@@ -110,3 +110,64 @@ def test_two_ranks_train_as_one_process_on_the_same_minibatches(tmp_path):
         torch.testing.assert_close(p, reference[name], rtol=0, atol=1e-12, msg=name)
         trained |= not torch.equal(p, fresh_vae().state_dict()[name])
     assert trained  # the steps moved the parameters
+
+
+def _launch(*args, cwd):
+    """``torchrun --standalone --nproc_per_node=2 -m pyro_vae ARGS`` on gloo."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.run(
+        [*launch, "-m", "pyro_vae", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_cli_trains_resumes_exactly_and_writes_once_from_rank_0(tmp_path):
+    tiny = ("train", "--hidden", "16", "--latent-dim", "2", "--batch-size", "64", "--no-progress")
+    whole = _launch(*tiny, "--epochs", "3", "--no-eval", "--out", tmp_path / "whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = _launch(*tiny, "--epochs", "2", "--no-eval", "--out", tmp_path / "split", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("epoch    2/2") == 1 and first.stdout.count("run directory:") == 1
+    resumed = _launch(
+        *tiny,
+        "--epochs",
+        "3",
+        "--eval-samples",
+        "25",
+        "--out",
+        tmp_path / "split",
+        "--resume",
+        cwd=tmp_path,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("digits (test split") == 1  # rank 0 alone evaluates, prints
+    a, b = (
+        torch.load(tmp_path / r / "checkpoint.pt", weights_only=True) for r in ("whole", "split")
+    )
+    assert a["epoch"] == b["epoch"] == 3
+    for name, p in a["model"].items():
+        assert torch.equal(p, b["model"][name]), name  # the resumed launch equals the whole one
+    files = sorted(p.name for p in (tmp_path / "split").iterdir())
+    assert files == [".lock", "checkpoint.pt", "config.json", "evaluations", "metrics.csv"]
+    assert len((tmp_path / "split" / "metrics.csv").read_text().splitlines()) == 4  # 3 epochs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["split", "whole"]
+    # the run is an ordinary run: one process evaluates it
+    from pyro_vae.cli import main
+
+    assert main(["evaluate", str(tmp_path / "split"), "--num-samples", "30", "--no-progress"]) == 0
+
+
+def test_a_refused_launch_says_why_once_and_leaves_nothing(tmp_path):
+    done = _launch(
+        "train", "--batch-size", "1", "--epochs", "1", "--out", tmp_path / "r", cwd=tmp_path
+    )
+    assert done.returncode != 0
+    assert done.stderr.count("pyro-vae: error:") == 1
+    assert "cannot be split among 2 processes" in done.stderr and "--batch-size" in done.stderr
+    assert not (tmp_path / "r").exists()

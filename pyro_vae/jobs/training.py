@@ -10,6 +10,7 @@ from typing import Any
 from pyro_vae import registry
 from pyro_vae.build import build
 from pyro_vae.config import RunConfig
+from pyro_vae.distributed import SINGLE, World, broadcast_object
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.jobs.evaluation import check_log_weights_fit, evaluate, format_evaluation
 from pyro_vae.jobs.loading import training_identity
@@ -34,6 +35,7 @@ def train(
     evaluate_at_end: bool = True,
     progress: bool | str = False,
     echo: Callable[[str], None] = print,
+    world: World = SINGLE,
 ) -> TrainResult:
     """Fit a VAE as ``config`` says, checkpointing into ``out`` after every epoch.
 
@@ -41,38 +43,51 @@ def train(
     an uninterrupted run with the same seed. Only the options in :data:`RESUMABLE` may differ from
     the run's saved config. The run directory is held exclusively while training runs: a second
     ``train`` into it raises :class:`~pyro_vae.errors.RunInUseError` at once.
+
+    With ``world`` holding several ranks (a torchrun launch, :mod:`pyro_vae.distributed`), every
+    rank trains its shard of each minibatch; rank 0 alone holds and checks the run directory,
+    writes its files (the same ones, loadable by one process), echoes and evaluates, and sends a
+    resumed run's checkpoint to the others. A rank that fails ends the launch (torchrun stops
+    the others).
     """
     run = RunDir(out)
     registry.check_names(config.model, config.train)
+    if not world.is_main:  # rank 0 holds the directory and writes; the others only train
+        return _train_claimed(run, config, resume, False, False, lambda text: None, world)
     if resume:
         run.require(checkpoint=False)  # before claiming, which creates the directory
     created = not run.path.exists()
     try:
         with run.claim():
-            return _train_claimed(run, config, resume, evaluate_at_end, progress, echo)
+            return _train_claimed(run, config, resume, evaluate_at_end, progress, echo, world)
     except BaseException:
         if created:
             run.remove_if_empty()  # a run that failed before its config was written
         raise
 
 
-def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, progress, echo):
-    """:func:`train` in a run directory this process holds (:meth:`RunDir.claim`)."""
-    if resume:
-        _check_resumable(run.read_config(), config)
-    elif run.exists():
-        raise ConfigError(
-            f"{run.path} already holds a run; continue it ({{args.resume}}) or choose another run "
-            "directory ({args.out})"
-        )
-    else:
-        _check_new_run_dir(run)
-    run.check_writable()
+def _train_claimed(
+    run: RunDir, config: RunConfig, resume, evaluate_at_end, progress, echo, world=SINGLE
+):
+    """:func:`train` in a run directory this process holds (:meth:`RunDir.claim`), or, on a
+    rank other than 0, beside the rank that holds it (``writes`` False: no file is touched)."""
+    writes = world.is_main
+    if writes:
+        if resume:
+            _check_resumable(run.read_config(), config)
+        elif run.exists():
+            raise ConfigError(
+                f"{run.path} already holds a run; continue it ({{args.resume}}) or choose another "
+                "run directory ({args.out})"
+            )
+        else:
+            _check_new_run_dir(run)
+        run.check_writable()
     built = build(config)
     dataset = built.dataset
     if evaluate_at_end:  # before training, not after it
         check_log_weights_fit(config.train.eval_samples, dataset.split("test").shape[0])
-    trainer = built.trainer(progress=progress)
+    trainer = built.trainer(progress=progress, world=world)
     device = built.device
     meta = {
         "data_dim": dataset.data_dim,
@@ -80,13 +95,23 @@ def _train_claimed(run: RunDir, config: RunConfig, resume, evaluate_at_end, prog
         "levels": dataset.levels,
     }
     history: list[EpochStats] = []
-    if resume and run.checkpoint_path.is_file():
-        state = run.load_checkpoint(training_identity(config), map_location=device)
+    state = None
+    if writes and resume and run.checkpoint_path.is_file():
+        where = "cpu" if world.is_distributed else device  # sent to the other ranks from here
+        state = run.load_checkpoint(training_identity(config), map_location=where)
+    if world.is_distributed:
+        state = broadcast_object(state, world)
+    if state is not None:
         _load_model_state(trainer, state)
-        rows = run.read_metrics(drop_damaged_tail=True)  # a torn tail is rewritten below
-        history = [row for row in rows if row.epoch <= trainer.epoch]
+        if writes:
+            rows = run.read_metrics(drop_damaged_tail=True)  # a torn tail is rewritten below
+            history = [row for row in rows if row.epoch <= trainer.epoch]
     elif resume:
         echo(f"{run.path}: no epoch was finished; training from the beginning")
+    if not writes:
+        while trainer.epoch < config.train.epochs:
+            history.append(trainer.train_epoch())
+        return TrainResult(run.path, history, None)
     run.write_config(config)
     if trainer.epoch >= config.train.epochs:
         done = run.select_evaluations(
