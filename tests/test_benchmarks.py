@@ -105,3 +105,27 @@ def test_alternatives_runs(tmp_path):
     assert [row["what"].split(",")[0] for row in d["compile"]] == ["evaluate K=1000", "train step"]
     assert all(row["eager"] > 0 and row["compiled"] > 0 for row in d["compile"])
     assert d["jit"]["DeviceTrace_ELBO"] > 0 and d["jit"]["JitTrace_ELBO"] > 0
+
+
+@pytest.mark.slow
+def test_distributed_benchmark_json_interface(tmp_path):
+    out = tmp_path / "d.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "distributed.py"),
+            "--rows",
+            "512",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert d["one_process_ms_per_step"] > 0 and d["two_processes_ms_per_step"] > 0
+    assert d["ratio_two_over_one"] == pytest.approx(
+        d["two_processes_ms_per_step"] / d["one_process_ms_per_step"]
+    )
