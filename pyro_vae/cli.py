@@ -325,7 +325,7 @@ def run(argv: list[str] | None = None) -> int:
         config = train_config(args)
         out = getattr(args, "out", None) or _default_out(config.data.dataset)
         check_output_dir(out, "--out")
-        world = _join_launch(config)
+        world = _join_launch(config.train.device)
         say = echo
         if world.is_distributed:
             out = broadcast_object(out, world)  # rank 0's default name (it holds a time)
@@ -358,14 +358,20 @@ def run(argv: list[str] | None = None) -> int:
             return 130
         say(f"run directory: {result.run_dir}")
     elif args.command == "evaluate":
+        world = _join_launch(args.device)
         evaluation = jobs.evaluate(
             args.run_dir,
             split=args.split,
             device=args.device,
             precision=args.precision,
-            progress=progress,
+            progress=progress if world.is_main else "off",
+            world=world,
             **_settings(args, ("num_samples", "chunk_size", *ESTIMATOR_SETTINGS)),
         )
+        if world.is_distributed:
+            torch.distributed.destroy_process_group()
+        if evaluation is None:  # a rank other than 0 of a launch: rank 0 prints
+            return 0
         json_path, nc_path = RunDir(args.run_dir).evaluation_paths(evaluation)
         echo(jobs.format_evaluation(evaluation))
         echo(f"wrote {json_path} and {nc_path}")
@@ -420,12 +426,12 @@ def advice(error: PyroVAEError) -> str:
     return ""
 
 
-def _join_launch(config: RunConfig) -> World:
+def _join_launch(device_name: str) -> World:
     """This process's world: one process, or a rank of a torchrun launch (WORLD_SIZE > 1),
     joined to the others (its CUDA device is its local rank)."""
     world = world_from_env()
     if world.is_distributed:
-        device = resolve_device(config.train.device)
+        device = resolve_device(device_name)
         if device.type == "cuda":
             torch.cuda.set_device(world.local_rank)
         init_process_group(world, device)

@@ -17,6 +17,7 @@ replayed exactly, by a resumed run or by a single process that keeps the ranks' 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.infer.blocks import block_importance, joined, num_blocks
+from pyro_vae.infer.importance import ImportanceResult
 from pyro_vae.infer.svi import DeviceSVI
 
 # How long a rank waits for the others in one collective before the job fails.
@@ -185,3 +188,31 @@ def broadcast_object(obj, world: World):
 def seed_rank(seed: int, world: World, epoch: int) -> None:
     """Seed this rank's streams (torch, NumPy, Python) for epoch ``epoch``."""
     pyro.set_rng_seed(rank_seed(seed, world.rank, epoch))
+
+
+def sharded_importance(
+    model, guide, x: torch.Tensor, *, num_samples: int, seed: int, world: World
+) -> ImportanceResult | None:
+    """Block-seeded importance sampling (:mod:`pyro_vae.infer.blocks`) of ``x`` shared among
+    the ranks: rank r computes blocks r, r + W, ...; rank 0 gathers them and returns the whole
+    estimate, bit for bit the one a single process computes block by block (the other ranks
+    return None)."""
+    blocks = range(world.rank, num_blocks(x.shape[0]), world.size)
+    mine = block_importance(model, guide, x, num_samples=num_samples, seed=seed, blocks=blocks)
+    mine = {b: _on_host(r) for b, r in mine.items()}
+    gathered = [None] * world.size if world.is_main else None
+    dist.gather_object(mine, gathered, dst=0)
+    if not world.is_main:
+        return None
+    return joined({b: r for part in gathered for b, r in part.items()})
+
+
+def _on_host(result: ImportanceResult) -> ImportanceResult:
+    return dataclasses.replace(
+        result,
+        **{
+            f.name: getattr(result, f.name).cpu()
+            for f in dataclasses.fields(result)
+            if isinstance(getattr(result, f.name), torch.Tensor)
+        },
+    )

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from pyro_vae import arviz_compat
+from pyro_vae.distributed import SINGLE, World, sharded_importance
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer import ais_log_likelihood, importance_log_likelihood
 from pyro_vae.infer.escalate import METHODS as AUTO_STAGES
@@ -165,9 +166,28 @@ def estimate(
     x: torch.Tensor,
     *,
     progress: bool | str | None = False,
-) -> Estimate:
-    """Run ``spec``'s estimator of log p(x) on every row of ``x``."""
+    world: World = SINGLE,
+    seed: int = 0,
+) -> Estimate | None:
+    """Run ``spec``'s estimator of log p(x) on every row of ``x``.
+
+    With ``world`` holding several ranks (:mod:`pyro_vae.distributed`), the ranks share the
+    rows in blocks seeded by ``seed`` and block (:func:`~pyro_vae.distributed.sharded_importance`;
+    IWAE only, so far); rank 0 returns the whole estimate, the others None.
+    """
     start = time.perf_counter()
+    if world.is_distributed:
+        if spec.method != "iwae":
+            raise ConfigError(
+                "several processes evaluate with {estimator.method} iwae only, so far; evaluate "
+                f"{spec.method} with one process"
+            )
+        r = sharded_importance(
+            model, guide, x, num_samples=spec.num_samples, seed=seed, world=world
+        )
+        if r is None:
+            return None
+        return _from_importance(r, time.perf_counter() - start, elbo=r.elbo)
     common = {"max_plate_nesting": 1, "progress": progress}
     if spec.method == "iwae":
         r = importance_log_likelihood(

@@ -104,6 +104,7 @@ class Evaluation:
     seed: int | None = None
     seconds: float | None = None
     bits_per_dim: float | None = None
+    processes: int | None = None  # computed by several processes, in seeded blocks
     evaluation_id: str | None = None
     # keys of a newer version's JSON, kept as they are
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -168,6 +169,7 @@ OPTIONAL = {
     "seconds_per_method",
     "stages",
     "bits_per_dim",
+    "processes",
     "evaluation_id",
 }
 

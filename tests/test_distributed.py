@@ -10,10 +10,14 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
+from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.distributed import World, check_shards, rank_seed, shard_bounds, world_from_env
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer import DeviceTrace_ELBO
+from pyro_vae.infer.blocks import block_importance, joined
 from pyro_vae.infer.optim import JointAdam
+from pyro_vae.jobs.loading import load_run
+from pyro_vae.runs import RunDir
 from tests.distributed_setup import BATCH, EPOCHS, SEED, N, data, fresh_vae, transform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +165,30 @@ def test_the_cli_trains_resumes_exactly_and_writes_once_from_rank_0(tmp_path):
     from pyro_vae.cli import main
 
     assert main(["evaluate", str(tmp_path / "split"), "--num-samples", "30", "--no-progress"]) == 0
+    # two processes evaluate it in seeded blocks: bit for bit what one process computes block
+    # by block, whatever the number of processes
+    sharded = _launch(
+        "evaluate", tmp_path / "split", "--num-samples", "40", "--no-progress", cwd=tmp_path
+    )
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert sharded.stdout.count("wrote ") == 1
+    (stored,) = RunDir(tmp_path / "split").select_evaluations(num_samples=40)
+    assert stored.evaluation.processes == 2
+    config, vae, _ = load_run(tmp_path / "split", "cpu")
+    x = prepare_splits(config, load_data(config), vae.likelihood, ("test",), fixed=True)["test"]
+    alone = block_importance(vae.model, vae.guide, x, num_samples=40, seed=config.train.seed)
+    per_point = stored.per_point()
+    assert torch.equal(per_point.log_px, joined(alone).log_px)
+    assert torch.equal(per_point.stderr, joined(alone).stderr)
+    some = block_importance(
+        vae.model, vae.guide, x, num_samples=40, seed=config.train.seed, blocks=[3, 1]
+    )
+    assert all(torch.equal(some[b].log_px, alone[b].log_px) for b in (1, 3))
+    refused = _launch(
+        "evaluate", tmp_path / "split", "--method", "ais", "--no-progress", cwd=tmp_path
+    )
+    assert refused.returncode != 0 and refused.stderr.count("pyro-vae: error:") == 1
+    assert "--method iwae only" in refused.stderr
 
 
 def test_a_refused_launch_says_why_once_and_leaves_nothing(tmp_path):

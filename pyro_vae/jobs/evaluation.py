@@ -14,6 +14,7 @@ import torch
 from pyro_vae import arviz_compat, registry
 from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.config import RunConfig
+from pyro_vae.distributed import SINGLE, World
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import EstimatorSpec, estimate
 from pyro_vae.infer.diagnostics import active_units, bounds_vs_k, guide_means, kl_per_dimension
@@ -56,8 +57,9 @@ def evaluate(
     precision: str = "fp32",
     progress: bool | str = False,
     method: str = "iwae",
+    world: World = SINGLE,
     **settings,
-) -> Evaluation:
+) -> Evaluation | None:
     """log p(x) against the ELBO on a split, kept in the run directory as
     ``evaluations/SETTING.json`` and ``.nc`` (one evaluation per setting: another split, method,
     K or precision adds one; the same setting replaces its earlier one).
@@ -72,18 +74,28 @@ def evaluate(
     ``precision="bf16"`` runs the networks in bfloat16 (faster on hardware with bf16 matrix
     units; log-densities stay float32): an approximation of the float32 estimate, recorded in the
     summary, and :func:`compare` refuses to rank it against float32 evaluations.
+
+    With ``world`` holding several ranks (a torchrun launch), the ranks share the datapoints in
+    seeded blocks (:func:`~pyro_vae.distributed.sharded_importance`, IWAE only): the numbers do
+    not depend on the number of processes, and ``processes`` records it; rank 0 writes and
+    returns the evaluation, the other ranks return None.
     """
     dtype = registry.build_precision(precision)
     spec = EstimatorSpec(method=method, num_samples=num_samples, chunk_size=chunk_size, **settings)
     config, vae, meta = load_run(run_dir, device)
-    RunDir(run_dir).check_writable()  # before the computation, whose result must go somewhere
+    if world.is_main:
+        RunDir(run_dir).check_writable()  # before the computation, whose result must go somewhere
     data = prepare_splits(config, load_data(config), vae.likelihood, (split,), fixed=True)
     x = data[split].to(next(vae.parameters()).device)
     if method != "ais":  # the others keep K x N log weights for k-hat
         check_log_weights_fit(num_samples, x.shape[0])
     pyro.set_rng_seed(config.train.seed)
     with vae.precision(dtype):
-        result = estimate(spec, vae.model, vae.guide, x, progress=progress)
+        result = estimate(
+            spec, vae.model, vae.guide, x, progress=progress, world=world, seed=config.train.seed
+        )
+    if result is None:  # a rank other than 0: its blocks went to rank 0
+        return None
     per_point = PerPoint(
         log_px=result.log_px,
         elbo=result.elbo,
@@ -135,6 +147,7 @@ def evaluate(
             "levels": meta.get("levels"),
             **_run_fields(config, meta),
             "seconds": result.seconds,
+            "processes": world.size if world.is_distributed else None,
         }
     )
     bpd = bits_per_dim(summary["log_px"], meta["data_dim"], vae.likelihood, config, meta)
