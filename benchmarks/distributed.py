@@ -1,11 +1,13 @@
-"""Training steps on one process against two (torchrun, gloo) on the same machine, in one run.
+"""Training and evaluation on one process against two (torchrun, gloo) on one machine, in one run.
 
 The bench model (784-512-512-50 MLP, Bernoulli likelihood, Trace_ELBO) is trained for one
-warm-up epoch and then timed for one epoch of global minibatches of 128 rows, first in one
+warm-up epoch and then timed for one epoch of global minibatches of 128 rows; then its IWAE
+evaluation in seeded blocks (K importance samples on the test images) is timed. First in one
 process with all the machine's threads, then in two processes of half the threads each,
-launched by torchrun. Prints ms per step and the ratio.
+launched by torchrun. Prints ms per step, evaluation seconds and the ratios.
 
-Usage: python benchmarks/distributed.py [--rows N] [--threads T] [--json PATH]
+Usage: python benchmarks/distributed.py [--rows N] [--eval-rows M] [--num-samples K]
+[--threads T] [--json PATH]
 (internally, ``--worker OUT`` is one process's part).
 """
 
@@ -24,8 +26,9 @@ import torch
 from bench import DATA_DIM, HIDDEN, LATENT, load_images
 
 from pyro_vae.config import ModelConfig
-from pyro_vae.distributed import init_process_group, world_from_env
+from pyro_vae.distributed import init_process_group, sharded_importance, world_from_env
 from pyro_vae.infer import DeviceTrace_ELBO
+from pyro_vae.infer.blocks import block_importance
 from pyro_vae.registry import build_vae
 from pyro_vae.training import Trainer
 
@@ -33,7 +36,7 @@ BATCH = 128
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker(out: Path, rows: int, threads: int) -> None:
+def worker(out: Path, rows: int, threads: int, eval_rows: int, num_samples: int) -> None:
     """Time one epoch on this process (of one, or of a torchrun launch)."""
     torch.set_num_threads(threads)
     world = world_from_env()
@@ -58,10 +61,26 @@ def worker(out: Path, rows: int, threads: int) -> None:
         start = time.perf_counter()
         trainer.train_epoch()
         seconds = time.perf_counter() - start
+        test, _ = load_images(eval_rows, device, split="test")
+        start = time.perf_counter()
+        if world.is_distributed:
+            sharded_importance(
+                vae.model, vae.guide, test, num_samples=num_samples, seed=0, world=world
+            )
+        else:
+            block_importance(vae.model, vae.guide, test, num_samples=num_samples, seed=0)
+        eval_seconds = time.perf_counter() - start
     if world.is_main:
         steps = trainer.steps_per_epoch
         out.write_text(
-            json.dumps({"ms_per_step": 1000 * seconds / steps, "steps": steps, "data": source})
+            json.dumps(
+                {
+                    "ms_per_step": 1000 * seconds / steps,
+                    "steps": steps,
+                    "eval_seconds": eval_seconds,
+                    "data": source,
+                }
+            )
         )
     if world.is_distributed:
         torch.distributed.destroy_process_group()
@@ -77,12 +96,14 @@ def run(command: list[str], out: Path, env: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=128 * 40, help="training rows (default 5120)")
+    parser.add_argument("--eval-rows", type=int, default=512, help="test images (default 512)")
+    parser.add_argument("--num-samples", type=int, default=1000, help="K (default 1000)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
-        worker(args.worker, args.rows, args.threads)
+        worker(args.worker, args.rows, args.threads, args.eval_rows, args.num_samples)
         return 0
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'benchmarks'}"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
@@ -90,12 +111,13 @@ def main(argv=None) -> int:
     here = Path(__file__).resolve()
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"pyro_vae_distributed_{os.getpid()}"
     scratch.mkdir(parents=True, exist_ok=True)
+    sizes = ["--rows", str(args.rows), "--eval-rows", str(args.eval_rows)]
+    sizes += ["--num-samples", str(args.num_samples)]
     one = run(
         [
             sys.executable,
             str(here),
-            "--rows",
-            str(args.rows),
+            *sizes,
             "--threads",
             str(args.threads),
             "--worker",
@@ -113,8 +135,7 @@ def main(argv=None) -> int:
             "--standalone",
             "--nproc_per_node=2",
             str(here),
-            "--rows",
-            str(args.rows),
+            *sizes,
             "--threads",
             str(half),
             "--worker",
@@ -130,6 +151,11 @@ def main(argv=None) -> int:
         "one_process_ms_per_step": one["ms_per_step"],
         "two_processes_ms_per_step": two["ms_per_step"],
         "ratio_two_over_one": two["ms_per_step"] / one["ms_per_step"],
+        "eval_rows": args.eval_rows,
+        "num_samples": args.num_samples,
+        "one_process_eval_seconds": one["eval_seconds"],
+        "two_processes_eval_seconds": two["eval_seconds"],
+        "eval_ratio_two_over_one": two["eval_seconds"] / one["eval_seconds"],
         "data": one["data"],
         "torch": torch.__version__,
         "pyro": pyro.__version__,
@@ -138,6 +164,11 @@ def main(argv=None) -> int:
         f"training, global batch {BATCH}, {one['steps']} steps: one process x {args.threads} "
         f"threads {one['ms_per_step']:.2f} ms/step, two processes x {half} threads "
         f"{two['ms_per_step']:.2f} ms/step (gloo), ratio {result['ratio_two_over_one']:.2f}"
+    )
+    print(
+        f"IWAE evaluation in seeded blocks, K={args.num_samples} on {args.eval_rows} test "
+        f"images: one process {one['eval_seconds']:.2f} s, two processes "
+        f"{two['eval_seconds']:.2f} s, ratio {result['eval_ratio_two_over_one']:.2f}"
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

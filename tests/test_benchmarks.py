@@ -116,6 +116,10 @@ def test_distributed_benchmark_json_interface(tmp_path):
             str(ROOT / "benchmarks" / "distributed.py"),
             "--rows",
             "512",
+            "--eval-rows",
+            "64",
+            "--num-samples",
+            "50",
             "--json",
             str(out),
         ],
@@ -128,4 +132,7 @@ def test_distributed_benchmark_json_interface(tmp_path):
     assert d["one_process_ms_per_step"] > 0 and d["two_processes_ms_per_step"] > 0
     assert d["ratio_two_over_one"] == pytest.approx(
         d["two_processes_ms_per_step"] / d["one_process_ms_per_step"]
+    )
+    assert d["eval_ratio_two_over_one"] == pytest.approx(
+        d["two_processes_eval_seconds"] / d["one_process_eval_seconds"]
     )
