@@ -150,7 +150,9 @@ def test_the_cli_trains_resumes_exactly_and_writes_once_from_rank_0(tmp_path):
         cwd=tmp_path,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.count("digits (test split") == 1  # rank 0 alone evaluates, prints
+    assert resumed.stdout.count("digits (test split") == 1  # rank 0 alone prints
+    (final,) = RunDir(tmp_path / "split").select_evaluations(num_samples=25)
+    assert final.evaluation.processes == 2  # the ranks shared the final evaluation
     a, b = (
         torch.load(tmp_path / r / "checkpoint.pt", weights_only=True) for r in ("whole", "split")
     )

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pyro_vae import registry
 from pyro_vae.build import build
 from pyro_vae.config import RunConfig
@@ -111,6 +113,8 @@ def _train_claimed(
     if not writes:
         while trainer.epoch < config.train.epochs:
             history.append(trainer.train_epoch())
+        if _evaluates_after(world, None):  # with rank 0, in shared blocks
+            evaluate(run.path, num_samples=config.train.eval_samples, world=world)
         return TrainResult(run.path, history, None)
     run.write_config(config)
     if trainer.epoch >= config.train.epochs:
@@ -122,6 +126,7 @@ def _train_claimed(
                 f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
                 f"of {config.train.epochs} and evaluated ({done[0].json_path})"
             )
+            _evaluates_after(world, False)
             return TrainResult(run.path, history, done[0].evaluation)
         echo(
             f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
@@ -141,10 +146,21 @@ def _train_claimed(
                 f"beta {stats.beta:.3g}  ({stats.seconds:.2f} s)"
             )
     evaluation = None
-    if evaluate_at_end:
-        evaluation = evaluate(run.path, num_samples=config.train.eval_samples, progress=progress)
+    if _evaluates_after(world, evaluate_at_end):
+        evaluation = evaluate(
+            run.path, num_samples=config.train.eval_samples, progress=progress, world=world
+        )
         echo(format_evaluation(evaluation))
     return TrainResult(run.path, history, evaluation)
+
+
+def _evaluates_after(world: World, decision: bool | None) -> bool:
+    """Whether the run is evaluated now: rank 0's ``decision``, sent to every rank once rank 0
+    has written the last checkpoint (the others read it to evaluate their blocks)."""
+    if not world.is_distributed:
+        return bool(decision)
+    torch.distributed.barrier()
+    return bool(broadcast_object(decision, world))
 
 
 def _check_new_run_dir(run: RunDir) -> None:
