@@ -26,9 +26,14 @@ import torch
 from bench import DATA_DIM, HIDDEN, LATENT, load_images
 
 from pyro_vae.config import ModelConfig
-from pyro_vae.distributed import init_process_group, sharded_importance, world_from_env
+from pyro_vae.distributed import (
+    init_process_group,
+    sharded,
+    sharded_importance,
+    world_from_env,
+)
 from pyro_vae.infer import DeviceTrace_ELBO
-from pyro_vae.infer.blocks import block_importance
+from pyro_vae.infer.blocks import ais_estimator, block_importance, by_blocks
 from pyro_vae.registry import build_vae
 from pyro_vae.training import Trainer
 
@@ -36,7 +41,15 @@ BATCH = 128
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker(out: Path, rows: int, threads: int, eval_rows: int, num_samples: int) -> None:
+def worker(
+    out: Path,
+    rows: int,
+    threads: int,
+    eval_rows: int,
+    num_samples: int,
+    ais_rows: int,
+    ais_steps: int,
+) -> None:
     """Time one epoch on this process (of one, or of a torchrun launch)."""
     torch.set_num_threads(threads)
     world = world_from_env()
@@ -70,6 +83,15 @@ def worker(out: Path, rows: int, threads: int, eval_rows: int, num_samples: int)
         else:
             block_importance(vae.model, vae.guide, test, num_samples=num_samples, seed=0)
         eval_seconds = time.perf_counter() - start
+        ais = ais_estimator(
+            vae.model, vae.guide, num_steps=ais_steps, num_chains=16, max_plate_nesting=1
+        )
+        start = time.perf_counter()
+        if world.is_distributed:
+            sharded(ais, test[:ais_rows], seed=0, world=world)
+        else:
+            by_blocks(ais, test[:ais_rows], seed=0)
+        ais_seconds = time.perf_counter() - start
     if world.is_main:
         steps = trainer.steps_per_epoch
         out.write_text(
@@ -78,6 +100,7 @@ def worker(out: Path, rows: int, threads: int, eval_rows: int, num_samples: int)
                     "ms_per_step": 1000 * seconds / steps,
                     "steps": steps,
                     "eval_seconds": eval_seconds,
+                    "ais_seconds": ais_seconds,
                     "data": source,
                 }
             )
@@ -98,12 +121,22 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=128 * 40, help="training rows (default 5120)")
     parser.add_argument("--eval-rows", type=int, default=512, help="test images (default 512)")
     parser.add_argument("--num-samples", type=int, default=1000, help="K (default 1000)")
+    parser.add_argument("--ais-rows", type=int, default=128, help="AIS test images (default 128)")
+    parser.add_argument("--ais-steps", type=int, default=50, help="AIS steps T (default 50)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
-        worker(args.worker, args.rows, args.threads, args.eval_rows, args.num_samples)
+        worker(
+            args.worker,
+            args.rows,
+            args.threads,
+            args.eval_rows,
+            args.num_samples,
+            args.ais_rows,
+            args.ais_steps,
+        )
         return 0
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'benchmarks'}"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
@@ -113,6 +146,7 @@ def main(argv=None) -> int:
     scratch.mkdir(parents=True, exist_ok=True)
     sizes = ["--rows", str(args.rows), "--eval-rows", str(args.eval_rows)]
     sizes += ["--num-samples", str(args.num_samples)]
+    sizes += ["--ais-rows", str(args.ais_rows), "--ais-steps", str(args.ais_steps)]
     one = run(
         [
             sys.executable,
@@ -156,6 +190,11 @@ def main(argv=None) -> int:
         "one_process_eval_seconds": one["eval_seconds"],
         "two_processes_eval_seconds": two["eval_seconds"],
         "eval_ratio_two_over_one": two["eval_seconds"] / one["eval_seconds"],
+        "ais_rows": args.ais_rows,
+        "ais_steps": args.ais_steps,
+        "one_process_ais_seconds": one["ais_seconds"],
+        "two_processes_ais_seconds": two["ais_seconds"],
+        "ais_ratio_two_over_one": two["ais_seconds"] / one["ais_seconds"],
         "data": one["data"],
         "torch": torch.__version__,
         "pyro": pyro.__version__,
@@ -169,6 +208,11 @@ def main(argv=None) -> int:
         f"IWAE evaluation in seeded blocks, K={args.num_samples} on {args.eval_rows} test "
         f"images: one process {one['eval_seconds']:.2f} s, two processes "
         f"{two['eval_seconds']:.2f} s, ratio {result['eval_ratio_two_over_one']:.2f}"
+    )
+    print(
+        f"AIS evaluation in seeded blocks, T={args.ais_steps}, 16 chains on {args.ais_rows} "
+        f"test images: one process {one['ais_seconds']:.2f} s, two processes "
+        f"{two['ais_seconds']:.2f} s, ratio {result['ais_ratio_two_over_one']:.2f}"
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.blocks import block_importance, joined, num_blocks
+from pyro_vae.infer.blocks import by_blocks, importance_estimator, joined, num_blocks
 from pyro_vae.infer.importance import ImportanceResult
 from pyro_vae.infer.svi import DeviceSVI
 
@@ -190,15 +190,13 @@ def seed_rank(seed: int, world: World, epoch: int) -> None:
     pyro.set_rng_seed(rank_seed(seed, world.rank, epoch))
 
 
-def sharded_importance(
-    model, guide, x: torch.Tensor, *, num_samples: int, seed: int, world: World
-) -> ImportanceResult | None:
-    """Block-seeded importance sampling (:mod:`pyro_vae.infer.blocks`) of ``x`` shared among
+def sharded(estimator, x: torch.Tensor, *, seed: int, world: World):
+    """A block-seeded estimator (:func:`pyro_vae.infer.blocks.by_blocks`) of ``x`` shared among
     the ranks: rank r computes blocks r, r + W, ...; rank 0 gathers them and returns the whole
     estimate, bit for bit the one a single process computes block by block (the other ranks
     return None)."""
     blocks = range(world.rank, num_blocks(x.shape[0]), world.size)
-    mine = block_importance(model, guide, x, num_samples=num_samples, seed=seed, blocks=blocks)
+    mine = by_blocks(estimator, x, seed=seed, blocks=blocks)
     mine = {b: _on_host(r) for b, r in mine.items()}
     gathered = [None] * world.size if world.is_main else None
     dist.gather_object(mine, gathered, dst=0)
@@ -207,7 +205,15 @@ def sharded_importance(
     return joined({b: r for part in gathered for b, r in part.items()})
 
 
-def _on_host(result: ImportanceResult) -> ImportanceResult:
+def sharded_importance(
+    model, guide, x: torch.Tensor, *, num_samples: int, seed: int, world: World
+) -> ImportanceResult | None:
+    """IWAE of ``x`` in seeded blocks shared among the ranks (:func:`sharded`)."""
+    estimator = importance_estimator(model, guide, num_samples=num_samples)
+    return sharded(estimator, x, seed=seed, world=world)
+
+
+def _on_host(result):
     return dataclasses.replace(
         result,
         **{

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from pyro_vae import arviz_compat
-from pyro_vae.distributed import SINGLE, World, sharded_importance
+from pyro_vae.distributed import SINGLE, World, sharded
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer import ais_log_likelihood, importance_log_likelihood
+from pyro_vae.infer.blocks import ais_estimator, importance_estimator
 from pyro_vae.infer.escalate import METHODS as AUTO_STAGES
 from pyro_vae.infer.escalate import PSIS_MIN_SAMPLES as AUTO_MIN_SAMPLES
 from pyro_vae.infer.escalate import auto_log_likelihood
@@ -172,22 +173,12 @@ def estimate(
     """Run ``spec``'s estimator of log p(x) on every row of ``x``.
 
     With ``world`` holding several ranks (:mod:`pyro_vae.distributed`), the ranks share the
-    rows in blocks seeded by ``seed`` and block (:func:`~pyro_vae.distributed.sharded_importance`;
-    IWAE only, so far); rank 0 returns the whole estimate, the others None.
+    rows in blocks seeded by ``seed`` and block (:func:`~pyro_vae.distributed.sharded`; IWAE
+    and AIS, so far); rank 0 returns the whole estimate, the others None.
     """
     start = time.perf_counter()
     if world.is_distributed:
-        if spec.method != "iwae":
-            raise ConfigError(
-                "several processes evaluate with {estimator.method} iwae only, so far; evaluate "
-                f"{spec.method} with one process"
-            )
-        r = sharded_importance(
-            model, guide, x, num_samples=spec.num_samples, seed=seed, world=world
-        )
-        if r is None:
-            return None
-        return _from_importance(r, time.perf_counter() - start, elbo=r.elbo)
+        return _sharded_estimate(spec, model, guide, x, seed, world, start)
     common = {"max_plate_nesting": 1, "progress": progress}
     if spec.method == "iwae":
         r = importance_log_likelihood(
@@ -216,18 +207,7 @@ def estimate(
         return _from_importance(r, seconds, elbo=_guide_elbo(model, guide, x))
     if spec.method == "ais":
         r = ais_log_likelihood(model, guide, x, **_ais_settings(spec), **common)
-        seconds = time.perf_counter() - start
-        log_px = r.log_px.cpu().double()
-        return Estimate(
-            log_px=log_px,
-            elbo=_guide_elbo(model, guide, x),
-            ess=r.ess.cpu().double(),
-            stderr=r.stderr.cpu().double(),
-            khat=torch.full_like(log_px, math.nan),
-            seconds=seconds,
-            acceptance=r.acceptance.cpu().double(),
-            summary={"acceptance_mean": float(r.acceptance.mean())},
-        )
+        return _from_ais(r, time.perf_counter() - start, elbo=_guide_elbo(model, guide, x))
     r = auto_log_likelihood(
         model,
         guide,
@@ -260,6 +240,40 @@ def estimate(
             "seconds_per_method": {k: round(v, 3) for k, v in r.seconds.items()},
             "stages": list(AUTO_STAGES),
         },
+    )
+
+
+def _sharded_estimate(spec, model, guide, x, seed, world, start) -> Estimate | None:
+    """:func:`estimate` on several ranks: IWAE or AIS in seeded blocks shared among them."""
+    if spec.method == "iwae":
+        estimator = importance_estimator(model, guide, num_samples=spec.num_samples)
+    elif spec.method == "ais":
+        estimator = ais_estimator(model, guide, **_ais_settings(spec), max_plate_nesting=1)
+    else:
+        raise ConfigError(
+            "several processes evaluate with {estimator.method} iwae or ais only, so far; "
+            f"evaluate {spec.method} with one process"
+        )
+    r = sharded(estimator, x, seed=seed, world=world)
+    if r is None:
+        return None
+    seconds = time.perf_counter() - start
+    if spec.method == "iwae":
+        return _from_importance(r, seconds, elbo=r.elbo)
+    return _from_ais(r, seconds, elbo=_guide_elbo(model, guide, x))
+
+
+def _from_ais(r, seconds: float, *, elbo: torch.Tensor) -> Estimate:
+    log_px = r.log_px.cpu().double()
+    return Estimate(
+        log_px=log_px,
+        elbo=elbo,
+        ess=r.ess.cpu().double(),
+        stderr=r.stderr.cpu().double(),
+        khat=torch.full_like(log_px, math.nan),
+        seconds=seconds,
+        acceptance=r.acceptance.cpu().double(),
+        summary={"acceptance_mean": float(r.acceptance.mean())},
     )
 
 

@@ -120,6 +120,10 @@ def test_distributed_benchmark_json_interface(tmp_path):
             "64",
             "--num-samples",
             "50",
+            "--ais-rows",
+            "16",
+            "--ais-steps",
+            "3",
             "--json",
             str(out),
         ],
@@ -135,4 +139,7 @@ def test_distributed_benchmark_json_interface(tmp_path):
     )
     assert d["eval_ratio_two_over_one"] == pytest.approx(
         d["two_processes_eval_seconds"] / d["one_process_eval_seconds"]
+    )
+    assert d["ais_ratio_two_over_one"] == pytest.approx(
+        d["two_processes_ais_seconds"] / d["one_process_ais_seconds"]
     )

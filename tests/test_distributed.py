@@ -14,7 +14,7 @@ from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.distributed import World, check_shards, rank_seed, shard_bounds, world_from_env
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer import DeviceTrace_ELBO
-from pyro_vae.infer.blocks import block_importance, joined
+from pyro_vae.infer.blocks import ais_estimator, block_importance, by_blocks, joined
 from pyro_vae.infer.optim import JointAdam
 from pyro_vae.jobs.loading import load_run
 from pyro_vae.runs import RunDir
@@ -186,11 +186,22 @@ def test_the_cli_trains_resumes_exactly_and_writes_once_from_rank_0(tmp_path):
         vae.model, vae.guide, x, num_samples=40, seed=config.train.seed, blocks=[3, 1]
     )
     assert all(torch.equal(some[b].log_px, alone[b].log_px) for b in (1, 3))
+    # AIS too: its pilot run and chains per block, from the block's stream
+    ais = ("--method", "ais", "--ais-steps", "5", "--ais-chains", "4", "--ais-leapfrog", "2")
+    shared = _launch("evaluate", tmp_path / "split", *ais, "--no-progress", cwd=tmp_path)
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    (stored,) = RunDir(tmp_path / "split").select_evaluations(method="ais")
+    estimator = ais_estimator(
+        vae.model, vae.guide, num_steps=5, num_chains=4, num_leapfrog=2, max_plate_nesting=1
+    )
+    alone = joined(by_blocks(estimator, x, seed=config.train.seed))
+    assert stored.evaluation.processes == 2
+    assert torch.equal(stored.per_point().log_px, alone.log_px.double())
     refused = _launch(
-        "evaluate", tmp_path / "split", "--method", "ais", "--no-progress", cwd=tmp_path
+        "evaluate", tmp_path / "split", "--method", "refined", "--no-progress", cwd=tmp_path
     )
     assert refused.returncode != 0 and refused.stderr.count("pyro-vae: error:") == 1
-    assert "--method iwae only" in refused.stderr
+    assert "--method iwae or ais only" in refused.stderr
 
 
 def test_a_refused_launch_says_why_once_and_leaves_nothing(tmp_path):

@@ -12,11 +12,15 @@ every W-th block each (:func:`pyro_vae.distributed.sharded_importance`) agree bi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import numpy as np
 import torch
 
+from pyro_vae.infer.ais import AISResult, ais_log_likelihood
 from pyro_vae.infer.importance import ImportanceResult, importance_log_likelihood
+
+R = TypeVar("R", ImportanceResult, AISResult)
 
 BLOCK_ROWS = 64
 # Values (particles x rows x values per row) of one pass of a block: a fixed budget (not the
@@ -34,6 +38,64 @@ def block_seed(seed: int, block: int) -> int:
     return int(np.random.SeedSequence([seed, block, 0x1B10C]).generate_state(1)[0])
 
 
+def by_blocks(
+    estimator: Callable[[torch.Tensor], R],
+    x: torch.Tensor,
+    *,
+    seed: int,
+    blocks: Iterable[int] | None = None,
+    block_rows: int = BLOCK_ROWS,
+) -> dict[int, R]:
+    """``estimator(rows)`` of each of the ``blocks`` of ``x`` (all when None): block b is rows
+    ``b * block_rows`` up to ``(b + 1) * block_rows``, its draws from the stream
+    :func:`block_seed` gives it. ``estimator`` must size its passes from its rows alone (not
+    from free memory). The caller's random streams are left as they were."""
+    total = num_blocks(x.shape[0], block_rows)
+    wanted = range(total) if blocks is None else blocks
+    devices = [x.device] if x.device.type == "cuda" else []
+    out = {}
+    with torch.random.fork_rng(devices=devices):
+        for b in wanted:
+            if not 0 <= b < total:
+                raise ValueError(f"block {b} is outside the {total} blocks of the data")
+            torch.manual_seed(block_seed(seed, b))
+            out[b] = estimator(x[b * block_rows : (b + 1) * block_rows])
+    return out
+
+
+def importance_estimator(
+    model: Callable, guide: Callable, *, num_samples: int, block_rows: int = BLOCK_ROWS, **kw
+) -> Callable[[torch.Tensor], ImportanceResult]:
+    """IWAE on one block, in passes sized by the block and K alone, log weights kept."""
+
+    def estimator(rows: torch.Tensor) -> ImportanceResult:
+        per_point = max(1, rows[0].numel())
+        chunk = max(1, min(num_samples, PASS_VALUES // (block_rows * per_point)))
+        return importance_log_likelihood(
+            model,
+            guide,
+            rows,
+            num_samples=num_samples,
+            chunk_size=chunk,
+            batch_size=rows.shape[0],
+            keep_log_weights=True,
+            **kw,
+        )
+
+    return estimator
+
+
+def ais_estimator(
+    model: Callable, guide: Callable, **settings
+) -> Callable[[torch.Tensor], AISResult]:
+    """AIS on one block, all of its rows in one batch."""
+
+    def estimator(rows: torch.Tensor) -> AISResult:
+        return ais_log_likelihood(model, guide, rows, batch_size=rows.shape[0], **settings)
+
+    return estimator
+
+
 def block_importance(
     model: Callable,
     guide: Callable,
@@ -46,34 +108,18 @@ def block_importance(
     max_plate_nesting: int | None = None,
 ) -> dict[int, ImportanceResult]:
     """The importance-sampled estimates (with their log weights) of the ``blocks`` of ``x``
-    (all when None): block b is rows ``b * block_rows`` up to ``(b + 1) * block_rows``, drawn
-    from the stream :func:`block_seed` gives it. The caller's random streams are left as they
-    were."""
-    total = num_blocks(x.shape[0], block_rows)
-    wanted = range(total) if blocks is None else blocks
-    per_point = max(1, x[0].numel())
-    chunk = max(1, min(num_samples, PASS_VALUES // (block_rows * per_point)))
-    devices = [x.device] if x.device.type == "cuda" else []
-    out = {}
-    with torch.random.fork_rng(devices=devices):
-        for b in wanted:
-            if not 0 <= b < total:
-                raise ValueError(f"block {b} is outside the {total} blocks of the data")
-            torch.manual_seed(block_seed(seed, b))
-            rows = x[b * block_rows : (b + 1) * block_rows]
-            out[b] = importance_log_likelihood(
-                model,
-                guide,
-                rows,
-                num_samples=num_samples,
-                chunk_size=chunk,
-                batch_size=rows.shape[0],
-                max_plate_nesting=max_plate_nesting,
-                keep_log_weights=True,
-            )
-    return out
+    (all when None), each drawn from its own stream (:func:`by_blocks`)."""
+    estimator = importance_estimator(
+        model,
+        guide,
+        num_samples=num_samples,
+        block_rows=block_rows,
+        max_plate_nesting=max_plate_nesting,
+    )
+    return by_blocks(estimator, x, seed=seed, blocks=blocks, block_rows=block_rows)
 
 
-def joined(results: dict[int, ImportanceResult]) -> ImportanceResult:
-    """Every block's estimate, joined in block order."""
-    return ImportanceResult.concat([results[b] for b in sorted(results)])
+def joined(results: dict[int, R]) -> R:
+    """Every block's estimate (ImportanceResult or AISResult), joined in block order."""
+    parts = [results[b] for b in sorted(results)]
+    return type(parts[0]).concat(parts)

@@ -76,7 +76,7 @@ def evaluate(
     summary, and :func:`compare` refuses to rank it against float32 evaluations.
 
     With ``world`` holding several ranks (a torchrun launch), the ranks share the datapoints in
-    seeded blocks (:func:`~pyro_vae.distributed.sharded_importance`, IWAE only): the numbers do
+    seeded blocks (:func:`~pyro_vae.distributed.sharded`, IWAE and AIS): the numbers do
     not depend on the number of processes, and ``processes`` records it; rank 0 writes and
     returns the evaluation, the other ranks return None.
     """
