@@ -90,7 +90,9 @@ class Built:
         )
 
 
-def build(config: RunConfig, *, splits: tuple[str, ...] = ("train", "val")) -> Built:
+def build(
+    config: RunConfig, *, splits: tuple[str, ...] = ("train", "val"), world: World = SINGLE
+) -> Built:
     """Everything ``config`` describes, made once: the device, the data set and its ``splits``
     (checked against the likelihood), the per-minibatch transform, the VAE (a fresh Pyro param
     store, the networks initialised from ``train.seed``), the objective, the optimiser, the KL
@@ -99,7 +101,7 @@ def build(config: RunConfig, *, splits: tuple[str, ...] = ("train", "val")) -> B
     device = resolve_device(config.train.device)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.train.seed)
-    dataset = load_data(config)
+    dataset = load_data(config, world)
     likelihood = registry.build_likelihood(config.model, dataset.data_dim, dataset.levels)
     data = prepare_splits(config, dataset, likelihood, splits)
     vae = registry.build_vae(config.model, dataset.data_dim, dataset.levels).to(device)
@@ -127,9 +129,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_data(config: RunConfig) -> Dataset:
+def load_data(config: RunConfig, world: World = SINGLE) -> Dataset:
+    """The config's data set. With several ranks, rank 0 loads (and, if allowed, downloads) it
+    first and the others after it, so that one process writes the download cache."""
     d = config.data
-    return load_dataset(d.dataset, d.data_dir, download=d.download)
+    if world.is_distributed and not world.is_main:
+        torch.distributed.barrier()
+    try:
+        return load_dataset(d.dataset, d.data_dir, download=d.download and world.is_main)
+    finally:
+        if world.is_distributed and world.is_main:
+            torch.distributed.barrier()
 
 
 def prepare_splits(

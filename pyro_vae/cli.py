@@ -318,6 +318,11 @@ def run(argv: list[str] | None = None) -> int:
     if args.command is None:
         echo(parser.format_help().rstrip())
         return 0
+    if world_from_env().is_distributed and args.command not in ("train", "evaluate"):
+        raise ConfigError(
+            f"only train and evaluate run on several processes (torchrun); run {args.command} "
+            "with one"
+        )
     progress = _show_progress(args)
     if args.command == "train":
         if getattr(args, "resume", False) and not hasattr(args, "out"):
@@ -432,6 +437,11 @@ def _join_launch(device_name: str) -> World:
     world = world_from_env()
     if world.is_distributed:
         device = resolve_device(device_name)
+        if device.index is not None:
+            raise ConfigError(
+                f"with several processes each uses the device of its local rank: give the "
+                f"device as {device.type}, not {device}"
+            )
         if device.type == "cuda":
             torch.cuda.set_device(world.local_rank)
         init_process_group(world, device)

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.infer.blocks import by_blocks, importance_estimator, joined, num_blocks
 from pyro_vae.infer.importance import ImportanceResult
 from pyro_vae.infer.svi import DeviceSVI
@@ -196,12 +196,19 @@ def sharded(estimator, x: torch.Tensor, *, seed: int, world: World):
     estimate, bit for bit the one a single process computes block by block (the other ranks
     return None)."""
     blocks = range(world.rank, num_blocks(x.shape[0]), world.size)
-    mine = by_blocks(estimator, x, seed=seed, blocks=blocks)
-    mine = {b: _on_host(r) for b, r in mine.items()}
+    try:
+        mine = {
+            b: _on_host(r) for b, r in by_blocks(estimator, x, seed=seed, blocks=blocks).items()
+        }
+    except PyroVAEError as e:  # its message goes to rank 0, which raises it: the others return
+        mine = _Failed(type(e).__name__, world.rank, e.template)
     gathered = [None] * world.size if world.is_main else None
     dist.gather_object(mine, gathered, dst=0)
     if not world.is_main:
         return None
+    for part in gathered:
+        if isinstance(part, _Failed):
+            raise PyroVAEError(f"on rank {part.rank}: {part.template}")
     return joined({b: r for part in gathered for b, r in part.items()})
 
 
@@ -209,8 +216,17 @@ def sharded_importance(
     model, guide, x: torch.Tensor, *, num_samples: int, seed: int, world: World
 ) -> ImportanceResult | None:
     """IWAE of ``x`` in seeded blocks shared among the ranks (:func:`sharded`)."""
-    estimator = importance_estimator(model, guide, num_samples=num_samples)
+    estimator = importance_estimator(model, guide, num_samples=num_samples, max_plate_nesting=1)
     return sharded(estimator, x, seed=seed, world=world)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A rank's failed share (exceptions with keyword fields do not pickle)."""
+
+    kind: str
+    rank: int
+    template: str
 
 
 def _on_host(result):

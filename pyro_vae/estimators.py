@@ -245,8 +245,15 @@ def estimate(
 
 def _sharded_estimate(spec, model, guide, x, seed, world, start) -> Estimate | None:
     """:func:`estimate` on several ranks: IWAE or AIS in seeded blocks shared among them."""
+    if spec.chunk_size is not None:
+        raise ConfigError(
+            "with several processes the passes are sized by the blocks, not by "
+            "{estimator.chunk_size}: leave it out"
+        )
     if spec.method == "iwae":
-        estimator = importance_estimator(model, guide, num_samples=spec.num_samples)
+        estimator = importance_estimator(
+            model, guide, num_samples=spec.num_samples, max_plate_nesting=1
+        )
     elif spec.method == "ais":
         estimator = ais_estimator(model, guide, **_ais_settings(spec), max_plate_nesting=1)
     else:

@@ -203,6 +203,10 @@ class Trainer:
             self.step += 1
             bar.update()
             if self.step % self.log_every == 0:
+                if world.is_distributed:  # every rank decides on the minibatch's loss
+                    loss = loss.clone()
+                    torch.distributed.all_reduce(loss)
+                    loss = loss / world.size
                 value = -float(loss) / n
                 self._check_finite(value)
                 bar.set_postfix(elbo=f"{value:.2f}", beta=f"{beta:.2f}")

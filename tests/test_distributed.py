@@ -212,3 +212,35 @@ def test_a_refused_launch_says_why_once_and_leaves_nothing(tmp_path):
     assert done.stderr.count("pyro-vae: error:") == 1
     assert "cannot be split among 2 processes" in done.stderr and "--batch-size" in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_blocks_failure_names_its_rows_in_the_whole_data():
+    from pyro_vae.errors import NonFiniteEstimate, UnsupportedDataError
+
+    vae = fresh_vae()
+    x = torch.bernoulli(torch.full((130, 6), 0.5, dtype=torch.float64))
+    x[70, 2] = float("nan")
+    with pytest.raises(UnsupportedDataError) as e, pyro.validation_enabled(False):
+        block_importance(vae.model, vae.guide, x, num_samples=3, seed=0)
+    assert str(e.value).startswith("in rows 64-127 (rows below counted from 64): ")
+
+    def failing(rows):
+        if rows.shape[0] == 64 and torch.isnan(rows).any():
+            raise NonFiniteEstimate("log p(x) is NaN", datapoints=[6])
+        return rows
+
+    with pytest.raises(NonFiniteEstimate) as e:
+        by_blocks(failing, x, seed=0)
+    assert e.value.datapoints == [70]  # row 6 of the block starting at 64
+
+
+def test_only_train_and_evaluate_run_under_a_launch(monkeypatch, capsys, tmp_path):
+    from pyro_vae.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "only train and evaluate run on several processes" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")  # the other ranks print nothing
+    assert main(["plot", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ""

@@ -17,6 +17,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from pyro_vae.errors import PyroVAEError, library_name
 from pyro_vae.infer.ais import AISResult, ais_log_likelihood
 from pyro_vae.infer.importance import ImportanceResult, importance_log_likelihood
 
@@ -59,8 +60,22 @@ def by_blocks(
             if not 0 <= b < total:
                 raise ValueError(f"block {b} is outside the {total} blocks of the data")
             torch.manual_seed(block_seed(seed, b))
-            out[b] = estimator(x[b * block_rows : (b + 1) * block_rows])
+            lo = b * block_rows
+            rows = x[lo : lo + block_rows]
+            try:
+                out[b] = estimator(rows)
+            except PyroVAEError as e:
+                raise _in_rows(e, lo, lo + rows.shape[0]) from None
     return out
+
+
+def _in_rows(error: PyroVAEError, lo: int, hi: int) -> PyroVAEError:
+    """``error`` of the block of rows ``lo .. hi - 1``, its datapoints counted in all of x."""
+    if isinstance(getattr(error, "datapoints", None), list):
+        error.datapoints = [d + lo for d in error.datapoints]
+    error.template = f"in rows {lo}-{hi - 1} (rows below counted from {lo}): {error.template}"
+    error.args = (error.render(library_name),)
+    return error
 
 
 def importance_estimator(

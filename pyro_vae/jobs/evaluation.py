@@ -76,18 +76,20 @@ def evaluate(
     summary, and :func:`compare` refuses to rank it against float32 evaluations.
 
     With ``world`` holding several ranks (a torchrun launch), the ranks share the datapoints in
-    seeded blocks (:func:`~pyro_vae.distributed.sharded`, IWAE and AIS): the numbers do
-    not depend on the number of processes, and ``processes`` records it; rank 0 writes and
-    returns the evaluation, the other ranks return None.
+    seeded blocks (:func:`~pyro_vae.distributed.sharded`, IWAE and AIS): the numbers do not
+    depend on the number of processes (2 or more; one process draws as planned by its free
+    memory instead), and ``processes`` records it; rank 0 writes and returns the evaluation,
+    the other ranks return None. Every rank reads the run directory: on several machines it
+    must be on a filesystem they share.
     """
     dtype = registry.build_precision(precision)
     spec = EstimatorSpec(method=method, num_samples=num_samples, chunk_size=chunk_size, **settings)
     config, vae, meta = load_run(run_dir, device)
     if world.is_main:
         RunDir(run_dir).check_writable()  # before the computation, whose result must go somewhere
-    data = prepare_splits(config, load_data(config), vae.likelihood, (split,), fixed=True)
+    data = prepare_splits(config, load_data(config, world), vae.likelihood, (split,), fixed=True)
     x = data[split].to(next(vae.parameters()).device)
-    if method != "ais":  # the others keep K x N log weights for k-hat
+    if method != "ais" and world.is_main:  # K x N log weights for k-hat, on rank 0
         check_log_weights_fit(num_samples, x.shape[0])
     pyro.set_rng_seed(config.train.seed)
     with vae.precision(dtype):

@@ -85,7 +85,7 @@ def _train_claimed(
         else:
             _check_new_run_dir(run)
         run.check_writable()
-    built = build(config)
+    built = build(config, world=world)
     dataset = built.dataset
     if evaluate_at_end:  # before training, not after it
         check_log_weights_fit(config.train.eval_samples, dataset.split("test").shape[0])
