@@ -29,11 +29,10 @@ from pyro_vae.config import ModelConfig
 from pyro_vae.distributed import (
     init_process_group,
     sharded,
-    sharded_importance,
     world_from_env,
 )
 from pyro_vae.infer import DeviceTrace_ELBO
-from pyro_vae.infer.blocks import ais_estimator, block_importance, by_blocks
+from pyro_vae.infer.blocks import ais_estimator, block_importance, by_blocks, importance_estimator
 from pyro_vae.registry import build_vae
 from pyro_vae.training import Trainer
 
@@ -77,9 +76,8 @@ def worker(
         test, _ = load_images(eval_rows, device, split="test")
         start = time.perf_counter()
         if world.is_distributed:
-            sharded_importance(
-                vae.model, vae.guide, test, num_samples=num_samples, seed=0, world=world
-            )
+            iwae = importance_estimator(vae.model, vae.guide, num_samples=num_samples)
+            sharded(iwae, test, seed=0, world=world)
         else:
             block_importance(vae.model, vae.guide, test, num_samples=num_samples, seed=0)
         eval_seconds = time.perf_counter() - start

@@ -450,7 +450,10 @@ def _join_launch(device_name: str) -> World:
 
 def _is_main_rank() -> bool:
     """False on ranks other than 0 of a launch, which print no errors (rank 0 does)."""
-    return os.environ.get("RANK", "0") == "0"
+    try:
+        return world_from_env().is_main
+    except ConfigError:  # a launch's variables are broken: say so
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:

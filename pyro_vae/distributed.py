@@ -25,15 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyro
-import pyro.poutine as poutine
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.infer.blocks import by_blocks, importance_estimator, joined, num_blocks
-from pyro_vae.infer.importance import ImportanceResult
+from pyro_vae.infer.blocks import by_blocks, joined, num_blocks
 from pyro_vae.infer.svi import DeviceSVI
 
 # How long a rank waits for the others in one collective before the job fails.
@@ -154,17 +152,11 @@ class DistributedSVI(DeviceSVI):
         self.world = world
         self.ddp = DistributedDataParallel(_WeightedLoss(vae, loss))
 
-    def step(self, x, *, index, num_data, beta=1.0, weight=1.0) -> torch.Tensor:
-        """One step on this rank's shard ``x`` (its rows ``index`` of the ``num_data`` training
-        datapoints), its loss weighted by ``weight`` = W b_r / B."""
-        with poutine.trace(param_only=True) as param_capture:
-            loss = self.ddp(x, index, num_data, beta, weight)
-            loss.backward()
-        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-        self.optim(params)
-        for p in params:
-            p.grad = None
-        return loss.detach()
+    def differentiable_loss(self, x, *, index, num_data, beta=1.0, weight=1.0) -> torch.Tensor:
+        """This rank's loss on its shard ``x`` (its rows ``index`` of the ``num_data`` training
+        datapoints), weighted by ``weight`` = W b_r / B, through DDP (whose backward averages
+        the ranks' gradients); :meth:`DeviceSVI.step` steps on it."""
+        return self.ddp(x, index, num_data, beta, weight)
 
 
 def broadcast_permutation(n: int, device: torch.device, world: World) -> torch.Tensor:
@@ -210,14 +202,6 @@ def sharded(estimator, x: torch.Tensor, *, seed: int, world: World):
         if isinstance(part, _Failed):
             raise PyroVAEError(f"on rank {part.rank}: {part.template}")
     return joined({b: r for part in gathered for b, r in part.items()})
-
-
-def sharded_importance(
-    model, guide, x: torch.Tensor, *, num_samples: int, seed: int, world: World
-) -> ImportanceResult | None:
-    """IWAE of ``x`` in seeded blocks shared among the ranks (:func:`sharded`)."""
-    estimator = importance_estimator(model, guide, num_samples=num_samples, max_plate_nesting=1)
-    return sharded(estimator, x, seed=seed, world=world)
 
 
 @dataclass(frozen=True)

@@ -226,8 +226,9 @@ class Trainer:
             result = importance_log_likelihood(
                 self.vae.model, self.vae.guide, self.val_x, num_samples=1, max_plate_nesting=1
             )
-            value = result.elbo.mean().to(value)
+            value = result.elbo.mean()
         if self.world.is_distributed:
+            value = value.to(torch.float64)
             torch.distributed.broadcast(value, src=0)
         return float(value)
 

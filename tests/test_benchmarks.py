@@ -10,24 +10,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_bench_quick_json_interface(tmp_path):
-    out = tmp_path / "b.json"
+def _run_benchmark(script: str, *args) -> None:
+    """``python benchmarks/SCRIPT ARGS``, which must succeed."""
     r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench.py"),
-            "--quick",
-            "--eval-points",
-            "40",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_bench_quick_json_interface(tmp_path):
+    out = tmp_path / "b.json"
+    _run_benchmark("bench.py", "--quick", "--eval-points", 40, "--json", out)
     d = json.loads(out.read_text())
     assert d["device"] == "cpu"
     for row in d["train"]:
@@ -71,21 +68,7 @@ def test_bench_quick_json_interface(tmp_path):
 @pytest.mark.slow
 def test_scaling_quick(tmp_path):
     out, png = tmp_path / "s.json", tmp_path / "s.png"
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "scaling.py"),
-            "--quick",
-            "--json",
-            str(out),
-            "--png",
-            str(png),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stderr
+    _run_benchmark("scaling.py", "--quick", "--json", out, "--png", png)
     d = json.loads(out.read_text())
     assert len(d["train"]["seconds"]) == 3 and len(d["evaluate"]["seconds"]) == 3
     assert png.stat().st_size > 2000
@@ -94,13 +77,7 @@ def test_scaling_quick(tmp_path):
 @pytest.mark.slow
 def test_alternatives_runs(tmp_path):
     out = tmp_path / "a.json"
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "alternatives.py"), "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stderr
+    _run_benchmark("alternatives.py", "--json", out)
     d = json.loads(out.read_text())
     assert [row["what"].split(",")[0] for row in d["compile"]] == ["evaluate K=1000", "train step"]
     assert all(row["eager"] > 0 and row["compiled"] > 0 for row in d["compile"])
@@ -110,28 +87,8 @@ def test_alternatives_runs(tmp_path):
 @pytest.mark.slow
 def test_distributed_benchmark_json_interface(tmp_path):
     out = tmp_path / "d.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "distributed.py"),
-            "--rows",
-            "512",
-            "--eval-rows",
-            "64",
-            "--num-samples",
-            "50",
-            "--ais-rows",
-            "16",
-            "--ais-steps",
-            "3",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stderr
+    sizes = ("--rows", 512, "--eval-rows", 64, "--num-samples", 50)
+    _run_benchmark("distributed.py", *sizes, "--ais-rows", 16, "--ais-steps", 3, "--json", out)
     d = json.loads(out.read_text())
     assert d["one_process_ms_per_step"] > 0 and d["two_processes_ms_per_step"] > 0
     assert d["ratio_two_over_one"] == pytest.approx(

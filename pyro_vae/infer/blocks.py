@@ -6,7 +6,7 @@ memory and on how the rows are split. Here the rows are cut into blocks of a fix
 ``block_rows``, and block b draws from a stream seeded by ``(seed, b)`` in passes whose size
 depends only on the block and K. A block's estimate is then the same wherever, and with
 whatever else, it is computed: one process computing every block and W processes computing
-every W-th block each (:func:`pyro_vae.distributed.sharded_importance`) agree bit for bit.
+every W-th block each (:func:`pyro_vae.distributed.sharded`) agree bit for bit.
 """
 
 from __future__ import annotations

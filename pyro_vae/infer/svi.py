@@ -31,10 +31,14 @@ class DeviceSVI(SVI):
 
     def step(self, *args, **kwargs) -> torch.Tensor:
         with poutine.trace(param_only=True) as param_capture:
-            loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+            loss = self.differentiable_loss(*args, **kwargs)
             loss.backward()
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
         self.optim(params)
         for p in params:
             p.grad = None  # the next backward writes fresh gradients: no zeroing kernels
         return loss.detach()
+
+    def differentiable_loss(self, *args, **kwargs) -> torch.Tensor:
+        """The loss the step back-propagates (subclasses change what it is, not the step)."""
+        return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)

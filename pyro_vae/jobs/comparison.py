@@ -12,7 +12,7 @@ import torch
 
 from pyro_vae import arviz_compat
 from pyro_vae.errors import CheckpointError, ConfigError, library_name, name_options
-from pyro_vae.jobs.evaluation import IDENTITY_KEYS, TRAINING_DATA_KEYS, identity_value
+from pyro_vae.jobs.evaluation import IDENTITY_KEYS, TRAINING_DATA_KEYS
 from pyro_vae.jobs.loading import training_identity
 from pyro_vae.runs import RunDir, atomic_write_text, describe_selection
 from pyro_vae.text import plural
@@ -82,11 +82,9 @@ def compare(
     mixed = ("method", "num_samples", "method_settings")
     keys = [k for k in IDENTITY_KEYS if not (mix_methods and k in mixed)]
     for run, ev in zip(runs[1:], evaluations[1:], strict=True):
-        differ = [k for k in keys if identity_value(ev, k) != identity_value(first, k)]
+        differ = [k for k in keys if getattr(ev, k) != getattr(first, k)]
         if differ:
-            detail = "; ".join(
-                f"{k}: {identity_value(first, k)!r} vs {identity_value(ev, k)!r}" for k in differ
-            )
+            detail = "; ".join(f"{k}: {getattr(first, k)!r} vs {getattr(ev, k)!r}" for k in differ)
             if set(differ) & set(TRAINING_DATA_KEYS):
                 raise ConfigError(
                     f"cannot compare {runs[0].path} and {run.path}: they were trained and "

@@ -3,6 +3,7 @@ sandwich; and their printed summaries."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -98,16 +99,7 @@ def evaluate(
         )
     if result is None:  # a rank other than 0: its blocks went to rank 0
         return None
-    per_point = PerPoint(
-        log_px=result.log_px,
-        elbo=result.elbo,
-        ess=result.ess,
-        stderr=result.stderr,
-        khat=result.khat,
-        method=result.method,
-        draws=result.draws,
-        acceptance=result.acceptance,
-    )
+    per_point = PerPoint(**{f.name: getattr(result, f.name) for f in dataclasses.fields(PerPoint)})
     k = spec.weights_per_datapoint
     with torch.no_grad():
         q = vae.encoder(x)
@@ -415,9 +407,3 @@ def format_evaluation(ev: Evaluation) -> str:
     if ev.bits_per_dim is not None:
         lines.append(f"  bits/dim  {ev.bits_per_dim:10.4f}")
     return "\n".join(lines)
-
-
-def identity_value(evaluation: Evaluation, key: str):
-    """One of :data:`IDENTITY_KEYS` of an evaluation (those earlier versions did not write read
-    as the value they meant: :meth:`Evaluation.from_dict`)."""
-    return getattr(evaluation, key)
