@@ -312,16 +312,20 @@ def echo(text: str) -> None:
         os.close(devnull)
 
 
+# The commands that run on several processes of a torchrun launch.
+LAUNCHED = ("train", "evaluate", "bdmc")
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         echo(parser.format_help().rstrip())
         return 0
-    if world_from_env().is_distributed and args.command not in ("train", "evaluate"):
+    if world_from_env().is_distributed and args.command not in LAUNCHED:
         raise ConfigError(
-            f"only train and evaluate run on several processes (torchrun); run {args.command} "
-            "with one"
+            f"only {', '.join(LAUNCHED[:-1])} and {LAUNCHED[-1]} run on several processes "
+            f"(torchrun); run {args.command} with one"
         )
     progress = _show_progress(args)
     if args.command == "train":
@@ -398,14 +402,20 @@ def run(argv: list[str] | None = None) -> int:
             jobs.write_comparison_csv(rows, args.csv)
             echo(f"wrote {args.csv}")
     elif args.command == "bdmc":
+        world = _join_launch(args.device)
         summary = jobs.bdmc(
             args.run_dir,
             num_datapoints=args.num_datapoints,
             num_samples=args.num_samples,
             device=args.device,
-            progress=progress,
+            progress=progress if world.is_main else "off",
+            world=world,
             **_settings(args, AIS_SETTINGS),
         )
+        if world.is_distributed:
+            torch.distributed.destroy_process_group()
+        if summary is None:  # a rank other than 0 of a launch: rank 0 prints
+            return 0
         echo(jobs.format_bdmc(summary))
         echo(f"wrote {' and '.join(summary['paths'])}")
     elif args.command == "plot":

@@ -182,16 +182,15 @@ def seed_rank(seed: int, world: World, epoch: int) -> None:
     pyro.set_rng_seed(rank_seed(seed, world.rank, epoch))
 
 
-def sharded(estimator, x: torch.Tensor, *, seed: int, world: World):
+def sharded(estimator, x: torch.Tensor, *, seed: int, world: World, stream: int = 0):
     """A block-seeded estimator (:func:`pyro_vae.infer.blocks.by_blocks`) of ``x`` shared among
     the ranks: rank r computes blocks r, r + W, ...; rank 0 gathers them and returns the whole
     estimate, bit for bit the one a single process computes block by block (the other ranks
     return None)."""
     blocks = range(world.rank, num_blocks(x.shape[0]), world.size)
     try:
-        mine = {
-            b: _on_host(r) for b, r in by_blocks(estimator, x, seed=seed, blocks=blocks).items()
-        }
+        mine = by_blocks(estimator, x, seed=seed, blocks=blocks, stream=stream)
+        mine = {b: _on_host(r) for b, r in mine.items()}
     except PyroVAEError as e:  # its message goes to rank 0, which raises it: the others return
         mine = _Failed(type(e).__name__, world.rank, e.template)
     gathered = [None] * world.size if world.is_main else None

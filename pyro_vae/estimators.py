@@ -21,7 +21,12 @@ from pyro_vae import arviz_compat
 from pyro_vae.distributed import SINGLE, World, sharded
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer import ais_log_likelihood, importance_log_likelihood
-from pyro_vae.infer.blocks import ais_estimator, importance_estimator
+from pyro_vae.infer.blocks import (
+    ais_estimator,
+    auto_estimator,
+    importance_estimator,
+    refined_estimator,
+)
 from pyro_vae.infer.escalate import METHODS as AUTO_STAGES
 from pyro_vae.infer.escalate import PSIS_MIN_SAMPLES as AUTO_MIN_SAMPLES
 from pyro_vae.infer.escalate import auto_log_likelihood
@@ -173,8 +178,8 @@ def estimate(
     """Run ``spec``'s estimator of log p(x) on every row of ``x``.
 
     With ``world`` holding several ranks (:mod:`pyro_vae.distributed`), the ranks share the
-    rows in blocks seeded by ``seed`` and block (:func:`~pyro_vae.distributed.sharded`; IWAE
-    and AIS, so far); rank 0 returns the whole estimate, the others None.
+    rows in blocks seeded by ``seed`` and block (:func:`~pyro_vae.distributed.sharded`), every
+    method; rank 0 returns the whole estimate, the others None.
     """
     start = time.perf_counter()
     if world.is_distributed:
@@ -209,19 +214,55 @@ def estimate(
         r = ais_log_likelihood(model, guide, x, **_ais_settings(spec), **common)
         return _from_ais(r, time.perf_counter() - start, elbo=_guide_elbo(model, guide, x))
     r = auto_log_likelihood(
-        model,
-        guide,
-        x,
-        khat=khat_of,
-        num_samples=spec.num_samples,
-        max_samples=spec.max_samples,
-        stderr_tolerance=spec.stderr_tolerance,
-        refine={"max_steps": spec.refine_steps, "widen": spec.widen},
-        ais=_ais_settings(spec),
-        max_seconds=spec.max_seconds,
-        **common,
+        model, guide, x, num_samples=spec.num_samples, **_auto_settings(spec), **common
     )
+    return _from_auto(r, time.perf_counter() - start, spec)
+
+
+def _sharded_estimate(spec, model, guide, x, seed, world, start) -> Estimate | None:
+    """:func:`estimate` on several ranks: the method in seeded blocks shared among them."""
+    if spec.chunk_size is not None:
+        raise ConfigError(
+            "with several processes the passes are sized by the blocks, not by "
+            "{estimator.chunk_size}: leave it out"
+        )
+    common = {"num_samples": spec.num_samples, "max_plate_nesting": 1}
+    if spec.method == "iwae":
+        estimator = importance_estimator(model, guide, **common)
+    elif spec.method == "refined":
+        estimator = refined_estimator(
+            model, guide, max_steps=spec.refine_steps, widen=spec.widen, **common
+        )
+    elif spec.method == "ais":
+        estimator = ais_estimator(model, guide, **_ais_settings(spec), max_plate_nesting=1)
+    else:
+        estimator = auto_estimator(model, guide, **_auto_settings(spec), **common)
+    r = sharded(estimator, x, seed=seed, world=world)
+    if r is None:
+        return None
     seconds = time.perf_counter() - start
+    if spec.method == "iwae":
+        return _from_importance(r, seconds, elbo=r.elbo)
+    if spec.method == "refined":
+        return _from_importance(r, seconds, elbo=_guide_elbo(model, guide, x))
+    if spec.method == "ais":
+        return _from_ais(r, seconds, elbo=_guide_elbo(model, guide, x))
+    return _from_auto(r, seconds, spec)
+
+
+def _auto_settings(spec: EstimatorSpec) -> dict[str, Any]:
+    """:func:`~pyro_vae.infer.escalate.auto_log_likelihood`'s settings but K and the plates."""
+    return {
+        "khat": khat_of,
+        "max_samples": spec.max_samples,
+        "stderr_tolerance": spec.stderr_tolerance,
+        "refine": {"max_steps": spec.refine_steps, "widen": spec.widen},
+        "ais": _ais_settings(spec),
+        "max_seconds": spec.max_seconds,
+    }
+
+
+def _from_auto(r, seconds: float, spec: EstimatorSpec) -> Estimate:
     counts = r.counts()
     return Estimate(
         log_px=r.log_px.cpu().double(),
@@ -241,33 +282,6 @@ def estimate(
             "stages": list(AUTO_STAGES),
         },
     )
-
-
-def _sharded_estimate(spec, model, guide, x, seed, world, start) -> Estimate | None:
-    """:func:`estimate` on several ranks: IWAE or AIS in seeded blocks shared among them."""
-    if spec.chunk_size is not None:
-        raise ConfigError(
-            "with several processes the passes are sized by the blocks, not by "
-            "{estimator.chunk_size}: leave it out"
-        )
-    if spec.method == "iwae":
-        estimator = importance_estimator(
-            model, guide, num_samples=spec.num_samples, max_plate_nesting=1
-        )
-    elif spec.method == "ais":
-        estimator = ais_estimator(model, guide, **_ais_settings(spec), max_plate_nesting=1)
-    else:
-        raise ConfigError(
-            "several processes evaluate with {estimator.method} iwae or ais only, so far; "
-            f"evaluate {spec.method} with one process"
-        )
-    r = sharded(estimator, x, seed=seed, world=world)
-    if r is None:
-        return None
-    seconds = time.perf_counter() - start
-    if spec.method == "iwae":
-        return _from_importance(r, seconds, elbo=r.elbo)
-    return _from_ais(r, seconds, elbo=_guide_elbo(model, guide, x))
 
 
 def _from_ais(r, seconds: float, *, elbo: torch.Tensor) -> Estimate:

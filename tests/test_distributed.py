@@ -1,10 +1,12 @@
 """Training on several processes (torchrun, gloo on the CPU) against one process."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyro
 import pyro.poutine as poutine
 import pytest
@@ -13,8 +15,17 @@ import torch
 from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.distributed import World, check_shards, rank_seed, shard_bounds, world_from_env
 from pyro_vae.errors import ConfigError
+from pyro_vae.estimators import khat_of
 from pyro_vae.infer import DeviceTrace_ELBO
-from pyro_vae.infer.blocks import ais_estimator, block_importance, by_blocks, joined
+from pyro_vae.infer.blocks import (
+    ais_estimator,
+    auto_estimator,
+    block_importance,
+    by_blocks,
+    joined,
+    refined_estimator,
+    reverse_ais_estimator,
+)
 from pyro_vae.infer.optim import JointAdam
 from pyro_vae.jobs.loading import load_run
 from pyro_vae.runs import RunDir
@@ -198,10 +209,98 @@ def test_the_cli_trains_resumes_exactly_and_writes_once_from_rank_0(tmp_path):
     assert stored.evaluation.processes == 2
     assert torch.equal(stored.per_point().log_px, alone.log_px.double())
     refused = _launch(
-        "evaluate", tmp_path / "split", "--method", "refined", "--no-progress", cwd=tmp_path
+        "evaluate", tmp_path / "split", "--chunk-size", "8", "--no-progress", cwd=tmp_path
     )
     assert refused.returncode != 0 and refused.stderr.count("pyro-vae: error:") == 1
-    assert "--method iwae or ais only" in refused.stderr
+    assert "sized by the blocks, not by --chunk-size" in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """A tiny run trained by one process, and its test split."""
+    from pyro_vae.cli import main
+
+    run = tmp_path_factory.mktemp("shared") / "run"
+    tiny = ("--hidden", "16", "--latent-dim", "2", "--epochs", "1", "--no-eval", "--no-progress")
+    assert main(["train", *tiny, "--out", str(run)]) == 0
+    config, vae, _ = load_run(run, "cpu")
+    x = prepare_splits(config, load_data(config), vae.likelihood, ("test",), fixed=True)["test"]
+    return run, vae, x, config.train.seed
+
+
+REFINE = ("--num-samples", "30", "--refine-steps", "50")
+AIS = ("--ais-steps", "5", "--ais-chains", "4", "--ais-leapfrog", "2")
+AIS_SETTINGS = {"num_steps": 5, "num_chains": 4, "num_leapfrog": 2}
+
+
+def test_refined_and_auto_evaluations_are_shared_bit_for_bit(one_epoch_run):
+    run, vae, x, seed = one_epoch_run
+    refined = _launch("evaluate", run, "--method", "refined", *REFINE, "--no-progress", cwd=run)
+    assert refined.returncode == 0, refined.stderr[-3000:]
+    (stored,) = RunDir(run).select_evaluations(method="refined")
+    estimator = refined_estimator(
+        vae.model, vae.guide, num_samples=30, max_steps=50, widen=1.1, max_plate_nesting=1
+    )
+    alone = joined(by_blocks(estimator, x, seed=seed))
+    assert stored.evaluation.processes == 2
+    assert torch.equal(stored.per_point().log_px, alone.log_px.double())
+    assert torch.equal(stored.per_point().khat, khat_of(alone.log_weights))
+    # auto: a tolerance that sends some datapoints on to AIS, each stage on the whole block
+    flags = ("--method", "auto", *REFINE, *AIS, "--stderr-tolerance", "0.02", "--no-progress")
+    auto = _launch("evaluate", run, *flags, cwd=run)
+    assert auto.returncode == 0, auto.stderr[-3000:]
+    (stored,) = RunDir(run).select_evaluations(method="auto")
+    estimator = auto_estimator(
+        vae.model,
+        vae.guide,
+        num_samples=30,
+        khat=khat_of,
+        stderr_tolerance=0.02,
+        refine={"max_steps": 50, "widen": 1.1},
+        ais=AIS_SETTINGS,
+        max_plate_nesting=1,
+    )
+    alone = joined(by_blocks(estimator, x, seed=seed))
+    per_point = stored.per_point()
+    assert len(set(alone.method.tolist())) >= 2  # more than one stage was reached
+    assert stored.evaluation.num_per_method == alone.counts()
+    for name in ("log_px", "stderr", "method", "draws"):
+        assert torch.equal(
+            getattr(per_point, name),
+            getattr(alone, name).to(
+                per_point.log_px.dtype if name in ("log_px", "stderr") else torch.long
+            ),
+        ), name
+
+
+def test_bdmc_is_shared_bit_for_bit(one_epoch_run):
+    from pyro_vae.infer.latent import simulate
+
+    run, vae, x, seed = one_epoch_run
+    done = _launch("bdmc", run, "--num-datapoints", "70", "--num-samples", "20", *AIS, cwd=run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote ") == 1
+    summary = json.loads((run / "bdmc" / "bdmc-T5-C4.json").read_text())
+    assert summary["processes"] == 2
+    arrays = np.load(run / "bdmc" / "bdmc-T5-C4.npz")
+    pyro.set_rng_seed(seed)
+    simulated, latents = simulate(vae.model, torch.zeros(70, x.shape[1], dtype=x.dtype))
+    assert torch.equal(torch.from_numpy(arrays["x"]), simulated)  # rank 0's simulation
+    lower = by_blocks(
+        ais_estimator(vae.model, vae.guide, **AIS_SETTINGS, max_plate_nesting=1),
+        simulated,
+        seed=seed,
+        stream=1,
+    )
+    reverse = reverse_ais_estimator(
+        vae.model, vae.guide, simulated, latents, **AIS_SETTINGS, max_plate_nesting=1
+    )
+    upper = by_blocks(reverse, torch.arange(70), seed=seed, stream=2)
+    iwae = block_importance(vae.model, vae.guide, simulated, num_samples=20, seed=seed)
+    assert np.array_equal(arrays["lower"], joined(lower).log_px.numpy())
+    assert np.array_equal(arrays["upper"], joined(upper).log_px.numpy())
+    assert np.array_equal(arrays["iwae"], joined(iwae).log_px.double().numpy())
+    assert not np.array_equal(arrays["lower"], arrays["upper"])  # two streams, two directions
 
 
 def test_a_refused_launch_says_why_once_and_leaves_nothing(tmp_path):
@@ -240,7 +339,7 @@ def test_only_train_and_evaluate_run_under_a_launch(monkeypatch, capsys, tmp_pat
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     assert main(["plot", str(tmp_path)]) == 2
-    assert "only train and evaluate run on several processes" in capsys.readouterr().err
+    assert "only train, evaluate and bdmc run on several processes" in capsys.readouterr().err
     monkeypatch.setenv("RANK", "1")  # the other ranks print nothing
     assert main(["plot", str(tmp_path)]) == 2
     assert capsys.readouterr().err == ""

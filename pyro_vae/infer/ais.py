@@ -566,16 +566,8 @@ def reverse_ais_log_likelihood(
     settings = _settings(**params)
 
     def start_at(space: LatentSpace, first: int, stop: int) -> torch.Tensor:
-        values = {}
-        for site in space.sites:
-            v = latents[site.name].movedim(site.data_axis - 1, 0)
-            if v.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"latents['{site.name}'] of shape {tuple(latents[site.name].shape)} holds "
-                    f"{v.shape[0]} datapoints along its data axis, x holds {x.shape[0]}"
-                )
-            values[site.name] = v[first:stop].movedim(0, site.data_axis - 1).unsqueeze(0)
-        return space.unconstrain(values).detach()
+        values = latent_rows(latents, space, first, stop, x.shape[0])
+        return space.unconstrain({k: v.unsqueeze(0) for k, v in values.items()}).detach()
 
     return _run(
         model,
@@ -588,6 +580,24 @@ def reverse_ais_log_likelihood(
         progress,
         start_at=start_at,
     )
+
+
+def latent_rows(
+    latents: dict[str, torch.Tensor], space: LatentSpace, first: int, stop: int, num_rows: int
+) -> dict[str, torch.Tensor]:
+    """Rows ``first:stop`` of ``latents`` laid out as
+    :func:`~pyro_vae.infer.latent.simulate` returns them for ``num_rows`` datapoints (each
+    site's data axis found in ``space``), in the same layout."""
+    values = {}
+    for site in space.sites:
+        v = latents[site.name].movedim(site.data_axis - 1, 0)
+        if v.shape[0] != num_rows:
+            raise ValueError(
+                f"latents['{site.name}'] of shape {tuple(latents[site.name].shape)} holds "
+                f"{v.shape[0]} datapoints along its data axis, x holds {num_rows}"
+            )
+        values[site.name] = v[first:stop].movedim(0, site.data_axis - 1)
+    return values
 
 
 def _settings(**kw) -> _Settings:

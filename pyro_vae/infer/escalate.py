@@ -93,6 +93,21 @@ class AutoResult:
     reliable: torch.Tensor
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @staticmethod
+    def concat(parts: list[AutoResult]) -> AutoResult:
+        """Join results on consecutive blocks of datapoints (their stage times added up)."""
+        if len(parts) == 1:
+            return parts[0]
+        joined = {
+            name: torch.cat([getattr(p, name) for p in parts])
+            for name in ("log_px", "stderr", "elbo", "ess", "khat", "method", "draws", "reliable")
+        }
+        seconds: dict[str, float] = {}
+        for p in parts:
+            for stage, t in p.seconds.items():
+                seconds[stage] = seconds.get(stage, 0.0) + t
+        return AutoResult(**joined, seconds=seconds)
+
     def counts(self) -> dict[str, int]:
         """Datapoints whose estimate each stage produced."""
         return {m: int((self.method == i).sum()) for i, m in enumerate(METHODS)}
@@ -124,6 +139,8 @@ def auto_log_likelihood(
     ais: dict | None = None,
     max_seconds: float | None = None,
     max_plate_nesting: int | None = None,
+    chunk_size: int | None = None,
+    batch_size: int | None = None,
     progress: bool | str | None = False,
 ) -> AutoResult:
     """log p(x) per datapoint, escalating from IWAE to refined IWAE to AIS where diagnostics ask.
@@ -157,6 +174,10 @@ def auto_log_likelihood(
         datapoints AIS does not reach keep their stage-2 estimate, flagged unreliable.
     max_plate_nesting : int, optional
         Found from one trace when not given.
+    chunk_size, batch_size : int, optional
+        Particles and datapoints per vectorised pass of stage 1
+        (:func:`~pyro_vae.infer.importance_log_likelihood`'s; sized from free memory when
+        not given).
     progress : bool, str or None
         Progress of each stage (see :mod:`pyro_vae.progress`).
     """
@@ -180,7 +201,14 @@ def auto_log_likelihood(
     common = {"max_plate_nesting": max_plate_nesting, "progress": progress}
 
     first = importance_log_likelihood(
-        model, guide, x, num_samples=num_samples, keep_log_weights=True, **common
+        model,
+        guide,
+        x,
+        num_samples=num_samples,
+        keep_log_weights=True,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        **common,
     )
     k1 = khat(first.log_weights).to(first.log_px)
     log_px, stderr, ess = first.log_px.clone(), first.stderr.clone(), first.ess.clone()

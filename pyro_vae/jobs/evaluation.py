@@ -15,9 +15,10 @@ import torch
 from pyro_vae import arviz_compat, registry
 from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.config import RunConfig
-from pyro_vae.distributed import SINGLE, World
+from pyro_vae.distributed import SINGLE, World, broadcast_object, sharded
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators import EstimatorSpec, estimate
+from pyro_vae.infer.blocks import ais_estimator, reverse_ais_estimator
 from pyro_vae.infer.diagnostics import active_units, bounds_vs_k, guide_means, kl_per_dimension
 from pyro_vae.infer.importance import free_memory_bytes
 from pyro_vae.jobs.loading import load_run
@@ -77,7 +78,7 @@ def evaluate(
     summary, and :func:`compare` refuses to rank it against float32 evaluations.
 
     With ``world`` holding several ranks (a torchrun launch), the ranks share the datapoints in
-    seeded blocks (:func:`~pyro_vae.distributed.sharded`, IWAE and AIS): the numbers do not
+    seeded blocks (:func:`~pyro_vae.distributed.sharded`, every method): the numbers do not
     depend on the number of processes (2 or more; one process draws as planned by its free
     memory instead), and ``processes`` records it; rank 0 writes and returns the evaluation,
     the other ranks return None. Every rank reads the run directory: on several machines it
@@ -172,8 +173,9 @@ def bdmc(
     num_samples: int = 1000,
     device: str = "auto",
     progress: bool | str = False,
+    world: World = SINGLE,
     **settings,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """The BDMC sandwich of a run's model on ``num_datapoints`` datapoints simulated from it.
 
     Forward AIS gives a stochastic lower bound and reverse AIS from the simulated latents an
@@ -182,6 +184,12 @@ def bdmc(
     ``settings`` (``ais_steps``, ``ais_chains``, ``ais_leapfrog``) are AIS's, as for
     :func:`evaluate`. Kept in ``RUN_DIR/bdmc/bdmc-TT-CC.json`` with the simulated data, latents
     and per-datapoint bounds in ``.npz`` beside it.
+
+    With ``world`` holding several ranks (a torchrun launch), rank 0 simulates the data and
+    sends it to the others; the ranks share both directions of AIS and the IWAE estimate in
+    seeded blocks (:func:`~pyro_vae.distributed.sharded`; the two directions from streams of
+    their own), so the numbers do not depend on the number of processes; ``processes``
+    records it, and rank 0 writes and returns the summary (the other ranks return None).
     """
     from pyro_vae.infer import bdmc as sandwich
 
@@ -190,23 +198,34 @@ def bdmc(
         raise ConfigError(f"must be at least 1, got {num_datapoints}", option="args.num_datapoints")
     config, vae, meta = load_run(run_dir, device)
     run = RunDir(run_dir)
-    run.check_writable()
+    if world.is_main:
+        run.check_writable()
     param = next(vae.parameters())
     x_like = torch.zeros(num_datapoints, meta["data_dim"], dtype=param.dtype, device=param.device)
     pyro.set_rng_seed(config.train.seed)
     start = time.perf_counter()
-    result = sandwich(
+    ais = {
+        "num_steps": spec.ais_steps,
+        "num_chains": spec.ais_chains,
+        "num_leapfrog": spec.ais_leapfrog,
+        "max_plate_nesting": 1,
+    }
+    if world.is_distributed:
+        result = _shared_sandwich(vae, x_like, ais, config.train.seed, world)
+    else:
+        result = sandwich(vae.model, vae.guide, x_like, progress=progress, **ais)
+    ais_seconds = time.perf_counter() - start
+    iwae = estimate(
+        spec.replace(method="iwae"),
         vae.model,
         vae.guide,
-        x_like,
-        num_steps=spec.ais_steps,
-        num_chains=spec.ais_chains,
-        num_leapfrog=spec.ais_leapfrog,
-        max_plate_nesting=1,
+        result.x,
         progress=progress,
+        world=world,
+        seed=config.train.seed,
     )
-    ais_seconds = time.perf_counter() - start
-    iwae = estimate(spec.replace(method="iwae"), vae.model, vae.guide, result.x, progress=progress)
+    if iwae is None:  # a rank other than 0: its blocks went to rank 0
+        return None
     lower, upper = result.lower.log_px.cpu(), result.upper.log_px.cpu()
     gap = upper - lower
     n = num_datapoints
@@ -225,6 +244,7 @@ def bdmc(
         "method_settings": spec.settings(),
         **_run_fields(config, meta),
         "seconds": ais_seconds,
+        "processes": world.size if world.is_distributed else None,
     }
     name = f"bdmc-T{spec.ais_steps}-C{spec.ais_chains}"
     arrays = {
@@ -237,6 +257,37 @@ def bdmc(
     run.write_bdmc(name, summary, arrays)
     summary["paths"] = [str(p) for p in run.bdmc_paths(name)]
     return summary
+
+
+# The streams of BDMC's two directions in a launch (block_seed's ``stream``; IWAE has 0).
+BDMC_LOWER, BDMC_UPPER = 1, 2
+
+
+def _shared_sandwich(vae, x_like, ais: dict[str, Any], seed: int, world: World):
+    """BDMC's simulation (on rank 0, sent to every rank) and its two directions of AIS in
+    seeded blocks shared among the ranks: the whole sandwich on rank 0; on the others the
+    simulated data, without bounds."""
+    from pyro_vae.infer import BDMCResult
+    from pyro_vae.infer.latent import simulate
+
+    simulated = None
+    if world.is_main:
+        x, latents = simulate(vae.model, x_like)
+        simulated = x.cpu(), {k: v.cpu() for k, v in latents.items()}
+    x, latents = broadcast_object(simulated, world)
+    x = x.to(x_like.device)
+    latents = {k: v.to(x_like.device) for k, v in latents.items()}
+    lower = sharded(
+        ais_estimator(vae.model, vae.guide, **ais), x, seed=seed, world=world, stream=BDMC_LOWER
+    )
+    upper = sharded(
+        reverse_ais_estimator(vae.model, vae.guide, x, latents, **ais),
+        torch.arange(x.shape[0], device=x.device),
+        seed=seed,
+        world=world,
+        stream=BDMC_UPPER,
+    )
+    return BDMCResult(x=x, latents=latents, lower=lower, upper=upper)
 
 
 def _run_fields(config: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
