@@ -104,7 +104,9 @@ def build(
     dataset = load_data(config, world)
     likelihood = registry.build_likelihood(config.model, dataset.data_dim, dataset.levels)
     data = prepare_splits(config, dataset, likelihood, splits)
-    vae = registry.build_vae(config.model, dataset.data_dim, dataset.levels).to(device)
+    vae = registry.build_vae(
+        config.model, dataset.data_dim, dataset.levels, dataset.image_shape
+    ).to(device)
     t = config.train
     steps_per_epoch = math.ceil(data["train"].shape[0] / t.batch_size) if "train" in data else 0
     return Built(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.options import check_options, option
+from pyro_vae.options import check_options, option, parse_widths
 from pyro_vae.registry import piece_options
 
 BINARIZE_MODES = ("dynamic", "static", "none")
@@ -27,14 +27,6 @@ MAX_SEED = 2**32 - 1
 # Ranges of integer options: beyond these, networks or loops would not fit in memory or time
 # (and beyond 2**63 PyTorch cannot take them at all).
 MAX_STEPS = 1_000_000_000
-
-
-def parse_widths(text: str) -> tuple[int, ...]:
-    """``"512,512"`` -> ``(512, 512)``."""
-    try:
-        return tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise ValueError(f"expected widths like 512,512, got '{text}'") from None
 
 
 @dataclass(frozen=True)
@@ -71,6 +63,11 @@ class _ModelFields:
     prior: str = option("normal", "p(z)", names="PRIORS")
     likelihood: str = option("bernoulli", "p(x|z)", names="LIKELIHOODS")
     guide: str = option("diagonal", "q(z|x)", names="GUIDES")
+    net: str = option(
+        "mlp",
+        "networks of encoder and decoder: mlp, or conv (convolutions, for images)",
+        names="NETWORKS",
+    )
 
 
 @dataclass(frozen=True)
@@ -133,10 +130,10 @@ ModelConfig = _with_pieces(
     "model",
     """The generative model p(z) p(x|z) and the guide q(z|x).
 
-Its fields are ``latent_dim``, ``hidden``, the names of the ``prior``, ``likelihood`` and
-``guide``, and the hyperparameters those pieces declare (:data:`PIECE_OPTIONS`, from
-:func:`pyro_vae.registry.piece_options`): a new piece's hyperparameter is a field here without
-an edit to this module.
+Its fields are ``latent_dim``, ``hidden``, the names of the ``prior``, ``likelihood``,
+``guide`` and networks ``net``, and the hyperparameters those pieces declare
+(:data:`PIECE_OPTIONS`, from :func:`pyro_vae.registry.piece_options`): a new piece's
+hyperparameter is a field here without an edit to this module.
 """,
     after="guide",
 )
@@ -200,8 +197,9 @@ class RunConfig:
             if name in PIECE_OPTIONS:  # a piece's hyperparameter that a run lacks: its default
                 values = {**{p.name: p.default for p in PIECE_OPTIONS[name].values()}, **values}
             _check_keys(values, set(fields), f"config section '{name}'")
-            if name == "model" and isinstance(values["hidden"], list):
-                values["hidden"] = tuple(values["hidden"])
+            for key, value in values.items():  # JSON holds a tuple as a list
+                if key in fields and fields[key].type == "tuple[int, ...]" and type(value) is list:
+                    values[key] = tuple(value)
             for key, value in values.items():
                 _check_type(f"{name}.{key}", value, fields[key].type)
             parts[name] = kind(**values)
@@ -232,6 +230,7 @@ class RunConfig:
 # hyperparameter was declared.
 ADDED_LATER = {
     "data": {"dequantize": "none"},
+    "model": {"net": "mlp"},
     "train": {"precision": "fp32"},
 }
 

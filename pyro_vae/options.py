@@ -119,3 +119,11 @@ def _problem(kind: str, value, opt: Option) -> str | None:
     elif opt.choices is not None and value not in opt.choices:
         return f"must be one of {opt.choices}"
     return None
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """``"512,512"`` -> ``(512, 512)``."""
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected widths like 512,512, got '{text}'") from None

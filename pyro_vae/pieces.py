@@ -58,6 +58,12 @@ class BuildContext:
         Quantisation levels of the data (8-bit images: 256); None for continuous data.
     encoder : nn.Module, optional
         The guide's encoder, for priors built from it (VampPrior); set once the guide is built.
+    image_shape : tuple of int, optional
+        The shape of one datapoint before it is flattened (``(H, W)`` for images), for networks
+        that need it (convolutions); None when the data do not say.
+    networks : Networks, optional
+        The network piece (:class:`~pyro_vae.models.nets.Networks`) the guide and decoder are
+        made of; set once it is built (guides without it use MLPs of ``hidden``).
     """
 
     data_dim: int
@@ -65,6 +71,8 @@ class BuildContext:
     hidden: tuple[int, ...]
     levels: int | None = None
     encoder: nn.Module | None = None
+    image_shape: tuple[int, ...] | None = None
+    networks: Any = None
 
 
 class Piece:

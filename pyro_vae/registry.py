@@ -1,6 +1,6 @@
 """The one place where names (from the command line and config.json) become objects.
 
-To add a prior, likelihood or guide: write its class (with its ``Params``, see
+To add a prior, likelihood, guide or network: write its class (with its ``Params``, see
 :mod:`pyro_vae.pieces`), then add one entry here. Its hyperparameters become fields of the
 run config's model section and flags of ``pyro-vae train`` (:func:`piece_options`).
 """
@@ -8,6 +8,7 @@ run config's model section and flags of ``pyro-vae train`` (:func:`piece_options
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ import torch
 
 from pyro_vae import objectives
 from pyro_vae.errors import ConfigError
-from pyro_vae.models import MLP, VAE, Likelihood, guides, likelihoods, priors
+from pyro_vae.models import VAE, Likelihood, guides, likelihoods, nets, priors
 from pyro_vae.options import Option
 from pyro_vae.pieces import BuildContext, Piece
 
@@ -48,11 +49,18 @@ GUIDES: dict[str, type[Piece]] = {
     "iaf": guides.IAFEncoder,
 }
 
+# What the guide's encoder and the decoder are made of (pyro_vae.models.nets.Networks).
+NETWORKS: dict[str, type[Piece]] = {
+    "mlp": nets.MLPNetworks,
+    "conv": nets.ConvNetworks,
+}
+
 # The model config's option naming each kind of piece, and the kind's table.
 PIECES: dict[str, dict[str, type[Piece]]] = {
     "prior": PRIORS,
     "likelihood": LIKELIHOODS,
     "guide": GUIDES,
+    "net": NETWORKS,
 }
 
 # Precision of the encoder and decoder networks (VAE.precision); log-densities stay float32.
@@ -159,7 +167,8 @@ def lookup(table: dict, name: str, option: str):
 
 
 def piece_class(cfg: ModelConfig, kind: str) -> type[Piece]:
-    """The class of the config's piece of ``kind`` (``"prior"``, ``"likelihood"``, ``"guide"``)."""
+    """The class of the config's piece of ``kind`` (``"prior"``, ``"likelihood"``, ``"guide"``,
+    ``"net"``)."""
     return lookup(PIECES[kind], getattr(cfg, kind), f"model.{kind}")
 
 
@@ -188,16 +197,32 @@ def build_likelihood(cfg: ModelConfig, data_dim: int, levels: int | None = None)
     return build_piece(cfg, "likelihood", context)
 
 
-def build_vae(cfg: ModelConfig, data_dim: int, levels: int | None = None) -> VAE:
+def build_vae(
+    cfg: ModelConfig,
+    data_dim: int,
+    levels: int | None = None,
+    image_shape: tuple[int, ...] | None = None,
+) -> VAE:
     """A VAE for ``data_dim``-dimensional datapoints as the model config describes it.
 
-    ``levels`` is the number of quantisation levels of the data (for discrete likelihoods).
+    ``levels`` is the number of quantisation levels of the data (for discrete likelihoods);
+    ``image_shape`` the shape of one datapoint before it is flattened (``(H, W)``: convolutional
+    networks need it).
     """
-    context = BuildContext(data_dim, cfg.latent_dim, tuple(cfg.hidden), levels)
+    if image_shape is not None and math.prod(image_shape) != data_dim:
+        raise ValueError(f"image shape {tuple(image_shape)} does not hold {data_dim} values")
+    context = BuildContext(
+        data_dim,
+        cfg.latent_dim,
+        tuple(cfg.hidden),
+        levels,
+        image_shape=None if image_shape is None else tuple(image_shape),
+    )
+    context = dataclasses.replace(context, networks=build_piece(cfg, "net", context))
     likelihood = build_piece(cfg, "likelihood", context)
     encoder = build_piece(cfg, "guide", context)
     prior = build_piece(cfg, "prior", dataclasses.replace(context, encoder=encoder))
-    decoder = MLP([cfg.latent_dim, *reversed(cfg.hidden), likelihood.params_per_dim * data_dim])
+    decoder = context.networks.decoder(likelihood.params_per_dim * data_dim)
     return VAE(encoder, decoder, prior, likelihood)
 
 

@@ -10,9 +10,15 @@ from pyro_vae.config import ModelConfig
 from pyro_vae.registry import build_vae
 
 
-def tiny_vae(data_dim=12, latent_dim=3, likelihood="bernoulli", hidden=(16,), **kwargs):
+def tiny_vae(
+    data_dim=12, latent_dim=3, likelihood="bernoulli", hidden=(16,), image_shape=None, **kwargs
+):
     cfg = ModelConfig(latent_dim=latent_dim, hidden=hidden, likelihood=likelihood, **kwargs)
-    return build_vae(cfg, data_dim)
+    return build_vae(cfg, data_dim, image_shape=image_shape)
+
+
+# The networks a test builds for 12-value datapoints: MLPs, or convolutions of 3x4 images.
+NETS = {"mlp": {}, "conv": {"net": "conv", "channels": (4,), "image_shape": (3, 4)}}
 
 
 def binary_data(n=20, d=12, seed=0):

@@ -39,6 +39,8 @@ def test_bench_quick_json_interface(tmp_path):
             row["reference_images_per_s"] / row["pyro_images_per_s"], rel=1e-6
         )
     assert d["evaluate"]["num_datapoints"] == 40  # --eval-points
+    assert {row["elbo"] for row in d["conv"]["rows"]} == {"trace", "meanfield"}
+    assert all(row["ratio"] > 0 for row in d["conv"]["rows"])
     assert {row["precision"] for row in d["train"]} == {"fp32", "bf16"}
     for row in d["train"]:  # measured in a child process: a step needs some memory, not gigabytes
         assert 0 < row["pyro_peak_memory_mb"] < 2000 and 0 < row["reference_peak_memory_mb"] < 2000

@@ -38,7 +38,10 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, VAE,
     state = run.load_checkpoint(training_identity(config), map_location=dev)
     meta = _checked_meta(run, state)
     pyro.clear_param_store()
-    vae = registry.build_vae(config.model, meta["data_dim"], meta.get("levels")).to(dev)
+    shape = meta.get("image_shape")
+    vae = registry.build_vae(
+        config.model, meta["data_dim"], meta.get("levels"), None if shape is None else tuple(shape)
+    ).to(dev)
     try:
         vae.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:

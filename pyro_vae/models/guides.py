@@ -16,7 +16,7 @@ import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
-from pyro_vae.models.nets import MLP
+from pyro_vae.models.nets import MLPNetworks, Network, Networks
 from pyro_vae.options import option
 from pyro_vae.pieces import BuildContext, Piece, PieceParams, params_dict
 
@@ -24,8 +24,10 @@ from pyro_vae.pieces import BuildContext, Piece, PieceParams, params_dict
 class Encoder(Piece, nn.Module):
     """Base class for amortised guides.
 
-    Built as ``cls(data_dim, latent_dim, hidden, **params)`` unless a subclass overrides
-    :meth:`build`.
+    Built as ``cls(data_dim, latent_dim, hidden, **params, networks=context.networks)`` unless
+    a subclass overrides :meth:`build`. A guide's network, ``self.net``, comes from
+    :meth:`network`: made by the network piece (:class:`~pyro_vae.models.nets.Networks`), or an
+    MLP of widths ``hidden`` when there is none.
     """
 
     def __init__(self, latent_dim: int):
@@ -34,7 +36,26 @@ class Encoder(Piece, nn.Module):
 
     @classmethod
     def build(cls, params: PieceParams, context: BuildContext) -> Encoder:
-        return cls(context.data_dim, context.latent_dim, context.hidden, **params_dict(params))
+        return cls(
+            context.data_dim,
+            context.latent_dim,
+            context.hidden,
+            **params_dict(params),
+            networks=context.networks,
+        )
+
+    @staticmethod
+    def network(
+        networks: Networks | None,
+        data_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int],
+        out_features: int,
+    ) -> Network:
+        """The encoder network from flattened data to ``out_features``."""
+        if networks is None:
+            networks = MLPNetworks(data_dim, latent_dim, hidden)
+        return networks.encoder(out_features)
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -46,9 +67,16 @@ class DiagonalNormalEncoder(Encoder):
     One MLP maps x to ``(mu, log_var)``; z = mu + sigma * eps is reparameterised by Pyro.
     """
 
-    def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int]):
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int],
+        *,
+        networks: Networks | None = None,
+    ):
         super().__init__(latent_dim)
-        self.net = MLP([data_dim, *hidden, 2 * latent_dim])
+        self.net = self.network(networks, data_dim, latent_dim, hidden, 2 * latent_dim)
 
     def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's outputs ``(mu, log_var)``, each ``x.shape[:-1] + (latent_dim,)``."""
@@ -67,10 +95,18 @@ class FullCovarianceEncoder(Encoder):
     family contains the exact posterior of linear-Gaussian models such as probabilistic PCA.
     """
 
-    def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int]):
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int],
+        *,
+        networks: Networks | None = None,
+    ):
         super().__init__(latent_dim)
         self.num_offdiag = latent_dim * (latent_dim - 1) // 2
-        self.net = MLP([data_dim, *hidden, 2 * latent_dim + self.num_offdiag])
+        out = 2 * latent_dim + self.num_offdiag
+        self.net = self.network(networks, data_dim, latent_dim, hidden, out)
         rows, cols = torch.tril_indices(latent_dim, latent_dim, offset=-1)
         self.register_buffer("rows", rows)
         self.register_buffer("cols", cols)
@@ -92,12 +128,21 @@ class LowRankEncoder(Encoder):
     class Params(PieceParams):
         rank: int = option(2, "rank of the covariance factor", low=1, high=4096)
 
-    def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int], rank: int = 2):
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int],
+        rank: int = 2,
+        *,
+        networks: Networks | None = None,
+    ):
         super().__init__(latent_dim)
         if rank < 1:
             raise ValueError(f"rank must be at least 1, got {rank}")
         self.rank = rank
-        self.net = MLP([data_dim, *hidden, (2 + rank) * latent_dim])
+        out = (2 + rank) * latent_dim
+        self.net = self.network(networks, data_dim, latent_dim, hidden, out)
 
     def forward(self, x: torch.Tensor) -> dist.TorchDistribution:
         d = self.latent_dim
@@ -121,7 +166,13 @@ class IAFEncoder(Encoder):
 
     @classmethod
     def build(cls, params: Params, context: BuildContext) -> IAFEncoder:
-        return cls(context.data_dim, context.latent_dim, context.hidden, num_flows=params.flows)
+        return cls(
+            context.data_dim,
+            context.latent_dim,
+            context.hidden,
+            num_flows=params.flows,
+            networks=context.networks,
+        )
 
     def __init__(
         self,
@@ -130,9 +181,12 @@ class IAFEncoder(Encoder):
         hidden: Sequence[int],
         num_flows: int = 2,
         context_dim: int = 32,
+        *,
+        networks: Networks | None = None,
     ):
         super().__init__(latent_dim)
-        self.net = MLP([data_dim, *hidden, 2 * latent_dim + context_dim])
+        out = 2 * latent_dim + context_dim
+        self.net = self.network(networks, data_dim, latent_dim, hidden, out)
         self.flows = nn.ModuleList(
             T.conditional_affine_autoregressive(
                 latent_dim, context_dim, hidden_dims=[4 * latent_dim, 4 * latent_dim]

@@ -1,4 +1,5 @@
-"""Every prior x likelihood x guide: a short fit runs, and the estimator stays consistent."""
+"""Every prior x likelihood x guide x network: a short fit runs, and the estimator stays
+consistent."""
 
 import itertools
 
@@ -10,9 +11,10 @@ import torch
 from pyro_vae.config import ModelConfig
 from pyro_vae.data import dequantize
 from pyro_vae.infer import DeviceSVI, DeviceTrace_ELBO, importance_log_likelihood
-from pyro_vae.registry import GUIDES, LIKELIHOODS, PRIORS, build_vae
+from pyro_vae.registry import GUIDES, LIKELIHOODS, NETWORKS, PRIORS, build_vae
 
 D, LEVELS = 6, 256
+IMAGE = (2, 3)  # the datapoints as images, for the convolutional networks
 
 
 def data_for(likelihood: str, n: int) -> torch.Tensor:
@@ -28,9 +30,10 @@ def data_for(likelihood: str, n: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "prior, likelihood, guide", list(itertools.product(PRIORS, LIKELIHOODS, GUIDES))
+    "prior, likelihood, guide, net",
+    list(itertools.product(PRIORS, LIKELIHOODS, GUIDES, NETWORKS)),
 )
-def test_short_fit_and_consistent_estimates(prior, likelihood, guide):
+def test_short_fit_and_consistent_estimates(prior, likelihood, guide, net):
     cfg = ModelConfig(
         latent_dim=2,
         hidden=(8,),
@@ -39,8 +42,10 @@ def test_short_fit_and_consistent_estimates(prior, likelihood, guide):
         guide=guide,
         num_components=3,
         flows=1,
+        net=net,
+        channels=(3,),
     )
-    vae = build_vae(cfg, D, levels=LEVELS)
+    vae = build_vae(cfg, D, levels=LEVELS, image_shape=IMAGE)
     x = data_for(likelihood, 48)
     train, test = x[:40], x[40:]
     vae.likelihood.check_data(x)

@@ -12,7 +12,7 @@ from pyro_vae.infer import (
 )
 from pyro_vae.infer.iwae_elbo import IWAE_ELBO
 from pyro_vae.infer.optim import JointAdam
-from tests.helpers import binary_data, tiny_vae
+from tests.helpers import NETS, binary_data, tiny_vae
 
 
 @pytest.mark.parametrize(
@@ -109,14 +109,17 @@ def test_svi_step_makes_no_host_sync(monkeypatch, make_optim, precision, make_el
     assert loss.shape == () and not loss.requires_grad
 
 
+@pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize("name", ["trace", "meanfield", "iwae"])
-def test_every_registered_objective_agrees_through_every_entry_point_and_trains_under_svi(name):
+def test_every_registered_objective_agrees_through_every_entry_point_and_trains_under_svi(
+    name, net
+):
     """loss, loss_and_grads and differentiable_loss give one value on the same draws, so the
-    objective works under Pyro's stock SVI as under DeviceSVI."""
+    objective works under Pyro's stock SVI as under DeviceSVI, with MLPs and convolutions."""
     from pyro_vae.config import TrainConfig
     from pyro_vae.registry import build_elbo
 
-    vae = tiny_vae()
+    vae = tiny_vae(**NETS[net])
     x = binary_data(12)
     elbo = build_elbo(TrainConfig(elbo=name, num_particles=3))
     kwargs = dict(index=torch.arange(12), num_data=48)
