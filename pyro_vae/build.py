@@ -117,7 +117,7 @@ def build(
         transform=minibatch_transform(config.data.binarize, config.data.dequantize, dataset.levels),
         vae=vae,
         elbo=registry.build_elbo(t),
-        optim=JointAdam({"lr": t.lr}),
+        optim=JointAdam({"lr": t.lr}, clip_norm=t.clip_norm),
         beta=BetaSchedule(t.beta, t.warmup_epochs * steps_per_epoch),
         precision=registry.build_precision(t.precision),
     )

@@ -90,6 +90,20 @@ class _TrainFields:
     device: str = option("auto", "auto, cpu or cuda", choices=DEVICES)
     log_every: int = option(50, "steps between progress updates", low=1, high=MAX_STEPS)
     eval_samples: int = option(1000, "K of the evaluation after training", low=1, high=MAX_STEPS)
+    patience: int = option(
+        0,
+        "early stopping: stop once the validation ELBO has not improved for this many epochs, "
+        "keep the best epoch's checkpoint and evaluate it (0: train every epoch)",
+        low=0,
+        high=1_000_000,
+        metavar="P",
+    )
+    clip_norm: float | None = option(
+        None,
+        "clip the gradients' total norm to this before each step (default: no clipping)",
+        positive=True,
+        metavar="C",
+    )
     precision: str = option(
         "fp32",
         "precision of the networks in training steps; bf16 is mixed precision, faster where "
@@ -231,7 +245,7 @@ class RunConfig:
 ADDED_LATER = {
     "data": {"dequantize": "none"},
     "model": {"net": "mlp"},
-    "train": {"precision": "fp32"},
+    "train": {"precision": "fp32", "patience": 0, "clip_norm": None},
 }
 
 
@@ -249,6 +263,7 @@ def _check_keys(d: dict, expected: set[str], what: str) -> None:
 _JSON_TYPES = {
     "str": (str,),
     "str | None": (str, type(None)),
+    "float | None": (int, float, type(None)),
     "int": (int,),
     "float": (int, float),
     "bool": (bool,),

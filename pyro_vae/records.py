@@ -105,6 +105,7 @@ class Evaluation:
     seconds: float | None = None
     bits_per_dim: float | None = None
     processes: int | None = None  # computed by several processes, in seeded blocks
+    checkpoint: str | None = None  # "best": the best epoch's of early stopping (else the last)
     evaluation_id: str | None = None
     # keys of a newer version's JSON, kept as they are
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -170,6 +171,7 @@ OPTIONAL = {
     "stages",
     "bits_per_dim",
     "processes",
+    "checkpoint",
     "evaluation_id",
 }
 

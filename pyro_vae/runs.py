@@ -157,6 +157,8 @@ class RunDir:
     config_path = property(lambda self: self.path / "config.json")
     metrics_path = property(lambda self: self.path / "metrics.csv")
     checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+    # the best epoch's checkpoint of a run with early stopping (train.patience > 0)
+    best_path = property(lambda self: self.path / "best.pt")
 
     lock_path = property(lambda self: self.path / ".lock")
 
@@ -238,25 +240,32 @@ class RunDir:
             raise CheckpointError(f"{self.config_path}: {e}") from None
 
     # checkpoint
-    def save_checkpoint(self, state: dict[str, Any], config: RunConfig) -> None:
+    def save_checkpoint(
+        self, state: dict[str, Any], config: RunConfig, *, best: bool = False
+    ) -> None:
+        """Write the checkpoint atomically (``best``: the best epoch's, ``best.pt``)."""
         payload = {"format": CHECKPOINT_FORMAT, "config": config.to_json(), **state}
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
+        atomic_write_bytes(self.best_path if best else self.checkpoint_path, buffer.getvalue())
 
-    def load_checkpoint(self, config: RunConfig, map_location=None) -> dict[str, Any]:
-        """The checkpoint's state, after checking every byte of it against the CRC-32 sums its
-        zip archive stores (``torch.load`` does not), then its format and config."""
+    def load_checkpoint(
+        self, config: RunConfig, map_location=None, *, best: bool = False
+    ) -> dict[str, Any]:
+        """The checkpoint's state (``best``: the best epoch's), after checking every byte of it
+        against the CRC-32 sums its zip archive stores (``torch.load`` does not), then its
+        format and config."""
+        path = self.best_path if best else self.checkpoint_path
         try:
-            data = self.checkpoint_path.read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
-            raise CheckpointError(f"no checkpoint at {self.checkpoint_path}") from None
+            raise CheckpointError(f"no checkpoint at {path}") from None
         except OSError as e:
-            raise CheckpointError(f"cannot read {self.checkpoint_path}: {e.strerror}") from None
+            raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
         damaged = _damaged_member(data)
         if damaged is not None:
             raise CheckpointError(
-                f"checkpoint is corrupt: {self.checkpoint_path} ({damaged}); its bytes changed "
+                f"checkpoint is corrupt: {path} ({damaged}); its bytes changed "
                 "after it was written (disk or copy damage). Restore it from a backup, or train "
                 "again into a new run directory"
             )
@@ -264,15 +273,12 @@ class RunDir:
             state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
         except Exception as e:
             raise CheckpointError(
-                f"{self.checkpoint_path} is corrupt or not a pyro-vae checkpoint "
-                f"({type(e).__name__})"
+                f"{path} is corrupt or not a pyro-vae checkpoint ({type(e).__name__})"
             ) from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{self.checkpoint_path} is not a pyro-vae checkpoint (format)")
+            raise CheckpointError(f"{path} is not a pyro-vae checkpoint (format)")
         if _saved_config(state.get("config")) != config:
-            raise CheckpointError(
-                f"{self.checkpoint_path} was written for another config than {self.config_path}"
-            )
+            raise CheckpointError(f"{path} was written for another config than {self.config_path}")
         return state
 
     # metrics

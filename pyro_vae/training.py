@@ -55,6 +55,41 @@ class BetaSchedule:
         return self.beta * min(1.0, (step + 1) / self.warmup_steps)
 
 
+class EarlyStopping:
+    """When training stops early: once the validation ELBO has not improved on its best for
+    ``patience`` epochs (0: never). Its state goes into the checkpoint, so a resumed run
+    stops where an uninterrupted one would."""
+
+    def __init__(self, patience: int = 0):
+        if patience < 0:
+            raise ValueError(f"patience must be at least 0, got {patience}")
+        self.patience = patience
+        self.best = -math.inf
+        self.best_epoch = 0
+
+    @property
+    def active(self) -> bool:
+        return self.patience > 0
+
+    def update(self, epoch: int, val_elbo: float) -> bool:
+        """Record epoch ``epoch``'s validation ELBO; whether it is the best so far."""
+        if val_elbo > self.best:
+            self.best, self.best_epoch = val_elbo, epoch
+            return True
+        return False
+
+    def stops_after(self, epoch: int) -> bool:
+        """Whether training stops once epoch ``epoch`` is done."""
+        return self.active and epoch - self.best_epoch >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+
+
 @dataclass(frozen=True)
 class EpochStats:
     """One epoch's record. Objectives are in nats per datapoint."""

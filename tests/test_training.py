@@ -1,5 +1,6 @@
 import math
 
+import pyro
 import pytest
 import torch
 
@@ -190,3 +191,81 @@ def test_library_errors_name_a_jobs_arguments_by_keyword_and_the_cli_by_flag(tmp
         jobs.bdmc(tmp_path / "r", num_datapoints=0)
     assert str(e.value) == "the num_datapoints argument must be at least 1, got 0"
     assert e.value.render(_flag) == "--num-datapoints must be at least 1, got 0"
+
+
+def test_early_stopping_counts_epochs_without_a_better_validation_elbo():
+    from pyro_vae.training import EarlyStopping
+
+    stopping = EarlyStopping(patience=2)
+    for epoch, value in enumerate([-5.0, -4.0, -4.5, -3.9, -4.0], start=1):
+        stopping.update(epoch, value)
+        assert not stopping.stops_after(epoch)
+    assert stopping.update(6, -4.2) is False and stopping.stops_after(6)
+    assert (stopping.best, stopping.best_epoch) == (-3.9, 4)
+    again = EarlyStopping(patience=2)
+    again.load_state_dict(stopping.state_dict())
+    assert again.stops_after(6) and not EarlyStopping(0).stops_after(100)
+
+
+def test_early_stopping_keeps_the_best_epoch_evaluates_it_and_resumes_exactly(tmp_path):
+    config = _small_config(epochs=400, patience=2, eval_samples=20, lr=0.01)
+    said = []
+    whole = jobs.train(config, tmp_path / "whole", echo=said.append)
+    stopped = len(whole.history)
+    vals = [r.val_elbo for r in whole.history]
+    best = vals.index(max(vals)) + 1
+    assert stopped < 400 and stopped - best == 2  # stopped by itself, 2 epochs after the best
+    assert any(f"the best epoch, {best} " in s for s in said)
+    run = RunDir(tmp_path / "whole")
+    last = torch.load(run.checkpoint_path, weights_only=True)
+    kept = torch.load(run.best_path, weights_only=True)
+    assert (last["epoch"], kept["epoch"]) == (stopped, best)
+    assert any(not torch.equal(v, last["model"][k]) for k, v in kept["model"].items())
+    assert whole.evaluation.checkpoint == "best" and whole.evaluation.epochs_trained == best
+    assert "(the best epoch's checkpoint)" in jobs.format_evaluation(whole.evaluation)
+    # interrupted before it stopped, then resumed: the same epochs, the same two checkpoints
+    jobs.train(config.replace(train={"epochs": stopped - 1}), tmp_path / "split", echo=said.append)
+    jobs.train(config, tmp_path / "split", resume=True, evaluate_at_end=False, echo=said.append)
+    split = RunDir(tmp_path / "split")
+    for path in ("checkpoint_path", "best_path"):
+        a = torch.load(getattr(run, path), weights_only=True)
+        b = torch.load(getattr(split, path), weights_only=True)
+        assert a["epoch"] == b["epoch"], path
+        for key, value in a["model"].items():
+            assert torch.equal(value, b["model"][key]), (path, key)
+    said.clear()
+    again = jobs.train(config, tmp_path / "whole", resume=True, echo=said.append)
+    assert again.history == whole.history  # a stopped run does not train on
+    assert "(stopped early; best epoch" in said[0]
+
+
+def test_gradients_are_clipped_to_the_norm_asked_for(monkeypatch):
+    from pyro_vae.infer.optim import JointAdam
+
+    original = torch.optim.Adam.step
+    seen = []
+
+    def step(self, *args, **kwargs):  # the gradients' total norm as Adam receives them
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    norms = {}
+    for clip in (None, 0.01):
+        seen.clear()
+        pyro.clear_param_store()
+        trainer = Trainer(
+            tiny_vae(),
+            binary_data(32),
+            elbo=DeviceTrace_ELBO(max_plate_nesting=1),
+            optim=JointAdam({"lr": 1e-3}, clip_norm=clip),
+            batch_size=8,
+        )
+        trainer.train_epoch()
+        norms[clip] = list(seen)
+    assert len(norms[0.01]) == 4 and min(norms[None]) > 0.01  # larger than the clip
+    assert max(norms[0.01]) <= 0.01 * (1 + 1e-4)
+    with pytest.raises(ConfigError) as e:
+        RunConfig().replace(train={"clip_norm": 0.0})
+    assert e.value.option == "train.clip_norm"

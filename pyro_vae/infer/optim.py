@@ -22,10 +22,16 @@ class JointAdam(PyroOptim):
     ----------
     optim_args : dict
         Keyword arguments of ``torch.optim.Adam`` (``lr``, ``betas``, ...).
+    clip_norm : float, optional
+        Before each step, scale the gradients so that their total norm (over every parameter)
+        is at most this (``torch.nn.utils.clip_grad_norm_``, on the device: no host sync).
     """
 
-    def __init__(self, optim_args: dict[str, Any]):
+    def __init__(self, optim_args: dict[str, Any], clip_norm: float | None = None):
         super().__init__(torch.optim.Adam, optim_args)
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+        self.clip_norm = clip_norm
         self.optimizer: torch.optim.Adam | None = None
         self.names: list[str] = []
         self._pending: dict[str, Any] | None = None
@@ -49,6 +55,11 @@ class JointAdam(PyroOptim):
             if new:
                 self.optimizer.add_param_group({"params": [p for _, p in new]})
                 self.names += [name for name, _ in new]
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(
+                [p for group in self.optimizer.param_groups for p in group["params"]],
+                self.clip_norm,
+            )
         self.optimizer.step()
 
     def get_state(self) -> dict[str, Any]:

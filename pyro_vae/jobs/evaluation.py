@@ -298,6 +298,7 @@ def _run_fields(config: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
         "guide": config.model.guide,
         "objective": config.train.elbo,
         "epochs_trained": meta["epoch"],
+        "checkpoint": meta.get("checkpoint"),
         "seed": config.train.seed,
     }
 
@@ -422,6 +423,7 @@ def format_evaluation(ev: Evaluation) -> str:
         f"{ev.dataset} ({ev.split} split, {_data_label(ev)}), "
         f"{plural(ev.num_datapoints, 'datapoint')}, {_estimator_label(ev)}, "
         f"{plural(ev.epochs_trained, 'epoch')}"
+        + (" (the best epoch's checkpoint)" if ev.checkpoint == "best" else "")
         + (f", networks in {ev.precision}:" if ev.precision != "fp32" else ":"),
         f"  log p(x)  {ev.log_px:10.3f} nats  {error_bar}",
         f"  ELBO      {ev.elbo:10.3f} nats",

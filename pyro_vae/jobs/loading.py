@@ -31,12 +31,17 @@ def training_identity(config: RunConfig) -> RunConfig:
 
 
 def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, VAE, dict[str, Any]]:
-    """The config, the trained VAE (on ``device``) and the checkpoint's metadata of a run."""
+    """The config, the trained VAE (on ``device``) and the checkpoint's metadata of a run.
+
+    A run trained with early stopping (``train.patience``) gives its best epoch's checkpoint
+    (``best.pt``, ``meta["checkpoint"] == "best"``); any other run its last.
+    """
     run = RunDir(run_dir).require()
     config = run.read_config()
     dev = resolve_device(device if device != "auto" else config.train.device)
-    state = run.load_checkpoint(training_identity(config), map_location=dev)
-    meta = _checked_meta(run, state)
+    best = config.train.patience > 0 and run.best_path.is_file()
+    state = run.load_checkpoint(training_identity(config), map_location=dev, best=best)
+    meta = {**_checked_meta(run, state), "checkpoint": "best" if best else None}
     pyro.clear_param_store()
     shape = meta.get("image_shape")
     vae = registry.build_vae(

@@ -19,7 +19,7 @@ from pyro_vae.jobs.loading import training_identity
 from pyro_vae.records import Evaluation
 from pyro_vae.runs import RunDir
 from pyro_vae.text import plural
-from pyro_vae.training import EpochStats, Trainer
+from pyro_vae.training import EarlyStopping, EpochStats, Trainer
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,12 @@ def _train_claimed(
         "levels": dataset.levels,
     }
     history: list[EpochStats] = []
+    stopping = EarlyStopping(config.train.patience)
+    val = built.splits.get("val")
+    if stopping.active and (val is None or val.shape[0] == 0):
+        raise ConfigError(
+            "{train.patience} stops on the validation ELBO, and these data have no validation split"
+        )
     state = None
     if writes and resume and run.checkpoint_path.is_file():
         where = "cpu" if world.is_distributed else device  # sent to the other ranks from here
@@ -105,45 +111,63 @@ def _train_claimed(
         state = broadcast_object(state, world)
     if state is not None:
         _load_model_state(trainer, state)
+        stopping.load_state_dict(state.get("early_stopping"))
         if writes:
             rows = run.read_metrics(drop_damaged_tail=True)  # a torn tail is rewritten below
             history = [row for row in rows if row.epoch <= trainer.epoch]
     elif resume:
         echo(f"{run.path}: no epoch was finished; training from the beginning")
+
+    def finished() -> bool:
+        return trainer.epoch >= config.train.epochs or stopping.stops_after(trainer.epoch)
+
     if not writes:
-        while trainer.epoch < config.train.epochs:
-            history.append(trainer.train_epoch())
+        while not finished():
+            stats = trainer.train_epoch()
+            history.append(stats)
+            stopping.update(stats.epoch, stats.val_elbo)  # the val ELBO is rank 0's on all
         if _evaluates_after(world, None):  # with rank 0, in shared blocks
             evaluate(run.path, num_samples=config.train.eval_samples, world=world)
         return TrainResult(run.path, history, None)
     run.write_config(config)
-    if trainer.epoch >= config.train.epochs:
+    if finished():
         done = run.select_evaluations(
             split="test", num_samples=config.train.eval_samples, precision="fp32"
         )
+        trained = f"already trained for {plural(trainer.epoch, 'epoch')} of {config.train.epochs}"
+        if stopping.stops_after(trainer.epoch) and trainer.epoch < config.train.epochs:
+            trained += f" (stopped early; best epoch {stopping.best_epoch})"
         if evaluate_at_end and done:
-            echo(
-                f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
-                f"of {config.train.epochs} and evaluated ({done[0].json_path})"
-            )
+            echo(f"{run.path}: {trained} and evaluated ({done[0].json_path})")
             _evaluates_after(world, False)
             return TrainResult(run.path, history, done[0].evaluation)
         echo(
-            f"{run.path}: already trained for {plural(trainer.epoch, 'epoch')} "
-            f"of {config.train.epochs}"
+            f"{run.path}: {trained}"
             + ("; running its missing evaluation" if evaluate_at_end else "")
         )
     report_every = max(1, config.train.epochs // 10)
-    while trainer.epoch < config.train.epochs:
+    identity = training_identity(config)
+    while not finished():
         stats = trainer.train_epoch()
         history.append(stats)
-        run.save_checkpoint({**trainer.state_dict(), "meta": meta}, training_identity(config))
+        best = stopping.active and stopping.update(stats.epoch, stats.val_elbo)
+        state = {**trainer.state_dict(), "meta": meta, "early_stopping": stopping.state_dict()}
+        if best:  # written first: a checkpoint names its best epoch only once best.pt holds it
+            run.save_checkpoint(state, identity, best=True)
+        run.save_checkpoint(state, identity)
         run.write_metrics(history)
-        if stats.epoch % report_every == 0 or stats.epoch == config.train.epochs:
+        stops = stopping.stops_after(stats.epoch)
+        if stats.epoch % report_every == 0 or stats.epoch == config.train.epochs or stops:
             echo(
                 f"epoch {stats.epoch:4d}/{config.train.epochs}  train objective "
                 f"{stats.train_objective:9.3f}  val ELBO {stats.val_elbo:9.3f} nats  "
                 f"beta {stats.beta:.3g}  ({stats.seconds:.2f} s)"
+            )
+        if stops:
+            echo(
+                f"stopped early: the validation ELBO has not improved for "
+                f"{plural(stopping.patience, 'epoch')}; the best epoch, {stopping.best_epoch} "
+                f"(val ELBO {stopping.best:.3f} nats), is kept in {run.best_path.name}"
             )
     evaluation = None
     if _evaluates_after(world, evaluate_at_end):
