@@ -92,11 +92,19 @@ class _TrainFields:
     eval_samples: int = option(1000, "K of the evaluation after training", low=1, high=MAX_STEPS)
     patience: int = option(
         0,
-        "early stopping: stop once the validation ELBO has not improved for this many epochs, "
-        "keep the best epoch's checkpoint and evaluate it (0: train every epoch)",
+        "early stopping: stop once the validation L_K (K = {train.stop_samples}) has not "
+        "improved for this many epochs, keep the best epoch's checkpoint and evaluate it (0: "
+        "train every epoch)",
         low=0,
         high=1_000_000,
         metavar="P",
+    )
+    stop_samples: int = option(
+        10,
+        "K of the validation L_K that early stopping watches (1: a single-sample ELBO)",
+        low=1,
+        high=100_000,
+        metavar="K",
     )
     clip_norm: float | None = option(
         None,
@@ -245,7 +253,7 @@ class RunConfig:
 ADDED_LATER = {
     "data": {"dequantize": "none"},
     "model": {"net": "mlp"},
-    "train": {"precision": "fp32", "patience": 0, "clip_norm": None},
+    "train": {"precision": "fp32", "patience": 0, "stop_samples": 10, "clip_norm": None},
 }
 
 

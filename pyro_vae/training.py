@@ -56,9 +56,10 @@ class BetaSchedule:
 
 
 class EarlyStopping:
-    """When training stops early: once the validation ELBO has not improved on its best for
-    ``patience`` epochs (0: never). Its state goes into the checkpoint, so a resumed run
-    stops where an uninterrupted one would."""
+    """When training stops early: once the watched validation score (the jobs' validation L_K,
+    :meth:`Trainer.validation_bound`) has not improved on its best for ``patience`` epochs (0:
+    never). Its state goes into the checkpoint, so a resumed run stops where an uninterrupted
+    one would."""
 
     def __init__(self, patience: int = 0):
         if patience < 0:
@@ -71,10 +72,10 @@ class EarlyStopping:
     def active(self) -> bool:
         return self.patience > 0
 
-    def update(self, epoch: int, val_elbo: float) -> bool:
-        """Record epoch ``epoch``'s validation ELBO; whether it is the best so far."""
-        if val_elbo > self.best:
-            self.best, self.best_epoch = val_elbo, epoch
+    def update(self, epoch: int, score: float) -> bool:
+        """Record epoch ``epoch``'s validation score; whether it is the best so far."""
+        if score > self.best:
+            self.best, self.best_epoch = score, epoch
             return True
         return False
 
@@ -254,14 +255,28 @@ class Trainer:
 
     def validation_elbo(self) -> float:
         """Mean single-sample ELBO (beta = 1) on the validation split, nats per datapoint."""
+        return self._on_validation(1, lambda r: r.elbo.mean())
+
+    def validation_bound(self, num_samples: int) -> float:
+        """Mean L_K (the importance-sampled bound with K = ``num_samples``, beta = 1) on the
+        validation split, nats per datapoint: what early stopping watches."""
+        return self._on_validation(num_samples, lambda r: r.log_px.mean())
+
+    def _on_validation(self, num_samples: int, statistic) -> float:
+        """``statistic`` of the importance estimate on the validation split (NaN without one);
+        with several ranks, rank 0's value, sent to the others."""
         if self.val_x is None:
             return math.nan
         value = torch.zeros((), dtype=torch.float64, device=self.val_x.device)
-        if self.world.is_main:  # with several ranks, rank 0's value, sent to the others
+        if self.world.is_main:
             result = importance_log_likelihood(
-                self.vae.model, self.vae.guide, self.val_x, num_samples=1, max_plate_nesting=1
+                self.vae.model,
+                self.vae.guide,
+                self.val_x,
+                num_samples=num_samples,
+                max_plate_nesting=1,
             )
-            value = result.elbo.mean()
+            value = statistic(result)
         if self.world.is_distributed:
             value = value.to(torch.float64)
             torch.distributed.broadcast(value, src=0)

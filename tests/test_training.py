@@ -212,14 +212,14 @@ def test_early_stopping_keeps_the_best_epoch_evaluates_it_and_resumes_exactly(tm
     said = []
     whole = jobs.train(config, tmp_path / "whole", echo=said.append)
     stopped = len(whole.history)
-    vals = [r.val_elbo for r in whole.history]
-    best = vals.index(max(vals)) + 1
-    assert stopped < 400 and stopped - best == 2  # stopped by itself, 2 epochs after the best
-    assert any(f"the best epoch, {best} " in s for s in said)
     run = RunDir(tmp_path / "whole")
     last = torch.load(run.checkpoint_path, weights_only=True)
     kept = torch.load(run.best_path, weights_only=True)
+    best = last["early_stopping"]["best_epoch"]
+    assert stopped < 400 and stopped - best == 2  # stopped by itself, 2 epochs after the best
+    assert any(f"the best epoch, {best} (val L_10 " in s for s in said)
     assert (last["epoch"], kept["epoch"]) == (stopped, best)
+    assert kept["early_stopping"] == {"best": last["early_stopping"]["best"], "best_epoch": best}
     assert any(not torch.equal(v, last["model"][k]) for k, v in kept["model"].items())
     assert whole.evaluation.checkpoint == "best" and whole.evaluation.epochs_trained == best
     assert "(the best epoch's checkpoint)" in jobs.format_evaluation(whole.evaluation)

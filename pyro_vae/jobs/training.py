@@ -121,11 +121,15 @@ def _train_claimed(
     def finished() -> bool:
         return trainer.epoch >= config.train.epochs or stopping.stops_after(trainer.epoch)
 
+    def watched() -> float:
+        """The validation score early stopping watches (rank 0's, on every rank)."""
+        return trainer.validation_bound(config.train.stop_samples)
+
     if not writes:
         while not finished():
-            stats = trainer.train_epoch()
-            history.append(stats)
-            stopping.update(stats.epoch, stats.val_elbo)  # the val ELBO is rank 0's on all
+            history.append(trainer.train_epoch())
+            if stopping.active:
+                stopping.update(trainer.epoch, watched())
         if _evaluates_after(world, None):  # with rank 0, in shared blocks
             evaluate(run.path, num_samples=config.train.eval_samples, world=world)
         return TrainResult(run.path, history, None)
@@ -150,7 +154,7 @@ def _train_claimed(
     while not finished():
         stats = trainer.train_epoch()
         history.append(stats)
-        best = stopping.active and stopping.update(stats.epoch, stats.val_elbo)
+        best = stopping.active and stopping.update(stats.epoch, watched())
         state = {**trainer.state_dict(), "meta": meta, "early_stopping": stopping.state_dict()}
         if best:  # written first: a checkpoint names its best epoch only once best.pt holds it
             run.save_checkpoint(state, identity, best=True)
@@ -165,9 +169,10 @@ def _train_claimed(
             )
         if stops:
             echo(
-                f"stopped early: the validation ELBO has not improved for "
-                f"{plural(stopping.patience, 'epoch')}; the best epoch, {stopping.best_epoch} "
-                f"(val ELBO {stopping.best:.3f} nats), is kept in {run.best_path.name}"
+                f"stopped early: the validation L_{config.train.stop_samples} has not improved "
+                f"for {plural(stopping.patience, 'epoch')}; the best epoch, "
+                f"{stopping.best_epoch} (val L_{config.train.stop_samples} "
+                f"{stopping.best:.3f} nats), is kept in {run.best_path.name}"
             )
     evaluation = None
     if _evaluates_after(world, evaluate_at_end):
