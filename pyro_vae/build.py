@@ -26,7 +26,7 @@ from pyro_vae.distributed import SINGLE, World
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer.optim import JointAdam
 from pyro_vae.models import VAE, Likelihood
-from pyro_vae.training import BetaSchedule, Trainer
+from pyro_vae.training import BetaSchedule, LRSchedule, Trainer
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ class Built:
         The optimiser (Adam at the config's learning rate).
     beta : BetaSchedule
         The KL weight per step (its warm-up in steps of this training split).
+    schedule : LRSchedule
+        The learning rate over epochs (``train.lr_schedule``).
     precision : torch.dtype
         The networks' precision in training steps.
     """
@@ -68,6 +70,7 @@ class Built:
     optim: pyro.optim.PyroOptim
     beta: BetaSchedule
     precision: torch.dtype
+    schedule: LRSchedule
 
     def trainer(self, *, progress: bool | str = False, world: World = SINGLE) -> Trainer:
         """A :class:`~pyro_vae.training.Trainer` of these objects on the training split (this
@@ -109,6 +112,8 @@ def build(
     ).to(device)
     t = config.train
     steps_per_epoch = math.ceil(data["train"].shape[0] / t.batch_size) if "train" in data else 0
+    optim = JointAdam({"lr": t.lr}, clip_norm=t.clip_norm)
+    schedule = LRSchedule(t.lr_schedule, optim, vae, epochs=t.epochs, patience=t.lr_patience)
     return Built(
         config=config,
         device=device,
@@ -117,9 +122,10 @@ def build(
         transform=minibatch_transform(config.data.binarize, config.data.dequantize, dataset.levels),
         vae=vae,
         elbo=registry.build_elbo(t),
-        optim=JointAdam({"lr": t.lr}, clip_norm=t.clip_norm),
+        optim=optim,
         beta=BetaSchedule(t.beta, t.warmup_epochs * steps_per_epoch),
         precision=registry.build_precision(t.precision),
+        schedule=schedule,
     )
 
 

@@ -19,6 +19,7 @@ from pyro_vae.options import check_options, option, parse_widths
 from pyro_vae.registry import piece_options
 
 BINARIZE_MODES = ("dynamic", "static", "none")
+LR_SCHEDULES = ("none", "cosine", "plateau")
 DEQUANTIZE_MODES = ("uniform", "none")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_HIDDEN_WIDTH = 65_536
@@ -105,6 +106,15 @@ class _TrainFields:
         low=1,
         high=100_000,
         metavar="K",
+    )
+    lr_schedule: str = option(
+        "none",
+        "none, cosine (from {train.lr} to 0 over {train.epochs}) or plateau (halve the rate "
+        "once the validation L_K has not improved for {train.lr_patience} epochs)",
+        choices=LR_SCHEDULES,
+    )
+    lr_patience: int = option(
+        5, "epochs without improvement before plateau halves the rate", low=1, high=1_000_000
     )
     clip_norm: float | None = option(
         None,
@@ -253,7 +263,14 @@ class RunConfig:
 ADDED_LATER = {
     "data": {"dequantize": "none"},
     "model": {"net": "mlp"},
-    "train": {"precision": "fp32", "patience": 0, "stop_samples": 10, "clip_norm": None},
+    "train": {
+        "precision": "fp32",
+        "patience": 0,
+        "stop_samples": 10,
+        "lr_schedule": "none",
+        "lr_patience": 5,
+        "clip_norm": None,
+    },
 }
 
 

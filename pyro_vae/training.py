@@ -91,6 +91,70 @@ class EarlyStopping:
             self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
 
 
+class LRSchedule:
+    """The learning rate over epochs, through torch's schedulers on the trainer's Adam.
+
+    ``kind`` is ``"none"`` (constant), ``"cosine"`` (``CosineAnnealingLR``: from the
+    configured rate to 0 over ``epochs``) or ``"plateau"`` (``ReduceLROnPlateau``: halved once
+    the validation score has not improved for ``patience`` epochs). :meth:`step` is called
+    after every epoch; the scheduler's state goes into the checkpoint (the rate itself is in
+    the optimizer's), so a resumed run follows the same rates.
+    """
+
+    KINDS = ("none", "cosine", "plateau")
+
+    def __init__(
+        self,
+        kind: str,
+        optim: JointAdam,
+        vae: VAE,
+        *,
+        epochs: int,
+        patience: int = 5,
+        factor: float = 0.5,
+    ):
+        if kind not in self.KINDS:
+            raise ValueError(f"lr schedule must be one of {self.KINDS}, got {kind!r}")
+        self.kind = kind
+        self.scheduler = None
+        if kind == "none":
+            return
+        for part in ("encoder", "decoder", "prior", "likelihood"):  # as model and guide do
+            pyro.module(f"{vae.name}.{part}", getattr(vae, part))
+        optimizer = optim.bind(vae.parameters())
+        if kind == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=factor, patience=patience
+            )
+
+    @property
+    def needs_score(self) -> bool:
+        """Whether :meth:`step` needs the epoch's validation score."""
+        return self.kind == "plateau"
+
+    def step(self, score: float | None = None) -> None:
+        if self.kind == "cosine":
+            self.scheduler.step()
+        elif self.kind == "plateau":
+            self.scheduler.step(score)
+
+    @property
+    def lr(self) -> float | None:
+        """The rate of the next epoch (None without a schedule)."""
+        if self.scheduler is None:
+            return None
+        return float(self.scheduler.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return None if self.scheduler is None else self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.scheduler is not None and state is not None:
+            self.scheduler.load_state_dict(state)
+
+
 @dataclass(frozen=True)
 class EpochStats:
     """One epoch's record. Objectives are in nats per datapoint."""

@@ -269,3 +269,87 @@ def test_gradients_are_clipped_to_the_norm_asked_for(monkeypatch):
     with pytest.raises(ConfigError) as e:
         RunConfig().replace(train={"clip_norm": 0.0})
     assert e.value.option == "train.clip_norm"
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+def test_lr_schedules_resume_exactly(tmp_path, schedule):
+    config = _small_config(epochs=30, lr=0.05, lr_schedule=schedule, lr_patience=1)
+    whole = jobs.train(config, tmp_path / "whole", evaluate_at_end=False, echo=lambda s: None)
+    if schedule == "plateau":
+        first = config.replace(train={"epochs": 15})
+        jobs.train(first, tmp_path / "split", evaluate_at_end=False, echo=lambda s: None)
+    else:  # the cosine schedule is set by the epochs: interrupt the run after 15 of its 30
+        _train_epochs_then_stop(config, tmp_path / "split", 15)
+    resumed = jobs.train(
+        config, tmp_path / "split", resume=True, evaluate_at_end=False, echo=lambda s: None
+    )
+    a = torch.load(RunDir(tmp_path / "whole").checkpoint_path, weights_only=True)
+    b = torch.load(RunDir(tmp_path / "split").checkpoint_path, weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    _assert_same(a["optim"], b["optim"])
+    _assert_same(a["lr_schedule"], b["lr_schedule"], "lr_schedule")
+    assert [r.val_elbo for r in whole.history] == [r.val_elbo for r in resumed.history]
+    rates = [g["lr"] for g in a["optim"]["optimizer"]["param_groups"]]
+    if schedule == "cosine":
+        assert rates == [pytest.approx(0.0, abs=1e-12)]  # 0.05 -> 0 over the 30 epochs
+    else:
+        assert rates[0] < 0.05 / 4  # halved more than once
+
+
+def _train_epochs_then_stop(config, out, epochs):
+    """Train ``config`` (its cosine schedule over all of its epochs) for ``epochs`` epochs only,
+    as a run interrupted then would have."""
+    calls = {"n": 0}
+    original = Trainer.train_epoch
+
+    def counted(self):
+        if calls["n"] == epochs:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(self)
+
+    Trainer.train_epoch = counted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            jobs.train(config, out, evaluate_at_end=False, echo=lambda s: None)
+    finally:
+        Trainer.train_epoch = original
+    assert torch.load(RunDir(out).checkpoint_path, weights_only=True)["epoch"] == epochs
+
+
+def test_the_cosine_rate_follows_its_formula_and_plateau_halves_after_its_patience():
+    from pyro_vae.infer.optim import JointAdam
+    from pyro_vae.training import LRSchedule
+
+    pyro.clear_param_store()
+    vae = tiny_vae()
+    optim = JointAdam({"lr": 0.1})
+    cosine = LRSchedule("cosine", optim, vae, epochs=4)
+    rates = []
+    for _ in range(4):
+        optim.optimizer.step()  # no gradients: nothing moves, but torch sees the order it wants
+        cosine.step()
+        rates.append(cosine.lr)
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(1, 5)]
+    assert rates == pytest.approx(expected, abs=1e-12)
+    pyro.clear_param_store()
+    vae = tiny_vae()
+    optim = JointAdam({"lr": 0.1})
+    plateau = LRSchedule("plateau", optim, vae, epochs=10, patience=2)
+    rates = []
+    for score in [-5.0, -4.0, -4.5, -4.2, -4.1, -3.0, -3.5]:
+        optim.optimizer.step()
+        plateau.step(score)
+        rates.append(plateau.lr)
+    # -4.0 is the best; two epochs without improvement (-4.5, -4.2), then a third halves it
+    assert rates == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05])
+    with pytest.raises(ValueError, match="lr schedule must be one of"):
+        LRSchedule("step", JointAdam({"lr": 0.1}), vae, epochs=3)
+
+
+def test_a_cosine_run_resumes_only_with_its_own_epochs(tmp_path):
+    config = _small_config(epochs=2, lr_schedule="cosine")
+    jobs.train(config, tmp_path / "r", evaluate_at_end=False, echo=lambda s: None)
+    with pytest.raises(ConfigError, match="cosine schedule runs over the run's"):
+        jobs.train(config.replace(train={"epochs": 3}), tmp_path / "r", resume=True)

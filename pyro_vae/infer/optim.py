@@ -36,19 +36,29 @@ class JointAdam(PyroOptim):
         self.names: list[str] = []
         self._pending: dict[str, Any] | None = None
 
+    def bind(self, params) -> torch.optim.Adam:
+        """The torch optimizer over ``params`` (tensors of Pyro's param store), made now rather
+        than at the first step, for what must hold it from the start (a learning-rate
+        scheduler). The first step must then give the same parameters."""
+        if self.optimizer is None:
+            self._create(list(params))
+        return self.optimizer
+
+    def _create(self, params: list) -> None:
+        store = pyro.get_param_store()
+        named = sorted((store.param_name(p), p) for p in params)
+        self.names = [name for name, _ in named]
+        fused = True if all(p.is_cuda for _, p in named) else None
+        self.optimizer = torch.optim.Adam([p for _, p in named], **self.pt_optim_args, fused=fused)
+        if self._pending is not None:
+            self._load(self._pending)
+            self._pending = None
+
     def __call__(self, params, *args, **kwargs) -> None:
         store = pyro.get_param_store()
         params = list(params)
         if self.optimizer is None:
-            named = sorted((store.param_name(p), p) for p in params)
-            self.names = [name for name, _ in named]
-            fused = True if all(p.is_cuda for _, p in named) else None
-            self.optimizer = torch.optim.Adam(
-                [p for _, p in named], **self.pt_optim_args, fused=fused
-            )
-            if self._pending is not None:
-                self._load(self._pending)
-                self._pending = None
+            self._create(params)
         else:
             known = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
             new = sorted((store.param_name(p), p) for p in params if id(p) not in known)

@@ -109,9 +109,11 @@ def _train_claimed(
         state = run.load_checkpoint(training_identity(config), map_location=where)
     if world.is_distributed:
         state = broadcast_object(state, world)
+    schedule = built.schedule
     if state is not None:
         _load_model_state(trainer, state)
         stopping.load_state_dict(state.get("early_stopping"))
+        schedule.load_state_dict(state.get("lr_schedule"))
         if writes:
             rows = run.read_metrics(drop_damaged_tail=True)  # a torn tail is rewritten below
             history = [row for row in rows if row.epoch <= trainer.epoch]
@@ -121,15 +123,19 @@ def _train_claimed(
     def finished() -> bool:
         return trainer.epoch >= config.train.epochs or stopping.stops_after(trainer.epoch)
 
-    def watched() -> float:
-        """The validation score early stopping watches (rank 0's, on every rank)."""
-        return trainer.validation_bound(config.train.stop_samples)
+    def after_epoch() -> bool:
+        """The validation score (rank 0's, on every rank) to the schedule and early stopping,
+        when they watch it; whether this epoch is the best so far."""
+        score = None
+        if stopping.active or schedule.needs_score:
+            score = trainer.validation_bound(config.train.stop_samples)
+        schedule.step(score)
+        return stopping.active and stopping.update(trainer.epoch, score)
 
     if not writes:
         while not finished():
             history.append(trainer.train_epoch())
-            if stopping.active:
-                stopping.update(trainer.epoch, watched())
+            after_epoch()
         if _evaluates_after(world, None):  # with rank 0, in shared blocks
             evaluate(run.path, num_samples=config.train.eval_samples, world=world)
         return TrainResult(run.path, history, None)
@@ -154,18 +160,24 @@ def _train_claimed(
     while not finished():
         stats = trainer.train_epoch()
         history.append(stats)
-        best = stopping.active and stopping.update(stats.epoch, watched())
-        state = {**trainer.state_dict(), "meta": meta, "early_stopping": stopping.state_dict()}
+        best = after_epoch()
+        state = {
+            **trainer.state_dict(),
+            "meta": meta,
+            "early_stopping": stopping.state_dict(),
+            "lr_schedule": schedule.state_dict(),
+        }
         if best:  # written first: a checkpoint names its best epoch only once best.pt holds it
             run.save_checkpoint(state, identity, best=True)
         run.save_checkpoint(state, identity)
         run.write_metrics(history)
         stops = stopping.stops_after(stats.epoch)
         if stats.epoch % report_every == 0 or stats.epoch == config.train.epochs or stops:
+            rate = "" if schedule.lr is None else f"  lr {schedule.lr:.3g}"
             echo(
                 f"epoch {stats.epoch:4d}/{config.train.epochs}  train objective "
                 f"{stats.train_objective:9.3f}  val ELBO {stats.val_elbo:9.3f} nats  "
-                f"beta {stats.beta:.3g}  ({stats.seconds:.2f} s)"
+                f"beta {stats.beta:.3g}{rate}  ({stats.seconds:.2f} s)"
             )
         if stops:
             echo(
@@ -210,6 +222,11 @@ def _check_new_run_dir(run: RunDir) -> None:
 
 
 def _check_resumable(saved: RunConfig, given: RunConfig) -> None:
+    if given.train.lr_schedule == "cosine" and saved.train.epochs != given.train.epochs:
+        raise ConfigError(
+            f"the cosine schedule runs over the run's {{train.epochs}} ({saved.train.epochs}); "
+            f"resume with the same {{train.epochs}}, not {given.train.epochs}"
+        )
     a, b = training_identity(saved).to_dict(), training_identity(given).to_dict()
     diffs = [
         f"{section}.{key}: run has {a[section][key]!r}, asked for {b[section][key]!r}"
