@@ -69,6 +69,20 @@ class _ModelFields:
         "networks of encoder and decoder: mlp, or conv (convolutions, for images)",
         names="NETWORKS",
     )
+    top_latent_dim: int | None = option(
+        None,
+        "a second stochastic layer z2 of this dimension above z: p(z2) p(z|z2) p(x|z) with "
+        "q(z|x) q(z2|z), the prior over z2 (default: one layer)",
+        low=1,
+        high=4096,
+        metavar="D2",
+    )
+    top_hidden: tuple[int, ...] = option(
+        (100, 100),
+        "hidden widths of the networks of p(z|z2) and q(z2|z)",
+        parse=parse_widths,
+        metavar="W,W",
+    )
 
 
 @dataclass(frozen=True)
@@ -198,13 +212,14 @@ class RunConfig:
             "{data.binarize} none and a density likelihood (e.g. {model.likelihood} gaussian); "
             "to binarise, drop {data.dequantize}",
         )
-        hidden = self.model.hidden
-        if not (len(hidden) >= 1 and all(1 <= h <= MAX_HIDDEN_WIDTH for h in hidden)):
-            raise ConfigError(
-                f"must be a comma-separated list of widths from 1 to {MAX_HIDDEN_WIDTH}, "
-                "e.g. 512,512",
-                option="model.hidden",
-            )
+        for name in ("hidden", "top_hidden"):
+            hidden = getattr(self.model, name)
+            if not (len(hidden) >= 1 and all(1 <= h <= MAX_HIDDEN_WIDTH for h in hidden)):
+                raise ConfigError(
+                    f"must be a comma-separated list of widths from 1 to {MAX_HIDDEN_WIDTH}, "
+                    "e.g. 512,512",
+                    option=f"model.{name}",
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -262,7 +277,7 @@ class RunConfig:
 # hyperparameter was declared.
 ADDED_LATER = {
     "data": {"dequantize": "none"},
-    "model": {"net": "mlp"},
+    "model": {"net": "mlp", "top_latent_dim": None, "top_hidden": (100, 100)},
     "train": {
         "precision": "fp32",
         "patience": 0,
@@ -289,6 +304,7 @@ _JSON_TYPES = {
     "str": (str,),
     "str | None": (str, type(None)),
     "float | None": (int, float, type(None)),
+    "int | None": (int, type(None)),
     "int": (int,),
     "float": (int, float),
     "bool": (bool,),

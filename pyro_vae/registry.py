@@ -17,7 +17,7 @@ import torch
 
 from pyro_vae import objectives
 from pyro_vae.errors import ConfigError
-from pyro_vae.models import VAE, Likelihood, guides, likelihoods, nets, priors
+from pyro_vae.models import VAE, Likelihood, TwoLayerVAE, guides, likelihoods, nets, priors
 from pyro_vae.options import Option
 from pyro_vae.pieces import BuildContext, Piece
 
@@ -221,9 +221,22 @@ def build_vae(
     context = dataclasses.replace(context, networks=build_piece(cfg, "net", context))
     likelihood = build_piece(cfg, "likelihood", context)
     encoder = build_piece(cfg, "guide", context)
-    prior = build_piece(cfg, "prior", dataclasses.replace(context, encoder=encoder))
+    top = cfg.top_latent_dim
+    if top is None:
+        prior = build_piece(cfg, "prior", dataclasses.replace(context, encoder=encoder))
+        decoder = context.networks.decoder(likelihood.params_per_dim * data_dim)
+        return VAE(encoder, decoder, prior, likelihood)
+    if cfg.prior == "vamp":
+        raise ConfigError(
+            "{model.prior} vamp is built from q(z|x), but with {model.top_latent_dim} the prior "
+            "is over z2: choose another prior, or one layer"
+        )
+    prior = build_piece(cfg, "prior", dataclasses.replace(context, latent_dim=top))
+    widths = tuple(cfg.top_hidden)
+    transition = guides.DiagonalNormalEncoder(top, cfg.latent_dim, widths)  # p(z | z2)
+    upper = guides.DiagonalNormalEncoder(cfg.latent_dim, top, widths)  # q(z2 | z)
     decoder = context.networks.decoder(likelihood.params_per_dim * data_dim)
-    return VAE(encoder, decoder, prior, likelihood)
+    return TwoLayerVAE(encoder, decoder, prior, likelihood, transition, upper)
 
 
 def build_elbo(cfg: TrainConfig) -> pyro.infer.ELBO:

@@ -119,8 +119,7 @@ class LRSchedule:
         self.scheduler = None
         if kind == "none":
             return
-        for part in ("encoder", "decoder", "prior", "likelihood"):  # as model and guide do
-            pyro.module(f"{vae.name}.{part}", getattr(vae, part))
+        vae.register()  # into Pyro's param store, as model and guide do
         optimizer = optim.bind(vae.parameters())
         if kind == "cosine":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)

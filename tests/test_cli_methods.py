@@ -155,3 +155,28 @@ def test_compare_refuses_the_same_method_with_other_settings(capsys, tmp_path):
 def test_auto_refuses_too_few_samples_for_k_hat(capsys, run_dir):
     err = cli_error(capsys, "evaluate", str(run_dir), "--method", "auto", "--num-samples", "20")
     assert "--num-samples must be at least 21 for --method auto" in err
+
+
+def test_a_two_layer_run_goes_through_every_command(tmp_path, capsys):
+    """Train with a second stochastic layer, then every method, BDMC, plots and samples."""
+    out = tmp_path / "two"
+    two = ["--top-latent-dim", "2", "--top-hidden", "16", "--latent-dim", "3"]
+    assert main(["train", *TINY[:4], *two, "--out", str(out), "--no-eval", "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["top_latent_dim"] == 2
+    for method in ("iwae", "refined", "ais", "auto"):
+        argv = ["evaluate", str(out), "--method", method, "--num-samples", "30", *FAST]
+        assert main(argv) == 0, method
+    capsys.readouterr()
+    evaluations = {p.stem: json.loads(p.read_text()) for p in (out / "evaluations").glob("*.json")}
+    assert len(evaluations) == 4
+    for ev in evaluations.values():
+        assert ev["latent_dim"] == 3 and ev["kl_per_dim"] is None  # no marginal p(z) to compare
+        assert ev["log_px"] >= ev["elbo"] - 0.5
+    ais = ["--ais-steps", "8", "--ais-chains", "4", "--no-progress"]
+    assert main(["bdmc", str(out), "--num-datapoints", "10", "--num-samples", "20", *ais]) == 0
+    bdmc = json.loads((out / "bdmc" / "bdmc-T8-C4.json").read_text())
+    assert bdmc["lower"] <= bdmc["upper"] + 1.0
+    assert np.load(out / "bdmc" / "bdmc-T8-C4.npz")["latent_z2"].shape == (10, 2)
+    assert main(["plot", str(out), "--method", "iwae", "--out", str(tmp_path / "figs")]) == 0
+    assert main(["sample", str(out), "--out", str(tmp_path / "s.png"), "--num", "4"]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 1000

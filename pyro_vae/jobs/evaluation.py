@@ -105,7 +105,8 @@ def evaluate(
     with torch.no_grad():
         q = vae.encoder(x)
         n_active, _ = active_units(guide_means(q).cpu())
-        kl = kl_per_dimension(q, vae.prior)
+        prior = vae.marginal_prior  # None with a layer above z: its p(z|z2) has no KL here
+        kl = None if prior is None else kl_per_dimension(q, prior)
     n = x.shape[0]
     finite_khat = bool(torch.isfinite(result.khat).any())
     summary: dict[str, Any] = {

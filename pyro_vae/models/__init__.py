@@ -23,7 +23,7 @@ from pyro_vae.models.nets import MLP
 from pyro_vae.models.ppca import ProbabilisticPCA, TwoLevelPPCA
 from pyro_vae.models.precision import networks_in
 from pyro_vae.models.priors import FlowPrior, MixtureOfGaussians, Prior, StandardNormal, VampPrior
-from pyro_vae.models.vae import VAE, Generated
+from pyro_vae.models.vae import VAE, Generated, TwoLayerVAE
 
 __all__ = [
     "BernoulliLikelihood",
@@ -46,6 +46,7 @@ __all__ = [
     "MixtureOfGaussians",
     "Prior",
     "ProbabilisticPCA",
+    "TwoLayerVAE",
     "TwoLevelPPCA",
     "StandardNormal",
     "Support",

@@ -52,6 +52,10 @@ class VAE(nn.Module):
     (the seeds' weighted-KL objective); ``beta=1`` is the true ELBO.
     """
 
+    # The modules the model and the guide register with Pyro (``pyro.module``), by attribute.
+    MODEL_PARTS: tuple[str, ...] = ("decoder", "prior", "likelihood")
+    GUIDE_PARTS: tuple[str, ...] = ("encoder",)
+
     def __init__(
         self,
         encoder: Encoder,
@@ -72,8 +76,25 @@ class VAE(nn.Module):
         self.name = name
 
     @property
+    def parts(self) -> tuple[str, ...]:
+        """Every module the model and guide register with Pyro."""
+        return self.GUIDE_PARTS + self.MODEL_PARTS
+
+    def register(self, parts: tuple[str, ...] | None = None) -> None:
+        """``pyro.module`` of ``parts`` (all by default), under this VAE's name, as the model
+        and the guide do."""
+        for part in self.parts if parts is None else parts:
+            pyro.module(f"{self.name}.{part}", getattr(self, part))
+
+    @property
     def latent_dim(self) -> int:
-        return self.prior.latent_dim
+        """Dimension of z, the latent the encoder gives and the decoder reads."""
+        return self.encoder.latent_dim
+
+    @property
+    def marginal_prior(self) -> Prior | None:
+        """p(z) of the encoder's latent, when the model has one (not with a layer above)."""
+        return self.prior
 
     def _plate(self, x: torch.Tensor, index: torch.Tensor | None, num_data: int | None):
         if index is None:
@@ -97,8 +118,7 @@ class VAE(nn.Module):
         beta: float = 1.0,
     ) -> torch.Tensor:
         """p(z) p(x|z) for a batch ``x`` of shape ``(B, D)``."""
-        for name in ("decoder", "prior", "likelihood"):
-            pyro.module(f"{self.name}.{name}", getattr(self, name))
+        self.register(self.MODEL_PARTS)
         with self._plate(x, index, num_data):
             with self._kl_weight(beta):
                 z = pyro.sample("z", self.prior())
@@ -114,7 +134,7 @@ class VAE(nn.Module):
         beta: float = 1.0,
     ) -> torch.Tensor:
         """q(z|x) for a batch ``x`` of shape ``(B, D)``."""
-        pyro.module(f"{self.name}.encoder", self.encoder)
+        self.register(self.GUIDE_PARTS)
         with self._plate(x, index, num_data):
             with self._kl_weight(beta):
                 return pyro.sample("z", self.encoder(x))
@@ -146,7 +166,7 @@ class VAE(nn.Module):
         ``name`` in one process would be optimised through stale tensors and never learn.
         """
         store = pyro.get_param_store()
-        for part in ("encoder", "decoder", "prior", "likelihood"):
+        for part in self.parts:
             for pname, param in getattr(self, part).named_parameters():
                 full = param_with_module_name(f"{self.name}.{part}", pname)
                 if full in store and store.get_param(full) is not param:
@@ -167,3 +187,81 @@ class VAE(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder mean at the guide's mean latent, E[x | z = E_q[z|x]]."""
         return self.likelihood.mean(self.decoder(self.encoder(x).mean))
+
+
+class TwoLayerVAE(VAE):
+    """Two stochastic layers (Burda et al. 2016's two-layer architecture):
+    p(z2) p(z|z2) p(x|z) with q(z|x) q(z2|z).
+
+    The pieces are those of :class:`VAE`, the prior now over the upper latent z2, plus two
+    conditional Gaussians: ``transition``, p(z|z2), and ``upper``, q(z2|z) (each an
+    :class:`~pyro_vae.models.guides.Encoder` of its input). The latent sites are "z2" and "z"
+    (z is the layer the encoder gives and the decoder reads, as in the one-layer model), both
+    in the data plate and both weighted by ``beta``.
+    """
+
+    MODEL_PARTS = ("decoder", "prior", "likelihood", "transition")
+    GUIDE_PARTS = ("encoder", "upper")
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        decoder: nn.Module,
+        prior: Prior,
+        likelihood: Likelihood,
+        transition: Encoder,
+        upper: Encoder,
+        name: str = "vae",
+    ):
+        nn.Module.__init__(self)
+        z, z2 = encoder.latent_dim, prior.latent_dim
+        if transition.latent_dim != z or upper.latent_dim != z2:
+            raise ValueError(
+                f"p(z|z2) gives {transition.latent_dim} and q(z2|z) {upper.latent_dim} values, "
+                f"for a z of {z} and a z2 of {z2}"
+            )
+        self.encoder = encoder
+        self.decoder = decoder
+        self.prior = prior
+        self.likelihood = likelihood
+        self.transition = transition
+        self.upper = upper
+        self.name = name
+
+    @property
+    def top_latent_dim(self) -> int:
+        return self.prior.latent_dim
+
+    @property
+    def marginal_prior(self) -> None:
+        return None
+
+    def model(self, x, *, index=None, num_data=None, beta: float = 1.0) -> torch.Tensor:
+        """p(z2) p(z|z2) p(x|z) for a batch ``x`` of shape ``(B, D)``."""
+        self.register(self.MODEL_PARTS)
+        with self._plate(x, index, num_data):
+            with self._kl_weight(beta):
+                z2 = pyro.sample("z2", self.prior())
+                z = pyro.sample("z", self.transition(z2))
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+        return z
+
+    def guide(self, x, *, index=None, num_data=None, beta: float = 1.0) -> torch.Tensor:
+        """q(z|x) q(z2|z) for a batch ``x`` of shape ``(B, D)``."""
+        self.register(self.GUIDE_PARTS)
+        with self._plate(x, index, num_data):
+            with self._kl_weight(beta):
+                z = pyro.sample("z", self.encoder(x))
+                pyro.sample("z2", self.upper(z))
+        return z
+
+    def networks(self) -> list[nn.Module]:
+        return super().networks() + [self.transition.net, self.upper.net]
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Generated:
+        """``n`` draws: z2 ~ p(z2), z ~ p(z|z2), x ~ p(x|z); ``z`` holds the lower latent."""
+        z2 = self.prior().sample((n,))
+        z = self.transition(z2).sample()
+        p_x = self.likelihood(self.decoder(z))
+        return Generated(z=z, mean=p_x.mean, sample=p_x.sample())
