@@ -73,6 +73,36 @@ def test_iwae_training_smoke(tmp_path):
     assert configs[1]["train"]["num_particles"] == 3
 
 
+def test_burda_table_smoke(tmp_path):
+    import json
+    import math
+
+    flags = ["--ks", "2", "--objectives", "iwae", "--layers", "1,2", "--nets", "conv"]
+    fast = ["--eval-samples", "21", "--hidden", "16", "--auto", "--ais-steps", "3"]
+    rows = _run(
+        "burda_table.py",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--latent-dim",
+        "2",
+        *flags,
+        *fast,
+        "--refine-steps",
+        "10",
+    )
+    assert [(r["objective"], r["layers"], r["net"]) for r in rows] == [
+        ("iwae", "1", "conv"),
+        ("iwae", "2", "conv"),
+    ]
+    assert all(math.isfinite(float(r["log_px_auto"])) for r in rows)
+    config = json.loads((tmp_path / "runs" / "iwae-k2-L2-conv" / "config.json").read_text())
+    assert config["model"]["top_latent_dim"] == 1 and config["model"]["net"] == "conv"
+    assert config["train"]["elbo"] == "iwae" and config["train"]["num_particles"] == 2
+    assert "| IWAE, k=2 | 2 | conv |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "burda_table.png").stat().st_size > 1000
+
+
 def test_seed_recipe_smoke(tmp_path):
     rows = _run_script("seed_recipe.py", tmp_path, "--lambdas", "0.01,0.1")
     assert len(rows) == 2 and all(row["data"] == "dequantised" for row in rows)

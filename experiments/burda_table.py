@@ -1,0 +1,198 @@
+"""A table in the shape of Burda et al. (2016) Table 1: objective x k x layers x networks.
+
+Rows: the VAE trained on Trace_ELBO and TraceMeanField_ELBO with k particles (the k-sample
+average ELBO) and the IWAE bound with k samples, for k in --ks; for one and two stochastic
+layers (--top-latent-dim above z) and for MLP and convolutional networks. Every run has the same
+data, epochs and seed. Each is scored on the test split with K = --eval-samples importance
+samples (IWAE from the guide), and with --method auto (IWAE escalated to refined proposals and
+AIS where k-hat or the error bar flags a datapoint) when --auto is given; the table gives both,
+the active units of z and the share of test points with k-hat > 0.7, and each run's training
+wall-clock. Writes runs/, table.csv, table.md and burda_table.png.
+
+Usage: python experiments/burda_table.py [--dataset fashion-mnist] [--epochs N] [--ks 1,5,50]
+       [--layers 1,2] [--nets mlp,conv] [--objectives trace,meanfield,iwae] [--auto]
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+
+from _common import base_config, parser
+
+from pyro_vae import jobs
+from pyro_vae.config import RunConfig
+
+COLUMNS = [
+    "objective",
+    "k",
+    "layers",
+    "net",
+    "log_px",
+    "log_px_stderr",
+    "log_px_auto",
+    "elbo",
+    "active_units",
+    "frac_khat_above_threshold",
+    "train_seconds",
+]
+OBJECTIVE_NAMES = {"trace": "VAE (Trace_ELBO)", "meanfield": "VAE (TraceMeanField_ELBO)"}
+
+
+def _csv_ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def variants(base: RunConfig, args) -> dict[str, RunConfig]:
+    """Every row's config, named objective-k-layers-net."""
+    out = {}
+    for net in args.nets.split(","):
+        for layers in _csv_ints(args.layers):
+            for objective in args.objectives.split(","):
+                for k in _csv_ints(args.ks):
+                    model = {
+                        "net": net,
+                        "top_latent_dim": args.top_latent_dim if layers == 2 else None,
+                    }
+                    train = {"elbo": objective, "num_particles": k}
+                    out[f"{objective}-k{k}-L{layers}-{net}"] = base.replace(
+                        model=model, train=train
+                    )
+    return out
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__.split("\n\n")[0], "experiments/out/burda_table")
+    p.add_argument("--ks", default="1,5,50", help="particles k of the training objectives")
+    p.add_argument("--layers", default="1,2", help="stochastic layers: 1, 2 or 1,2")
+    p.add_argument("--nets", default="mlp,conv", help="networks: mlp, conv or mlp,conv")
+    p.add_argument("--objectives", default="trace,meanfield,iwae")
+    p.add_argument("--top-latent-dim", type=int, default=None, help="z2 of 2-layer rows")
+    p.add_argument("--auto", action="store_true", help="also evaluate with --method auto")
+    p.add_argument("--ais-steps", type=int, default=500, help="auto's AIS distributions")
+    p.add_argument("--refine-steps", type=int, default=1000, help="auto's refinement steps")
+    p.set_defaults(eval_samples=5000)
+    args = p.parse_args(argv)
+    base = base_config(args)
+    if args.top_latent_dim is None:
+        args.top_latent_dim = max(1, base.model.latent_dim // 2)
+    rows = []
+    for name, config in variants(base, args).items():
+        run_dir = args.out / "runs" / name
+        if run_dir.exists():
+            raise SystemExit(f"{run_dir} exists: choose another --out")
+        start = time.perf_counter()
+        result = jobs.train(config, run_dir, evaluate_at_end=False, echo=lambda s: None)
+        seconds = time.perf_counter() - start
+        ev = jobs.evaluate(run_dir, num_samples=config.train.eval_samples)
+        auto = None
+        if args.auto:
+            auto = jobs.evaluate(
+                run_dir,
+                num_samples=config.train.eval_samples,
+                method="auto",
+                ais_steps=args.ais_steps,
+                refine_steps=args.refine_steps,
+            )
+        row = {
+            "objective": config.train.elbo,
+            "k": config.train.num_particles,
+            "layers": 1 if config.model.top_latent_dim is None else 2,
+            "net": config.model.net,
+            "log_px": ev.log_px,
+            "log_px_stderr": ev.log_px_stderr,
+            "log_px_auto": math.nan if auto is None else auto.log_px,
+            "elbo": ev.elbo,
+            "active_units": ev.active_units,
+            "frac_khat_above_threshold": ev.frac_khat_above_threshold,
+            "train_seconds": seconds,
+        }
+        rows.append(row)
+        print(
+            f"  {name:24s} log p(x) {ev.log_px:9.3f}  ELBO {ev.elbo:9.3f}  "
+            f"active {ev.active_units}  ({seconds:.0f} s, {len(result.history)} epochs)",
+            file=sys.stderr,
+        )
+    title = (
+        f"{args.dataset}, {base.train.epochs} epochs, latent {base.model.latent_dim} "
+        f"(2 layers: z2 of {args.top_latent_dim}), hidden {','.join(map(str, base.model.hidden))},"
+        f" test split, K={base.train.eval_samples}"
+    )
+    print(write_table(rows, args.out, title))
+    plot(rows, args.out / "burda_table.png", title)
+    print(f"wrote {args.out}/table.csv, table.md, burda_table.png")
+    return 0
+
+
+def _label(r: dict) -> str:
+    objective = OBJECTIVE_NAMES.get(r["objective"], "IWAE")
+    return f"{objective}, k={r['k']}"
+
+
+def write_table(rows: list[dict], out, title: str) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "table.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        f"**{title}**",
+        "",
+        "| objective | layers | net | test log p(x) | auto log p(x) | ELBO | active units "
+        "| k-hat > 0.7 | train s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        auto = "" if math.isnan(r["log_px_auto"]) else f"{r['log_px_auto']:.2f}"
+        share = r["frac_khat_above_threshold"]
+        share = "n/a" if share is None or math.isnan(share) else f"{100 * share:.1f}%"
+        lines.append(
+            f"| {_label(r)} | {r['layers']} | {r['net']} | {r['log_px']:.2f} | {auto} "
+            f"| {r['elbo']:.2f} | {r['active_units']} | {share} | {r['train_seconds']:.0f} |"
+        )
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n")
+    return table
+
+
+def plot(rows: list[dict], path, title: str) -> None:
+    """Test log p(x) against k, one line per objective, a panel per (layers, net)."""
+    from matplotlib.figure import Figure
+
+    panels = sorted({(r["layers"], r["net"]) for r in rows})
+    fig = Figure(figsize=(4.2 * len(panels), 3.8), dpi=120)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (layers, net) in zip(axes, panels, strict=True):
+        for objective in dict.fromkeys(r["objective"] for r in rows):
+            sel = sorted(
+                (
+                    r
+                    for r in rows
+                    if (r["layers"], r["net"], r["objective"]) == (layers, net, objective)
+                ),
+                key=lambda r: r["k"],
+            )
+            if sel:
+                ax.errorbar(
+                    [r["k"] for r in sel],
+                    [r["log_px"] for r in sel],
+                    yerr=[r["log_px_stderr"] or 0.0 for r in sel],
+                    marker="o",
+                    capsize=3,
+                    label=OBJECTIVE_NAMES.get(objective, "IWAE"),
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("k (particles of the training objective)")
+        ax.set_title(f"{layers} stochastic layer{'s' if layers > 1 else ''}, {net}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test log p(x), nats (higher is better)")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
