@@ -163,7 +163,7 @@ def plot(rows: list[dict], path, title: str) -> None:
 
     panels = sorted({(r["layers"], r["net"]) for r in rows})
     fig = Figure(figsize=(4.2 * len(panels), 3.8), dpi=120)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]  # one scale: compare
     for ax, (layers, net) in zip(axes, panels, strict=True):
         for objective in dict.fromkeys(r["objective"] for r in rows):
             sel = sorted(
