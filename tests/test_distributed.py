@@ -343,3 +343,33 @@ def test_only_train_and_evaluate_run_under_a_launch(monkeypatch, capsys, tmp_pat
     monkeypatch.setenv("RANK", "1")  # the other ranks print nothing
     assert main(["plot", str(tmp_path)]) == 2
     assert capsys.readouterr().err == ""
+
+
+def test_early_stopping_schedules_and_clipping_run_the_same_on_every_rank(tmp_path):
+    """Every rank watches rank 0's validation score, so all stop (and halve the rate) together:
+    a rank that went on alone would hang the launch in its next collective."""
+    tiny = ("train", "--hidden", "16", "--latent-dim", "2", "--batch-size", "64", "--no-progress")
+    extra = ("--patience", "2", "--lr-schedule", "plateau", "--lr-patience", "1")
+    done = _launch(
+        *tiny,
+        *extra,
+        "--clip-norm",
+        "5",
+        "--lr",
+        "0.01",
+        "--epochs",
+        "60",
+        "--no-eval",
+        "--out",
+        tmp_path / "r",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = RunDir(tmp_path / "r")
+    last = torch.load(run.checkpoint_path, weights_only=True)
+    best = torch.load(run.best_path, weights_only=True)
+    stopping = last["early_stopping"]
+    assert best["epoch"] == stopping["best_epoch"]
+    assert last["epoch"] == 60 or last["epoch"] - stopping["best_epoch"] == 2
+    assert done.stdout.count("stopped early") == (last["epoch"] < 60)
+    assert last["lr_schedule"]["best"] == pytest.approx(stopping["best"])  # one score, both
