@@ -367,18 +367,16 @@ def run(argv: list[str] | None = None) -> int:
             return 130
         say(f"run directory: {result.run_dir}")
     elif args.command == "evaluate":
-        world = _join_launch(args.device)
-        evaluation = jobs.evaluate(
+        evaluation = _launched(
+            jobs.evaluate,
+            args.device,
+            progress,
             args.run_dir,
             split=args.split,
             device=args.device,
             precision=args.precision,
-            progress=progress if world.is_main else "off",
-            world=world,
             **_settings(args, ("num_samples", "chunk_size", *ESTIMATOR_SETTINGS)),
         )
-        if world.is_distributed:
-            torch.distributed.destroy_process_group()
         if evaluation is None:  # a rank other than 0 of a launch: rank 0 prints
             return 0
         json_path, nc_path = RunDir(args.run_dir).evaluation_paths(evaluation)
@@ -402,18 +400,16 @@ def run(argv: list[str] | None = None) -> int:
             jobs.write_comparison_csv(rows, args.csv)
             echo(f"wrote {args.csv}")
     elif args.command == "bdmc":
-        world = _join_launch(args.device)
-        summary = jobs.bdmc(
+        summary = _launched(
+            jobs.bdmc,
+            args.device,
+            progress,
             args.run_dir,
             num_datapoints=args.num_datapoints,
             num_samples=args.num_samples,
             device=args.device,
-            progress=progress if world.is_main else "off",
-            world=world,
             **_settings(args, AIS_SETTINGS),
         )
-        if world.is_distributed:
-            torch.distributed.destroy_process_group()
         if summary is None:  # a rank other than 0 of a launch: rank 0 prints
             return 0
         echo(jobs.format_bdmc(summary))
@@ -456,6 +452,16 @@ def _join_launch(device_name: str) -> World:
             torch.cuda.set_device(world.local_rank)
         init_process_group(world, device)
     return world
+
+
+def _launched(job, device_name: str, progress, *args, **kwargs):
+    """``job(*args, **kwargs)`` on this process's world (:func:`_join_launch`), with progress on
+    rank 0 only, the process group closed after it; None on the other ranks of a launch."""
+    world = _join_launch(device_name)
+    result = job(*args, progress=progress if world.is_main else "off", world=world, **kwargs)
+    if world.is_distributed:
+        torch.distributed.destroy_process_group()
+    return result
 
 
 def _is_main_rank() -> bool:

@@ -353,3 +353,45 @@ def test_a_cosine_run_resumes_only_with_its_own_epochs(tmp_path):
     jobs.train(config, tmp_path / "r", evaluate_at_end=False, echo=lambda s: None)
     with pytest.raises(ConfigError, match="cosine schedule runs over the run's"):
         jobs.train(config.replace(train={"epochs": 3}), tmp_path / "r", resume=True)
+
+
+def test_the_training_options_reach_the_objects_that_use_them(tmp_path, monkeypatch):
+    from pyro_vae.build import build
+
+    config = _small_config(epochs=3, patience=5, stop_samples=7, clip_norm=2.5)
+    config = config.replace(train={"lr_schedule": "plateau", "lr_patience": 3})
+    built = build(config)
+    assert built.optim.clip_norm == 2.5
+    assert built.schedule.scheduler.patience == 3
+    asked = []
+    original = Trainer.validation_bound
+
+    def recorded(self, num_samples):
+        asked.append(num_samples)
+        return original(self, num_samples)
+
+    monkeypatch.setattr(Trainer, "validation_bound", recorded)
+    jobs.train(config, tmp_path / "r", evaluate_at_end=False, echo=lambda s: None)
+    assert asked == [7, 7, 7]  # once an epoch, K = stop_samples, shared by stopping and schedule
+
+
+def test_the_watched_validation_score_is_the_validation_l_k():
+    pyro.clear_param_store()
+    vae = tiny_vae()
+    val = binary_data(40, seed=3)
+    trainer = Trainer(
+        vae,
+        binary_data(32),
+        elbo=DeviceTrace_ELBO(max_plate_nesting=1),
+        lr=1e-3,
+        batch_size=8,
+        val_x=val,
+    )
+    pyro.set_rng_seed(5)
+    score = trainer.validation_bound(20)
+    pyro.set_rng_seed(5)
+    expected = importance_log_likelihood(
+        vae.model, vae.guide, val, num_samples=20, max_plate_nesting=1
+    )
+    assert score == pytest.approx(float(expected.log_px.mean()), rel=1e-12)
+    assert score > float(expected.elbo.mean())  # L_20 sits above the ELBO

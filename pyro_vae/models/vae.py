@@ -63,11 +63,15 @@ class VAE(nn.Module):
         prior: Prior,
         likelihood: Likelihood,
         name: str = "vae",
+        *,
+        top: Encoder | None = None,
     ):
         super().__init__()
-        if encoder.latent_dim != prior.latent_dim:
+        drawn = encoder if top is None else top  # the guide's module drawing the prior's latent
+        if drawn.latent_dim != prior.latent_dim:
             raise ValueError(
-                f"encoder latent_dim {encoder.latent_dim} != prior latent_dim {prior.latent_dim}"
+                f"{'encoder' if top is None else 'q(z2|z)'} latent_dim {drawn.latent_dim} "
+                f"!= prior latent_dim {prior.latent_dim}"
             )
         self.encoder = encoder
         self.decoder = decoder
@@ -213,20 +217,13 @@ class TwoLayerVAE(VAE):
         upper: Encoder,
         name: str = "vae",
     ):
-        nn.Module.__init__(self)
-        z, z2 = encoder.latent_dim, prior.latent_dim
-        if transition.latent_dim != z or upper.latent_dim != z2:
+        super().__init__(encoder, decoder, prior, likelihood, name, top=upper)
+        if transition.latent_dim != encoder.latent_dim:
             raise ValueError(
-                f"p(z|z2) gives {transition.latent_dim} and q(z2|z) {upper.latent_dim} values, "
-                f"for a z of {z} and a z2 of {z2}"
+                f"p(z|z2) gives {transition.latent_dim} values, for a z of {encoder.latent_dim}"
             )
-        self.encoder = encoder
-        self.decoder = decoder
-        self.prior = prior
-        self.likelihood = likelihood
         self.transition = transition
         self.upper = upper
-        self.name = name
 
     @property
     def top_latent_dim(self) -> int:
