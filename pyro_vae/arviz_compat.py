@@ -9,6 +9,7 @@ day; it is ignored here, narrowly, so that warnings-as-errors runs do not fail o
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from functools import cache
 from typing import Any
@@ -91,3 +92,98 @@ def plot_khat(khat: np.ndarray, ax) -> None:
         # ArviZ 0.23's plotting code uses a matplotlib API deprecated in matplotlib 3.11
         warnings.filterwarnings("ignore", message="Passing a dict or None as alias_mapping")
         _arviz().plot_khat(khat, ax=ax, show_hlines=True, markersize=8)
+
+
+def predictive_inference_data(
+    group: str,
+    replicated: dict[str, np.ndarray],
+    observed: dict[str, np.ndarray],
+    log_likelihood: dict[str, np.ndarray] | None,
+    attrs: dict[str, Any],
+):
+    """An InferenceData of a predictive check, in the groups ArviZ's ``plot_ppc`` and
+    ``plot_bpv`` read: ``prior_predictive`` or ``posterior_predictive`` (``group``) with each
+    statistic of the replicates ``(S, N)`` as one chain of S draws over ``datapoint``;
+    ``observed_data`` with the observed images' statistics ``(N,)``; and, when given,
+    ``log_likelihood`` with log p(x_n | z_sn) of the observed images ``(S, N)``."""
+    if group not in ("prior", "posterior"):
+        raise ValueError(f"group must be prior or posterior, got {group!r}")
+    dims = {k: ["datapoint"] for k in (*replicated, *observed, *(log_likelihood or {}))}
+    chain = {k: _numbers(v)[None] for k, v in replicated.items()}
+    kwargs = {f"{group}_predictive": chain}
+    if log_likelihood is not None:
+        kwargs["log_likelihood"] = {k: _numbers(v)[None] for k, v in log_likelihood.items()}
+    return _arviz().from_dict(
+        observed_data={k: _numbers(v) for k, v in observed.items()},
+        dims=dims,
+        attrs={k: _attr(v) for k, v in attrs.items()},
+        **kwargs,
+    )
+
+
+def _numbers(values) -> np.ndarray:
+    """Integers as int64 (ArviZ smooths discrete values in its u-value plots), else float64."""
+    values = np.asarray(values)
+    return values.astype(np.int64 if values.dtype.kind in "iub" else np.float64)
+
+
+@contextlib.contextmanager
+def _quiet_plotting():
+    """Without the warnings of ArviZ 0.23's plotting that say nothing about our data (a
+    matplotlib API deprecated in 3.11, its own refactor's FutureWarnings)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Passing a dict or None as alias_mapping")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+        # a panel of identical values (every u-value 0 when no replicate reaches the data) has
+        # no density to draw; the panel stays empty and the p-value says why
+        warnings.filterwarnings("ignore", message="Your data appears to have a single value")
+        yield
+
+
+def plot_ppc(idata, group: str, names: list[str], axes, num_pp_samples: int = 50) -> None:
+    """ArviZ's ``plot_ppc`` of the statistics ``names``: the distribution over images of the
+    observed statistic against that of ``num_pp_samples`` replicated datasets (all of them when
+    there are fewer)."""
+    group_data = getattr(idata, f"{group}_predictive")
+    num_pp_samples = min(num_pp_samples, group_data.sizes["chain"] * group_data.sizes["draw"])
+    with _quiet_plotting():
+        _arviz().plot_ppc(
+            idata,
+            group=group,
+            var_names=names,
+            ax=np.asarray(axes),
+            num_pp_samples=num_pp_samples,
+            random_seed=0,
+            legend=True,
+        )
+
+
+def plot_bpv(idata, group: str, names: list[str], axes, kind: str) -> None:
+    """ArviZ's ``plot_bpv``: ``kind="u_value"``, the per-image p-values against uniform;
+    ``kind="t_stat"``, the replicated datasets' mean statistic with the observed one and its
+    Bayesian p-value."""
+    with _quiet_plotting():
+        extra = {"t_stat": "mean"} if kind == "t_stat" else {}
+        _arviz().plot_bpv(
+            idata, kind=kind, group=group, var_names=names, ax=np.asarray(axes), **extra
+        )
+
+
+def plot_rank_ecdf(fractional_ranks: np.ndarray, num_draws: int, ax, **plot_kwargs) -> None:
+    """ArviZ's ECDF-difference plot of SBC's fractional ranks (``(r + 1) / (L + 1)``) against
+    the uniform, with its 95% simultaneous confidence band (Säilynoja, Bürkner & Vehtari 2022),
+    evaluated at the L + 1 rank values."""
+    from scipy.stats import uniform
+
+    with _quiet_plotting():
+        _arviz().plot_ecdf(
+            np.asarray(fractional_ranks, dtype=np.float64),
+            eval_points=np.arange(1, num_draws + 2) / (num_draws + 1),
+            cdf=uniform(0, 1).cdf,
+            difference=True,
+            confidence_bands="optimized",
+            ci_prob=0.95,
+            ax=ax,
+            plot_kwargs=plot_kwargs,
+            fill_kwargs={"alpha": 0.15},
+        )

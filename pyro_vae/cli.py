@@ -176,6 +176,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_declared(b, EstimatorSpec, spec, only=AIS_SETTINGS)
     _progress_flags(b)
 
+    k = sub.add_parser(
+        "check",
+        help="workflow checks: prior/posterior predictive checks and simulation-based "
+        "calibration of q(z|x); keeps them in RUN_DIR/checks/",
+        description="Predictive checks and SBC of a run (both, posterior predictive, when "
+        "neither --predictive nor --sbc is given).",
+    )
+    k.add_argument("run_dir")
+    k.add_argument(
+        "--predictive",
+        choices=("prior", "posterior"),
+        default=None,
+        help="replicate held-out images from the prior or the posterior predictive and compare "
+        "test statistics",
+    )
+    k.add_argument("--sbc", action="store_true", help="simulation-based calibration of q(z|x)")
+    k.add_argument("--split", default="test", help="the predictive check's split (default test)")
+    k.add_argument(
+        "--num-datapoints",
+        type=int,
+        default=1000,
+        help="images of the split checked, the first ones (default 1000)",
+    )
+    k.add_argument(
+        "--num-draws", type=int, default=100, help="replicates of each image (default 100)"
+    )
+    k.add_argument(
+        "--num-simulations",
+        type=int,
+        default=1000,
+        help="SBC: pairs (z, x) simulated from the model (default 1000)",
+    )
+    k.add_argument(
+        "--sbc-draws", type=int, default=99, help="SBC: draws of q(z|x) per simulation (default 99)"
+    )
+    k.add_argument(
+        "--sbc-proposals",
+        type=int,
+        default=1000,
+        help="SBC: draws of q resampled by importance weight, for the ranks under the "
+        "self-normalised posterior (0: none; default 1000)",
+    )
+    k.add_argument("--device", default="auto", help="auto (the run's device), cpu or cuda")
+    _progress_flags(k)
+
     c = sub.add_parser(
         "compare", help="rank evaluated runs by held-out log p(x), with paired differences"
     )
@@ -414,6 +459,33 @@ def run(argv: list[str] | None = None) -> int:
             return 0
         echo(jobs.format_bdmc(summary))
         echo(f"wrote {' and '.join(summary['paths'])}")
+    elif args.command == "check":
+        kinds = [args.predictive] if args.predictive else []
+        if not kinds and not args.sbc:
+            kinds, args.sbc = ["posterior"], True
+        for kind in kinds:
+            summary = jobs.predictive(
+                args.run_dir,
+                kind=kind,
+                num_datapoints=args.num_datapoints,
+                num_draws=args.num_draws,
+                split=args.split,
+                device=args.device,
+                progress=progress,
+            )
+            echo(jobs.format_predictive(summary))
+            echo(f"wrote {', '.join(summary['paths'])}")
+        if args.sbc:
+            summary = jobs.sbc(
+                args.run_dir,
+                num_simulations=args.num_simulations,
+                num_draws=args.sbc_draws,
+                num_proposals=args.sbc_proposals,
+                device=args.device,
+                progress=progress,
+            )
+            echo(jobs.format_sbc(summary))
+            echo(f"wrote {', '.join(summary['paths'])}")
     elif args.command == "plot":
         if args.out is not None:
             check_output_dir(args.out, "--out")

@@ -150,3 +150,87 @@ def gap_histogram(gaps: np.ndarray) -> Figure:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _panel_grid(count: int, width: float = 3.2, height: float = 2.6, cols: int = 4):
+    cols = min(cols, count)
+    rows = math.ceil(count / cols)
+    fig = Figure(figsize=(width * cols, height * rows), dpi=110)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes[count:]:
+        ax.axis("off")
+    return fig, axes[:count]
+
+
+def predictive_checks(idata, kind: str, names: list[str], p_values: dict[str, float]) -> Figure:
+    """Three rows of panels, one column per statistic: ArviZ's ``plot_ppc`` (the statistic's
+    distribution over images, observed against replicated datasets), ``plot_bpv`` with the mean
+    (replicated datasets' mean against the observed mean, with the p-value) and ``plot_bpv``'s
+    per-image u-values against uniform."""
+    cols = len(names)
+    fig = Figure(figsize=(3.4 * cols, 8.4), dpi=110)
+    axes = np.atleast_2d(fig.subplots(3, cols).reshape(3, cols))
+    arviz_compat.plot_ppc(idata, kind, names, axes[0])
+    arviz_compat.plot_bpv(idata, kind, names, axes[1], kind="t_stat")
+    arviz_compat.plot_bpv(idata, kind, names, axes[2], kind="u_value")
+    for ax in [*axes[0, 1:], *axes[1]]:  # one legend says which curve is which
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    axes[0, 0].legend(fontsize=7)
+    for j, name in enumerate(names):
+        axes[0, j].set_title(name, fontsize=10)
+        axes[1, j].set_title(f"mean over images: p = {p_values[name]:.3f}", fontsize=9)
+        axes[2, j].set_title("per-image u-values", fontsize=9)
+        for ax in axes[:, j]:
+            ax.tick_params(labelsize=7)
+            ax.set_xlabel("")
+    fig.suptitle(f"{kind} predictive checks", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def pixel_values(edges: np.ndarray, observed: np.ndarray, replicated: np.ndarray, kind: str):
+    """The share of pixel values in each bin, observed against replicated."""
+    fig = Figure(figsize=(6, 3.6), dpi=120)
+    ax = fig.subplots()
+    centres, widths = (edges[1:] + edges[:-1]) / 2, np.diff(edges)
+    ax.bar(centres, observed, width=widths, alpha=0.5, label="observed", color="k")
+    ax.step(edges[1:], replicated, where="pre", label=f"{kind} predictive", color="C0")
+    ax.set_yscale("log")
+    ax.set_xlabel("pixel value")
+    ax.set_ylabel("share of pixels")
+    ax.legend(fontsize=8)
+    ax.set_title(f"pixel values: observed vs {kind} predictive", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def replicates(observed: torch.Tensor, replicated: torch.Tensor, shape, kind: str) -> Figure:
+    """Observed images beside one replicate of each."""
+    nrow = max(1, math.ceil(math.sqrt(observed.shape[0])))
+    fig = Figure(figsize=(8, 4.4), dpi=120)
+    axes = fig.subplots(1, 2)
+    show_grid(axes[0], observed, shape, nrow, "observed images", 10)
+    source = "z ~ p(z)" if kind == "prior" else "z ~ q(z | x)"
+    show_grid(axes[1], replicated, shape, nrow, f"replicates x ~ p(x | z), {source}", 10)
+    return fig
+
+
+def sbc_ecdf(ranks: dict[str, np.ndarray], num_draws: int, names, verdicts) -> Figure:
+    """One panel per latent coordinate: the ECDF difference of the SBC ranks from uniform with
+    ArviZ's 95% simultaneous band, one curve per proposal (``ranks``: label -> ``(N, D)``
+    fractional ranks); each panel titled with the first proposal's verdict."""
+    fig, axes = _panel_grid(len(names), width=2.8, height=2.3, cols=6)
+    for j, ax in enumerate(axes):
+        for i, (label, values) in enumerate(ranks.items()):
+            arviz_compat.plot_rank_ecdf(values[:, j], num_draws, ax, color=f"C{i}", label=label)
+        ax.set_title(f"{names[j]}: {verdicts[j]}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    if len(ranks) > 1:
+        axes[0].legend(fontsize=6)
+    fig.suptitle(
+        "SBC: ECDF of the rank of the true latent minus uniform (95% simultaneous band)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig

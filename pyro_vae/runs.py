@@ -398,6 +398,43 @@ class RunDir:
         atomic_write_bytes(npz_path, buffer.getvalue())
         atomic_write_text(json_path, json.dumps(json_safe(summary), indent=2, allow_nan=False))
 
+    # workflow checks (pyro-vae check)
+    checks_dir = property(lambda self: self.path / "checks")
+
+    def check_paths(self, name: str, data_suffix: str) -> tuple[Path, Path]:
+        """``RUN_DIR/checks/NAME.json`` (the summary) and ``NAME`` + ``data_suffix`` (its
+        per-datapoint values)."""
+        return self.checks_dir / f"{name}.json", self.checks_dir / f"{name}{data_suffix}"
+
+    def write_check(
+        self,
+        name: str,
+        summary: dict[str, Any],
+        data: tuple[str, Callable[[str], None]],
+        figures: dict[str, Any],
+    ) -> list[Path]:
+        """Keep a workflow check: its data (``(suffix, write(path))``), its figures
+        (``checks/NAME-FIGURE.png``) and its summary, in that order, each written whole to a
+        temporary file and renamed into place (a crash leaves the previous summary, never a torn
+        file). Returns the paths, the summary's first."""
+        json_path, data_path = self.check_paths(name, data[0])
+        try:
+            self.checks_dir.mkdir(parents=True, exist_ok=True)
+            tmp = _write_temporary(data_path, data[1])
+            os.replace(tmp, data_path)
+        except OSError as e:
+            raise CheckpointError(f"cannot write {data_path}: {e.strerror or e}") from None
+        paths = [json_path, data_path]
+        for label, figure in figures.items():
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png")
+            path = self.checks_dir / f"{name}-{label}.png"
+            atomic_write_bytes(path, buffer.getvalue())
+            paths.append(path)
+        text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
+        atomic_write_text(json_path, text)
+        return paths
+
     def evaluations(self) -> list[StoredEvaluation]:
         """Every evaluation kept in the run directory, in setting order.
 

@@ -176,3 +176,21 @@ def test_estimators_smoke(tmp_path):
     assert all(0 <= float(r["frac_khat_above_0.7"]) <= 1 for r in refined)
     assert (tmp_path / "estimators.png").read_bytes()[:4] == b"\x89PNG"
     assert "| model | data | method |" in (tmp_path / "table.md").read_text()
+
+
+def test_workflow_checks_smoke(tmp_path):
+    small = ["--num-datapoints", "30", "--num-draws", "10", "--num-simulations", "40"]
+    sbc = ["--sbc-draws", "19", "--sbc-proposals", "20", "--iwae-k", "2"]
+    rows = _run_script("workflow_checks.py", tmp_path, *small, *sbc)
+    assert [r["variant"] for r in rows] == [
+        "bernoulli-trace",
+        "gaussian-learned-trace",
+        "bernoulli-iwae2",
+    ]
+    assert [r["objective"] for r in rows] == ["trace", "trace", "iwae"]
+    for r in rows:
+        assert 0 <= float(r["p_log_lik"]) <= 1 and int(r["coordinates"]) == 2
+        assert 0 < float(r["ess_median"]) <= 20
+    assert (tmp_path / "sbc_coverage.png").stat().st_size > 1000
+    assert (tmp_path / "bernoulli-iwae2-sbc-ecdf.png").stat().st_size > 1000
+    assert "| bernoulli-trace |" in (tmp_path / "table.md").read_text()

@@ -10,7 +10,7 @@ from pyro_vae.data import load_dataset, prepare_split
 from pyro_vae.errors import ConfigError, DataError, TrainingDiverged, UnsupportedDataError
 from pyro_vae.infer import DeviceTrace_ELBO, importance_log_likelihood
 from pyro_vae.runs import RunDir
-from pyro_vae.training import BetaSchedule, Trainer
+from pyro_vae.training import VALIDATION_SEED, BetaSchedule, Trainer
 from tests.helpers import binary_data, tiny_vae
 
 
@@ -388,8 +388,12 @@ def test_the_watched_validation_score_is_the_validation_l_k():
         val_x=val,
     )
     pyro.set_rng_seed(5)
+    before = torch.get_rng_state()
     score = trainer.validation_bound(20)
-    pyro.set_rng_seed(5)
+    # training's stream is left where it was, and the same draws come at every call
+    assert torch.equal(torch.get_rng_state(), before)
+    assert trainer.validation_bound(20) == score
+    torch.manual_seed(VALIDATION_SEED)
     expected = importance_log_likelihood(
         vae.model, vae.guide, val, num_samples=20, max_plate_nesting=1
     )

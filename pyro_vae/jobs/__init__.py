@@ -6,10 +6,12 @@ work on are made by :func:`pyro_vae.build.build`. One module per job:
 :mod:`~pyro_vae.jobs.loading` (a run's config and trained VAE), :mod:`~pyro_vae.jobs.training`
 (train and resume), :mod:`~pyro_vae.jobs.evaluation` (log p(x) and its diagnostics, BDMC),
 :mod:`~pyro_vae.jobs.comparison` (paired comparison of runs) and :mod:`~pyro_vae.jobs.figures`
-(samples, training curves).
+(samples, training curves) and :mod:`~pyro_vae.jobs.checks` (predictive checks and
+simulation-based calibration).
 """
 
 from pyro_vae.build import load_data, prepare_splits, resolve_device
+from pyro_vae.jobs.checks import format_predictive, format_sbc, predictive, sbc
 from pyro_vae.jobs.comparison import (
     Comparison,
     compare,
@@ -32,14 +34,18 @@ __all__ = [
     "format_bdmc",
     "format_comparison",
     "format_evaluation",
+    "format_predictive",
+    "format_sbc",
     "khat_summary",
     "load_data",
     "load_run",
     "plot",
+    "predictive",
     "prepare_splits",
     "resolve_device",
     "sample",
     "samples_path",
+    "sbc",
     "train",
     "write_comparison_csv",
 ]

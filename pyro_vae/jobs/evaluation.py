@@ -141,7 +141,7 @@ def evaluate(
             "binarize_seed": config.data.binarize_seed,
             "dequantize": config.data.dequantize,
             "levels": meta.get("levels"),
-            **_run_fields(config, meta),
+            **run_fields(config, meta),
             "seconds": result.seconds,
             "processes": world.size if world.is_distributed else None,
         }
@@ -243,7 +243,7 @@ def bdmc(
         "iwae_above_upper": (iwae.log_px - upper).mean().item(),
         "acceptance_mean": result.lower.acceptance.mean().item(),
         "method_settings": spec.settings(),
-        **_run_fields(config, meta),
+        **run_fields(config, meta),
         "seconds": ais_seconds,
         "processes": world.size if world.is_distributed else None,
     }
@@ -291,7 +291,7 @@ def _shared_sandwich(vae, x_like, ais: dict[str, Any], seed: int, world: World):
     return BDMCResult(x=x, latents=latents, lower=lower, upper=upper)
 
 
-def _run_fields(config: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
+def run_fields(config: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
     """What an evaluation or a BDMC result records of the run it scored."""
     return {
         "likelihood": config.model.likelihood,

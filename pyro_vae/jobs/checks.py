@@ -1,0 +1,305 @@
+"""Workflow checks of a run: prior and posterior predictive checks on held-out data, and
+simulation-based calibration of its amortised posterior q(z|x); kept in ``RUN_DIR/checks/``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+
+from pyro_vae import arviz_compat
+from pyro_vae.build import load_data, prepare_splits
+from pyro_vae.errors import ConfigError
+from pyro_vae.infer.predictive import KINDS, LOG_LIK, predictive_check
+from pyro_vae.infer.sbc import (
+    LEVELS,
+    chi2_uniformity,
+    coverage,
+    fractional_ranks,
+    simulation_based_calibration,
+    verdicts,
+)
+from pyro_vae.jobs.evaluation import run_fields
+from pyro_vae.jobs.loading import load_run
+from pyro_vae.runs import RunDir
+from pyro_vae.text import plural
+
+ALPHA = 0.01  # a p-value outside [ALPHA / 2, 1 - ALPHA / 2] is called extreme
+U_TAILS = 0.025  # per-image u-values below this or above 1 - this are counted as extreme
+
+
+def predictive(
+    run_dir: str | Path,
+    *,
+    kind: str = "posterior",
+    num_datapoints: int = 1000,
+    num_draws: int = 100,
+    split: str = "test",
+    device: str = "auto",
+    progress: bool | str = False,
+) -> dict[str, Any]:
+    """The prior or posterior predictive check of a run on the first ``num_datapoints`` images
+    of ``split`` (prepared as the evaluation prepares them), ``num_draws`` replicates of each
+    (:func:`pyro_vae.infer.predictive.predictive_check`).
+
+    Kept as ``checks/predictive-KIND.json`` (the summary: each statistic's observed and
+    replicated means, its Bayesian p-value, the share of images with an extreme u-value, and
+    the statistics whose p-value is extreme), ``.nc`` (an InferenceData with the
+    ``KIND_predictive``, ``observed_data`` and, for the posterior, ``log_likelihood`` groups)
+    and figures: ArviZ's
+    ``plot_ppc`` and ``plot_bpv`` (``-checks.png``), the pixel-value histogram (``-pixels.png``)
+    and, for images, replicates beside their images (``-replicates.png``).
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"must be prior or posterior, got {kind!r}", option="args.predictive")
+    _at_least(num_datapoints, 1, "args.num_datapoints")
+    _at_least(num_draws, 2, "args.num_draws")
+    config, vae, meta = load_run(run_dir, device)
+    run = RunDir(run_dir)
+    run.check_writable()
+    data = prepare_splits(config, load_data(config), vae.likelihood, (split,), fixed=True)
+    x = data[split][:num_datapoints].to(next(vae.parameters()).device)
+    shape = meta.get("image_shape")
+    shape = None if shape is None else tuple(shape)
+    pyro.set_rng_seed(config.train.seed)
+    start = time.perf_counter()
+    check = predictive_check(
+        vae.model,
+        vae.guide,
+        x,
+        kind=kind,
+        num_draws=num_draws,
+        image_shape=shape,
+        max_plate_nesting=1,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    extreme = check.extreme(ALPHA)
+    statistics = {}
+    for name in check.names:
+        rep_means = check.replicated[name].double().mean(1)
+        u = check.u_values(name)
+        statistics[name] = {
+            "description": check.descriptions[name],
+            "observed_mean": check.observed[name].double().mean().item(),
+            "replicated_mean": rep_means.mean().item(),
+            "replicated_sd": rep_means.std().item(),
+            "p_value": check.p_value(name),
+            "extreme": name in extreme,
+            "u_extreme_share": ((u < U_TAILS) | (u > 1 - U_TAILS)).double().mean().item(),
+        }
+    summary: dict[str, Any] = {
+        "kind": kind,
+        "split": split,
+        "num_datapoints": check.num_datapoints,
+        "num_draws": check.num_draws,
+        "alpha": ALPHA,
+        "statistics": statistics,
+        "extreme": sorted(extreme),
+        **run_fields(config, meta),
+        "seconds": seconds,
+    }
+    idata = arviz_compat.predictive_inference_data(
+        kind,
+        {n: _stored(check.replicated[n], n in check.discrete) for n in check.names},
+        {n: _stored(check.observed_per_image(n), n in check.discrete) for n in check.names},
+        {LOG_LIK: check.observed[LOG_LIK].numpy()} if LOG_LIK in check.observed else None,
+        {"kind": kind, "split": split, "num_draws": num_draws},
+    )
+    figures = _predictive_figures(check, idata, x, shape)
+    name = f"predictive-{kind}"
+    paths = run.write_check(
+        name, summary, (".nc", lambda p: arviz_compat.save_netcdf(idata, p)), figures
+    )
+    summary["paths"] = [str(p) for p in paths]
+    return summary
+
+
+def _stored(values: torch.Tensor, discrete: bool) -> np.ndarray:
+    return values.numpy().astype(np.int64 if discrete else np.float64)
+
+
+def _predictive_figures(check, idata, x, shape) -> dict[str, Any]:
+    from pyro_vae import plots
+
+    names = list(check.names)
+    p_values = {n: check.p_value(n) for n in names}
+    figures = {
+        "checks": plots.predictive_checks(idata, check.kind, names, p_values),
+        "pixels": plots.pixel_values(
+            check.pixel_edges.numpy(),
+            check.observed_pixels.numpy(),
+            check.replicated_pixels.numpy(),
+            check.kind,
+        ),
+    }
+    if shape is not None and len(shape) == 2:
+        shown = check.examples.shape[0]
+        figures["replicates"] = plots.replicates(x[:shown].cpu(), check.examples, shape, check.kind)
+    return figures
+
+
+def format_predictive(s: dict[str, Any]) -> str:
+    """A short summary of :func:`predictive`'s result."""
+    lines = [
+        f"{s['kind']} predictive check on {plural(s['num_datapoints'], s['split'] + ' image')}, "
+        f"{plural(s['num_draws'], 'replicate')} of each ({s['seconds']:.1f} s):",
+        f"  {'statistic':<16} {'observed':>10} {'replicated (sd)':>20} {'p':>6}  {'extreme u':>9}",
+    ]
+    for name, st in s["statistics"].items():
+        rep = f"{st['replicated_mean']:.4g} ({st['replicated_sd']:.2g})"
+        mark = "  <- extreme" if st["extreme"] else ""
+        lines.append(
+            f"  {name:<16} {st['observed_mean']:>10.4g} {rep:>20} {st['p_value']:>6.3f}  "
+            f"{100 * st['u_extreme_share']:>8.1f}%{mark}"
+        )
+    lo, hi = s["alpha"] / 2, 1 - s["alpha"] / 2
+    if s["extreme"]:
+        named = ", ".join(f"{n} (p={s['statistics'][n]['p_value']:.3f})" for n in s["extreme"])
+        lines.append(f"  extreme p-values (outside [{lo:g}, {hi:g}]): {named}")
+    else:
+        lines.append(f"  no extreme p-values: every p lies in [{lo:g}, {hi:g}]")
+    lines.append(
+        f"  (p: share of replicated datasets whose mean statistic is at most the observed one; "
+        f"extreme u: images whose own u-value lies in the outer {200 * U_TAILS:g}%)"
+    )
+    return "\n".join(lines)
+
+
+def sbc(
+    run_dir: str | Path,
+    *,
+    num_simulations: int = 1000,
+    num_draws: int = 99,
+    num_proposals: int = 1000,
+    device: str = "auto",
+    progress: bool | str = False,
+) -> dict[str, Any]:
+    """Simulation-based calibration of a run's q(z|x) on ``num_simulations`` pairs simulated from
+    its model (:func:`pyro_vae.infer.sbc.simulation_based_calibration`): the rank of each latent
+    coordinate among ``num_draws`` draws of q, and, with ``num_proposals`` > 0, among as many
+    draws resampled by importance weight from ``num_proposals`` draws of q.
+
+    Kept as ``checks/sbc.json`` (per coordinate: coverage of q's central 50% and 90% intervals,
+    the chi-square p-value of uniform ranks and a verdict; the coordinates q is over- or
+    under-confident in), ``checks/sbc.npz`` (the ranks and effective sample sizes) and
+    ``checks/sbc-ecdf.png`` (ArviZ's ECDF-difference plot with simultaneous bands).
+    """
+    _at_least(num_simulations, 20, "args.num_simulations")
+    # 19 draws are the fewest whose 20 rank values resolve a central 90% interval
+    _at_least(num_draws, 19, "args.sbc_draws")
+    _at_least(num_proposals, 0, "args.sbc_proposals")
+    config, vae, meta = load_run(run_dir, device)
+    run = RunDir(run_dir)
+    run.check_writable()
+    param = next(vae.parameters())
+    x_like = torch.zeros(num_simulations, meta["data_dim"], dtype=param.dtype, device=param.device)
+    pyro.set_rng_seed(config.train.seed)
+    start = time.perf_counter()
+    result = simulation_based_calibration(
+        vae.model,
+        vae.guide,
+        x_like,
+        num_draws=num_draws,
+        num_proposals=num_proposals,
+        max_plate_nesting=1,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    proposals = {"q": result.ranks}
+    if result.resampled_ranks is not None:
+        proposals["resampled"] = result.resampled_ranks
+    calibration = {label: _calibration(ranks, num_draws) for label, ranks in proposals.items()}
+    summary: dict[str, Any] = {
+        "num_simulations": result.num_simulations,
+        "num_draws": num_draws,
+        "num_proposals": num_proposals,
+        "coordinates": list(result.names),
+        "calibration": calibration,
+        "ess_mean": None if result.ess is None else result.ess.mean().item(),
+        "ess_median": None if result.ess is None else result.ess.median().item(),
+        **run_fields(config, meta),
+        "seconds": seconds,
+    }
+    from pyro_vae import plots
+
+    labels = {"q": "q(z|x)", "resampled": f"resampled (K={num_proposals})"}
+    figure = plots.sbc_ecdf(
+        {labels[k]: fractional_ranks(v, num_draws).numpy() for k, v in proposals.items()},
+        num_draws,
+        list(result.names),
+        calibration["q"]["verdict"],
+    )
+    arrays = {f"ranks_{k}": v.numpy() for k, v in proposals.items()}
+    if result.ess is not None:
+        arrays["ess"] = result.ess.numpy()
+    data = (".npz", lambda p: _save_npz(p, arrays))
+    paths = run.write_check("sbc", summary, data, {"ecdf": figure})
+    summary["paths"] = [str(p) for p in paths]
+    return summary
+
+
+def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _calibration(ranks: torch.Tensor, num_draws: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        f"coverage_{round(100 * level)}": coverage(ranks, num_draws, level).tolist()
+        for level in LEVELS
+    }
+    out["chi2_p"] = chi2_uniformity(ranks, num_draws).tolist()
+    out["verdict"] = verdicts(ranks, num_draws)
+    return out
+
+
+def format_sbc(s: dict[str, Any]) -> str:
+    """A short summary of :func:`sbc`'s result."""
+    cal = s["calibration"]
+    resampled = cal.get("resampled")
+    head = f"  {'coordinate':<10} {'cover 50%':>9} {'cover 90%':>9} {'chi2 p':>7}  {'verdict':<16}"
+    if resampled:
+        head += f" | resampled: {'cover 90%':>9} {'verdict':<15}"
+    lines = [
+        f"SBC of q(z|x) on {plural(s['num_simulations'], 'simulation')} from the model, ranks "
+        f"among {plural(s['num_draws'], 'draw')} ({s['seconds']:.1f} s):",
+        head,
+    ]
+    for j, name in enumerate(s["coordinates"]):
+        q = cal["q"]
+        line = (
+            f"  {name:<10} {q['coverage_50'][j]:>9.3f} {q['coverage_90'][j]:>9.3f} "
+            f"{q['chi2_p'][j]:>7.3f}  {q['verdict'][j]:<16}"
+        )
+        if resampled:
+            line += (
+                f" |            {resampled['coverage_90'][j]:>9.3f} {resampled['verdict'][j]:<15}"
+            )
+        lines.append(line.rstrip())
+    lines.append("  q(z|x): " + _verdict_line(cal["q"]["verdict"], s["coordinates"]))
+    if resampled:
+        lines.append(
+            f"  resampled from K={s['num_proposals']} (median ESS {s['ess_median']:.1f}): "
+            + _verdict_line(resampled["verdict"], s["coordinates"])
+        )
+    return "\n".join(lines)
+
+
+def _verdict_line(verdict: list[str], names: list[str]) -> str:
+    bad = {}
+    for name, v in zip(names, verdict, strict=True):
+        if v != "calibrated":
+            bad.setdefault(v, []).append(name)
+    if not bad:
+        return f"calibrated in all {len(names)} coordinates"
+    return "; ".join(f"{v} in {', '.join(ns)}" for v, ns in bad.items())
+
+
+def _at_least(value: int, least: int, option: str) -> None:
+    if value < least:
+        raise ConfigError(f"must be at least {least}, got {value}", option=option)

@@ -1,0 +1,102 @@
+"""pyro-vae check: predictive checks and SBC of a trained run, kept in RUN_DIR/checks/."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pyro_vae import arviz_compat
+from pyro_vae.cli import main
+from tests.helpers import cli_error
+
+TINY = ["--epochs", "2", "--hidden", "32", "--latent-dim", "3", "--no-eval", "--no-progress"]
+SMALL = ["--num-datapoints", "40", "--num-draws", "20", "--no-progress"]
+SMALL_SBC = ["--num-simulations", "60", "--sbc-draws", "19", "--sbc-proposals", "50"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "r"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_check_without_options_runs_the_posterior_predictive_check_and_sbc(capsys, run_dir):
+    assert main(["check", str(run_dir), *SMALL, *SMALL_SBC]) == 0
+    out = capsys.readouterr().out
+    assert "posterior predictive check on 40 test images, 20 replicates of each" in out
+    assert "SBC of q(z|x) on 60 simulations from the model, ranks among 19 draws" in out
+    checks = run_dir / "checks"
+    summary = json.loads((checks / "predictive-posterior.json").read_text())
+    assert summary["kind"] == "posterior" and summary["num_datapoints"] == 40
+    stats = summary["statistics"]
+    assert set(stats) == {"mean_intensity", "on_pixels", "total_variation", "log_lik"}
+    for st in stats.values():
+        assert 0.0 <= st["p_value"] <= 1.0
+        assert st["extreme"] == (min(st["p_value"], 1 - st["p_value"]) < 0.005)
+    assert summary["extreme"] == sorted(n for n, st in stats.items() if st["extreme"])
+    idata = arviz_compat.load_netcdf(checks / "predictive-posterior.nc")
+    rep = idata.posterior_predictive["mean_intensity"].values
+    assert rep.shape == (1, 20, 40)
+    obs = idata.observed_data["mean_intensity"].values
+    assert obs.mean() == pytest.approx(stats["mean_intensity"]["observed_mean"])
+    assert idata.posterior_predictive["on_pixels"].values.dtype == np.int64
+    assert idata.log_likelihood["log_lik"].values.shape == (1, 20, 40)
+    for name in ("checks", "pixels", "replicates"):
+        assert (checks / f"predictive-posterior-{name}.png").stat().st_size > 10_000
+    sbc = json.loads((checks / "sbc.json").read_text())
+    assert sbc["coordinates"] == ["z[0]", "z[1]", "z[2]"]
+    assert set(sbc["calibration"]) == {"q", "resampled"}
+    assert len(sbc["calibration"]["q"]["verdict"]) == 3
+    ranks = np.load(checks / "sbc.npz")
+    assert ranks["ranks_q"].shape == (60, 3) and ranks["ranks_q"].max() <= 19
+    assert ranks["ess"].shape == (60,) and (ranks["ess"] <= 50 + 1e-6).all()
+    assert (checks / "sbc-ecdf.png").stat().st_size > 10_000
+    for name in ("predictive-posterior.json", "predictive-posterior.nc", "sbc.json", "sbc.npz"):
+        assert str(checks / name) in out
+
+
+def test_the_prior_predictive_check_alone(capsys, run_dir):
+    assert main(["check", str(run_dir), "--predictive", "prior", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "prior predictive check" in out and "SBC" not in out
+    summary = json.loads((run_dir / "checks" / "predictive-prior.json").read_text())
+    assert "log_lik" not in summary["statistics"]  # z from the prior is not the image's
+    idata = arviz_compat.load_netcdf(run_dir / "checks" / "predictive-prior.nc")
+    assert "prior_predictive" in idata.groups() and "log_likelihood" not in idata.groups()
+
+
+def test_checks_are_repeatable(capsys, run_dir):
+    argv = ["check", str(run_dir), "--sbc", *SMALL_SBC, "--no-progress"]
+    assert main(argv) == 0
+    first = np.load(run_dir / "checks" / "sbc.npz")["ranks_q"]
+    assert main(argv) == 0
+    assert np.array_equal(np.load(run_dir / "checks" / "sbc.npz")["ranks_q"], first)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--predictive", "likelihood"], "invalid choice: 'likelihood'"),
+        (["--num-draws", "1"], "--num-draws must be at least 2, got 1"),
+        (["--num-datapoints", "0"], "--num-datapoints must be at least 1"),
+        (["--sbc", "--num-simulations", "5"], "--num-simulations must be at least 20"),
+        (["--sbc", "--sbc-draws", "9"], "--sbc-draws must be at least 19"),
+        (["--sbc", "--sbc-proposals", "-1"], "--sbc-proposals must be at least 0"),
+    ],
+)
+def test_bad_options_are_one_error_line(capsys, run_dir, args, message):
+    assert message in cli_error(capsys, "check", str(run_dir), *args)
+
+
+def test_a_missing_run_is_one_error_line(capsys, tmp_path):
+    assert "run directory not found" in cli_error(capsys, "check", str(tmp_path / "nope"))
+
+
+def test_a_two_layer_run_is_checked_through_both_latents(capsys, tmp_path):
+    out = tmp_path / "two"
+    argv = ["train", *TINY, "--top-latent-dim", "2", "--top-hidden", "16", "--out", str(out)]
+    assert main(argv) == 0
+    assert main(["check", str(out), *SMALL, *SMALL_SBC]) == 0
+    sbc = json.loads((out / "checks" / "sbc.json").read_text())
+    assert sbc["coordinates"] == ["z2[0]", "z2[1]", "z[0]", "z[1]", "z[2]"]
