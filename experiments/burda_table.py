@@ -73,6 +73,9 @@ def main(argv=None) -> int:
     p.add_argument("--auto", action="store_true", help="also evaluate with --method auto")
     p.add_argument("--ais-steps", type=int, default=500, help="auto's AIS distributions")
     p.add_argument("--refine-steps", type=int, default=1000, help="auto's refinement steps")
+    p.add_argument(
+        "--test-points", type=int, default=None, help="evaluate the first N test points only"
+    )
     p.set_defaults(eval_samples=5000)
     args = p.parse_args(argv)
     base = base_config(args)
@@ -86,13 +89,14 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         result = jobs.train(config, run_dir, evaluate_at_end=False, echo=lambda s: None)
         seconds = time.perf_counter() - start
-        ev = jobs.evaluate(run_dir, num_samples=config.train.eval_samples)
+        ev = jobs.evaluate(run_dir, num_samples=config.train.eval_samples, first=args.test_points)
         auto = None
         if args.auto:
             auto = jobs.evaluate(
                 run_dir,
                 num_samples=config.train.eval_samples,
                 method="auto",
+                first=args.test_points,
                 ais_steps=args.ais_steps,
                 refine_steps=args.refine_steps,
             )
@@ -118,7 +122,8 @@ def main(argv=None) -> int:
     title = (
         f"{args.dataset}, {base.train.epochs} epochs, latent {base.model.latent_dim} "
         f"(2 layers: z2 of {args.top_latent_dim}), hidden {','.join(map(str, base.model.hidden))},"
-        f" test split, K={base.train.eval_samples}"
+        f" test split{'' if args.test_points is None else f' (first {args.test_points})'},"
+        f" K={base.train.eval_samples}"
     )
     print(write_table(rows, args.out, title))
     plot(rows, args.out / "burda_table.png", title)

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             train={"elbo": "iwae", "num_particles": args.iwae_k},
         ),
     }
-    rows, coverages = [], {}
+    rows, coverages, checked = [], {}, 0
     for name, config in variants.items():
         run_dir = args.out / "runs" / name
         if run_dir.exists():
@@ -66,6 +66,7 @@ def main(argv=None) -> int:
             num_draws=args.sbc_draws,
             num_proposals=args.sbc_proposals,
         )
+        checked = pred["num_datapoints"]  # the split may hold fewer than asked for
         print(jobs.format_predictive(pred), file=sys.stderr)
         print(jobs.format_sbc(sbc), file=sys.stderr)
         for figure in ("predictive-posterior-checks", "predictive-posterior-pixels", "sbc-ecdf"):
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
         writer.writerows(rows)
     title = (
         f"Workflow checks on {args.dataset}, {args.epochs} epochs; posterior predictive on "
-        f"{args.num_datapoints} test images x {args.num_draws} replicates; SBC on "
+        f"{checked} test images x {args.num_draws} replicates; SBC on "
         f"{args.num_simulations} simulations, L={args.sbc_draws}, K={args.sbc_proposals}"
     )
     table = write_markdown(rows, title)

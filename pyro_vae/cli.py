@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     spec = EstimatorSpec()
     _add_declared(e, EstimatorSpec, spec, only=("num_samples", "chunk_size"))
     e.add_argument("--split", default="test", help="train, val or test (default test)")
+    e.add_argument(
+        "--first",
+        type=int,
+        default=None,
+        help="evaluate the split's first N datapoints only (a setting of its own)",
+        metavar="N",
+    )
     e.add_argument("--device", default="auto", help="auto (the run's device), cpu or cuda")
     e.add_argument(
         "--precision",
@@ -420,6 +427,7 @@ def run(argv: list[str] | None = None) -> int:
             split=args.split,
             device=args.device,
             precision=args.precision,
+            first=args.first,
             **_settings(args, ("num_samples", "chunk_size", *ESTIMATOR_SETTINGS)),
         )
         if evaluation is None:  # a rank other than 0 of a launch: rank 0 prints

@@ -89,6 +89,7 @@ class Evaluation:
     seconds_per_method: dict[str, float] | None = None
     stages: list[str] | None = None
     num_datapoints: int | None = None
+    first: int | None = None  # the first rows of the split only (None: all of it)
     precision: str = "fp32"
     # what was scored
     dataset: str | None = None

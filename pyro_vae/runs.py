@@ -501,7 +501,7 @@ def evaluation_setting(evaluation: Evaluation) -> str:
     ``test-K1000-fp32`` for IWAE from the guide (the names of earlier versions, which had only
     that method), ``test-refined-K1000-fp32`` and ``test-auto-K1000-fp32`` for the methods that
     take K importance samples, ``test-ais-T500-C16-fp32`` for AIS with T distributions and C
-    chains.
+    chains; ``-firstN`` is added for an evaluation of the split's first N datapoints only.
     """
     method, k = evaluation.method, evaluation.num_samples
     if method == "iwae":
@@ -510,7 +510,8 @@ def evaluation_setting(evaluation: Evaluation) -> str:
         middle = f"ais-T{evaluation.method_settings.get('ais_steps')}-C{k}"
     else:
         middle = f"{method}-K{k}"
-    return f"{evaluation.split}-{middle}-{evaluation.precision}"
+    subset = "" if evaluation.first is None else f"-first{evaluation.first}"
+    return f"{evaluation.split}-{middle}-{evaluation.precision}{subset}"
 
 
 def describe_selection(wanted: dict[str, Any]) -> str:

@@ -180,3 +180,20 @@ def test_a_two_layer_run_goes_through_every_command(tmp_path, capsys):
     assert main(["plot", str(out), "--method", "iwae", "--out", str(tmp_path / "figs")]) == 0
     assert main(["sample", str(out), "--out", str(tmp_path / "s.png"), "--num", "4"]) == 0
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_evaluate_first_scores_a_prefix_of_the_split_as_a_setting_of_its_own(capsys, run_dir):
+    assert main(["evaluate", str(run_dir), "--num-samples", "25", "--no-progress"]) == 0
+    assert main(["evaluate", str(run_dir), "--num-samples", "25", "--first", "50", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "the first 50 datapoints" in out
+    part, idata = _evaluation(run_dir, "test-K25-fp32-first50")
+    whole, whole_idata = _evaluation(run_dir, "test-K25-fp32")
+    assert part["first"] == 50 and part["num_datapoints"] == 50 and whole["first"] is None
+    assert idata.log_likelihood["log_px"].values.shape == (1, 1, 50)
+    head = whole_idata.log_likelihood["log_px"].values[0, 0, :50]
+    # the same datapoints, other draws: equal within the Monte Carlo error
+    assert part["log_px"] == pytest.approx(head.mean(), abs=0.1)
+    assert "--first must be at least 1, got 0" in cli_error(
+        capsys, "evaluate", str(run_dir), "--first", "0"
+    )

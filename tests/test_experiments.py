@@ -90,6 +90,8 @@ def test_burda_table_smoke(tmp_path):
         *fast,
         "--refine-steps",
         "10",
+        "--test-points",
+        "40",
     )
     assert [(r["objective"], r["layers"], r["net"]) for r in rows] == [
         ("iwae", "1", "conv"),
@@ -100,6 +102,13 @@ def test_burda_table_smoke(tmp_path):
     assert config["model"]["top_latent_dim"] == 1 and config["model"]["net"] == "conv"
     assert config["train"]["elbo"] == "iwae" and config["train"]["num_particles"] == 2
     assert "| IWAE, k=2 | 2 | conv |" in (tmp_path / "table.md").read_text()
+    assert "test split (first 40)" in (tmp_path / "table.md").read_text()
+    kept = json.loads(
+        (
+            tmp_path / "runs" / "iwae-k2-L2-conv" / "evaluations" / "test-K21-fp32-first40.json"
+        ).read_text()
+    )
+    assert kept["num_datapoints"] == 40
     assert (tmp_path / "burda_table.png").stat().st_size > 1000
 
 

@@ -39,6 +39,7 @@ IDENTITY_KEYS = (
     "levels",
     "num_samples",
     "num_datapoints",
+    "first",
     "precision",
     "method",
     "method_settings",
@@ -59,6 +60,7 @@ def evaluate(
     precision: str = "fp32",
     progress: bool | str = False,
     method: str = "iwae",
+    first: int | None = None,
     world: World = SINGLE,
     **settings,
 ) -> Evaluation | None:
@@ -77,6 +79,10 @@ def evaluate(
     units; log-densities stay float32): an approximation of the float32 estimate, recorded in the
     summary, and :func:`compare` refuses to rank it against float32 evaluations.
 
+    ``first`` evaluates the first ``first`` datapoints of the split only (all of them when the
+    split holds no more): a cheaper estimate of the same quantity on a subset, kept as a setting
+    of its own (``test-K1000-fp32-first500``) and never ranked against the whole split.
+
     With ``world`` holding several ranks (a torchrun launch), the ranks share the datapoints in
     seeded blocks (:func:`~pyro_vae.distributed.sharded`, every method): the numbers do not
     depend on the number of processes (2 or more; one process draws as planned by its free
@@ -90,7 +96,13 @@ def evaluate(
     if world.is_main:
         RunDir(run_dir).check_writable()  # before the computation, whose result must go somewhere
     data = prepare_splits(config, load_data(config, world), vae.likelihood, (split,), fixed=True)
-    x = data[split].to(next(vae.parameters()).device)
+    x = data[split]
+    if first is not None:
+        if first < 1:
+            raise ConfigError(f"must be at least 1, got {first}", option="args.first")
+        first = min(first, x.shape[0])
+        x = x[:first]
+    x = x.to(next(vae.parameters()).device)
     if method != "ais" and world.is_main:  # K x N log weights for k-hat, on rank 0
         check_log_weights_fit(num_samples, x.shape[0])
     pyro.set_rng_seed(config.train.seed)
@@ -134,6 +146,7 @@ def evaluate(
             **result.summary,
             "num_samples": k,
             "num_datapoints": n,
+            "first": first,
             "precision": precision,
             "dataset": config.data.dataset,
             "split": split,
@@ -422,6 +435,7 @@ def format_evaluation(ev: Evaluation) -> str:
         error_bar = "(Monte Carlo stderr unbounded: some datapoints' weights are all zero)"
     lines = [
         f"{ev.dataset} ({ev.split} split, {_data_label(ev)}), "
+        f"{'the first ' if ev.first is not None else ''}"
         f"{plural(ev.num_datapoints, 'datapoint')}, {_estimator_label(ev)}, "
         f"{plural(ev.epochs_trained, 'epoch')}"
         + (" (the best epoch's checkpoint)" if ev.checkpoint == "best" else "")
