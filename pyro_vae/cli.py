@@ -204,24 +204,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-datapoints",
         type=int,
         default=1000,
-        help="images of the split checked, the first ones (default 1000)",
+        metavar="N",
+        help="images of the split checked, the first ones (default 1000; all of them when the "
+        "split holds fewer)",
     )
     k.add_argument(
-        "--num-draws", type=int, default=100, help="replicates of each image (default 100)"
+        "--num-draws",
+        type=int,
+        default=100,
+        metavar="S",
+        help="replicates of each image (default 100)",
     )
     k.add_argument(
         "--num-simulations",
         type=int,
-        default=1000,
+        default=None,
+        metavar="M",
         help="SBC: pairs (z, x) simulated from the model (default 1000)",
     )
     k.add_argument(
-        "--sbc-draws", type=int, default=99, help="SBC: draws of q(z|x) per simulation (default 99)"
+        "--sbc-draws",
+        type=int,
+        default=None,
+        metavar="L",
+        help="SBC: draws of q(z|x) per simulation (at least 19; default 99)",
     )
     k.add_argument(
         "--sbc-proposals",
         type=int,
-        default=1000,
+        default=None,
+        metavar="K",
         help="SBC: draws of q resampled by importance weight, for the ranks under the "
         "self-normalised posterior (0: none; default 1000)",
     )
@@ -468,9 +480,11 @@ def run(argv: list[str] | None = None) -> int:
         echo(jobs.format_bdmc(summary))
         echo(f"wrote {' and '.join(summary['paths'])}")
     elif args.command == "check":
-        kinds = [args.predictive] if args.predictive else []
-        if not kinds and not args.sbc:
-            kinds, args.sbc = ["posterior"], True
+        kinds, sbc = _checks_asked(args)
+        for kind in kinds:
+            jobs.check_predictive_settings(kind, args.num_datapoints, args.num_draws)
+        if sbc:
+            jobs.check_sbc_settings(**sbc)
         for kind in kinds:
             summary = jobs.predictive(
                 args.run_dir,
@@ -483,15 +497,8 @@ def run(argv: list[str] | None = None) -> int:
             )
             echo(jobs.format_predictive(summary))
             echo(f"wrote {', '.join(summary['paths'])}")
-        if args.sbc:
-            summary = jobs.sbc(
-                args.run_dir,
-                num_simulations=args.num_simulations,
-                num_draws=args.sbc_draws,
-                num_proposals=args.sbc_proposals,
-                device=args.device,
-                progress=progress,
-            )
+        if sbc:
+            summary = jobs.sbc(args.run_dir, device=args.device, progress=progress, **sbc)
             echo(jobs.format_sbc(summary))
             echo(f"wrote {', '.join(summary['paths'])}")
     elif args.command == "plot":
@@ -505,6 +512,34 @@ def run(argv: list[str] | None = None) -> int:
         path = jobs.sample(args.run_dir, num=args.num, out=args.out, seed=args.seed)
         echo(f"wrote {path}")
     return 0
+
+
+# pyro-vae check's SBC flags (given: not None) and their defaults
+SBC_FLAGS = {"num_simulations": 1000, "sbc_draws": 99, "sbc_proposals": 1000}
+
+
+def _checks_asked(args) -> tuple[list[str], dict | None]:
+    """The predictive checks (kinds) and the SBC settings (None: no SBC) that ``pyro-vae check``
+    was asked for: both the posterior predictive check and SBC when neither was named. SBC
+    flags without SBC are refused rather than ignored."""
+    given = [name for name in SBC_FLAGS if getattr(args, name) is not None]
+    kinds = [args.predictive] if args.predictive else []
+    sbc = args.sbc or not kinds
+    if given and not sbc:
+        raise ConfigError(
+            f"{', '.join(flag_of(n) for n in given)} set SBC, which --predictive alone does not "
+            "run: add --sbc"
+        )
+    if not kinds and not args.sbc:
+        kinds = ["posterior"]
+    if not sbc:
+        return kinds, None
+    values = {n: d if getattr(args, n) is None else getattr(args, n) for n, d in SBC_FLAGS.items()}
+    return kinds, {
+        "num_simulations": values["num_simulations"],
+        "num_draws": values["sbc_draws"],
+        "num_proposals": values["sbc_proposals"],
+    }
 
 
 def advice(error: PyroVAEError) -> str:

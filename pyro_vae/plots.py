@@ -162,25 +162,51 @@ def _panel_grid(count: int, width: float = 3.2, height: float = 2.6, cols: int =
     return fig, axes[:count]
 
 
-def predictive_checks(idata, kind: str, names: list[str], p_values: dict[str, float]) -> Figure:
+def predictive_checks(
+    idata, kind: str, names: list[str], p_values: dict[str, float], paired: dict | None = None
+) -> Figure:
     """Three rows of panels, one column per statistic: ArviZ's ``plot_ppc`` (the statistic's
     distribution over images, observed against replicated datasets), ``plot_bpv`` with the mean
     (replicated datasets' mean against the observed mean, with the p-value) and ``plot_bpv``'s
-    per-image u-values against uniform."""
+    per-image u-values against uniform.
+
+    A statistic in ``paired`` (``name -> (replicated means (S,), observed means (S,),
+    u-values (N,))``, a realised discrepancy such as log p(x|z) whose observed value changes
+    with each draw) gets its lower two panels drawn here from those paired values, which
+    ArviZ's ``plot_bpv`` cannot pair: the histogram of replicated minus observed mean, and of
+    the u-values."""
+    paired = paired or {}
     cols = len(names)
     fig = Figure(figsize=(3.4 * cols, 8.4), dpi=110)
     axes = np.atleast_2d(fig.subplots(3, cols).reshape(3, cols))
     arviz_compat.plot_ppc(idata, kind, names, axes[0])
-    arviz_compat.plot_bpv(idata, kind, names, axes[1], kind="t_stat")
-    arviz_compat.plot_bpv(idata, kind, names, axes[2], kind="u_value")
+    plain = [j for j, n in enumerate(names) if n not in paired]
+    if plain:
+        chosen = [names[j] for j in plain]
+        arviz_compat.plot_bpv(idata, kind, chosen, axes[1, plain], kind="t_stat")
+        arviz_compat.plot_bpv(idata, kind, chosen, axes[2, plain], kind="u_value")
+    for j, name in enumerate(names):
+        if name in paired:
+            rep, obs, u = (np.asarray(v) for v in paired[name])
+            axes[1, j].hist(rep - obs, bins=20, color="C0", alpha=0.7)
+            axes[1, j].axvline(0.0, color="k")
+            axes[1, j].set_yticks([])
+            axes[2, j].hist(u, bins=20, range=(0, 1), density=True, color="C0", alpha=0.7)
+            axes[2, j].axhline(1.0, color="k", linewidth=1)
     for ax in [*axes[0, 1:], *axes[1]]:  # one legend says which curve is which
         if ax.get_legend() is not None:
             ax.get_legend().remove()
     axes[0, 0].legend(fontsize=7)
     for j, name in enumerate(names):
         axes[0, j].set_title(name, fontsize=10)
-        axes[1, j].set_title(f"mean over images: p = {p_values[name]:.3f}", fontsize=9)
-        axes[2, j].set_title("per-image u-values", fontsize=9)
+        if name in paired:
+            axes[1, j].set_title(
+                f"replicated - observed mean, paired by z: p = {p_values[name]:.3f}", fontsize=8
+            )
+            axes[2, j].set_title("per-image u-values, paired by z", fontsize=9)
+        else:
+            axes[1, j].set_title(f"mean over images: p = {p_values[name]:.3f}", fontsize=9)
+            axes[2, j].set_title("per-image u-values", fontsize=9)
         for ax in axes[:, j]:
             ax.tick_params(labelsize=7)
             ax.set_xlabel("")

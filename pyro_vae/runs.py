@@ -410,30 +410,50 @@ class RunDir:
         self,
         name: str,
         summary: dict[str, Any],
-        data: tuple[str, Callable[[str], None]],
+        data: tuple[str, Callable[[str, str], None]],
         figures: dict[str, Any],
     ) -> list[Path]:
-        """Keep a workflow check: its data (``(suffix, write(path))``), its figures
-        (``checks/NAME-FIGURE.png``) and its summary, in that order, each written whole to a
-        temporary file and renamed into place (a crash leaves the previous summary, never a torn
-        file). Returns the paths, the summary's first."""
-        json_path, data_path = self.check_paths(name, data[0])
-        try:
-            self.checks_dir.mkdir(parents=True, exist_ok=True)
-            tmp = _write_temporary(data_path, data[1])
-            os.replace(tmp, data_path)
-        except OSError as e:
-            raise CheckpointError(f"cannot write {data_path}: {e.strerror or e}") from None
-        paths = [json_path, data_path]
+        """Keep a workflow check as one unit: its data (``(suffix, write(path, check_id))``),
+        its figures (``checks/NAME-FIGURE.png``) and its summary, which gets a ``check_id``
+        that the data carries too.
+
+        The figures are drawn to memory first; then every file is written in full to a
+        temporary name and only then renamed into place, the summary last, under a short lock
+        on ``checks/.lock``, so that a failure before the renames leaves the previous check
+        whole, and concurrent checks replace a unit one after the other. A crash between the
+        renames leaves a summary whose ``check_id`` differs from its data's. Returns the paths,
+        the summary's first.
+        """
+        check_id = uuid.uuid4().hex
+        summary = {**summary, "check_id": check_id}
+        suffix, write = data
+        json_path, data_path = self.check_paths(name, suffix)
+        pngs = {}
         for label, figure in figures.items():
             buffer = io.BytesIO()
             figure.savefig(buffer, format="png")
-            path = self.checks_dir / f"{name}-{label}.png"
-            atomic_write_bytes(path, buffer.getvalue())
-            paths.append(path)
+            pngs[self.checks_dir / f"{name}-{label}.png"] = buffer.getvalue()
         text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
-        atomic_write_text(json_path, text)
-        return paths
+        writes = [(data_path, lambda n: write(n, check_id))]
+        writes += [(path, lambda n, b=png: Path(n).write_bytes(b)) for path, png in pngs.items()]
+        writes.append((json_path, lambda n: Path(n).write_text(text)))
+        temps: list[tuple[str, Path]] = []
+        try:
+            self.checks_dir.mkdir(parents=True, exist_ok=True)
+            with _locked(self.checks_dir / ".lock"):
+                for path, fill in writes:
+                    temps.append((_write_temporary(path, fill), path))
+                for tmp, path in temps:
+                    os.replace(tmp, path)
+        except OSError as e:
+            kept = "; the previous check is kept" if json_path.exists() else ""
+            raise CheckpointError(
+                f"cannot write {json_path.with_suffix('')}: {e.strerror or e}{kept}"
+            ) from None
+        finally:
+            for tmp, _ in temps:
+                Path(tmp).unlink(missing_ok=True)
+        return [json_path, data_path, *pngs]
 
     def evaluations(self) -> list[StoredEvaluation]:
         """Every evaluation kept in the run directory, in setting order.

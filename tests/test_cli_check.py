@@ -50,7 +50,13 @@ def test_check_without_options_runs_the_posterior_predictive_check_and_sbc(capsy
     assert len(sbc["calibration"]["q"]["verdict"]) == 3
     ranks = np.load(checks / "sbc.npz")
     assert ranks["ranks_q"].shape == (60, 3) and ranks["ranks_q"].max() <= 19
-    assert ranks["ess"].shape == (60,) and (ranks["ess"] <= 50 + 1e-6).all()
+    assert ranks["ess"].shape == (60,)
+    assert (ranks["ess"] >= 1 - 1e-9).all() and (ranks["ess"] <= 50 + 1e-6).all()
+    assert ranks["ess"].min() < ranks["ess"].max()  # weights differ between simulations
+    # the summary and its data carry one id: they were written as one unit
+    assert str(ranks["check_id"]) == sbc["check_id"]
+    assert idata.attrs["check_id"] == summary["check_id"]
+    assert sbc["calibration"]["q"]["coverage_nominal"] == {"50": 0.5, "90": 0.9}
     assert (checks / "sbc-ecdf.png").stat().st_size > 10_000
     for name in ("predictive-posterior.json", "predictive-posterior.nc", "sbc.json", "sbc.npz"):
         assert str(checks / name) in out
@@ -67,11 +73,34 @@ def test_the_prior_predictive_check_alone(capsys, run_dir):
 
 
 def test_checks_are_repeatable(capsys, run_dir):
-    argv = ["check", str(run_dir), "--sbc", *SMALL_SBC, "--no-progress"]
+    argv = ["check", str(run_dir), "--sbc", "--predictive", "posterior", *SMALL, *SMALL_SBC]
+
+    def kept():
+        ranks = np.load(run_dir / "checks" / "sbc.npz")
+        idata = arviz_compat.load_netcdf(run_dir / "checks" / "predictive-posterior.nc")
+        return ranks["ranks_q"], ranks["ranks_resampled"], idata.posterior_predictive
+
     assert main(argv) == 0
-    first = np.load(run_dir / "checks" / "sbc.npz")["ranks_q"]
+    first = kept()
     assert main(argv) == 0
-    assert np.array_equal(np.load(run_dir / "checks" / "sbc.npz")["ranks_q"], first)
+    again = kept()
+    assert np.array_equal(again[0], first[0]) and np.array_equal(again[1], first[1])
+    assert again[2].equals(first[2])
+
+
+def test_sbc_flags_without_sbc_are_refused_before_any_work(capsys, run_dir):
+    message = cli_error(capsys, "check", str(run_dir), "--predictive", "prior", "--sbc-draws", "29")
+    assert "--sbc-draws set SBC, which --predictive alone does not run: add --sbc" in message
+    checks = run_dir / "checks"
+
+    def stamps():
+        return {p.name: p.stat().st_mtime_ns for p in checks.glob("*")} if checks.exists() else {}
+
+    before = stamps()
+    message = cli_error(capsys, "check", str(run_dir), "--sbc-draws", "9")
+    assert "--sbc-draws must be at least 19" in message
+    after = stamps()
+    assert after == before  # the posterior predictive check did not run first
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,6 @@ from pyro_vae.infer.importance import (
     LATENT_DRAWS_PLATE,
     data_plate,
     guess_max_plate_nesting,
-    pass_budget,
     per_datapoint_log_prob,
     vectorized_traces,
 )
@@ -55,6 +54,9 @@ from pyro_vae.progress import progress_bar
 KINDS = ("prior", "posterior")
 LOG_LIK = "log_lik"  # the realised discrepancy log p(x | z), posterior predictive only
 ON_THRESHOLD = 0.5  # a pixel is "on" above this value
+# Values drawn per block of rows by default: a fixed size, so that the draws (and the numbers)
+# do not depend on the free memory of the machine
+BLOCK_ELEMENTS = 2**22
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,9 @@ class PredictiveCheck:
 
     def p_value(self, name: str) -> float:
         """The Bayesian p-value of the statistic's mean over the images,
-        ``mean_s 1[mean_n T(x_rep_sn) <= mean_n T(x_n)]``, ties counted half (the mid-p value,
-        uniform under the prior predictive of a correct model for an integer statistic too, where
-        ArviZ's plot counts them whole; ``log_lik``: paired by draw)."""
+        ``mean_s 1[mean_n T(x_rep_sn) <= mean_n T(x_n)]``, ties counted half (the mid-p value:
+        of mean 1/2 under the prior predictive of a correct model for an integer statistic too,
+        where ArviZ's plot counts ties whole; ``log_lik``: paired by draw)."""
         rep = self.replicated[name].double().mean(1)
         obs = self.observed[name].double()
         obs = obs.mean(1) if obs.dim() == 2 else obs.mean()
@@ -159,8 +161,9 @@ class PredictiveCheck:
 
     def u_values(self, name: str) -> torch.Tensor:
         """``(N,)``: per image, the share of replicates whose statistic is below the image's,
-        ties counted half (the mid-p value, uniform for a discrete statistic too; ``log_lik``:
-        paired by draw)."""
+        ties counted half (the mid-p value; ``log_lik``: paired by draw). Under the prior
+        predictive of a correct model they take the S + 1 values k / S, each as often, for a
+        continuous statistic (see :func:`u_tail_share`)."""
         return _mid_p(self.replicated[name], self.observed[name]).mean(0)
 
     def extreme(self, alpha: float = 0.01) -> dict[str, float]:
@@ -207,7 +210,8 @@ def predictive_check(
         Replicates kept to look at (the first draw of the first images).
     batch_size : int, optional
         Images replicated at once (all S draws of each); by default as many as keep
-        ``S x rows x D`` within the estimators' pass budget.
+        ``S x rows x D`` within :data:`BLOCK_ELEMENTS`, whatever the free memory, so that the
+        same seed gives the same numbers on any machine.
     progress : bool, str or None
         Progress over the blocks of images (:mod:`pyro_vae.progress`).
 
@@ -228,7 +232,7 @@ def predictive_check(
         max_plate_nesting = guess_max_plate_nesting(model, guessed_guide, x)
     n, d = x.shape
     if batch_size is None:
-        batch_size = max(1, pass_budget(x.device) // (num_draws * d))
+        batch_size = max(1, BLOCK_ELEMENTS // (num_draws * d))
     lo, hi = x.min().item(), x.max().item()
     if hi <= lo:
         hi = lo + 1.0
@@ -273,6 +277,14 @@ def predictive_check(
         replicated_pixels=rep_hist / (num_draws * x.numel()),
         examples=torch.cat(examples)[:num_examples],
     )
+
+
+def u_tail_share(num_draws: int, tail: float) -> float:
+    """The share of images whose u-value lies below ``tail`` or above ``1 - tail`` when the
+    model is correct (prior predictive, continuous statistic): u = k / S with k uniform on
+    0..S. With S = 100 and a tail of 0.025 it is 6 / 101, not 5%."""
+    u = torch.arange(num_draws + 1, dtype=torch.float64) / num_draws
+    return ((u < tail) | (u > 1 - tail)).double().mean().item()
 
 
 def _mid_p(replicated: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:

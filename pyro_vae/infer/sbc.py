@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.infer.importance import guess_max_plate_nesting, pass_budget
+from pyro_vae.infer.importance import guess_max_plate_nesting
 from pyro_vae.infer.latent import LatentSpace, simulate
+from pyro_vae.infer.predictive import BLOCK_ELEMENTS
 from pyro_vae.progress import progress_bar
 
 LEVELS = (0.5, 0.9)  # central intervals whose coverage is reported
@@ -83,12 +84,25 @@ def fractional_ranks(ranks: torch.Tensor, num_draws: int) -> torch.Tensor:
     return (ranks.double() + 1.0) / (num_draws + 1)
 
 
+def _inside(ranks: torch.Tensor, num_draws: int, level: float) -> torch.Tensor:
+    mid = (ranks.double() + 0.5) / (num_draws + 1)
+    return (mid - 0.5).abs() <= level / 2 + 1e-12
+
+
 def coverage(ranks: torch.Tensor, num_draws: int, level: float) -> torch.Tensor:
     """``(D,)``: the share of simulations whose latent lies inside q's central ``level``
     interval, judged from the rank: the mid-rank ``(r + 1/2) / (L + 1)`` within ``level / 2`` of
-    1/2 (exactly ``level`` for uniform ranks when ``level (L + 1)`` is an even integer)."""
-    mid = (ranks.double() + 0.5) / (num_draws + 1)
-    return ((mid - 0.5).abs() <= level / 2 + 1e-12).double().mean(0)
+    1/2. For calibrated ranks its expectation is :func:`nominal_coverage`, which equals
+    ``level`` only when ``level (L + 1)`` and ``L + 1`` have the same parity (L = 99: 0.5 and
+    0.9 exactly)."""
+    return _inside(ranks, num_draws, level).double().mean(0)
+
+
+def nominal_coverage(num_draws: int, level: float) -> float:
+    """The expected :func:`coverage` of calibrated ranks (uniform on 0..L): the share of the
+    L + 1 rank values inside the interval."""
+    values = torch.arange(num_draws + 1)
+    return _inside(values, num_draws, level).double().mean().item()
 
 
 def chi2_uniformity(ranks: torch.Tensor, num_draws: int, num_bins: int = 20) -> torch.Tensor:
@@ -115,8 +129,9 @@ def verdicts(ranks: torch.Tensor, num_draws: int, alpha: float = 0.01) -> list[s
 
     - ``biased high`` / ``biased low``: the mean fractional rank lies :data:`Z_LIMIT` standard
       errors below / above 1/2 (q's draws mostly above / below the latent);
-    - ``over-confident``: the central 90% interval covers the latent less often than 0.9 by
-      more than :data:`Z_LIMIT` binomial standard errors (q too narrow, or shifted);
+    - ``over-confident``: the central 90% interval covers the latent less often than its
+      :func:`nominal_coverage` (0.9 when L + 1 is a multiple of 20) by more than
+      :data:`Z_LIMIT` binomial standard errors (q too narrow, or shifted);
     - ``under-confident``: it covers more often by as much (q too wide);
 
     joined by ", " (a shifted q is biased and, its intervals missing, over-confident too); else
@@ -125,7 +140,8 @@ def verdicts(ranks: torch.Tensor, num_draws: int, alpha: float = 0.01) -> list[s
     """
     n, d = ranks.shape
     cov = coverage(ranks, num_draws, 0.9)
-    z_cov = (cov - 0.9) / math.sqrt(0.9 * 0.1 / n)
+    nominal = nominal_coverage(num_draws, 0.9)
+    z_cov = (cov - nominal) / math.sqrt(max(nominal * (1 - nominal), 1e-12) / n)
     mid = (ranks.double() + 0.5) / (num_draws + 1)
     z_mean = (mid.mean(0).cpu() - 0.5) / math.sqrt((1.0 - 1.0 / (num_draws + 1) ** 2) / 12.0 / n)
     p = chi2_uniformity(ranks, num_draws)
@@ -173,7 +189,9 @@ def simulation_based_calibration(
         K of the importance resampling (0: no resampling). K >> L is needed for the resampled
         draws to be nearly independent.
     batch_size : int, optional
-        Simulations ranked at once (max(L, K) x rows x D within the pass budget by default).
+        Simulations ranked at once (by default max(L, K) x rows x D within
+        :data:`~pyro_vae.infer.predictive.BLOCK_ELEMENTS`, whatever the free memory, so that
+        the same seed gives the same ranks on any machine).
     progress : bool, str or None
         Progress over the blocks of simulations (:mod:`pyro_vae.progress`).
     """
@@ -189,7 +207,7 @@ def simulation_based_calibration(
     names = tuple(f"{s.name}[{i}]" for s in space.sites for i in range(s.size))
     n = x.shape[0]
     per_row = max(num_draws, num_proposals) * max(1, x[0].numel())
-    rows_at_once = batch_size or max(1, pass_budget(x.device) // per_row)
+    rows_at_once = batch_size or max(1, BLOCK_ELEMENTS // per_row)
     starts = range(0, n, rows_at_once)
     ranks, resampled, ess = [], [], []
     bar = progress_bar(len(starts), "SBC", "block", progress)
@@ -221,6 +239,14 @@ def _resampled_ranks(space: LatentSpace, rows, true_u, num_draws: int, num_propo
     proposals = space.sample_guide(num_proposals, rows)  # (K, n, D)
     joint = space.joint(proposals, rows, guide=True)
     log_w = joint.log_prior + joint.log_lik - joint.log_guide  # (K, n); the log|dz/du| cancel
+    # a weight of zero (log -inf) is fine; NaN, +inf or no weight at all in a row are not
+    bad = torch.isnan(log_w).any(0) | (log_w == math.inf).any(0) | (log_w == -math.inf).all(0)
+    if bad.any():
+        shown = rows[bad][:5].tolist()
+        raise ValueError(
+            f"simulations {shown} have importance weights that are NaN, infinite or all zero: "
+            "their posterior cannot be resampled"
+        )
     w = torch.softmax(log_w.double(), dim=0).T  # (n, K)
     ess = 1.0 / w.pow(2).sum(1)
     pick = torch.multinomial(w, num_draws, replacement=True)  # (n, L)

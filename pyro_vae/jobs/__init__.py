@@ -11,7 +11,14 @@ simulation-based calibration).
 """
 
 from pyro_vae.build import load_data, prepare_splits, resolve_device
-from pyro_vae.jobs.checks import format_predictive, format_sbc, predictive, sbc
+from pyro_vae.jobs.checks import (
+    check_predictive_settings,
+    check_sbc_settings,
+    format_predictive,
+    format_sbc,
+    predictive,
+    sbc,
+)
 from pyro_vae.jobs.comparison import (
     Comparison,
     compare,
@@ -25,6 +32,8 @@ from pyro_vae.jobs.loading import load_run
 from pyro_vae.jobs.training import TrainResult, train
 
 __all__ = [
+    "check_predictive_settings",
+    "check_sbc_settings",
     "Comparison",
     "TrainResult",
     "bdmc",

@@ -14,12 +14,13 @@ import torch
 from pyro_vae import arviz_compat
 from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.predictive import KINDS, LOG_LIK, predictive_check
+from pyro_vae.infer.predictive import KINDS, LOG_LIK, predictive_check, u_tail_share
 from pyro_vae.infer.sbc import (
     LEVELS,
     chi2_uniformity,
     coverage,
     fractional_ranks,
+    nominal_coverage,
     simulation_based_calibration,
     verdicts,
 )
@@ -54,10 +55,7 @@ def predictive(
     ``plot_ppc`` and ``plot_bpv`` (``-checks.png``), the pixel-value histogram (``-pixels.png``)
     and, for images, replicates beside their images (``-replicates.png``).
     """
-    if kind not in KINDS:
-        raise ConfigError(f"must be prior or posterior, got {kind!r}", option="args.predictive")
-    _at_least(num_datapoints, 1, "args.num_datapoints")
-    _at_least(num_draws, 2, "args.num_draws")
+    check_predictive_settings(kind, num_datapoints, num_draws)
     config, vae, meta = load_run(run_dir, device)
     run = RunDir(run_dir)
     run.check_writable()
@@ -98,6 +96,8 @@ def predictive(
         "num_datapoints": check.num_datapoints,
         "num_draws": check.num_draws,
         "alpha": ALPHA,
+        # the share of images outside the u-value tails when the model is correct, for this S
+        "u_extreme_expected": u_tail_share(check.num_draws, U_TAILS),
         "statistics": statistics,
         "extreme": sorted(extreme),
         **run_fields(config, meta),
@@ -112,9 +112,7 @@ def predictive(
     )
     figures = _predictive_figures(check, idata, x, shape)
     name = f"predictive-{kind}"
-    paths = run.write_check(
-        name, summary, (".nc", lambda p: arviz_compat.save_netcdf(idata, p)), figures
-    )
+    paths = run.write_check(name, summary, (".nc", _netcdf_writer(idata)), figures)
     summary["paths"] = [str(p) for p in paths]
     return summary
 
@@ -128,8 +126,15 @@ def _predictive_figures(check, idata, x, shape) -> dict[str, Any]:
 
     names = list(check.names)
     p_values = {n: check.p_value(n) for n in names}
+    paired = {}
+    if LOG_LIK in check.observed:
+        paired[LOG_LIK] = (
+            check.replicated[LOG_LIK].mean(1).numpy(),
+            check.observed[LOG_LIK].mean(1).numpy(),
+            check.u_values(LOG_LIK).numpy(),
+        )
     figures = {
-        "checks": plots.predictive_checks(idata, check.kind, names, p_values),
+        "checks": plots.predictive_checks(idata, check.kind, names, p_values, paired),
         "pixels": plots.pixel_values(
             check.pixel_edges.numpy(),
             check.observed_pixels.numpy(),
@@ -165,7 +170,9 @@ def format_predictive(s: dict[str, Any]) -> str:
         lines.append(f"  no extreme p-values: every p lies in [{lo:g}, {hi:g}]")
     lines.append(
         f"  (p: share of replicated datasets whose mean statistic is at most the observed one; "
-        f"extreme u: images whose own u-value lies in the outer {200 * U_TAILS:g}%)"
+        f"extreme u: images whose own u-value lies in the outer {200 * U_TAILS:g}%, "
+        f"{100 * s['u_extreme_expected']:.1f}% of them for a correct model with "
+        f"{s['num_draws']} replicates)"
     )
     return "\n".join(lines)
 
@@ -189,10 +196,7 @@ def sbc(
     under-confident in), ``checks/sbc.npz`` (the ranks and effective sample sizes) and
     ``checks/sbc-ecdf.png`` (ArviZ's ECDF-difference plot with simultaneous bands).
     """
-    _at_least(num_simulations, 20, "args.num_simulations")
-    # 19 draws are the fewest whose 20 rank values resolve a central 90% interval
-    _at_least(num_draws, 19, "args.sbc_draws")
-    _at_least(num_proposals, 0, "args.sbc_proposals")
+    check_sbc_settings(num_simulations, num_draws, num_proposals)
     config, vae, meta = load_run(run_dir, device)
     run = RunDir(run_dir)
     run.check_writable()
@@ -237,10 +241,18 @@ def sbc(
     arrays = {f"ranks_{k}": v.numpy() for k, v in proposals.items()}
     if result.ess is not None:
         arrays["ess"] = result.ess.numpy()
-    data = (".npz", lambda p: _save_npz(p, arrays))
+    data = (".npz", lambda p, check_id: _save_npz(p, {**arrays, "check_id": np.array(check_id)}))
     paths = run.write_check("sbc", summary, data, {"ecdf": figure})
     summary["paths"] = [str(p) for p in paths]
     return summary
+
+
+def _netcdf_writer(idata):
+    def write(path: str, check_id: str) -> None:
+        idata.attrs["check_id"] = check_id
+        arviz_compat.save_netcdf(idata, path)
+
+    return write
 
 
 def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -252,6 +264,9 @@ def _calibration(ranks: torch.Tensor, num_draws: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         f"coverage_{round(100 * level)}": coverage(ranks, num_draws, level).tolist()
         for level in LEVELS
+    }
+    out["coverage_nominal"] = {
+        str(round(100 * level)): nominal_coverage(num_draws, level) for level in LEVELS
     }
     out["chi2_p"] = chi2_uniformity(ranks, num_draws).tolist()
     out["verdict"] = verdicts(ranks, num_draws)
@@ -298,6 +313,22 @@ def _verdict_line(verdict: list[str], names: list[str]) -> str:
     if not bad:
         return f"calibrated in all {len(names)} coordinates"
     return "; ".join(f"{v} in {', '.join(ns)}" for v, ns in bad.items())
+
+
+def check_predictive_settings(kind: str, num_datapoints: int, num_draws: int) -> None:
+    """Raise :class:`ConfigError` for settings :func:`predictive` refuses (before any work)."""
+    if kind not in KINDS:
+        raise ConfigError(f"must be prior or posterior, got {kind!r}", option="args.predictive")
+    _at_least(num_datapoints, 1, "args.num_datapoints")
+    _at_least(num_draws, 2, "args.num_draws")
+
+
+def check_sbc_settings(num_simulations: int, num_draws: int, num_proposals: int) -> None:
+    """Raise :class:`ConfigError` for settings :func:`sbc` refuses (before any work)."""
+    _at_least(num_simulations, 20, "args.num_simulations")
+    # 19 draws are the fewest whose 20 rank values resolve a central 90% interval
+    _at_least(num_draws, 19, "args.sbc_draws")
+    _at_least(num_proposals, 0, "args.sbc_proposals")
 
 
 def _at_least(value: int, least: int, option: str) -> None:

@@ -79,9 +79,10 @@ def evaluate(
     units; log-densities stay float32): an approximation of the float32 estimate, recorded in the
     summary, and :func:`compare` refuses to rank it against float32 evaluations.
 
-    ``first`` evaluates the first ``first`` datapoints of the split only (all of them when the
-    split holds no more): a cheaper estimate of the same quantity on a subset, kept as a setting
-    of its own (``test-K1000-fp32-first500``) and never ranked against the whole split.
+    ``first`` evaluates the first ``first`` datapoints of the split only: a cheaper estimate
+    of the same quantity on a subset, kept as a setting of its own (``test-K1000-fp32-first500``)
+    and never ranked against the whole split. When the split holds no more than ``first``, the
+    whole split is evaluated, and kept as an evaluation without ``first``.
 
     With ``world`` holding several ranks (a torchrun launch), the ranks share the datapoints in
     seeded blocks (:func:`~pyro_vae.distributed.sharded`, every method): the numbers do not
@@ -100,8 +101,10 @@ def evaluate(
     if first is not None:
         if first < 1:
             raise ConfigError(f"must be at least 1, got {first}", option="args.first")
-        first = min(first, x.shape[0])
-        x = x[:first]
+        if first >= x.shape[0]:  # the whole split: the same setting as without it
+            first = None
+        else:
+            x = x[:first]
     x = x.to(next(vae.parameters()).device)
     if method != "ais" and world.is_main:  # K x N log weights for k-hat, on rank 0
         check_log_weights_fit(num_samples, x.shape[0])

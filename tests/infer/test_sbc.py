@@ -10,6 +10,7 @@ from pyro_vae.infer.sbc import (
     chi2_uniformity,
     coverage,
     fractional_ranks,
+    nominal_coverage,
     simulation_based_calibration,
     verdicts,
 )
@@ -92,6 +93,17 @@ def test_two_latent_sites_are_ranked_coordinate_by_coordinate():
     assert result.names == (*(f"z2[{i}]" for i in range(2)), *(f"z1[{i}]" for i in range(4)))
     assert verdicts(result.ranks, 99) == ["calibrated"] * 6
 
+    def wide(x):  # both layers 1.5 times too wide: resampling repairs both sites
+        m1, P1 = p.posterior_z1(x)
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.MultivariateNormal(m1, covariance_matrix=P1 * 2.25))
+            m2, P2 = p.posterior_z2(z1)
+            pyro.sample("z2", dist.MultivariateNormal(m2, covariance_matrix=P2 * 2.25))
+
+    result = simulation_based_calibration(p.model, wide, torch.zeros(800, p.D), num_proposals=2000)
+    assert all("under-confident" in v for v in verdicts(result.ranks, 99)[2:])
+    assert verdicts(result.resampled_ranks, 99) == ["calibrated"] * 6
+
     def narrow_top(x):  # q(z2|z1) at half its scale: only z2 is over-confident
         m1, P1 = p.posterior_z1(x)
         with pyro.plate("data", x.shape[0]):
@@ -125,6 +137,13 @@ def test_a_positive_latent_is_ranked_in_its_unconstrained_space():
     assert verdicts(exact.ranks, 99) == ["calibrated"]
     narrow = simulation_based_calibration(model, lambda x: guide(x, 0.5), torch.zeros(1000, d))
     assert verdicts(narrow.ranks, 99) == ["over-confident"]
+    # resampling a guide 1.5 times too wide by p(x, z) / q(z | x), Jacobians and all, repairs it
+    wide = simulation_based_calibration(
+        model, lambda x: guide(x, 1.5), torch.zeros(1000, d), num_proposals=1000
+    )
+    # (widening a Gamma at its mean moves its median down: the ranks are skewed too)
+    assert "under-confident" in verdicts(wide.ranks, 99)[0]
+    assert verdicts(wide.resampled_ranks, 99) == ["calibrated"]
 
 
 def test_the_rank_statistics_on_known_ranks():
@@ -140,6 +159,44 @@ def test_the_rank_statistics_on_known_ranks():
     assert verdicts(torch.full((1000, 1), 50), 99) == ["under-confident"]
     f = fractional_ranks(torch.tensor([[0], [99]]), 99)
     assert f.squeeze().tolist() == [0.01, 1.0]
+
+
+@pytest.mark.parametrize("num_draws", [19, 20, 29, 49, 50, 99])
+def test_uniform_ranks_are_calibrated_whatever_the_number_of_draws(num_draws):
+    """The 90% interval holds a share of the L + 1 rank values that is 0.9 only when L + 1 is a
+    multiple of 20; the verdict compares with that share, not with 0.9."""
+    values = num_draws + 1
+    balanced = torch.arange(values).repeat(2000 // values + 1).unsqueeze(1)
+    assert coverage(balanced, num_draws, 0.9).item() == pytest.approx(
+        nominal_coverage(num_draws, 0.9), abs=1e-3
+    )
+    if values % 20 == 0:
+        assert nominal_coverage(num_draws, 0.9) == pytest.approx(0.9)
+    g = torch.Generator().manual_seed(num_draws)
+    flagged = 0
+    for _ in range(40):
+        ranks = torch.randint(0, values, (1000, 1), generator=g)
+        flagged += verdicts(ranks, num_draws) != ["calibrated"]
+    assert flagged <= 3  # about 1% of calibrated coordinates are flagged by chance
+
+
+def test_resampling_refuses_weights_it_cannot_normalise():
+    from types import SimpleNamespace
+
+    from pyro_vae.infer.sbc import _resampled_ranks
+
+    log_w = torch.zeros(20, 4)
+    log_w[3, 1] = float("nan")  # row 1: a NaN weight
+    log_w[:, 2] = -float("inf")  # row 2: every weight zero
+    space = SimpleNamespace(
+        sample_guide=lambda k, rows: torch.zeros(k, rows.numel(), 2),
+        joint=lambda u, rows, guide: SimpleNamespace(
+            log_prior=log_w, log_lik=torch.zeros_like(log_w), log_guide=torch.zeros_like(log_w)
+        ),
+    )
+    rows = torch.arange(10, 14)
+    with pytest.raises(ValueError, match=r"simulations \[11, 12\] have importance weights"):
+        _resampled_ranks(space, rows, torch.zeros(4, 2), 9, 20)
 
 
 def test_bad_arguments_are_refused():
