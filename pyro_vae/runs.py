@@ -431,7 +431,7 @@ class RunDir:
         pngs = {}
         for label, figure in figures.items():
             buffer = io.BytesIO()
-            figure.savefig(buffer, format="png")
+            figure.savefig(buffer, format="png", bbox_inches="tight")
             pngs[self.checks_dir / f"{name}-{label}.png"] = buffer.getvalue()
         text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
         writes = [(data_path, lambda n: write(n, check_id))]
