@@ -168,10 +168,10 @@ def format_predictive(s: dict[str, Any]) -> str:
         lines.append(f"  extreme p-values (outside [{lo:g}, {hi:g}]): {named}")
     else:
         lines.append(f"  no extreme p-values: every p lies in [{lo:g}, {hi:g}]")
+    lines.append("  (p: the share of replicated data sets whose mean is at most the observed mean;")
     lines.append(
-        f"  (p: share of replicated datasets whose mean statistic is at most the observed one; "
-        f"extreme u: images whose own u-value lies in the outer {200 * U_TAILS:g}%, "
-        f"{100 * s['u_extreme_expected']:.1f}% of them for a correct model with "
+        f"   extreme u: images outside the middle {100 - 200 * U_TAILS:g}% of their own "
+        f"replicates, {100 * s['u_extreme_expected']:.1f}% for a correct model with "
         f"{s['num_draws']} replicates)"
     )
     return "\n".join(lines)
