@@ -169,19 +169,21 @@ def plot_bpv(idata, group: str, names: list[str], axes, kind: str) -> None:
         )
 
 
-def plot_rank_ecdf(fractional_ranks: np.ndarray, num_draws: int, ax, **plot_kwargs) -> None:
-    """ArviZ's ECDF-difference plot of SBC's fractional ranks (``(r + 1) / (L + 1)``) against
-    the uniform, with its 95% simultaneous confidence band (Säilynoja, Bürkner & Vehtari 2022),
-    evaluated at the L + 1 rank values."""
-    with _quiet_plotting():
-        _arviz().plot_ecdf(
-            np.asarray(fractional_ranks, dtype=np.float64),
-            eval_points=np.arange(1, num_draws + 2) / (num_draws + 1),
-            cdf=lambda v: np.clip(v, 0.0, 1.0),  # the uniform's on [0, 1]
-            difference=True,
-            confidence_bands="optimized",
-            ci_prob=0.95,
-            ax=ax,
-            plot_kwargs=plot_kwargs,
-            fill_kwargs={"alpha": 0.15},
+def rank_ecdf_band(
+    num_simulations: int, num_draws: int, prob: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ArviZ's simultaneous ``prob`` confidence band for the ECDF of ``num_simulations`` SBC
+    fractional ranks (``(r + 1) / (L + 1)``) under uniformity (Säilynoja, Bürkner & Vehtari
+    2022, the band of ``plot_ecdf(confidence_bands="optimized")``), at the L + 1 rank values:
+    ``(points, lower, upper)``, the band's limits as differences from the uniform CDF. One band
+    serves every coordinate of one SBC run (it depends on M and L only)."""
+    from arviz.stats.ecdf_utils import ecdf_confidence_band
+
+    _arviz()  # imported once, with its refactor's warning ignored
+    points = np.arange(1, num_draws + 2) / (num_draws + 1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+        lower, upper = ecdf_confidence_band(
+            num_simulations, points, points, prob=prob, method="optimized"
         )
+    return points, np.asarray(lower) - points, np.asarray(upper) - points

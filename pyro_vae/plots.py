@@ -244,12 +244,19 @@ def replicates(observed: torch.Tensor, replicated: torch.Tensor, shape, kind: st
 
 def sbc_ecdf(ranks: dict[str, np.ndarray], num_draws: int, names, verdicts) -> Figure:
     """One panel per latent coordinate: the ECDF difference of the SBC ranks from uniform with
-    ArviZ's 95% simultaneous band, one curve per proposal (``ranks``: label -> ``(N, D)``
-    fractional ranks); each panel titled with the first proposal's verdict."""
+    ArviZ's 95% simultaneous band (:func:`~pyro_vae.arviz_compat.rank_ecdf_band`, what
+    ``az.plot_ecdf(difference=True, confidence_bands="optimized")`` draws, computed once for all
+    panels), one curve per proposal (``ranks``: label -> ``(N, D)`` fractional ranks); each panel
+    titled with the first proposal's verdict."""
+    num_simulations = next(iter(ranks.values())).shape[0]
+    points, lower, upper = arviz_compat.rank_ecdf_band(num_simulations, num_draws)
     fig, axes = _panel_grid(len(names), width=2.8, height=2.3, cols=6)
     for j, ax in enumerate(axes):
+        ax.fill_between(points, lower, upper, step="post", color="C0", alpha=0.15, linewidth=0)
+        ax.axhline(0.0, color="k", linewidth=0.5)
         for i, (label, values) in enumerate(ranks.items()):
-            arviz_compat.plot_rank_ecdf(values[:, j], num_draws, ax, color=f"C{i}", label=label)
+            ecdf = (values[:, j][None, :] <= points[:, None] + 1e-12).mean(1)
+            ax.step(points, ecdf - points, where="post", color=f"C{i}", label=label, linewidth=1)
         ax.set_title(f"{names[j]}: {verdicts[j]}", fontsize=8)
         ax.tick_params(labelsize=6)
     if len(ranks) > 1:

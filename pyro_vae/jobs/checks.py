@@ -194,7 +194,7 @@ def sbc(
     Kept as ``checks/sbc.json`` (per coordinate: coverage of q's central 50% and 90% intervals,
     the chi-square p-value of uniform ranks and a verdict; the coordinates q is over- or
     under-confident in), ``checks/sbc.npz`` (the ranks and effective sample sizes) and
-    ``checks/sbc-ecdf.png`` (ArviZ's ECDF-difference plot with simultaneous bands).
+    ``checks/sbc-ecdf.png`` (the ECDF difference with ArviZ's simultaneous band).
     """
     check_sbc_settings(num_simulations, num_draws, num_proposals)
     config, vae, meta = load_run(run_dir, device)
