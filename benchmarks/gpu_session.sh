@@ -42,4 +42,7 @@ step scaling python3 benchmarks/scaling.py --device "$device" $quick \
   --json "$out/scaling_$device.json" --png "$out/scaling_$device.png"
 step alternatives python3 benchmarks/alternatives.py --device "$device" \
   --json "$out/alternatives_$device.json"
+# the workflow checks on the device (their CUDA paths have not run anywhere else)
+step check bash -c "python3 -m pyro_vae train --device $device --epochs 5 --no-progress \
+  --out /tmp/gpu-check-run && python3 -m pyro_vae check /tmp/gpu-check-run --no-progress"
 exit $status
