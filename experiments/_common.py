@@ -57,6 +57,16 @@ def base_config(args, defaults: RunConfig | None = None) -> RunConfig:
     return config_from_flags(args, defaults or RunConfig())
 
 
+def train_fresh(config: RunConfig, run_dir: Path, **kwargs):
+    """Train ``config`` into ``run_dir``, which must not exist yet (an experiment never
+    overwrites a run); returns the :class:`~pyro_vae.jobs.TrainResult` and the seconds taken."""
+    if run_dir.exists():
+        raise SystemExit(f"{run_dir} exists: choose another --out")
+    start = time.perf_counter()
+    result = jobs.train(config, run_dir, progress=False, echo=lambda s: None, **kwargs)
+    return result, time.perf_counter() - start
+
+
 def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[dict]:
     """Train and evaluate each ``name -> (data description, config)`` into ``out/runs/name``.
 
@@ -65,16 +75,12 @@ def run_variants(variants: dict[str, tuple[str, RunConfig]], out: Path) -> list[
     """
     rows = []
     for name, (data, config) in variants.items():
-        run_dir = out / "runs" / name
-        if run_dir.exists():
-            raise SystemExit(f"{run_dir} exists: choose another --out")
-        start = time.perf_counter()
-        result = jobs.train(config, run_dir, progress=False, echo=lambda s: None)
+        result, seconds = train_fresh(config, out / "runs" / name)
         ev = result.evaluation
         row = {
             "variant": name,
             "data": data,
-            "seconds": time.perf_counter() - start,
+            "seconds": seconds,
             "evaluation": ev,
         }
         # an undefined number (e.g. k-hat at small K) is None in the evaluation, NaN here

@@ -18,9 +18,8 @@ from __future__ import annotations
 import csv
 import math
 import sys
-import time
 
-from _common import base_config, parser
+from _common import base_config, parser, train_fresh
 
 from pyro_vae import jobs
 from pyro_vae.config import RunConfig
@@ -84,11 +83,7 @@ def main(argv=None) -> int:
     rows = []
     for name, config in variants(base, args).items():
         run_dir = args.out / "runs" / name
-        if run_dir.exists():
-            raise SystemExit(f"{run_dir} exists: choose another --out")
-        start = time.perf_counter()
-        result = jobs.train(config, run_dir, evaluate_at_end=False, echo=lambda s: None)
-        seconds = time.perf_counter() - start
+        result, seconds = train_fresh(config, run_dir, evaluate_at_end=False)
         ev = jobs.evaluate(run_dir, num_samples=config.train.eval_samples, first=args.test_points)
         auto = None
         if args.auto:

@@ -16,10 +16,9 @@ from __future__ import annotations
 import csv
 import shutil
 import sys
-import time
 
 import numpy as np
-from _common import base_config, parser
+from _common import base_config, parser, train_fresh
 from matplotlib.figure import Figure
 
 from pyro_vae import jobs
@@ -52,11 +51,7 @@ def main(argv=None) -> int:
     rows, coverages, checked = [], {}, 0
     for name, config in variants.items():
         run_dir = args.out / "runs" / name
-        if run_dir.exists():
-            raise SystemExit(f"{run_dir} exists: choose another --out")
-        start = time.perf_counter()
-        result = jobs.train(config, run_dir, progress=False, echo=lambda s: None)
-        trained = time.perf_counter() - start
+        result, trained = train_fresh(config, run_dir)
         pred = jobs.predictive(
             run_dir, num_datapoints=args.num_datapoints, num_draws=args.num_draws
         )

@@ -66,6 +66,23 @@ def _write_temporary(path: Path, write: Callable[[str], None]) -> str:
     return tmp
 
 
+def _write_unit(lock: Path, writes: list[tuple[Path, Callable[[str], None]]]) -> None:
+    """Files that belong together, each ``(path, fill(name))``: every one written in full to a
+    temporary name first, then all renamed into place in the order given (the one that names
+    the others last), under an exclusive lock on ``lock``; the temporaries are removed whatever
+    fails. Raises OSError."""
+    temps: list[tuple[str, Path]] = []
+    try:
+        with _locked(lock):
+            for path, fill in writes:
+                temps.append((_write_temporary(path, fill), path))
+            for tmp, path in temps:
+                os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -359,23 +376,17 @@ class RunDir:
             raise CheckpointError(f"cannot write {self.evaluations_dir}: {e.strerror}") from None
         # Both files are written in full to temporary names first, and renamed into place only
         # then: a full disk or a crash while writing leaves the previous pair untouched.
-        temps = []
+        writes = [
+            (nc_path, lambda n: arviz_compat.save_netcdf(idata, n)),
+            (json_path, lambda n: Path(n).write_text(text)),
+        ]
         try:
-            with _locked(self.evaluations_dir / ".lock"):
-                temps.append(
-                    _write_temporary(nc_path, lambda n: arviz_compat.save_netcdf(idata, n))
-                )
-                temps.append(_write_temporary(json_path, lambda n: Path(n).write_text(text)))
-                os.replace(temps[0], nc_path)
-                os.replace(temps[1], json_path)
+            _write_unit(self.evaluations_dir / ".lock", writes)
         except OSError as e:
             kept = "; the previous evaluation of this setting is kept" if json_path.exists() else ""
             raise CheckpointError(
                 f"cannot write {json_path.with_suffix('')}.json/.nc: {e.strerror or e}{kept}"
             ) from None
-        finally:
-            for tmp in temps:
-                Path(tmp).unlink(missing_ok=True)
         return StoredEvaluation(self, evaluation, json_path, nc_path)
 
     def bdmc_paths(self, name: str) -> tuple[Path, Path]:
@@ -437,22 +448,14 @@ class RunDir:
         writes = [(data_path, lambda n: write(n, check_id))]
         writes += [(path, lambda n, b=png: Path(n).write_bytes(b)) for path, png in pngs.items()]
         writes.append((json_path, lambda n: Path(n).write_text(text)))
-        temps: list[tuple[str, Path]] = []
         try:
             self.checks_dir.mkdir(parents=True, exist_ok=True)
-            with _locked(self.checks_dir / ".lock"):
-                for path, fill in writes:
-                    temps.append((_write_temporary(path, fill), path))
-                for tmp, path in temps:
-                    os.replace(tmp, path)
+            _write_unit(self.checks_dir / ".lock", writes)
         except OSError as e:
             kept = "; the previous check is kept" if json_path.exists() else ""
             raise CheckpointError(
                 f"cannot write {json_path.with_suffix('')}: {e.strerror or e}{kept}"
             ) from None
-        finally:
-            for tmp, _ in temps:
-                Path(tmp).unlink(missing_ok=True)
         return [json_path, data_path, *pngs]
 
     def evaluations(self) -> list[StoredEvaluation]:

@@ -7,7 +7,6 @@ logged numbers (every ``log_every`` steps and once per epoch).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -326,32 +325,29 @@ class Trainer:
         """Mean L_K (the importance-sampled bound with K = ``num_samples``, beta = 1) on the
         validation split, nats per datapoint: what early stopping watches. Its draws are the
         same at every call (:data:`VALIDATION_SEED`), and leave training's stream as it was."""
+        if self.val_x is None:
+            return math.nan
         # the same draws at every epoch (common random numbers): epochs are compared without
         # the estimate's noise between them
-        return self._on_validation(num_samples, lambda r: r.log_px.mean(), VALIDATION_SEED)
-
-    def _draws(self, seed: int | None):
-        if seed is None:
-            return contextlib.nullcontext()
         devices = [self.val_x.device] if self.val_x.device.type == "cuda" else []
-        return _seeded(devices, seed)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(VALIDATION_SEED)
+            return self._on_validation(num_samples, lambda r: r.log_px.mean())
 
-    def _on_validation(self, num_samples: int, statistic, seed: int | None = None) -> float:
+    def _on_validation(self, num_samples: int, statistic) -> float:
         """``statistic`` of the importance estimate on the validation split (NaN without one);
-        with several ranks, rank 0's value, sent to the others. With ``seed``, drawn from a
-        stream of its own seeded so (training's stream untouched), else from training's."""
+        with several ranks, rank 0's value, sent to the others."""
         if self.val_x is None:
             return math.nan
         value = torch.zeros((), dtype=torch.float64, device=self.val_x.device)
         if self.world.is_main:
-            with self._draws(seed):
-                result = importance_log_likelihood(
-                    self.vae.model,
-                    self.vae.guide,
-                    self.val_x,
-                    num_samples=num_samples,
-                    max_plate_nesting=1,
-                )
+            result = importance_log_likelihood(
+                self.vae.model,
+                self.vae.guide,
+                self.val_x,
+                num_samples=num_samples,
+                max_plate_nesting=1,
+            )
             value = statistic(result)
         if self.world.is_distributed:
             value = value.to(torch.float64)
@@ -434,10 +430,3 @@ def check_training_data(
                 vae.likelihood.check_data(scored, what)
     if val_x is not None:
         vae.likelihood.check_data(val_x, "the validation data")
-
-
-@contextlib.contextmanager
-def _seeded(devices, seed: int):
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield

@@ -15,3 +15,11 @@ def _pyro_hygiene():
     torch.set_num_threads(2)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture
+def float64_default():
+    """float64 as torch's default dtype for the test, where exact math is asserted."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)

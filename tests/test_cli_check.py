@@ -72,6 +72,15 @@ def test_the_prior_predictive_check_alone(capsys, run_dir):
     assert "prior_predictive" in idata.groups() and "log_likelihood" not in idata.groups()
 
 
+def test_the_predictive_check_reads_the_split_it_is_given(capsys, run_dir):
+    argv = ["check", str(run_dir), "--predictive", "posterior", "--split", "val"]
+    assert main([*argv, "--num-draws", "5", "--no-progress"]) == 0
+    summary = json.loads((run_dir / "checks" / "predictive-posterior.json").read_text())
+    assert summary["split"] == "val" and summary["num_datapoints"] == 180  # all of val
+    assert "posterior predictive check on 180 val images" in capsys.readouterr().out
+    assert "unknown split 'dev'" in cli_error(capsys, *argv[:4], "--split", "dev")
+
+
 def test_checks_are_repeatable(capsys, run_dir):
     argv = ["check", str(run_dir), "--sbc", "--predictive", "posterior", *SMALL, *SMALL_SBC]
 

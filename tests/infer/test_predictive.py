@@ -18,12 +18,7 @@ from pyro_vae.infer.predictive import (
 )
 from pyro_vae.models.ppca import ProbabilisticPCA, TwoLevelPPCA
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def ml_ppca(x: torch.Tensor, d: int, s2: float) -> ProbabilisticPCA:

@@ -16,12 +16,7 @@ from pyro_vae.infer.sbc import (
 )
 from pyro_vae.models.ppca import ProbabilisticPCA, TwoLevelPPCA
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 PPCA = ProbabilisticPCA(d=3, D=10, s2=0.5)
