@@ -7,10 +7,16 @@ data, epochs and seed. Each is scored on the test split with K = --eval-samples 
 samples (IWAE from the guide), and with --method auto (IWAE escalated to refined proposals and
 AIS where k-hat or the error bar flags a datapoint) when --auto is given; the table gives both,
 the active units of z and the share of test points with k-hat > 0.7, and each run's training
-wall-clock. Writes runs/, table.csv, table.md and burda_table.png.
+wall-clock (the sum of its epochs' seconds in metrics.csv). Writes runs/, table.csv, table.md
+and burda_table.png; table.csv is rewritten after every row.
+
+With --resume, rows are added to an earlier --out: a run already there is trained on only if it
+was interrupted (pyro-vae train --resume; its settings must be the same), and an evaluation
+already kept in it with the setting asked for is read instead of computed again. So rows can be
+added later (--nets conv), or --auto run on trained rows, without training anything twice.
 
 Usage: python experiments/burda_table.py [--dataset fashion-mnist] [--epochs N] [--ks 1,5,50]
-       [--layers 1,2] [--nets mlp,conv] [--objectives trace,meanfield,iwae] [--auto]
+       [--layers 1,2] [--nets mlp,conv] [--objectives trace,meanfield,iwae] [--auto] [--resume]
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ import csv
 import math
 import sys
 
-from _common import base_config, parser, train_fresh
+from _common import base_config, parser
 
 from pyro_vae import jobs
 from pyro_vae.config import RunConfig
+from pyro_vae.records import Evaluation
+from pyro_vae.runs import RunDir
 
 COLUMNS = [
     "objective",
@@ -75,25 +83,46 @@ def main(argv=None) -> int:
     p.add_argument(
         "--test-points", type=int, default=None, help="evaluate the first N test points only"
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="add to an earlier --out: reuse its runs (finishing interrupted ones) and their "
+        "kept evaluations",
+    )
     p.set_defaults(eval_samples=5000)
     args = p.parse_args(argv)
     base = base_config(args)
     if args.top_latent_dim is None:
         args.top_latent_dim = max(1, base.model.latent_dim // 2)
+    title = (
+        f"{args.dataset}, {base.train.epochs} epochs, latent {base.model.latent_dim} "
+        f"(2 layers: z2 of {args.top_latent_dim}), hidden {','.join(map(str, base.model.hidden))},"
+        f" test split{'' if args.test_points is None else f' (first {args.test_points})'},"
+        f" K={base.train.eval_samples}"
+    )
     rows = []
     for name, config in variants(base, args).items():
         run_dir = args.out / "runs" / name
-        result, seconds = train_fresh(config, run_dir, evaluate_at_end=False)
-        ev = jobs.evaluate(run_dir, num_samples=config.train.eval_samples, first=args.test_points)
+        if run_dir.exists() and not args.resume:
+            raise SystemExit(f"{run_dir} exists: choose another --out, or add rows with --resume")
+        result = jobs.train(
+            config,
+            run_dir,
+            resume=args.resume,
+            evaluate_at_end=False,
+            progress=False,
+            echo=lambda s: None,
+        )
+        seconds = sum(r.seconds for r in result.history)
+        k = config.train.eval_samples
+        ev = kept_evaluation(run_dir, "iwae", k, args.test_points) or jobs.evaluate(
+            run_dir, num_samples=k, first=args.test_points
+        )
         auto = None
         if args.auto:
-            auto = jobs.evaluate(
-                run_dir,
-                num_samples=config.train.eval_samples,
-                method="auto",
-                first=args.test_points,
-                ais_steps=args.ais_steps,
-                refine_steps=args.refine_steps,
+            settings = {"ais_steps": args.ais_steps, "refine_steps": args.refine_steps}
+            auto = kept_evaluation(run_dir, "auto", k, args.test_points, settings) or jobs.evaluate(
+                run_dir, num_samples=k, method="auto", first=args.test_points, **settings
             )
         row = {
             "objective": config.train.elbo,
@@ -109,21 +138,32 @@ def main(argv=None) -> int:
             "train_seconds": seconds,
         }
         rows.append(row)
+        write_table(rows, args.out, title)  # what is done so far survives a crash
         print(
             f"  {name:24s} log p(x) {ev.log_px:9.3f}  ELBO {ev.elbo:9.3f}  "
             f"active {ev.active_units}  ({seconds:.0f} s, {len(result.history)} epochs)",
             file=sys.stderr,
         )
-    title = (
-        f"{args.dataset}, {base.train.epochs} epochs, latent {base.model.latent_dim} "
-        f"(2 layers: z2 of {args.top_latent_dim}), hidden {','.join(map(str, base.model.hidden))},"
-        f" test split{'' if args.test_points is None else f' (first {args.test_points})'},"
-        f" K={base.train.eval_samples}"
-    )
     print(write_table(rows, args.out, title))
     plot(rows, args.out / "burda_table.png", title)
     print(f"wrote {args.out}/table.csv, table.md, burda_table.png")
     return 0
+
+
+def kept_evaluation(
+    run_dir, method: str, num_samples: int, first: int | None, settings: dict | None = None
+) -> Evaluation | None:
+    """The evaluation of the test split already kept in ``run_dir`` with this method, K, subset
+    and method settings (in fp32, of the checkpoint evaluation uses), or None."""
+    for stored in RunDir(run_dir).select_evaluations(
+        split="test", num_samples=num_samples, precision="fp32", method=method
+    ):
+        ev = stored.evaluation
+        subset = ev.first == first or (ev.first is None and first and ev.num_datapoints <= first)
+        same = all(ev.method_settings.get(key) == value for key, value in (settings or {}).items())
+        if subset and same and ev.checkpoint != "last":
+            return ev
+    return None
 
 
 def _label(r: dict) -> str:

@@ -150,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate the split's first N datapoints only (a setting of its own)",
         metavar="N",
     )
+    e.add_argument(
+        "--checkpoint",
+        default=None,
+        choices=jobs.CHECKPOINTS,
+        help="of a run trained with early stopping: its best epoch's checkpoint (the default) or "
+        "its last (a setting of its own)",
+    )
     e.add_argument("--device", default="auto", help="auto (the run's device), cpu or cuda")
     e.add_argument(
         "--precision",
@@ -440,6 +447,7 @@ def run(argv: list[str] | None = None) -> int:
             device=args.device,
             precision=args.precision,
             first=args.first,
+            checkpoint=args.checkpoint,
             **_settings(args, ("num_samples", "chunk_size", *ESTIMATOR_SETTINGS)),
         )
         if evaluation is None:  # a rank other than 0 of a launch: rank 0 prints

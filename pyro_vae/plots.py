@@ -41,11 +41,19 @@ def samples(means: torch.Tensor, draws: torch.Tensor, shape, title: str) -> Figu
     return fig
 
 
-def training_curves(epochs, train, val, beta) -> Figure:
+def training_curves(epochs, train, val, beta, watched=None, watched_k=None) -> Figure:
+    """The epochs' objectives; ``watched``: the validation L_K that early stopping or the
+    plateau schedule watched (NaN where none did), drawn with its best epoch marked."""
     fig = Figure(figsize=(6.5, 4), dpi=120)
     ax = fig.subplots()
     ax.plot(epochs, train, label="train objective (beta-weighted ELBO)")
     ax.plot(epochs, val, label="validation ELBO (beta = 1)")
+    points = [(e, v) for e, v in zip(epochs, watched or (), strict=False) if math.isfinite(v)]
+    if points:
+        ax.plot(*zip(*points, strict=True), label=f"validation L_{watched_k} (watched)")
+        best_epoch, best = max(points, key=lambda p: p[1])
+        ax.axvline(best_epoch, color="0.4", ls="--", lw=1)
+        ax.plot([best_epoch], [best], "k*", ms=9, label=f"best epoch {best_epoch}")
     if any(b != 1.0 for b in beta):
         ax2 = ax.twinx()
         ax2.plot(epochs, beta, color="0.6", ls=":", label="beta")

@@ -106,7 +106,9 @@ class Evaluation:
     seconds: float | None = None
     bits_per_dim: float | None = None
     processes: int | None = None  # computed by several processes, in seeded blocks
-    checkpoint: str | None = None  # "best": the best epoch's of early stopping (else the last)
+    # "best": the best epoch's of early stopping; "last": the last of a run that keeps a best one
+    # (None: the run's only checkpoint)
+    checkpoint: str | None = None
     evaluation_id: str | None = None
     # keys of a newer version's JSON, kept as they are
     extra: dict[str, Any] = field(default_factory=dict, compare=False)

@@ -31,6 +31,8 @@ from pyro_vae.training import EpochStats
 
 CHECKPOINT_FORMAT = 1
 METRIC_FIELDS = [f.name for f in dataclasses.fields(EpochStats)]
+# The columns of metrics.csv before val_bound was recorded: read with val_bound NaN.
+EARLIER_METRIC_FIELDS = [name for name in METRIC_FIELDS if name != "val_bound"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -129,11 +131,11 @@ _CASTS = {"int": int, "float": float}
 _METRIC_TYPES = {f.name: _CASTS[f.type] for f in dataclasses.fields(EpochStats)}
 
 
-def _metrics_row(line: int, fields: list[str]) -> EpochStats:
-    if len(fields) != len(METRIC_FIELDS):
-        raise _Damaged(line, f"{len(fields)} values, expected {len(METRIC_FIELDS)}")
+def _metrics_row(line: int, fields: list[str], names: list[str]) -> EpochStats:
+    if len(fields) != len(names):
+        raise _Damaged(line, f"{len(fields)} values, expected {len(names)}")
     values = {}
-    for name, text in zip(METRIC_FIELDS, fields, strict=True):
+    for name, text in zip(names, fields, strict=True):
         try:
             values[name] = _METRIC_TYPES[name](text)
         except ValueError:
@@ -327,11 +329,11 @@ class RunDir:
         rows: list[EpochStats] = []
         try:
             header = next(reader, None)
-            if header != METRIC_FIELDS:
+            if header not in (METRIC_FIELDS, EARLIER_METRIC_FIELDS):
                 raise _Damaged(1, f"its header is {header}, expected {METRIC_FIELDS}")
             line = 1
             for line, fields in enumerate(reader, start=2):  # noqa: B007 (used below)
-                rows.append(_metrics_row(line, fields))
+                rows.append(_metrics_row(line, fields, header))
             if text and not text.endswith("\n"):  # every write ends its last row
                 if rows:
                     rows.pop()
@@ -524,7 +526,8 @@ def evaluation_setting(evaluation: Evaluation) -> str:
     ``test-K1000-fp32`` for IWAE from the guide (the names of earlier versions, which had only
     that method), ``test-refined-K1000-fp32`` and ``test-auto-K1000-fp32`` for the methods that
     take K importance samples, ``test-ais-T500-C16-fp32`` for AIS with T distributions and C
-    chains; ``-firstN`` is added for an evaluation of the split's first N datapoints only.
+    chains; ``-firstN`` is added for an evaluation of the split's first N datapoints only, and
+    ``-last`` for one of the last checkpoint of a run that keeps a best epoch's checkpoint.
     """
     method, k = evaluation.method, evaluation.num_samples
     if method == "iwae":
@@ -534,7 +537,8 @@ def evaluation_setting(evaluation: Evaluation) -> str:
     else:
         middle = f"{method}-K{k}"
     subset = "" if evaluation.first is None else f"-first{evaluation.first}"
-    return f"{evaluation.split}-{middle}-{evaluation.precision}{subset}"
+    last = "-last" if evaluation.checkpoint == "last" else ""
+    return f"{evaluation.split}-{middle}-{evaluation.precision}{subset}{last}"
 
 
 def describe_selection(wanted: dict[str, Any]) -> str:

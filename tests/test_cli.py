@@ -167,6 +167,16 @@ def test_resume_continues_and_refuses_changes(capsys, trained_run):
     assert len(rows) == 3 and rows[-1].startswith("2,")
 
 
+def test_evaluate_checkpoint_of_a_run_without_early_stopping(capsys, trained_run):
+    err = cli_error(capsys, "evaluate", str(trained_run), "--checkpoint", "best")
+    assert "no best epoch's checkpoint" in err and "--patience" in err
+    assert "invalid choice" in cli_error(capsys, "evaluate", str(trained_run), "--checkpoint", "x")
+    argv = ["evaluate", str(trained_run), "--num-samples", "7", "--no-progress"]
+    assert main([*argv, "--checkpoint", "last"]) == 0  # its only checkpoint: the usual setting
+    assert "test-K7-fp32.json" in capsys.readouterr().out
+    assert not list((trained_run / "evaluations").glob("*-last.json"))
+
+
 def test_evaluate_bad_numbers(capsys, trained_run):
     assert "--num-samples" in cli_error(capsys, "evaluate", str(trained_run), "--num-samples", "0")
     assert "unknown split" in cli_error(capsys, "evaluate", str(trained_run), "--split", "dev")

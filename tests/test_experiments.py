@@ -110,6 +110,26 @@ def test_burda_table_smoke(tmp_path):
     )
     assert kept["num_datapoints"] == 40
     assert (tmp_path / "burda_table.png").stat().st_size > 1000
+    # --resume adds a row (k=1) and reuses the run and evaluations already there (k=2)
+    reused = tmp_path / "runs" / "iwae-k2-L1-conv"
+    kept_files = [reused / "checkpoint.pt", reused / "metrics.csv", *reused.glob("*/*.json")]
+    before = {p.name: p.stat().st_mtime_ns for p in kept_files}
+    again = ["--epochs", "1", "--latent-dim", "2", *fast, "--refine-steps", "10"]
+    again += ["--test-points", "40", "--objectives", "iwae", "--layers", "1", "--nets", "conv"]
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "burda_table.py"), "--out", str(tmp_path)]
+        + [*again, "--ks", "1,2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert "exists: choose another --out, or add rows with --resume" in r.stderr
+    resumed = _run("burda_table.py", tmp_path, *again, "--ks", "1,2", "--resume")
+    assert [r["k"] for r in resumed] == ["1", "2"]
+    assert resumed[1] == rows[0]  # read back, not trained or evaluated again
+    assert {p.name: p.stat().st_mtime_ns for p in kept_files} == before
+    assert len(before) == 4  # the IWAE and auto evaluations among them
+    assert (tmp_path / "runs" / "iwae-k1-L1-conv" / "checkpoint.pt").is_file()
 
 
 def test_seed_recipe_smoke(tmp_path):

@@ -1,7 +1,9 @@
 """What a run directory guarantees (issue 11): exclusive ownership while training, evaluations
 written as one unit, corruption detected. Concurrency tests start real processes."""
 
+import dataclasses
 import json
+import math
 import os
 import subprocess
 import zipfile
@@ -241,7 +243,7 @@ DAMAGED_METRICS = {
     "torn-last-row": lambda text: text[: len(text) - 9],
     "missing-column": lambda text: text.replace(",", "", 3),
     "extra-column": lambda text: text.rstrip("\n") + ",7\n",
-    "not-a-number": lambda text: text[: text.rindex("\n", 0, -1) + 1] + "2,x,1,1,1,1\n",
+    "not-a-number": lambda text: text[: text.rindex("\n", 0, -1) + 1] + "2,x,1,1,1,1,nan\n",
     "random-bytes": lambda text: "\x00\x9f garbage \x07",
 }
 
@@ -261,6 +263,25 @@ def test_resume_goes_on_past_a_damaged_metrics_file_and_plot_names_the_row(
     assert main(["train", "--out", str(out), "--epochs", "3", "--resume", "--no-eval"]) == 0
     rows = RunDir(out).read_metrics()
     assert rows[-1].epoch == 3
+
+
+def test_metrics_written_before_val_bound_was_recorded_are_read_and_resumed(tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--epochs", "2", "--no-eval", "--out", str(out)]) == 0
+    metrics = out / "metrics.csv"
+    now = RunDir(out).read_metrics()
+    header, *rows = metrics.read_text().splitlines()
+    assert header.endswith(",val_bound") and all(row.endswith(",nan") for row in rows)
+    earlier = [line.rsplit(",", 1)[0] for line in (header, *rows)]  # the earlier columns
+    metrics.write_text("\n".join(earlier) + "\n")
+    read = RunDir(out).read_metrics()  # val_bound NaN, every other value as written
+    assert all(math.isnan(r.val_bound) for r in read)
+    assert [dataclasses.replace(r, val_bound=0.0) for r in read] == [
+        dataclasses.replace(r, val_bound=0.0) for r in now
+    ]
+    assert main(["train", "--out", str(out), "--epochs", "3", "--resume", "--no-eval"]) == 0
+    assert metrics.read_text().splitlines()[0] == header  # rewritten with every column
+    assert [r.epoch for r in RunDir(out).read_metrics()] == [1, 2, 3]
 
 
 def test_random_bytes_in_metrics_are_one_line(capsys, tmp_path):

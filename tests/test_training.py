@@ -38,6 +38,7 @@ def test_training_on_digits_lowers_the_loss_and_log_px_bounds_the_elbo():
     history = [trainer.train_epoch() for _ in range(15)]
     assert history[-1].train_objective > history[0].train_objective + 5
     assert history[-1].val_elbo > history[0].val_elbo + 5
+    assert all(math.isnan(r.val_bound) for r in history)  # nothing watched a validation L_K
     r = importance_log_likelihood(vae.model, vae.guide, test_x, num_samples=200)
     assert r.log_px.mean() >= r.elbo.mean()
     assert (r.log_px - r.elbo).mean() < 5.0  # a trained guide leaves a modest gap
@@ -218,11 +219,29 @@ def test_early_stopping_keeps_the_best_epoch_evaluates_it_and_resumes_exactly(tm
     best = last["early_stopping"]["best_epoch"]
     assert stopped < 400 and stopped - best == 2  # stopped by itself, 2 epochs after the best
     assert any(f"the best epoch, {best} (val L_10 " in s for s in said)
+    # the watched score of every epoch is recorded, and the best epoch is its first maximum
+    watched = [r.val_bound for r in whole.history]
+    assert all(math.isfinite(v) for v in watched)
+    assert watched.index(max(watched)) + 1 == best
+    assert max(watched) == last["early_stopping"]["best"]
+    assert [r.val_bound for r in run.read_metrics()] == watched
+    assert any(" val L_10 " in s for s in said if s.startswith("epoch"))
     assert (last["epoch"], kept["epoch"]) == (stopped, best)
     assert kept["early_stopping"] == {"best": last["early_stopping"]["best"], "best_epoch": best}
     assert any(not torch.equal(v, last["model"][k]) for k, v in kept["model"].items())
     assert whole.evaluation.checkpoint == "best" and whole.evaluation.epochs_trained == best
     assert "(the best epoch's checkpoint)" in jobs.format_evaluation(whole.evaluation)
+    # the last checkpoint on demand: another model, kept as a setting of its own
+    final = jobs.evaluate(tmp_path / "whole", num_samples=20, checkpoint="last")
+    assert final.checkpoint == "last" and final.epochs_trained == stopped
+    assert final.log_px != whole.evaluation.log_px
+    assert "(the last checkpoint, not the best epoch's)" in jobs.format_evaluation(final)
+    kept_settings = sorted(p.name for p in (run.path / "evaluations").glob("*.json"))
+    assert kept_settings == ["test-K20-fp32-last.json", "test-K20-fp32.json"]
+    again_best = jobs.evaluate(tmp_path / "whole", num_samples=20, checkpoint="best")
+    assert again_best.log_px == whole.evaluation.log_px and again_best.epochs_trained == best
+    with pytest.raises(ConfigError):
+        jobs.evaluate(tmp_path / "whole", num_samples=20, checkpoint="first")
     # interrupted before it stopped, then resumed: the same epochs, the same two checkpoints
     jobs.train(config.replace(train={"epochs": stopped - 1}), tmp_path / "split", echo=said.append)
     jobs.train(config, tmp_path / "split", resume=True, evaluate_at_end=False, echo=said.append)

@@ -28,10 +28,11 @@ from pyro_vae.jobs.comparison import (
 )
 from pyro_vae.jobs.evaluation import bdmc, evaluate, format_bdmc, format_evaluation, khat_summary
 from pyro_vae.jobs.figures import plot, sample, samples_path
-from pyro_vae.jobs.loading import load_run
+from pyro_vae.jobs.loading import CHECKPOINTS, load_run
 from pyro_vae.jobs.training import TrainResult, train
 
 __all__ = [
+    "CHECKPOINTS",
     "check_predictive_settings",
     "check_sbc_settings",
     "Comparison",

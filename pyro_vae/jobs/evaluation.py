@@ -61,6 +61,7 @@ def evaluate(
     progress: bool | str = False,
     method: str = "iwae",
     first: int | None = None,
+    checkpoint: str | None = None,
     world: World = SINGLE,
     **settings,
 ) -> Evaluation | None:
@@ -84,6 +85,10 @@ def evaluate(
     and never ranked against the whole split. When the split holds no more than ``first``, the
     whole split is evaluated, and kept as an evaluation without ``first``.
 
+    A run trained with early stopping is scored at its best epoch's checkpoint; ``checkpoint=
+    "last"`` scores its last one instead, kept as a setting of its own (``test-K1000-fp32-last``),
+    and ``"best"`` insists on the best one (see :func:`~pyro_vae.jobs.loading.load_run`).
+
     With ``world`` holding several ranks (a torchrun launch), the ranks share the datapoints in
     seeded blocks (:func:`~pyro_vae.distributed.sharded`, every method): the numbers do not
     depend on the number of processes (2 or more; one process draws as planned by its free
@@ -93,7 +98,7 @@ def evaluate(
     """
     dtype = registry.build_precision(precision)
     spec = EstimatorSpec(method=method, num_samples=num_samples, chunk_size=chunk_size, **settings)
-    config, vae, meta = load_run(run_dir, device)
+    config, vae, meta = load_run(run_dir, device, checkpoint)
     if world.is_main:
         RunDir(run_dir).check_writable()  # before the computation, whose result must go somewhere
     data = prepare_splits(config, load_data(config, world), vae.likelihood, (split,), fixed=True)
@@ -442,6 +447,7 @@ def format_evaluation(ev: Evaluation) -> str:
         f"{plural(ev.num_datapoints, 'datapoint')}, {_estimator_label(ev)}, "
         f"{plural(ev.epochs_trained, 'epoch')}"
         + (" (the best epoch's checkpoint)" if ev.checkpoint == "best" else "")
+        + (" (the last checkpoint, not the best epoch's)" if ev.checkpoint == "last" else "")
         + (f", networks in {ev.precision}:" if ev.precision != "fp32" else ":"),
         f"  log p(x)  {ev.log_px:10.3f} nats  {error_bar}",
         f"  ELBO      {ev.elbo:10.3f} nats",

@@ -100,6 +100,8 @@ def plot(
             [r.train_objective for r in history],
             [r.val_elbo for r in history],
             [r.beta for r in history],
+            [r.val_bound for r in history],
+            config.train.stop_samples,
         )
     shape = tuple(meta.get("image_shape") or ())
     dataset = load_data(config)

@@ -11,7 +11,7 @@ import pyro
 from pyro_vae import registry
 from pyro_vae.build import resolve_device
 from pyro_vae.config import RunConfig
-from pyro_vae.errors import CheckpointError
+from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.models import VAE
 from pyro_vae.runs import RunDir
 
@@ -30,18 +30,34 @@ def training_identity(config: RunConfig) -> RunConfig:
     )
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> tuple[RunConfig, VAE, dict[str, Any]]:
+CHECKPOINTS = ("best", "last")
+
+
+def load_run(
+    run_dir: str | Path, device: str = "auto", checkpoint: str | None = None
+) -> tuple[RunConfig, VAE, dict[str, Any]]:
     """The config, the trained VAE (on ``device``) and the checkpoint's metadata of a run.
 
     A run trained with early stopping (``train.patience``) gives its best epoch's checkpoint
-    (``best.pt``, ``meta["checkpoint"] == "best"``); any other run its last.
+    (``best.pt``, ``meta["checkpoint"] == "best"``); any other run its last. ``checkpoint``
+    chooses: ``"best"`` (an error for a run without one) or ``"last"`` (``meta["checkpoint"]
+    == "last"`` when the run also holds a best one, else None: it is the run's only one).
     """
+    if checkpoint not in (None, *CHECKPOINTS):
+        raise ConfigError(f"must be best or last, got {checkpoint!r}", option="args.checkpoint")
     run = RunDir(run_dir).require()
     config = run.read_config()
     dev = resolve_device(device if device != "auto" else config.train.device)
-    best = config.train.patience > 0 and run.best_path.is_file()
+    has_best = config.train.patience > 0 and run.best_path.is_file()
+    if checkpoint == "best" and not has_best:
+        raise CheckpointError(
+            f"{run.path} has no best epoch's checkpoint ({run.best_path.name}): it was trained "
+            "without early stopping (--patience), and its last checkpoint is its only one"
+        )
+    best = has_best and checkpoint != "last"
     state = run.load_checkpoint(training_identity(config), map_location=dev, best=best)
-    meta = {**_checked_meta(run, state), "checkpoint": "best" if best else None}
+    which = "best" if best else ("last" if has_best else None)
+    meta = {**_checked_meta(run, state), "checkpoint": which}
     pyro.clear_param_store()
     shape = meta.get("image_shape")
     vae = registry.build_vae(

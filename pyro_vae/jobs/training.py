@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,27 +125,33 @@ def _train_claimed(
     def finished() -> bool:
         return trainer.epoch >= config.train.epochs or stopping.stops_after(trainer.epoch)
 
-    def after_epoch() -> bool:
+    def after_epoch(stats: EpochStats) -> bool:
         """The validation score (rank 0's, on every rank) to the schedule and early stopping,
-        when they watch it; whether this epoch is the best so far."""
+        when they watch it, and into the epoch's record (appended to the history); whether
+        this epoch is the best so far."""
         score = None
         if stopping.active or schedule.needs_score:
             score = trainer.validation_bound(config.train.stop_samples)
+            stats = dataclasses.replace(stats, val_bound=score)
+        history.append(stats)
         schedule.step(score)
         return stopping.active and stopping.update(trainer.epoch, score)
 
     if not writes:
         while not finished():
-            history.append(trainer.train_epoch())
-            after_epoch()
+            after_epoch(trainer.train_epoch())
         if _evaluates_after(world, None):  # with rank 0, in shared blocks
             evaluate(run.path, num_samples=config.train.eval_samples, world=world)
         return TrainResult(run.path, history, None)
     run.write_config(config)
     if finished():
-        done = run.select_evaluations(
-            split="test", num_samples=config.train.eval_samples, precision="fp32"
-        )
+        done = [  # the evaluation training would make: IWAE of the whole test split's ...
+            e
+            for e in run.select_evaluations(
+                split="test", num_samples=config.train.eval_samples, precision="fp32", method="iwae"
+            )
+            if e.evaluation.first is None and e.evaluation.checkpoint != "last"  # ... best epoch
+        ]
         trained = f"already trained for {plural(trainer.epoch, 'epoch')} of {config.train.epochs}"
         if stopping.stops_after(trainer.epoch) and trainer.epoch < config.train.epochs:
             trained += f" (stopped early; best epoch {stopping.best_epoch})"
@@ -158,9 +166,8 @@ def _train_claimed(
     report_every = max(1, config.train.epochs // 10)
     identity = training_identity(config)
     while not finished():
-        stats = trainer.train_epoch()
-        history.append(stats)
-        best = after_epoch()
+        best = after_epoch(trainer.train_epoch())
+        stats = history[-1]
         state = {
             **trainer.state_dict(),
             "meta": meta,
@@ -174,9 +181,14 @@ def _train_claimed(
         stops = stopping.stops_after(stats.epoch)
         if stats.epoch % report_every == 0 or stats.epoch == config.train.epochs or stops:
             rate = "" if schedule.lr is None else f"  lr {schedule.lr:.3g}"
+            watched = (
+                f"  val L_{config.train.stop_samples} {stats.val_bound:9.3f}"
+                if math.isfinite(stats.val_bound)
+                else ""
+            )
             echo(
                 f"epoch {stats.epoch:4d}/{config.train.epochs}  train objective "
-                f"{stats.train_objective:9.3f}  val ELBO {stats.val_elbo:9.3f} nats  "
+                f"{stats.train_objective:9.3f}  val ELBO {stats.val_elbo:9.3f} nats{watched}  "
                 f"beta {stats.beta:.3g}{rate}  ({stats.seconds:.2f} s)"
             )
         if stops:
