@@ -1,6 +1,7 @@
 """Every experiment script runs end to end with tiny arguments (in a subprocess)."""
 
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,44 @@ def test_burda_table_smoke(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in kept_files} == before
     assert len(before) == 4  # the IWAE and auto evaluations among them
     assert (tmp_path / "runs" / "iwae-k1-L1-conv" / "checkpoint.pt").is_file()
+
+
+def _timeless(stats):
+    import dataclasses
+
+    return dataclasses.replace(stats, seconds=0.0)
+
+
+def test_early_stopping_smoke(tmp_path):
+    from pyro_vae.runs import RunDir
+
+    rows = _run(
+        "early_stopping.py",
+        tmp_path,
+        *("--epochs", "12", "--patiences", "1,3", "--seeds", "0", "--eval-samples", "8"),
+        *("--latent-dim", "2", "--hidden", "16", "--lr", "0.03"),  # a rate at which both stop
+    )
+    assert [r["patience"] for r in rows] == ["none", "1", "3"]
+    assert [r["stopped"] for r in rows] == ["False", "True", "True"]
+    runs = tmp_path / "runs"
+    reference = RunDir(runs / "seed0-reference").read_metrics()
+    assert len(reference) == 12 and all(math.isfinite(r.val_bound) for r in reference)
+    for row in rows:
+        name = "reference" if row["patience"] == "none" else f"P{row['patience']}"
+        history = [_timeless(r) for r in RunDir(runs / f"seed0-{name}").read_metrics()]
+        # early stopping cuts training short only
+        assert history == [_timeless(r) for r in reference[: len(history)]]
+        trained, best = int(row["epochs_trained"]), int(row["best_epoch"])
+        assert row["stopped"] == str(trained < 12) and best <= trained
+        if row["patience"] != "none" and row["stopped"] == "True":
+            assert trained - best == int(row["patience"])
+        if best == trained:  # the best checkpoint is the last
+            assert float(row["best_minus_last"]) == 0.0 and float(row["best_minus_last_se"]) == 0
+        else:
+            assert float(row["best_minus_last_se"]) > 0
+    assert rows[0]["best_minus_reference"] == rows[0]["best_minus_last"]
+    assert (tmp_path / "early_stopping.png").stat().st_size > 1000
+    assert "| 0 | none | 12 |" in (tmp_path / "table.md").read_text()
 
 
 def test_seed_recipe_smoke(tmp_path):
