@@ -10,10 +10,11 @@ the active units of z and the share of test points with k-hat > 0.7, and each ru
 wall-clock (the sum of its epochs' seconds in metrics.csv). Writes runs/, table.csv, table.md
 and burda_table.png; table.csv is rewritten after every row.
 
-With --resume, rows are added to an earlier --out: a run already there is trained on only if it
-was interrupted (pyro-vae train --resume; its settings must be the same), and an evaluation
-already kept in it with the setting asked for is read instead of computed again. So rows can be
-added later (--nets conv), or --auto run on trained rows, without training anything twice.
+With --resume, an earlier --out is reused: a run already there is trained on only if it was
+interrupted (pyro-vae train --resume; its settings must be the same), and an evaluation already
+kept in it with the setting asked for (of its current checkpoint) is read instead of computed
+again; runs not there yet are trained. So rows can be added later (--nets mlp,conv), or --auto
+run on trained rows, without training anything twice. The table holds the rows of the call.
 
 Usage: python experiments/burda_table.py [--dataset fashion-mnist] [--epochs N] [--ks 1,5,50]
        [--layers 1,2] [--nets mlp,conv] [--objectives trace,meanfield,iwae] [--auto] [--resume]
@@ -29,6 +30,7 @@ from _common import base_config, parser
 
 from pyro_vae import jobs
 from pyro_vae.config import RunConfig
+from pyro_vae.estimators import EstimatorSpec
 from pyro_vae.records import Evaluation
 from pyro_vae.runs import RunDir
 
@@ -101,27 +103,31 @@ def main(argv=None) -> int:
         f" K={base.train.eval_samples}"
     )
     rows = []
-    for name, config in variants(base, args).items():
-        run_dir = args.out / "runs" / name
-        if run_dir.exists() and not args.resume:
-            raise SystemExit(f"{run_dir} exists: choose another --out, or add rows with --resume")
+    runs = {name: (args.out / "runs" / name, c) for name, c in variants(base, args).items()}
+    there = [str(run_dir) for run_dir, _ in runs.values() if run_dir.exists()]
+    if there and not args.resume:  # before anything is trained or written
+        raise SystemExit(
+            f"{there[0]} exists: choose another --out, or reuse its runs with --resume"
+        )
+    for name, (run_dir, config) in runs.items():
         result = jobs.train(
             config,
             run_dir,
-            resume=args.resume,
+            resume=run_dir.exists(),
             evaluate_at_end=False,
             progress=False,
             echo=lambda s: None,
         )
         seconds = sum(r.seconds for r in result.history)
+        trained = result.history[-1].epoch
         k = config.train.eval_samples
-        ev = kept_evaluation(run_dir, "iwae", k, args.test_points) or jobs.evaluate(
-            run_dir, num_samples=k, first=args.test_points
-        )
+        ev = kept_evaluation(run_dir, trained, EstimatorSpec(num_samples=k), args.test_points)
+        ev = ev or jobs.evaluate(run_dir, num_samples=k, first=args.test_points)
         auto = None
         if args.auto:
             settings = {"ais_steps": args.ais_steps, "refine_steps": args.refine_steps}
-            auto = kept_evaluation(run_dir, "auto", k, args.test_points, settings) or jobs.evaluate(
+            spec = EstimatorSpec(method="auto", num_samples=k, **settings)
+            auto = kept_evaluation(run_dir, trained, spec, args.test_points) or jobs.evaluate(
                 run_dir, num_samples=k, method="auto", first=args.test_points, **settings
             )
         row = {
@@ -151,17 +157,17 @@ def main(argv=None) -> int:
 
 
 def kept_evaluation(
-    run_dir, method: str, num_samples: int, first: int | None, settings: dict | None = None
+    run_dir, epochs_trained: int, spec: EstimatorSpec, first: int | None
 ) -> Evaluation | None:
-    """The evaluation of the test split already kept in ``run_dir`` with this method, K, subset
-    and method settings (in fp32, of the checkpoint evaluation uses), or None."""
+    """The evaluation of the test split already kept in ``run_dir`` of its checkpoint at
+    ``epochs_trained`` (in fp32), with ``spec``'s method and settings and the same subset, or
+    None."""
     for stored in RunDir(run_dir).select_evaluations(
-        split="test", num_samples=num_samples, precision="fp32", method=method
+        split="test", num_samples=spec.num_samples, precision="fp32", method=spec.method
     ):
         ev = stored.evaluation
         subset = ev.first == first or (ev.first is None and first and ev.num_datapoints <= first)
-        same = all(ev.method_settings.get(key) == value for key, value in (settings or {}).items())
-        if subset and same and ev.checkpoint != "last":
+        if subset and ev.epochs_trained == epochs_trained and ev.method_settings == spec.settings():
             return ev
     return None
 

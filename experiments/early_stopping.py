@@ -55,12 +55,13 @@ COLUMNS = [
 ]
 
 
-def paired(a, b) -> tuple[float, float]:
+def paired(a, b, same: bool = False) -> tuple[float, float]:
     """Mean over datapoints of a - b (two evaluations' per-point values on the same datapoints),
-    and its standard error: the spread of the differences and both Monte Carlo errors."""
-    d = a.log_px - b.log_px
-    if not d.any():  # one checkpoint, scored with the same draws: the same estimates
+    and its standard error: the spread of the differences and both Monte Carlo errors. ``same``:
+    both score one model (the same epoch of the same training), so the difference is 0."""
+    if same:  # on a GPU two scorings of one model may differ in the last bits: not a difference
         return 0.0, 0.0
+    d = a.log_px - b.log_px
     n = d.numel()
     mc = (torch.nan_to_num(a.stderr) ** 2 + torch.nan_to_num(b.stderr) ** 2).sum() / n**2
     return d.mean().item(), (d.var() / n + mc).sqrt().item()
@@ -91,8 +92,12 @@ def main(argv=None) -> int:
             if reference is None:
                 reference = last
                 curves[seed] = [(r.epoch, r.val_bound) for r in result.history]
-            diff, diff_se = paired(best.per_point, last.per_point)
-            ref, ref_se = paired(best.per_point, reference.per_point)
+            diff, diff_se = paired(
+                best.per_point, last.per_point, best.epochs_trained == last.epochs_trained
+            )
+            ref, ref_se = paired(  # training is the reference's, cut short: one model per epoch
+                best.per_point, reference.per_point, best.epochs_trained == reference.epochs_trained
+            )
             row = {
                 "seed": seed,
                 "patience": "none" if patience == base.train.epochs else patience,
@@ -168,16 +173,21 @@ def plot(rows: list[dict], curves: dict, path, title: str) -> None:
         for r in rows:
             if r["seed"] != seed or r["patience"] == "none":
                 continue
-            left.plot(r["best_epoch"], at[r["best_epoch"]], "*", color=colour, ms=9)
+            left.plot(r["best_epoch"], at[r["best_epoch"]], "*", color=colour, ms=12, mec="k")
             if r["stopped"]:
-                left.plot(r["epochs_trained"], at[r["epochs_trained"]], "x", color=colour, ms=8)
-    finite = [v for curve in curves.values() for _, v in curve[len(curve) // 10 :]]
-    if finite and all(math.isfinite(v) for v in finite):  # the first epochs' climb is cut off
-        low, high = min(finite), max(finite)
+                left.plot(
+                    r["epochs_trained"], at[r["epochs_trained"]], "X", color=colour, ms=10, mec="k"
+                )
+    # where stopping happens: from the earliest stop on (the first epochs' climb is cut off)
+    start = min([r["epochs_trained"] for r in rows if r["stopped"]] or [1]) // 2
+    shown = [v for curve in curves.values() for e, v in curve if e >= start]
+    if shown and all(math.isfinite(v) for v in shown):
+        low, high = min(shown), max(shown)
+        left.set_xlim(start, max(e for curve in curves.values() for e, _ in curve))
         left.set_ylim(low - 0.1 * (high - low), high + 0.1 * (high - low))
     left.set_xlabel("epoch")
     left.set_ylabel("validation L_K, nats (watched)")
-    left.set_title("watched score; * best epoch, x stop, per patience", fontsize=9)
+    left.set_title("watched score; per patience, * best epoch and X stop", fontsize=9)
     left.legend(fontsize=8, loc="lower right")
     left.grid(alpha=0.3)
     labels = [f"s{r['seed']} P={r['patience']}" for r in rows]

@@ -41,19 +41,23 @@ def samples(means: torch.Tensor, draws: torch.Tensor, shape, title: str) -> Figu
     return fig
 
 
-def training_curves(epochs, train, val, beta, watched=None, watched_k=None) -> Figure:
+def training_curves(
+    epochs, train, val, beta, watched=None, watched_k=None, best_epoch=None
+) -> Figure:
     """The epochs' objectives; ``watched``: the validation L_K that early stopping or the
-    plateau schedule watched (NaN where none did), drawn with its best epoch marked."""
+    plateau schedule watched (None where none did), drawn with the best epoch ``best_epoch``
+    (the checkpoint evaluation uses) marked when it is given."""
     fig = Figure(figsize=(6.5, 4), dpi=120)
     ax = fig.subplots()
     ax.plot(epochs, train, label="train objective (beta-weighted ELBO)")
     ax.plot(epochs, val, label="validation ELBO (beta = 1)")
-    points = [(e, v) for e, v in zip(epochs, watched or (), strict=False) if math.isfinite(v)]
+    points = [(e, v) for e, v in zip(epochs, watched or (), strict=False) if v is not None]
     if points:
         ax.plot(*zip(*points, strict=True), label=f"validation L_{watched_k} (watched)")
-        best_epoch, best = max(points, key=lambda p: p[1])
+    at = dict(points)
+    if best_epoch is not None and best_epoch in at:
         ax.axvline(best_epoch, color="0.4", ls="--", lw=1)
-        ax.plot([best_epoch], [best], "k*", ms=9, label=f"best epoch {best_epoch}")
+        ax.plot([best_epoch], [at[best_epoch]], "k*", ms=9, label=f"best epoch {best_epoch}")
     if any(b != 1.0 for b in beta):
         ax2 = ax.twinx()
         ax2.plot(epochs, beta, color="0.6", ls=":", label="beta")

@@ -31,7 +31,8 @@ from pyro_vae.training import EpochStats
 
 CHECKPOINT_FORMAT = 1
 METRIC_FIELDS = [f.name for f in dataclasses.fields(EpochStats)]
-# The columns of metrics.csv before val_bound was recorded: read with val_bound NaN.
+# The columns of metrics.csv before val_bound was recorded: read with val_bound None (an empty
+# value, as it is written for an epoch where nothing watched the validation L_K).
 EARLIER_METRIC_FIELDS = [name for name in METRIC_FIELDS if name != "val_bound"]
 
 
@@ -127,7 +128,7 @@ class _Damaged(Exception):
         self.line, self.why = line, why
 
 
-_CASTS = {"int": int, "float": float}
+_CASTS = {"int": int, "float": float, "float | None": lambda text: float(text) if text else None}
 _METRIC_TYPES = {f.name: _CASTS[f.type] for f in dataclasses.fields(EpochStats)}
 
 
@@ -483,7 +484,8 @@ class RunDir:
 
     def select_evaluations(self, **wanted) -> list[StoredEvaluation]:
         """The kept evaluations whose ``split``, ``num_samples``, ``precision`` and ``method``
-        equal those of ``wanted`` that are not None."""
+        equal those of ``wanted`` that are not None; those of a last checkpoint beside a best
+        one only with ``checkpoint="last"`` (:meth:`StoredEvaluation.matches`)."""
         return [e for e in self.evaluations() if e.matches(**wanted)]
 
     def find_evaluation(self, **wanted) -> StoredEvaluation:
@@ -559,13 +561,20 @@ class StoredEvaluation:
     def setting(self) -> str:
         return evaluation_setting(self.evaluation)
 
-    def matches(self, split=None, num_samples=None, precision=None, method=None) -> bool:
+    def matches(
+        self, split=None, num_samples=None, precision=None, method=None, checkpoint=None
+    ) -> bool:
+        """Whether the evaluation has the settings given (None: any). An evaluation of the last
+        checkpoint of a run that keeps a best one (``evaluate --checkpoint last``) matches only
+        ``checkpoint="last"``: the run's evaluations are otherwise those of its best epoch."""
         wanted = {
             "split": split,
             "num_samples": num_samples,
             "precision": precision,
             "method": method,
         }
+        if (self.evaluation.checkpoint == "last") != (checkpoint == "last"):
+            return False
         return all(v is None or getattr(self.evaluation, k) == v for k, v in wanted.items())
 
     def inference_data(self):

@@ -165,8 +165,8 @@ class EpochStats:
     train_objective: float  # mean beta-weighted ELBO of the epoch's minibatches (= ELBO at beta=1)
     val_elbo: float  # single-sample ELBO on the validation split, beta = 1
     seconds: float
-    # the validation L_K that early stopping or the plateau schedule watched (NaN: none did)
-    val_bound: float = math.nan
+    # the validation L_K that early stopping or the plateau schedule watched (None: none did)
+    val_bound: float | None = None
 
 
 class Trainer:

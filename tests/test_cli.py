@@ -1,6 +1,7 @@
 """The command line: an end-to-end run in a subprocess, and every kind of bad input."""
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -167,7 +168,8 @@ def test_resume_continues_and_refuses_changes(capsys, trained_run):
     assert len(rows) == 3 and rows[-1].startswith("2,")
 
 
-def test_evaluate_checkpoint_of_a_run_without_early_stopping(capsys, trained_run):
+def test_evaluate_checkpoint_of_a_run_without_early_stopping(capsys, trained_run, tmp_path):
+    trained_run = shutil.copytree(trained_run, tmp_path / "r")  # evaluated here: not the shared one
     err = cli_error(capsys, "evaluate", str(trained_run), "--checkpoint", "best")
     assert "no best epoch's checkpoint" in err and "--patience" in err
     assert "invalid choice" in cli_error(capsys, "evaluate", str(trained_run), "--checkpoint", "x")

@@ -124,13 +124,21 @@ def test_burda_table_smoke(tmp_path):
         text=True,
         timeout=600,
     )
-    assert "exists: choose another --out, or add rows with --resume" in r.stderr
+    assert "exists: choose another --out, or reuse its runs with --resume" in r.stderr
+    assert not (tmp_path / "runs" / "iwae-k1-L1-conv").exists()  # refused before training
+    assert list(csv.DictReader((tmp_path / "table.csv").read_text().splitlines())) == rows
     resumed = _run("burda_table.py", tmp_path, *again, "--ks", "1,2", "--resume")
     assert [r["k"] for r in resumed] == ["1", "2"]
     assert resumed[1] == rows[0]  # read back, not trained or evaluated again
     assert {p.name: p.stat().st_mtime_ns for p in kept_files} == before
     assert len(before) == 4  # the IWAE and auto evaluations among them
     assert (tmp_path / "runs" / "iwae-k1-L1-conv" / "checkpoint.pt").is_file()
+    # trained on (--epochs 2): its kept evaluations are of the older checkpoint, not reused
+    longer = [a if a != "1" else "2" for a in again[:2]] + again[2:]
+    on = _run("burda_table.py", tmp_path, *longer, "--ks", "2", "--resume")
+    assert on[0]["log_px"] != rows[0]["log_px"] and on[0]["log_px_auto"] != rows[0]["log_px_auto"]
+    kept = json.loads((reused / "evaluations" / "test-K21-fp32-first40.json").read_text())
+    assert kept["epochs_trained"] == 2
 
 
 def _timeless(stats):
@@ -140,6 +148,8 @@ def _timeless(stats):
 
 
 def test_early_stopping_smoke(tmp_path):
+    import json
+
     from pyro_vae.runs import RunDir
 
     rows = _run(
@@ -153,20 +163,33 @@ def test_early_stopping_smoke(tmp_path):
     runs = tmp_path / "runs"
     reference = RunDir(runs / "seed0-reference").read_metrics()
     assert len(reference) == 12 and all(math.isfinite(r.val_bound) for r in reference)
+    kept = {}
     for row in rows:
         name = "reference" if row["patience"] == "none" else f"P{row['patience']}"
-        history = [_timeless(r) for r in RunDir(runs / f"seed0-{name}").read_metrics()]
+        history = RunDir(runs / f"seed0-{name}").read_metrics()
         # early stopping cuts training short only
-        assert history == [_timeless(r) for r in reference[: len(history)]]
+        assert [_timeless(r) for r in history] == [_timeless(r) for r in reference[: len(history)]]
         trained, best = int(row["epochs_trained"]), int(row["best_epoch"])
-        assert row["stopped"] == str(trained < 12) and best <= trained
-        if row["patience"] != "none" and row["stopped"] == "True":
+        watched = [r.val_bound for r in history]
+        assert best == watched.index(max(watched)) + 1 and trained == len(history)
+        if row["stopped"] == "True":
             assert trained - best == int(row["patience"])
+        else:
+            assert trained == 12
+        for which, suffix in (("best", ""), ("last", "-last")):
+            path = runs / f"seed0-{name}" / "evaluations" / f"test-K8-fp32{suffix}.json"
+            kept[name, which] = json.loads(path.read_text())
+            assert float(row[f"log_px_{which}"]) == kept[name, which]["log_px"]
+        assert kept[name, "best"]["epochs_trained"] == best
+        assert kept[name, "last"]["epochs_trained"] == trained
         if best == trained:  # the best checkpoint is the last
             assert float(row["best_minus_last"]) == 0.0 and float(row["best_minus_last_se"]) == 0
-        else:
+        else:  # the mean of paired differences is the difference of the means
+            gap = kept[name, "best"]["log_px"] - kept[name, "last"]["log_px"]
+            assert float(row["best_minus_last"]) == pytest.approx(gap, abs=1e-9)
             assert float(row["best_minus_last_se"]) > 0
-    assert rows[0]["best_minus_reference"] == rows[0]["best_minus_last"]
+        gap = kept[name, "best"]["log_px"] - kept["reference", "last"]["log_px"]
+        assert float(row["best_minus_reference"]) == pytest.approx(gap, abs=1e-9)
     assert (tmp_path / "early_stopping.png").stat().st_size > 1000
     assert "| 0 | none | 12 |" in (tmp_path / "table.md").read_text()
 

@@ -38,7 +38,7 @@ def test_training_on_digits_lowers_the_loss_and_log_px_bounds_the_elbo():
     history = [trainer.train_epoch() for _ in range(15)]
     assert history[-1].train_objective > history[0].train_objective + 5
     assert history[-1].val_elbo > history[0].val_elbo + 5
-    assert all(math.isnan(r.val_bound) for r in history)  # nothing watched a validation L_K
+    assert all(r.val_bound is None for r in history)  # nothing watched a validation L_K
     r = importance_log_likelihood(vae.model, vae.guide, test_x, num_samples=200)
     assert r.log_px.mean() >= r.elbo.mean()
     assert (r.log_px - r.elbo).mean() < 5.0  # a trained guide leaves a modest gap
@@ -238,6 +238,14 @@ def test_early_stopping_keeps_the_best_epoch_evaluates_it_and_resumes_exactly(tm
     assert "(the last checkpoint, not the best epoch's)" in jobs.format_evaluation(final)
     kept_settings = sorted(p.name for p in (run.path / "evaluations").glob("*.json"))
     assert kept_settings == ["test-K20-fp32-last.json", "test-K20-fp32.json"]
+    # the run's evaluations are its best epoch's unless the last one is asked for
+    assert run.find_evaluation(num_samples=20).evaluation.checkpoint == "best"
+    assert run.find_evaluation(num_samples=20, checkpoint="last").evaluation.epochs_trained == (
+        stopped
+    )
+    ranked = jobs.compare([tmp_path / "whole"])
+    assert ranked[0].epochs_trained == best  # the best epoch's evaluation ...
+    assert not any("again" in line for line in jobs.comparison_caveats(ranked))  # ... is current
     again_best = jobs.evaluate(tmp_path / "whole", num_samples=20, checkpoint="best")
     assert again_best.log_px == whole.evaluation.log_px and again_best.epochs_trained == best
     with pytest.raises(ConfigError):

@@ -125,7 +125,7 @@ def compare(
                 + (f" [{stored[i].setting}]" if mix_methods else ""),
                 setting=stored[i].setting,
                 epochs_trained=ev.epochs_trained,
-                checkpoint_epochs=_checkpoint_epochs(runs[i]),
+                checkpoint_epochs=_checkpoint_epochs(runs[i], best=ev.checkpoint == "best"),
                 method=ev.method,
                 frac_unreliable=_nan_if_none(ev.frac_unreliable),
             )
@@ -137,12 +137,12 @@ def _nan_if_none(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def _checkpoint_epochs(run: RunDir) -> int | None:
-    """Epochs the run's checkpoint holds now (None when it cannot be read)."""
+def _checkpoint_epochs(run: RunDir, best: bool = False) -> int | None:
+    """Epochs the run's checkpoint (``best``: its best epoch's, which a best-epoch evaluation
+    scored) holds now (None when it cannot be read)."""
     try:
-        return int(
-            run.load_checkpoint(training_identity(run.read_config()), map_location="cpu")["epoch"]
-        )
+        config = training_identity(run.read_config())
+        return int(run.load_checkpoint(config, map_location="cpu", best=best)["epoch"])
     except (CheckpointError, ConfigError, KeyError, TypeError, ValueError):
         return None
 

@@ -102,6 +102,7 @@ def plot(
             [r.beta for r in history],
             [r.val_bound for r in history],
             config.train.stop_samples,
+            meta["epoch"] if meta.get("checkpoint") == "best" else None,
         )
     shape = tuple(meta.get("image_shape") or ())
     dataset = load_data(config)

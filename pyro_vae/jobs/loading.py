@@ -52,7 +52,8 @@ def load_run(
     if checkpoint == "best" and not has_best:
         raise CheckpointError(
             f"{run.path} has no best epoch's checkpoint ({run.best_path.name}): it was trained "
-            "without early stopping (--patience), and its last checkpoint is its only one"
+            "without early stopping (--patience), or no epoch of it has finished; its last "
+            "checkpoint is its only one"
         )
     best = has_best and checkpoint != "last"
     state = run.load_checkpoint(training_identity(config), map_location=dev, best=best)

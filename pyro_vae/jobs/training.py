@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,12 +144,12 @@ def _train_claimed(
         return TrainResult(run.path, history, None)
     run.write_config(config)
     if finished():
-        done = [  # the evaluation training would make: IWAE of the whole test split's ...
+        done = [  # the evaluation training would make: IWAE of the whole test split
             e
             for e in run.select_evaluations(
                 split="test", num_samples=config.train.eval_samples, precision="fp32", method="iwae"
             )
-            if e.evaluation.first is None and e.evaluation.checkpoint != "last"  # ... best epoch
+            if e.evaluation.first is None
         ]
         trained = f"already trained for {plural(trainer.epoch, 'epoch')} of {config.train.epochs}"
         if stopping.stops_after(trainer.epoch) and trainer.epoch < config.train.epochs:
@@ -183,7 +182,7 @@ def _train_claimed(
             rate = "" if schedule.lr is None else f"  lr {schedule.lr:.3g}"
             watched = (
                 f"  val L_{config.train.stop_samples} {stats.val_bound:9.3f}"
-                if math.isfinite(stats.val_bound)
+                if stats.val_bound is not None
                 else ""
             )
             echo(
