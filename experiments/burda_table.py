@@ -42,6 +42,7 @@ COLUMNS = [
     "log_px",
     "log_px_stderr",
     "log_px_auto",
+    "frac_unreliable_auto",
     "elbo",
     "active_units",
     "frac_khat_above_threshold",
@@ -138,6 +139,8 @@ def main(argv=None) -> int:
             "log_px": ev.log_px,
             "log_px_stderr": ev.log_px_stderr,
             "log_px_auto": math.nan if auto is None else auto.log_px,
+            # the share auto could not clear (k-hat or error bar still flagged after AIS)
+            "frac_unreliable_auto": math.nan if auto is None else auto.frac_unreliable,
             "elbo": ev.elbo,
             "active_units": ev.active_units,
             "frac_khat_above_threshold": ev.frac_khat_above_threshold,
@@ -172,6 +175,10 @@ def kept_evaluation(
     return None
 
 
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None or math.isnan(share) else f"{100 * share:.1f}%"
+
+
 def _label(r: dict) -> str:
     objective = OBJECTIVE_NAMES.get(r["objective"], "IWAE")
     return f"{objective}, k={r['k']}"
@@ -187,16 +194,16 @@ def write_table(rows: list[dict], out, title: str) -> str:
         f"**{title}**",
         "",
         "| objective | layers | net | test log p(x) | auto log p(x) | ELBO | active units "
-        "| k-hat > 0.7 | train s |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| k-hat > 0.7 | auto: still flagged | train s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         auto = "" if math.isnan(r["log_px_auto"]) else f"{r['log_px_auto']:.2f}"
-        share = r["frac_khat_above_threshold"]
-        share = "n/a" if share is None or math.isnan(share) else f"{100 * share:.1f}%"
+        flagged = _percent(r["frac_unreliable_auto"]) if auto else ""
         lines.append(
             f"| {_label(r)} | {r['layers']} | {r['net']} | {r['log_px']:.2f} | {auto} "
-            f"| {r['elbo']:.2f} | {r['active_units']} | {share} | {r['train_seconds']:.0f} |"
+            f"| {r['elbo']:.2f} | {r['active_units']} | {_percent(r['frac_khat_above_threshold'])} "
+            f"| {flagged} | {r['train_seconds']:.0f} |"
         )
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")

@@ -99,6 +99,7 @@ def test_burda_table_smoke(tmp_path):
         ("iwae", "2", "conv"),
     ]
     assert all(math.isfinite(float(r["log_px_auto"])) for r in rows)
+    assert all(0 <= float(r["frac_unreliable_auto"]) <= 1 for r in rows)
     config = json.loads((tmp_path / "runs" / "iwae-k2-L2-conv" / "config.json").read_text())
     assert config["model"]["top_latent_dim"] == 1 and config["model"]["net"] == "conv"
     assert config["train"]["elbo"] == "iwae" and config["train"]["num_particles"] == 2
