@@ -237,6 +237,9 @@ def plot(rows: list[dict], path, title: str) -> None:
                     label=OBJECTIVE_NAMES.get(objective, "IWAE"),
                 )
         ax.set_xscale("log")
+        ks = sorted({r["k"] for r in rows})
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
         ax.set_xlabel("k (particles of the training objective)")
         ax.set_title(f"{layers} stochastic layer{'s' if layers > 1 else ''}, {net}", fontsize=9)
         ax.grid(alpha=0.3)
