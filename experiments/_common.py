@@ -98,16 +98,24 @@ def _number(value):
     return math.nan if value is None else value
 
 
-def _percent(share: float) -> str:
-    return "n/a" if math.isnan(share) else f"{100 * share:.1f}%"
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None or math.isnan(share) else f"{100 * share:.1f}%"
+
+
+def write_files(out: Path, columns: list[str], rows: list[dict], lines: list[str]) -> str:
+    """Write ``rows`` (their ``columns``) to ``out/table.csv`` and ``lines`` to ``out/table.md``;
+    return the markdown table."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "table.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n")
+    return table
 
 
 def write_table(rows: list[dict], out: Path, title: str) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "table.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
     lines = [
         f"**{title}**",
         "",
@@ -122,9 +130,7 @@ def write_table(rows: list[dict], out: Path, title: str) -> str:
             f"{r['elbo']:.3f} | {r['gap']:.3f} | {r['ess_mean']:.0f} | "
             f"{_percent(r['frac_khat_above_threshold'])} | {r['active_units']} | {bpd} |"
         )
-    table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
-    return table
+    return write_files(out, COLUMNS, rows, lines)
 
 
 def report_bars(

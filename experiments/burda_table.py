@@ -22,11 +22,10 @@ Usage: python experiments/burda_table.py [--dataset fashion-mnist] [--epochs N] 
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 
-from _common import base_config, parser
+from _common import _percent, base_config, parser, write_files
 
 from pyro_vae import jobs
 from pyro_vae.config import RunConfig
@@ -175,21 +174,12 @@ def kept_evaluation(
     return None
 
 
-def _percent(share: float | None) -> str:
-    return "n/a" if share is None or math.isnan(share) else f"{100 * share:.1f}%"
-
-
 def _label(r: dict) -> str:
     objective = OBJECTIVE_NAMES.get(r["objective"], "IWAE")
     return f"{objective}, k={r['k']}"
 
 
 def write_table(rows: list[dict], out, title: str) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "table.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
     lines = [
         f"**{title}**",
         "",
@@ -205,9 +195,7 @@ def write_table(rows: list[dict], out, title: str) -> str:
             f"| {r['elbo']:.2f} | {r['active_units']} | {_percent(r['frac_khat_above_threshold'])} "
             f"| {flagged} | {r['train_seconds']:.0f} |"
         )
-    table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
-    return table
+    return write_files(out, COLUMNS, rows, lines)
 
 
 def plot(rows: list[dict], path, title: str) -> None:

@@ -19,12 +19,11 @@ Usage: python experiments/early_stopping.py [--epochs 500] [--patiences 20,50] [
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 
 import torch
-from _common import base_config, parser, train_fresh
+from _common import base_config, parser, train_fresh, write_files
 
 from pyro_vae import jobs
 from pyro_vae.cli import add_config_flags
@@ -131,11 +130,6 @@ def main(argv=None) -> int:
 
 
 def write_table(rows: list[dict], out, title: str) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "table.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
     lines = [
         f"**{title}**",
         "",
@@ -152,9 +146,7 @@ def write_table(rows: list[dict], out, title: str) -> str:
             f"| {r['best_minus_reference']:+.3f} ± {r['best_minus_reference_se']:.3f} "
             f"| {r['train_seconds']:.0f} |"
         )
-    table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
-    return table
+    return write_files(out, COLUMNS, rows, lines)
 
 
 def plot(rows: list[dict], curves: dict, path, title: str) -> None:
