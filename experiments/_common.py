@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from pyro_vae import jobs
 from pyro_vae.cli import add_config_flags, config_from_flags
 from pyro_vae.config import RunConfig
@@ -48,12 +50,29 @@ def parser(
     (pyro-vae train's when None)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", type=Path, default=Path(default_out))
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads of every run (torch.set_num_threads; default: torch's, one per core). "
+        "Convolutions round differently with another count, so rows to be compared want one",
+    )
     add_config_flags(p, defaults or RunConfig(), CONFIG_FLAGS)
     return p
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def base_config(args, defaults: RunConfig | None = None) -> RunConfig:
-    """``defaults`` (pyro-vae train's when None) with the values of the flags."""
+    """``defaults`` (pyro-vae train's when None) with the values of the flags; sets
+    ``--threads`` for the rest of the process."""
+    if getattr(args, "threads", None) is not None:
+        torch.set_num_threads(args.threads)
     return config_from_flags(args, defaults or RunConfig())
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import sys
 
+import torch
 from _common import _percent, base_config, parser, write_files
 
 from pyro_vae import jobs
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
         f"{args.dataset}, {base.train.epochs} epochs, latent {base.model.latent_dim} "
         f"(2 layers: z2 of {args.top_latent_dim}), hidden {','.join(map(str, base.model.hidden))},"
         f" test split{'' if args.test_points is None else f' (first {args.test_points})'},"
-        f" K={base.train.eval_samples}"
+        f" K={base.train.eval_samples}, {torch.get_num_threads()} CPU threads"
     )
     rows = []
     runs = {name: (args.out / "runs" / name, c) for name, c in variants(base, args).items()}
