@@ -182,13 +182,14 @@ class ConvDecoderNet(Network):
             (h_in, w_in), (h_out, w_out) = sizes[-1 - i], sizes[-2 - i]
             extra = (h_out - STRIDE * h_in, w_out - STRIDE * w_in)
             layers += [nn.ReLU(), nn.ConvTranspose2d(c_in, c_out, KERNEL, STRIDE, PADDING, extra)]
-        self.deconvs = nn.Sequential(*layers)
+        self.deconvs = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         self.in_features = latent_dim
         self.out_features = params_per_dim * c * h * w
 
     def compute(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
         h = self.dense(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start)
+        h = h.contiguous(memory_format=torch.channels_last)
         return self.deconvs(h).reshape(*lead, self.out_features)
 
 
