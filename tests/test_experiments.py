@@ -79,6 +79,7 @@ def test_burda_table_smoke(tmp_path):
     import math
 
     flags = ["--ks", "2", "--objectives", "iwae", "--layers", "1,2", "--nets", "conv"]
+    flags += ["--threads", "1"]
     fast = ["--eval-samples", "21", "--hidden", "16", "--auto", "--ais-steps", "3"]
     rows = _run(
         "burda_table.py",
@@ -105,6 +106,7 @@ def test_burda_table_smoke(tmp_path):
     assert config["train"]["elbo"] == "iwae" and config["train"]["num_particles"] == 2
     assert "| IWAE, k=2 | 2 | conv |" in (tmp_path / "table.md").read_text()
     assert "test split (first 40)" in (tmp_path / "table.md").read_text()
+    assert "K=21, 1 CPU threads" in (tmp_path / "table.md").read_text()  # --threads reached torch
     kept = json.loads(
         (
             tmp_path / "runs" / "iwae-k2-L2-conv" / "evaluations" / "test-K21-fp32-first40.json"
@@ -140,6 +142,18 @@ def test_burda_table_smoke(tmp_path):
     assert on[0]["log_px"] != rows[0]["log_px"] and on[0]["log_px_auto"] != rows[0]["log_px_auto"]
     kept = json.loads((reused / "evaluations" / "test-K21-fp32-first40.json").read_text())
     assert kept["epochs_trained"] == 2
+
+
+def test_an_experiments_thread_count_must_be_positive(tmp_path):
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "burda_table.py"), "--threads", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "--threads: must be at least 1, got 0" in r.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def _timeless(stats):

@@ -182,13 +182,16 @@ class ConvDecoderNet(Network):
             (h_in, w_in), (h_out, w_out) = sizes[-1 - i], sizes[-2 - i]
             extra = (h_out - STRIDE * h_in, w_out - STRIDE * w_in)
             layers += [nn.ReLU(), nn.ConvTranspose2d(c_in, c_out, KERNEL, STRIDE, PADDING, extra)]
-        self.deconvs = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+        self.deconvs = nn.Sequential(*layers)
         self.in_features = latent_dim
         self.out_features = params_per_dim * c * h * w
 
     def compute(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
         h = self.dense(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start)
+        # channels_last activations: oneDNN's faster transposed convolutions on a CPU (about 1.2x
+        # on a k=50 step). The weights keep the default layout: Pyro's param store keeps a
+        # contiguous copy of a parameter that is not, and the module's own would never be trained.
         h = h.contiguous(memory_format=torch.channels_last)
         return self.deconvs(h).reshape(*lead, self.out_features)
 

@@ -1,7 +1,9 @@
 """The network pieces: convolutional encoders and decoders for images, beside the MLPs."""
 
+import dataclasses
 import json
 
+import pyro
 import pytest
 import torch
 from torch import nn
@@ -9,11 +11,14 @@ from torch import nn
 from pyro_vae.config import ModelConfig, RunConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer import (
+    DeviceTrace_ELBO,
     ais_log_likelihood,
     auto_log_likelihood,
     importance_log_likelihood,
     refined_log_likelihood,
 )
+from pyro_vae.infer.optim import JointAdam
+from pyro_vae.infer.svi import DeviceSVI
 from pyro_vae.models.nets import ConvDecoderNet, ConvEncoderNet, ConvNetworks, conv_sizes
 from pyro_vae.registry import build_vae
 from tests.helpers import binary_data
@@ -54,6 +59,43 @@ def test_the_decoder_gives_each_parameter_its_own_image_in_the_likelihoods_layou
     loc, raw = h.chunk(2, dim=-1)
     assert torch.equal(loc, out[:, 0].reshape(5, 24))
     assert torch.equal(raw, out[:, 1].reshape(5, 24))
+
+
+def test_the_decoder_runs_channels_last_activations_with_the_same_values():
+    """channels_last activations are oneDNN's faster layout on a CPU (docs/speed.md); they must
+    change nothing but the speed."""
+    decoder = ConvDecoderNet(3, (9, 6), (4, 5), (8,), params_per_dim=2).double()
+    z = torch.randn(2, 7, 3, dtype=torch.float64)
+    h = decoder.dense(z.reshape(-1, 3)).reshape(-1, *decoder.start).contiguous()
+    for layer in decoder.deconvs:
+        if isinstance(layer, nn.ConvTranspose2d):
+            h = nn.functional.conv_transpose2d(
+                h, layer.weight, layer.bias, layer.stride, layer.padding, layer.output_padding
+            )
+        else:
+            h = layer(h)
+    torch.testing.assert_close(decoder(z), h.reshape(2, 7, -1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_one_training_step_moves_every_parameter_of_a_conv_vae(layers):
+    """The parameters Pyro's param store holds (and the optimiser steps) must be the networks'
+    own: the store keeps a contiguous copy of a parameter that is not (a channels_last weight
+    once left a decoder's transposed convolution untrained, its gradient on the module's
+    tensor and the optimiser stepping the copy)."""
+    x = binary_data(64, 64)
+    config = ModelConfig(latent_dim=3, hidden=(8,), net="conv", channels=(4, 5))
+    if layers == 2:
+        config = dataclasses.replace(config, top_latent_dim=2, top_hidden=(6,))
+    vae = build_vae(config, 64, image_shape=(8, 8))
+    before = {name: p.detach().clone() for name, p in vae.named_parameters()}
+    svi = DeviceSVI(vae.model, vae.guide, JointAdam({"lr": 1e-2}), DeviceTrace_ELBO())
+    svi.step(x)
+    store = pyro.get_param_store()
+    held = {id(store._params[name]) for name in store.keys()}
+    for name, p in vae.named_parameters():
+        assert id(p) in held, name  # the store's tensor is the module's parameter
+        assert not torch.equal(p.detach(), before[name]), name  # and it was trained
 
 
 def test_too_many_convolutions_for_the_image_or_flat_data_are_refused_by_name():
