@@ -164,10 +164,14 @@ class VAE(nn.Module):
         return networks_in(dtype, self.networks())
 
     def check_param_store(self) -> None:
-        """Raise if Pyro's param store holds other tensors under this VAE's parameter names.
+        """Raise if Pyro's param store holds, or would hold, other tensors than this VAE's
+        parameters under their names.
 
         ``pyro.module`` keeps the first tensor registered under a name: a second VAE with the same
-        ``name`` in one process would be optimised through stale tensors and never learn.
+        ``name`` in one process would be optimised through stale tensors and never learn. And the
+        store keeps a contiguous copy of a parameter that is not contiguous (a convolution's
+        weight in ``channels_last`` format): the optimiser would step the copy while the network
+        computes with its own tensor, which would never learn either.
         """
         store = pyro.get_param_store()
         for part in self.parts:
@@ -177,6 +181,13 @@ class VAE(nn.Module):
                     raise ValueError(
                         f"Pyro's param store already holds '{full}' from another module; call "
                         "pyro.clear_param_store() or give this VAE another name"
+                    )
+                if not param.is_contiguous():
+                    raise ValueError(
+                        f"parameter '{full}' is not contiguous (strides {param.stride()}): Pyro's "
+                        "param store would train a contiguous copy of it, not the network's "
+                        "tensor; keep parameters in the default memory format (activations may "
+                        "be channels_last)"
                     )
 
     @torch.no_grad()

@@ -98,6 +98,18 @@ def test_one_training_step_moves_every_parameter_of_a_conv_vae(layers):
         assert not torch.equal(p.detach(), before[name]), name  # and it was trained
 
 
+def test_a_channels_last_weight_is_refused_before_training():
+    from pyro_vae.training import Trainer
+
+    config = ModelConfig(latent_dim=3, hidden=(8,), net="conv", channels=(4, 5))
+    vae = build_vae(config, 64, image_shape=(8, 8))
+    vae.decoder.deconvs.to(memory_format=torch.channels_last)  # the 5 -> 4 channels weight
+    with pytest.raises(ValueError, match=r"'vae.decoder\$\$\$deconvs.1.weight' is not contig"):
+        Trainer(vae, binary_data(64, 64), elbo=DeviceTrace_ELBO(), lr=1e-3, batch_size=32)
+    vae.decoder.deconvs.to(memory_format=torch.contiguous_format)
+    Trainer(vae, binary_data(64, 64), elbo=DeviceTrace_ELBO(), lr=1e-3, batch_size=32)
+
+
 def test_too_many_convolutions_for_the_image_or_flat_data_are_refused_by_name():
     with pytest.raises(ConfigError) as e:
         build_vae(ModelConfig(net="conv", channels=(4, 4, 4, 4)), 64, image_shape=(8, 8))
