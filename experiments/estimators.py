@@ -310,7 +310,7 @@ def _train(name: str, objective: str, args) -> Path:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=Path, nargs=2, default=None, metavar=("ELBO_RUN", "IWAE_RUN"))
-    p.add_argument("--out", type=Path, default=Path("results/estimators"))
+    p.add_argument("--out", type=Path, default=Path("experiments/out/estimators"))
     add_config_flags(
         p,
         TRAINING,

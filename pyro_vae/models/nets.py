@@ -189,10 +189,12 @@ class ConvDecoderNet(Network):
     def compute(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
         h = self.dense(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start)
-        # channels_last activations: oneDNN's faster transposed convolutions on a CPU (about 1.2x
-        # on a k=50 step). The weights keep the default layout: Pyro's param store keeps a
-        # contiguous copy of a parameter that is not, and the module's own would never be trained.
-        h = h.contiguous(memory_format=torch.channels_last)
+        if h.device.type == "cpu":
+            # channels_last activations: oneDNN's faster transposed convolutions (docs/speed.md;
+            # not measured on a GPU, so not used there). The same values, float sums in another
+            # order. The weights keep the default layout: Pyro's param store would train a
+            # contiguous copy of one that is not (VAE.check_param_store).
+            h = h.contiguous(memory_format=torch.channels_last)
         return self.deconvs(h).reshape(*lead, self.out_features)
 
 

@@ -177,17 +177,17 @@ class VAE(nn.Module):
         for part in self.parts:
             for pname, param in getattr(self, part).named_parameters():
                 full = param_with_module_name(f"{self.name}.{part}", pname)
-                if full in store and store.get_param(full) is not param:
-                    raise ValueError(
-                        f"Pyro's param store already holds '{full}' from another module; call "
-                        "pyro.clear_param_store() or give this VAE another name"
-                    )
-                if not param.is_contiguous():
+                if param.requires_grad and not param.is_contiguous():  # pyro.module skips frozen
                     raise ValueError(
                         f"parameter '{full}' is not contiguous (strides {param.stride()}): Pyro's "
                         "param store would train a contiguous copy of it, not the network's "
                         "tensor; keep parameters in the default memory format (activations may "
                         "be channels_last)"
+                    )
+                if full in store and store.get_param(full) is not param:
+                    raise ValueError(
+                        f"Pyro's param store already holds '{full}' from another module; call "
+                        "pyro.clear_param_store() or give this VAE another name"
                     )
 
     @torch.no_grad()

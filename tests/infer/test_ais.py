@@ -194,7 +194,7 @@ def test_each_datapoint_gets_its_own_step_size():
     # within its own error bar (about 0.04 nats with 64 chains; with 16 it was 0.06-0.09, and a
     # fixed 0.05 passed or failed by the seed's luck, as the CPU's rounding decided)
     assert bool(((r.log_px - exact).abs() < 3 * r.stderr + 0.02).all()), r.log_px - exact
-    assert float(r.stderr.max()) < 0.06
+    assert float(r.stderr.max()) < 0.08  # 0.03-0.05 over seeds
 
 
 def test_kept_log_weights_give_the_estimate():

@@ -61,9 +61,9 @@ def test_the_decoder_gives_each_parameter_its_own_image_in_the_likelihoods_layou
     assert torch.equal(raw, out[:, 1].reshape(5, 24))
 
 
-def test_the_decoder_runs_channels_last_activations_with_the_same_values():
+def test_the_decoder_runs_channels_last_activations_with_the_same_values_and_gradients():
     """channels_last activations are oneDNN's faster layout on a CPU (docs/speed.md); they must
-    change nothing but the speed."""
+    change nothing but the speed and the order of float sums."""
     decoder = ConvDecoderNet(3, (9, 6), (4, 5), (8,), params_per_dim=2).double()
     z = torch.randn(2, 7, 3, dtype=torch.float64)
     h = decoder.dense(z.reshape(-1, 3)).reshape(-1, *decoder.start).contiguous()
@@ -74,7 +74,14 @@ def test_the_decoder_runs_channels_last_activations_with_the_same_values():
             )
         else:
             h = layer(h)
-    torch.testing.assert_close(decoder(z), h.reshape(2, 7, -1), rtol=1e-12, atol=1e-12)
+    out = decoder(z)
+    torch.testing.assert_close(out, h.reshape(2, 7, -1), rtol=1e-12, atol=1e-12)
+    probe = torch.randn(out.shape, dtype=torch.float64)
+    params = list(decoder.parameters())
+    ours = torch.autograd.grad((out * probe).sum(), params)
+    reference = torch.autograd.grad((h.reshape(2, 7, -1) * probe).sum(), params)
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("layers", [1, 2])
