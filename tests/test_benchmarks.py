@@ -41,6 +41,11 @@ def test_bench_quick_json_interface(tmp_path):
     assert d["evaluate"]["num_datapoints"] == 40  # --eval-points
     assert {row["elbo"] for row in d["conv"]["rows"]} == {"trace", "meanfield"}
     assert all(row["ratio"] > 0 for row in d["conv"]["rows"])
+    layout = d["conv_layout"]  # the quick run's IWAE k=5 step in both activation layouts
+    assert layout["particles"] == 5
+    assert layout["speedup"] == pytest.approx(
+        layout["default_ms_per_step"] / layout["channels_last_ms_per_step"], rel=1e-6
+    )
     assert {row["precision"] for row in d["train"]} == {"fp32", "bf16"}
     for row in d["train"]:  # measured in a child process: a step needs some memory, not gigabytes
         assert 0 < row["pyro_peak_memory_mb"] < 2000 and 0 < row["reference_peak_memory_mb"] < 2000

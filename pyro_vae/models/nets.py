@@ -161,7 +161,13 @@ class ConvDecoderNet(Network):
     image back (the mirror of :class:`ConvEncoderNet`), to ``params_per_dim`` values per pixel
     and channel, flattened as the likelihood reads them: ``(..., params_per_dim * C*H*W)``, each
     parameter's image after the other.
+
+    On a CPU the transposed convolutions run on ``channels_last`` activations, oneDNN's faster
+    kernels there (``channels_last_on_cpu``; ``benchmarks/bench.py`` turns it off to measure
+    the difference).
     """
+
+    channels_last_on_cpu: bool = True
 
     def __init__(
         self,
@@ -189,11 +195,11 @@ class ConvDecoderNet(Network):
     def compute(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
         h = self.dense(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start)
-        if h.device.type == "cpu":
-            # channels_last activations: oneDNN's faster transposed convolutions (docs/speed.md;
-            # not measured on a GPU, so not used there). The same values, float sums in another
-            # order. The weights keep the default layout: Pyro's param store would train a
-            # contiguous copy of one that is not (VAE.check_param_store).
+        if self.channels_last_on_cpu and h.device.type == "cpu":
+            # channels_last activations (docs/speed.md; not measured on a GPU, so not used
+            # there): the same values, float sums in another order. The weights keep the default
+            # layout: Pyro's param store would train a contiguous copy of one that is not
+            # (VAE.check_param_store).
             h = h.contiguous(memory_format=torch.channels_last)
         return self.deconvs(h).reshape(*lead, self.out_features)
 
