@@ -528,7 +528,18 @@ def main(argv=None) -> int:
         metavar="B,ELBO,PRECISION,STEP",
         help="only print the peak memory (MB) of CPU training steps (STEP: pyro, per_param, ref)",
     )
+    parser.add_argument(
+        "--conv-layout",
+        type=int,
+        default=None,
+        metavar="K",
+        help="only time the conv networks' IWAE step with K particles in both activation layouts",
+    )
     args = parser.parse_args(argv)
+    if args.conv_layout:
+        data = load_images(10000, torch.device("cpu"))[0]
+        bench_conv_layout(torch.device("cpu"), args.conv_layout, steps=3, repeats=3, data=data)
+        return 0
     if args.peak_memory:
         k, n = (int(v) for v in args.peak_memory.split(","))
         print(cpu_peak_child(k, n))
