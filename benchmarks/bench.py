@@ -179,7 +179,7 @@ def train_steppers(device, batch_size, elbo_name, precision, data, cfg) -> dict:
     """Step functions, each with its own freshly initialised VAE: pyro_vae's SVI ("pyro"), the
     same with Pyro's per-parameter Adam ("per_param"), and the hand-written step ("ref")."""
     n = data.shape[0]
-    batches = [data[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    batches = minibatches(data, batch_size)
     elbo_cls = ELBOS[elbo_name]
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -202,6 +202,11 @@ def train_steppers(device, batch_size, elbo_name, precision, data, cfg) -> dict:
         "per_param": cycling(svi_step(svi_pp), batches, vae_pp, precision),
         "ref": cycling(ref, batches, ref_vae, precision),
     }
+
+
+def minibatches(data: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """The whole minibatches of ``data``, in order (a partial last one left out)."""
+    return [data[i : i + batch_size] for i in range(0, data.shape[0] - batch_size + 1, batch_size)]
 
 
 def train_peak_mb(device, steppers, name, spec) -> float:
@@ -309,7 +314,7 @@ def bench_conv_layout(device, particles, steps, repeats, data) -> dict:
     channels_last activations (as pyro_vae runs them on a CPU) against the default layout:
     two VAEs built alike, timed in turn."""
     cfg = ModelConfig(latent_dim=LATENT, **CONV)
-    batches = [data[i : i + 128] for i in range(0, data.shape[0] - 127, 128)]
+    batches = minibatches(data, 128)
     index = torch.arange(128, device=data.device)
     steppers = {}
     pyro.clear_param_store()
@@ -536,7 +541,9 @@ def main(argv=None) -> int:
         help="only time the conv networks' IWAE step with K particles in both activation layouts",
     )
     args = parser.parse_args(argv)
-    if args.conv_layout:
+    if args.conv_layout is not None:
+        if args.conv_layout < 1:
+            parser.error(f"--conv-layout: K must be at least 1, got {args.conv_layout}")
         data = load_images(10000, torch.device("cpu"))[0]
         bench_conv_layout(torch.device("cpu"), args.conv_layout, steps=3, repeats=3, data=data)
         return 0

@@ -54,8 +54,9 @@ def parser(
         "--threads",
         type=_positive_int,
         default=None,
-        help="CPU threads of every run (torch.set_num_threads; default: torch's, one per core). "
-        "Convolutions round differently with another count, so rows to be compared want one",
+        help="CPU threads of every run (torch.set_num_threads; default: OMP_NUM_THREADS, else "
+        "one per core). Float sums round differently with another count, so runs to be "
+        "compared want one",
     )
     add_config_flags(p, defaults or RunConfig(), CONFIG_FLAGS)
     return p
@@ -71,7 +72,7 @@ def _positive_int(text: str) -> int:
 def base_config(args, defaults: RunConfig | None = None) -> RunConfig:
     """``defaults`` (pyro-vae train's when None) with the values of the flags; sets
     ``--threads`` for the rest of the process."""
-    if getattr(args, "threads", None) is not None:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     return config_from_flags(args, defaults or RunConfig())
 
