@@ -66,7 +66,7 @@ class _ModelFields:
     guide: str = option("diagonal", "q(z|x)", names="GUIDES")
     net: str = option(
         "mlp",
-        "networks of encoder and decoder: mlp, or conv (convolutions, for images)",
+        "networks of encoder and decoder (conv: convolutions, for images)",
         names="NETWORKS",
     )
     top_latent_dim: int | None = option(
@@ -135,6 +135,14 @@ class _TrainFields:
         "clip the gradients' total norm to this before each step (default: no clipping)",
         positive=True,
         metavar="C",
+    )
+    max_seconds: float | None = option(
+        None,
+        "a time budget: stop after the first epoch at which training's time, the sum of the "
+        "epochs' seconds in metrics.csv (a resumed run's earlier epochs included), reaches S "
+        "(default: no limit)",
+        positive=True,
+        metavar="S",
     )
     precision: str = option(
         "fp32",
@@ -285,6 +293,7 @@ ADDED_LATER = {
         "lr_schedule": "none",
         "lr_patience": 5,
         "clip_norm": None,
+        "max_seconds": None,
     },
 }
 

@@ -385,3 +385,26 @@ def test_early_stopping_schedules_and_clipping_run_the_same_on_every_rank(tmp_pa
     assert last["epoch"] == 60 or last["epoch"] - stopping["best_epoch"] == 2
     assert done.stdout.count("stopped early") == (last["epoch"] < 60)
     assert last["lr_schedule"]["best"] == pytest.approx(stopping["best"])  # one score, both
+
+
+def test_a_time_budget_stops_every_rank_after_the_same_epoch(tmp_path):
+    """Rank 0's clock decides, and the others hear it: a rank that trained on alone would hang
+    the launch in its next collective (the launch's timeout fails the test)."""
+    tiny = ("train", "--hidden", "16", "--latent-dim", "2", "--batch-size", "64", "--no-progress")
+    done = _launch(
+        *tiny,
+        "--epochs",
+        "1000",
+        "--max-seconds",
+        "2",
+        "--no-eval",
+        "--out",
+        tmp_path / "r",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("stopped at the time budget of 2 s") == 1  # rank 0 alone prints
+    seconds = [r.seconds for r in RunDir(tmp_path / "r").read_metrics()]
+    assert len(seconds) < 1000 and sum(seconds[:-1]) < 2 <= sum(seconds)
+    last = torch.load(RunDir(tmp_path / "r").checkpoint_path, weights_only=True)
+    assert last["epoch"] == len(seconds)

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pyro
@@ -264,6 +265,66 @@ def test_early_stopping_keeps_the_best_epoch_evaluates_it_and_resumes_exactly(tm
     again = jobs.train(config, tmp_path / "whole", resume=True, echo=said.append)
     assert again.history == whole.history  # a stopped run does not train on
     assert "(stopped early; best epoch" in said[0]
+
+
+def _epochs_of_one_second(monkeypatch):
+    """Every epoch takes exactly 1 s by the trainer's clock: a time budget stops at a known
+    epoch whatever this machine's speed."""
+    train_epoch = Trainer.train_epoch
+    monkeypatch.setattr(
+        Trainer,
+        "train_epoch",
+        lambda self: dataclasses.replace(train_epoch(self), seconds=1.0),
+    )
+
+
+def test_a_time_budget_stops_after_the_epoch_that_reaches_it_and_resumes_exactly(
+    tmp_path, monkeypatch
+):
+    _epochs_of_one_second(monkeypatch)
+    config = _small_config(epochs=50, max_seconds=2.5)
+    said = []
+    budget = jobs.train(config, tmp_path / "budget", evaluate_at_end=False, echo=said.append)
+    assert [r.epoch for r in budget.history] == [1, 2, 3]  # 3 s >= 2.5 s, after 2 s it was not
+    assert [r.seconds for r in RunDir(tmp_path / "budget").read_metrics()] == [1.0, 1.0, 1.0]
+    assert said[-1] == "stopped at the time budget of 2.5 s: training took 3.0 s in 3 epochs"
+    assert said[-2].startswith("epoch    3/50")  # the last epoch's line is printed
+    # a run at its budget does not train on ...
+    said.clear()
+    again = jobs.train(
+        config, tmp_path / "budget", resume=True, evaluate_at_end=False, echo=said.append
+    )
+    assert again.history == budget.history
+    assert "(stopped at its time budget of 2.5 s)" in said[0]
+    # ... until the budget grows: the earlier epochs' seconds count, and the run continues
+    # exactly as one that was never stopped
+    more = config.replace(train={"max_seconds": 4.0})
+    longer = jobs.train(
+        more, tmp_path / "budget", resume=True, evaluate_at_end=False, echo=said.append
+    )
+    assert [r.epoch for r in longer.history] == [1, 2, 3, 4]
+    whole = jobs.train(
+        config.replace(train={"epochs": 4, "max_seconds": None}),
+        tmp_path / "whole",
+        evaluate_at_end=False,
+        echo=said.append,
+    )
+    a = torch.load(RunDir(tmp_path / "whole").checkpoint_path, weights_only=True)
+    b = torch.load(RunDir(tmp_path / "budget").checkpoint_path, weights_only=True)
+    assert a["epoch"] == b["epoch"] == 4 and len(whole.history) == 4
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    # --epochs still ends a run whose budget is not spent, and the budget must be positive
+    capped = jobs.train(
+        config.replace(train={"epochs": 2}),
+        tmp_path / "capped",
+        evaluate_at_end=False,
+        echo=said.append,
+    )
+    assert len(capped.history) == 2 and not any("time budget" in s for s in said[-2:])
+    with pytest.raises(ConfigError) as e:
+        config.replace(train={"max_seconds": 0.0})
+    assert e.value.option == "train.max_seconds"
 
 
 def test_gradients_are_clipped_to_the_norm_asked_for(monkeypatch):

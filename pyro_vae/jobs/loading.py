@@ -16,7 +16,10 @@ from pyro_vae.models import VAE
 from pyro_vae.runs import RunDir
 
 # Options that may change when a run is resumed: they do not change what is being fitted.
-RESUMABLE = {"train": {"epochs", "device", "log_every", "eval_samples"}, "data": {"data_dir"}}
+RESUMABLE = {
+    "train": {"epochs", "max_seconds", "device", "log_every", "eval_samples"},
+    "data": {"data_dir"},
+}
 
 
 def training_identity(config: RunConfig) -> RunConfig:

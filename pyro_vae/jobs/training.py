@@ -121,8 +121,26 @@ def _train_claimed(
     elif resume:
         echo(f"{run.path}: no epoch was finished; training from the beginning")
 
-    def finished() -> bool:
-        return trainer.epoch >= config.train.epochs or stopping.stops_after(trainer.epoch)
+    def seconds_spent() -> float:
+        """Training's time so far: the sum of the epochs' seconds, a resumed run's earlier
+        ones included (on rank 0, which read them from metrics.csv)."""
+        return sum(s.seconds for s in history)
+
+    def out_of_time(sync: bool = True) -> bool:
+        """Whether training's time has reached ``train.max_seconds``: rank 0's
+        :func:`seconds_spent`, which the other ranks receive when ``sync`` (a collective call:
+        every rank makes it, or none)."""
+        if config.train.max_seconds is None:
+            return False
+        spent = seconds_spent() >= config.train.max_seconds
+        return broadcast_object(spent, world) if sync and world.is_distributed else spent
+
+    def finished(sync: bool = True) -> bool:
+        return (
+            trainer.epoch >= config.train.epochs
+            or stopping.stops_after(trainer.epoch)
+            or out_of_time(sync)
+        )
 
     def after_epoch(stats: EpochStats) -> bool:
         """The validation score (rank 0's, on every rank) to the schedule and early stopping,
@@ -143,7 +161,7 @@ def _train_claimed(
             evaluate(run.path, num_samples=config.train.eval_samples, world=world)
         return TrainResult(run.path, history, None)
     run.write_config(config)
-    if finished():
+    if finished(sync=False):  # rank 0 alone: the others ask in their loop's first test
         done = [  # the evaluation training would make: IWAE of the whole test split
             e
             for e in run.select_evaluations(
@@ -154,6 +172,8 @@ def _train_claimed(
         trained = f"already trained for {plural(trainer.epoch, 'epoch')} of {config.train.epochs}"
         if stopping.stops_after(trainer.epoch) and trainer.epoch < config.train.epochs:
             trained += f" (stopped early; best epoch {stopping.best_epoch})"
+        elif out_of_time(sync=False) and trainer.epoch < config.train.epochs:
+            trained += f" (stopped at its time budget of {config.train.max_seconds:g} s)"
         if evaluate_at_end and done:
             echo(f"{run.path}: {trained} and evaluated ({done[0].json_path})")
             _evaluates_after(world, False)
@@ -178,7 +198,9 @@ def _train_claimed(
         run.save_checkpoint(state, identity)
         run.write_metrics(history)
         stops = stopping.stops_after(stats.epoch)
-        if stats.epoch % report_every == 0 or stats.epoch == config.train.epochs or stops:
+        timed_out = not stops and out_of_time(sync=False) and stats.epoch < config.train.epochs
+        final = stats.epoch == config.train.epochs or stops or timed_out
+        if stats.epoch % report_every == 0 or final:
             rate = "" if schedule.lr is None else f"  lr {schedule.lr:.3g}"
             watched = (
                 f"  val L_{config.train.stop_samples} {stats.val_bound:9.3f}"
@@ -196,6 +218,11 @@ def _train_claimed(
                 f"for {plural(stopping.patience, 'epoch')}; the best epoch, "
                 f"{stopping.best_epoch} (val L_{config.train.stop_samples} "
                 f"{stopping.best:.3f} nats), is kept in {run.best_path.name}"
+            )
+        if timed_out:
+            echo(
+                f"stopped at the time budget of {config.train.max_seconds:g} s: training took "
+                f"{seconds_spent():.1f} s in {plural(stats.epoch, 'epoch')}"
             )
     evaluation = None
     if _evaluates_after(world, evaluate_at_end):
