@@ -48,6 +48,8 @@ COLUMNS = [
     "frac_khat_above_threshold",
     "train_seconds",
 ]
+# pyro-vae train's, scored with K = 5000 as in Burda et al.
+DEFAULTS = RunConfig().replace(train={"eval_samples": 5000})
 OBJECTIVE_NAMES = {"trace": "VAE (Trace_ELBO)", "meanfield": "VAE (TraceMeanField_ELBO)"}
 
 
@@ -74,7 +76,7 @@ def variants(base: RunConfig, args) -> dict[str, RunConfig]:
 
 
 def main(argv=None) -> int:
-    p = parser(__doc__.split("\n\n")[0], "experiments/out/burda_table")
+    p = parser(__doc__.split("\n\n")[0], "experiments/out/burda_table", DEFAULTS)
     p.add_argument("--ks", default="1,5,50", help="particles k of the training objectives")
     p.add_argument("--layers", default="1,2", help="stochastic layers: 1, 2 or 1,2")
     p.add_argument("--nets", default="mlp,conv", help="networks: mlp, conv or mlp,conv")
@@ -92,9 +94,8 @@ def main(argv=None) -> int:
         help="add to an earlier --out: reuse its runs (finishing interrupted ones) and their "
         "kept evaluations",
     )
-    p.set_defaults(eval_samples=5000)
     args = p.parse_args(argv)
-    base = base_config(args)
+    base = base_config(args, DEFAULTS)
     if args.top_latent_dim is None:
         args.top_latent_dim = max(1, base.model.latent_dim // 2)
     title = (

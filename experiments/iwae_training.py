@@ -13,13 +13,17 @@ import sys
 
 from _common import base_config, parser, report_bars, run_variants
 
+from pyro_vae.config import RunConfig
+
+# pyro-vae train's, scored with K = 5000 as in Burda et al.
+DEFAULTS = RunConfig().replace(train={"eval_samples": 5000})
+
 
 def main(argv=None) -> int:
-    p = parser(__doc__.split("\n\n")[0], "experiments/out/iwae_training")
+    p = parser(__doc__.split("\n\n")[0], "experiments/out/iwae_training", DEFAULTS)
     p.add_argument("--ks", default="5,50", help="IWAE particle counts to train with")
-    p.set_defaults(eval_samples=5000)
     args = p.parse_args(argv)
-    base = base_config(args)
+    base = base_config(args, DEFAULTS)
     variants = {"ELBO (K=1)": ("binarised", base.replace(train={"elbo": "trace"}))}
     for k in (int(k) for k in args.ks.split(",")):
         variants[f"IWAE (K={k})"] = (

@@ -72,7 +72,7 @@ def format_table(r: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, default=None, help="a trained run (default: train one)")
-    p.add_argument("--out", type=Path, default=Path("results/precision"))
+    p.add_argument("--out", type=Path, default=Path("experiments/out/precision"))
     add_config_flags(p, RunConfig(), ("train.eval_samples", "train.epochs"))
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

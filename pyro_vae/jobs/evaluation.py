@@ -204,8 +204,8 @@ def bdmc(
     upper bound of each simulated datapoint's log p(x) (:func:`pyro_vae.infer.bdmc`); IWAE from
     the guide with K = ``num_samples`` is reported on the same data, below the upper bound.
     ``settings`` (``ais_steps``, ``ais_chains``, ``ais_leapfrog``) are AIS's, as for
-    :func:`evaluate`. Kept in ``RUN_DIR/bdmc/bdmc-TT-CC.json`` with the simulated data, latents
-    and per-datapoint bounds in ``.npz`` beside it.
+    :func:`evaluate`. Kept in ``RUN_DIR/bdmc/bdmc-T{steps}-C{chains}.json`` with the simulated
+    data, latents and per-datapoint bounds in ``.npz`` beside it.
 
     With ``world`` holding several ranks (a torchrun launch), rank 0 simulates the data and
     sends it to the others; the ranks share both directions of AIS and the IWAE estimate in

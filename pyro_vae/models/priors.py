@@ -113,7 +113,7 @@ class VampPrior(Prior):
     def build(cls, params: Components, context: BuildContext) -> VampPrior:
         return cls(context.encoder, context.data_dim, params.num_components)
 
-    def __init__(self, encoder: nn.Module, data_dim: int, num_components: int = 50):
+    def __init__(self, encoder: nn.Module, data_dim: int, num_components: int = 10):
         super().__init__(encoder.latent_dim)
         if num_components < 1:
             raise ValueError(f"num_components must be at least 1, got {num_components}")
