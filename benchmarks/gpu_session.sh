@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything issue 5 measures on a GPU, in one call: session.log and JSON/PNG files under $OUT
-# (five files: the device tool brings back at most eight).
+# (six files: the device tool brings back at most eight).
 #
 # Prepare here (once, from the project root):
 #   ../shared/tools/gpu-wheels.sh                       # pyro-ppl, arviz, ... into .whl/
@@ -45,4 +45,10 @@ step alternatives python3 benchmarks/alternatives.py --device "$device" \
 # the workflow checks on the device (their CUDA paths have not run anywhere else)
 step check bash -c "python3 -m pyro_vae train --device $device --epochs 5 --no-progress \
   --out /tmp/gpu-check-run && python3 -m pyro_vae check /tmp/gpu-check-run --no-progress"
+# conv against MLP at equal wall-clock on the device (issue 15's target; the CPU's answer is in
+# docs/results.md): EQUAL_SECONDS of training each, scored with K = 100 on 2000 test images
+step equal_time python3 experiments/equal_time.py --dataset fashion-mnist --device "$device" \
+  --seconds "${EQUAL_SECONDS:-60}" --latent-dim 16 --hidden 512,512 --conv-hidden 512 \
+  --test-points 2000 --out /tmp/gpu-equal-time
+cp /tmp/gpu-equal-time/equal_time.png "$out/equal_time_$device.png" 2>/dev/null || true
 exit $status

@@ -300,3 +300,32 @@ def test_workflow_checks_smoke(tmp_path):
     assert (tmp_path / "sbc_coverage.png").stat().st_size > 1000
     assert (tmp_path / "bernoulli-iwae2-sbc-ecdf.png").stat().st_size > 1000
     assert "| bernoulli-trace |" in (tmp_path / "table.md").read_text()
+
+
+def test_equal_time_smoke(tmp_path):
+    from pyro_vae.runs import RunDir
+
+    flags = ["--seconds", "1.5", "--latent-dim", "2", "--hidden", "16", "--conv-hidden", "8"]
+    flags += ["--channels", "4,8", "--eval-samples", "8", "--test-points", "40", "--threads", "1"]
+    rows = _run("equal_time.py", tmp_path, *flags)
+    assert [(r["net"], r["hidden"]) for r in rows] == [("mlp", "16"), ("conv", "8")]
+    for row in rows:
+        run = RunDir(tmp_path / "runs" / row["net"])
+        seconds = [r.seconds for r in run.read_metrics()]
+        # each trained until the epoch whose time reached the budget, and no longer
+        assert sum(seconds[:-1]) < 1.5 <= sum(seconds) == pytest.approx(float(row["train_seconds"]))
+        assert int(row["epochs"]) == len(seconds) and run.read_config().model.net == row["net"]
+        (kept,) = run.select_evaluations(num_samples=8)
+        assert kept.evaluation.num_datapoints == 40
+        assert float(row["log_px"]) == kept.evaluation.log_px
+    assert RunDir(tmp_path / "runs" / "conv").read_config().model.channels == (4, 8)
+    assert "| conv | 4,8; 8 |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "equal_time.png").stat().st_size > 1000
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "equal_time.py"), "--seconds", "1"]
+        + ["--nets", "mlp,mlp", "--out", str(tmp_path / "again")],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0 and "--nets" in refused.stderr
+    assert not (tmp_path / "again").exists()

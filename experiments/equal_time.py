@@ -1,0 +1,155 @@
+"""Networks at equal wall-clock: MLP and convolutional VAEs, each trained for the same time.
+
+Each network in --nets trains the base config until its training time (the sum of the epochs'
+seconds, ``pyro-vae train --max-seconds``) reaches --seconds, or --epochs are done, whichever
+comes first; then it is scored on the test split (the first --test-points, K = --eval-samples).
+A run stops after the epoch that reaches the budget, so it can overshoot it by up to one of its
+epochs: the table gives each run's own training time, and the figure draws the validation ELBO
+of every epoch against the time spent, where the networks can be compared at any time up to
+the budget. Runs compared by time want an otherwise idle machine and one thread count
+(--threads). Writes runs/, table.csv, table.md and equal_time.png.
+
+Usage: python experiments/equal_time.py --dataset fashion-mnist --seconds 450 [--nets mlp,conv]
+       [--hidden 512,512] [--conv-hidden 512] [--channels 32,64] [--test-points N]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from _common import _percent, base_config, parser, train_fresh, write_files
+
+from pyro_vae import jobs
+from pyro_vae.cli import add_config_flags
+from pyro_vae.config import RunConfig
+from pyro_vae.options import parse_widths
+
+# pyro-vae train's, with no epoch limit short of the time budget and K = 100 at the end
+DEFAULTS = RunConfig().replace(train={"epochs": 100_000, "eval_samples": 100})
+EXTRA_FLAGS = ("model.channels", "train.batch_size", "train.lr")
+NETS = ("mlp", "conv")
+
+COLUMNS = [
+    "net",
+    "hidden",
+    "epochs",
+    "train_seconds",
+    "val_elbo",
+    "log_px",
+    "log_px_stderr",
+    "elbo",
+    "active_units",
+    "frac_khat_above_threshold",
+]
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__.split("\n\n")[0], "experiments/out/equal_time", DEFAULTS)
+    p.add_argument(
+        "--seconds", type=float, required=True, help="training time of every run, in seconds"
+    )
+    p.add_argument("--nets", default="mlp,conv", help="networks: mlp, conv or mlp,conv")
+    p.add_argument(
+        "--conv-hidden",
+        type=parse_widths,
+        default=None,
+        help="widths of the conv networks' dense layers (default: --hidden)",
+    )
+    p.add_argument(
+        "--test-points", type=int, default=None, help="score the first N test points only"
+    )
+    add_config_flags(p, DEFAULTS, EXTRA_FLAGS)
+    args = p.parse_args(argv)
+    nets = args.nets.split(",")
+    if not nets or any(n not in NETS for n in nets) or len(set(nets)) < len(nets):
+        raise SystemExit(
+            f"--nets must name each of {', '.join(NETS)} at most once, got {args.nets}"
+        )
+    if not args.seconds > 0:
+        raise SystemExit(f"--seconds must be positive, got {args.seconds}")
+    base = base_config(args, DEFAULTS).replace(train={"max_seconds": args.seconds})
+    rows, curves = [], {}
+    for net in nets:
+        hidden = base.model.hidden if net == "mlp" else args.conv_hidden or base.model.hidden
+        config = base.replace(model={"net": net, "hidden": hidden})
+        run_dir = args.out / "runs" / net
+        result, _ = train_fresh(config, run_dir, evaluate_at_end=False)
+        ev = jobs.evaluate(run_dir, num_samples=config.train.eval_samples, first=args.test_points)
+        history = result.history
+        spent, curve = 0.0, []
+        for r in history:
+            spent += r.seconds
+            curve.append((spent, r.val_elbo))
+        curves[net] = curve
+        row = {
+            "net": net,
+            "hidden": ",".join(map(str, hidden)),
+            "epochs": len(history),
+            "train_seconds": spent,
+            "val_elbo": history[-1].val_elbo,
+            "log_px": ev.log_px,
+            "log_px_stderr": ev.log_px_stderr,
+            "elbo": ev.elbo,
+            "active_units": ev.active_units,
+            "frac_khat_above_threshold": ev.frac_khat_above_threshold,
+        }
+        rows.append(row)
+        print(
+            f"  {net:5s} {len(history):5d} epochs in {spent:7.1f} s: val ELBO "
+            f"{row['val_elbo']:9.3f}, test log p(x) {ev.log_px:9.3f}",
+            file=sys.stderr,
+        )
+    points = "" if args.test_points is None else f" (first {args.test_points})"
+    title = (
+        f"{args.dataset}, {args.seconds:g} s of training each, latent {base.model.latent_dim}, "
+        f"test split{points}, K={base.train.eval_samples}"
+    )
+    print(write_table(rows, args.out, title, base.model.channels))
+    plot(curves, args.seconds, args.out / "equal_time.png", title)
+    print(f"wrote {args.out}/table.csv, table.md, equal_time.png")
+    return 0
+
+
+def write_table(rows: list[dict], out, title: str, channels) -> str:
+    lines = [
+        f"**{title}**",
+        "",
+        "| net | widths | epochs | train s | val ELBO, last epoch | test log p(x) | ELBO "
+        "| active | k-hat > 0.7 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        widths = (
+            r["hidden"] if r["net"] == "mlp" else f"{','.join(map(str, channels))}; {r['hidden']}"
+        )
+        lines.append(
+            f"| {r['net']} | {widths} | {r['epochs']} | {r['train_seconds']:.0f} "
+            f"| {r['val_elbo']:.2f} | {r['log_px']:.2f} ± {r['log_px_stderr']:.2f} "
+            f"| {r['elbo']:.2f} | {r['active_units']} "
+            f"| {_percent(r['frac_khat_above_threshold'])} |"
+        )
+    return write_files(out, COLUMNS, rows, lines)
+
+
+def plot(curves: dict[str, list[tuple[float, float]]], budget: float, path, title: str) -> None:
+    """The validation ELBO after each epoch against the training time spent, per network."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.2), dpi=120)
+    ax = fig.subplots()
+    for net, curve in curves.items():
+        ax.plot([t for t, _ in curve], [v for _, v in curve], "o-", ms=3, label=net)
+    ax.axvline(budget, color="0.5", ls="--", lw=1, label=f"budget ({budget:g} s)")
+    values = sorted(v for curve in curves.values() for _, v in curve)
+    ax.set_ylim(values[len(values) // 10] - 1.0, values[-1] + 0.5)  # the first epochs off-scale
+    ax.set_xlabel("training time, s (sum of the epochs' seconds)")
+    ax.set_ylabel("validation ELBO, nats (higher is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
