@@ -3,10 +3,13 @@
 Each network in --nets trains the base config until its training time (the sum of the epochs'
 seconds, ``pyro-vae train --max-seconds``) reaches --seconds, or --epochs are done, whichever
 comes first; then it is scored on the test split (the first --test-points, K = --eval-samples).
-A run stops after the epoch that reaches the budget, so it can overshoot it by up to one of its
-epochs: the table gives each run's own training time, and the figure draws the validation ELBO
-of every epoch against the time spent, where the networks can be compared at any time up to
-the budget. Runs compared by time want an otherwise idle machine and one thread count
+A run stops after the epoch that reaches the budget, so it overshoots it by up to one of its
+epochs, more for a network with longer epochs. So the table gives each run's own training time
+and test log p(x) (at that time), and, at one time for all, T = the shortest run's time, each
+run's validation ELBO interpolated linearly between the epochs around T. The figure draws the
+validation ELBO of every epoch against the time spent, where the networks can be compared at
+any time up to the budget. Each run's first epoch includes its one-time costs (allocations,
+kernel choices). Runs compared by time want an otherwise idle machine and one thread count
 (--threads). Writes runs/, table.csv, table.md and equal_time.png.
 
 Usage: python experiments/equal_time.py --dataset fashion-mnist --seconds 450 [--nets mlp,conv]
@@ -15,6 +18,7 @@ Usage: python experiments/equal_time.py --dataset fashion-mnist --seconds 450 [-
 
 from __future__ import annotations
 
+import math
 import sys
 
 from _common import _percent, base_config, parser, train_fresh, write_files
@@ -35,6 +39,7 @@ COLUMNS = [
     "epochs",
     "train_seconds",
     "val_elbo",
+    "val_elbo_at_common_time",
     "log_px",
     "log_px_stderr",
     "elbo",
@@ -65,8 +70,8 @@ def main(argv=None) -> int:
         raise SystemExit(
             f"--nets must name each of {', '.join(NETS)} at most once, got {args.nets}"
         )
-    if not args.seconds > 0:
-        raise SystemExit(f"--seconds must be positive, got {args.seconds}")
+    if not (args.seconds > 0 and math.isfinite(args.seconds)):
+        raise SystemExit(f"--seconds must be a positive number, got {args.seconds}")
     base = base_config(args, DEFAULTS).replace(train={"max_seconds": args.seconds})
     rows, curves = [], {}
     for net in nets:
@@ -99,24 +104,35 @@ def main(argv=None) -> int:
             f"{row['val_elbo']:9.3f}, test log p(x) {ev.log_px:9.3f}",
             file=sys.stderr,
         )
+    common = min(r["train_seconds"] for r in rows)
+    for row in rows:
+        row["val_elbo_at_common_time"] = value_at(curves[row["net"]], common)
     points = "" if args.test_points is None else f" (first {args.test_points})"
     title = (
-        f"{args.dataset}, {args.seconds:g} s of training each, latent {base.model.latent_dim}, "
-        f"test split{points}, K={base.train.eval_samples}"
+        f"{args.dataset}, a budget of {args.seconds:g} s of training each, latent "
+        f"{base.model.latent_dim}, test split{points}, K={base.train.eval_samples}"
     )
-    print(write_table(rows, args.out, title, base.model.channels))
+    print(write_table(rows, args.out, title, base.model.channels, common))
     plot(curves, args.seconds, args.out / "equal_time.png", title)
     print(f"wrote {args.out}/table.csv, table.md, equal_time.png")
     return 0
 
 
-def write_table(rows: list[dict], out, title: str, channels) -> str:
+def value_at(curve: list[tuple[float, float]], t: float) -> float:
+    """The curve's value at time ``t``, linear between its points (NaN before its first)."""
+    for (t0, v0), (t1, v1) in zip(curve, curve[1:], strict=False):
+        if t0 <= t <= t1:
+            return v0 + (v1 - v0) * (t - t0) / (t1 - t0) if t1 > t0 else v1
+    return curve[-1][1] if curve and t == curve[-1][0] else math.nan
+
+
+def write_table(rows: list[dict], out, title: str, channels, common: float) -> str:
     lines = [
         f"**{title}**",
         "",
-        "| net | widths | epochs | train s | val ELBO, last epoch | test log p(x) | ELBO "
-        "| active | k-hat > 0.7 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| net | widths | epochs | train s | val ELBO, last epoch | val ELBO at {common:.4g} s "
+        "| test log p(x) | ELBO | active | k-hat > 0.7 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         widths = (
@@ -124,11 +140,16 @@ def write_table(rows: list[dict], out, title: str, channels) -> str:
         )
         lines.append(
             f"| {r['net']} | {widths} | {r['epochs']} | {r['train_seconds']:.0f} "
-            f"| {r['val_elbo']:.2f} | {r['log_px']:.2f} ± {r['log_px_stderr']:.2f} "
+            f"| {r['val_elbo']:.2f} | {_nats(r['val_elbo_at_common_time'])} "
+            f"| {r['log_px']:.2f} ± {r['log_px_stderr']:.2f} "
             f"| {r['elbo']:.2f} | {r['active_units']} "
             f"| {_percent(r['frac_khat_above_threshold'])} |"
         )
     return write_files(out, COLUMNS, rows, lines)
+
+
+def _nats(value: float) -> str:
+    return "n/a (no epoch yet)" if math.isnan(value) else f"{value:.2f}"
 
 
 def plot(curves: dict[str, list[tuple[float, float]]], budget: float, path, title: str) -> None:
@@ -137,11 +158,14 @@ def plot(curves: dict[str, list[tuple[float, float]]], budget: float, path, titl
 
     fig = Figure(figsize=(6.5, 4.2), dpi=120)
     ax = fig.subplots()
+    shown = []  # each curve's values after a tenth of its time: its first epochs may be off-scale
     for net, curve in curves.items():
         ax.plot([t for t, _ in curve], [v for _, v in curve], "o-", ms=3, label=net)
+        end = curve[-1][0]
+        shown += [v for t, v in curve if t >= end / 10 and math.isfinite(v)]
     ax.axvline(budget, color="0.5", ls="--", lw=1, label=f"budget ({budget:g} s)")
-    values = sorted(v for curve in curves.values() for _, v in curve)
-    ax.set_ylim(values[len(values) // 10] - 1.0, values[-1] + 0.5)  # the first epochs off-scale
+    if shown:
+        ax.set_ylim(min(shown) - 1.0, max(shown) + 0.5)
     ax.set_xlabel("training time, s (sum of the epochs' seconds)")
     ax.set_ylabel("validation ELBO, nats (higher is better)")
     ax.grid(alpha=0.3)

@@ -7,6 +7,7 @@ likelihood cannot score) prints one line starting ``pyro-vae: error:`` and exits
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import sys
@@ -414,16 +415,16 @@ def run(argv: list[str] | None = None) -> int:
             if not world.is_main:
                 say, progress = (lambda text: None), "off"
         try:
-            result = jobs.train(
-                config,
-                out,
-                resume=getattr(args, "resume", False),
-                evaluate_at_end=getattr(args, "evaluate", True),
-                progress=progress,
-                echo=say,
-                world=world,
-            )
-            _leave_launch(world)
+            with _launch_left(world):
+                result = jobs.train(
+                    config,
+                    out,
+                    resume=getattr(args, "resume", False),
+                    evaluate_at_end=getattr(args, "evaluate", True),
+                    progress=progress,
+                    echo=say,
+                    world=world,
+                )
         except KeyboardInterrupt:
             saved = (
                 "the last finished epoch is saved"
@@ -582,23 +583,38 @@ def _launched(job, device_name: str, progress, *args, **kwargs):
     """``job(*args, **kwargs)`` on this process's world (:func:`_join_launch`), with progress on
     rank 0 only, the process group closed after it; None on the other ranks of a launch."""
     world = _join_launch(device_name)
-    result = job(*args, progress=progress if world.is_main else "off", world=world, **kwargs)
-    _leave_launch(world)
-    return result
+    with _launch_left(world):
+        return job(*args, progress=progress if world.is_main else "off", world=world, **kwargs)
 
 
-def _leave_launch(world: World) -> None:
-    """Close the process group of a launch (nothing for one process). Reference cycles keep the
-    job's DistributedDataParallel wrapper, and through it the group, alive after the job: they
-    are collected first (with the param store's parameters, which its gradient hooks hang on).
-    Else the group's communication threads were torn down at interpreter exit, and a rank that
-    had finished its work aborted ("terminate called without an active exception") in about
-    half of the launches of ten epochs on this 2-core machine, failing the launch."""
-    if not world.is_distributed:
+@contextlib.contextmanager
+def _launch_left(world: World):
+    """Run the block, then close the process group of a launch (nothing for one process).
+
+    Reference cycles keep the job's DistributedDataParallel wrapper, and through it the group,
+    alive after the job: they are collected first (with the param store's parameters, which its
+    gradient hooks hang on). Else the group's communication threads were torn down at
+    interpreter exit, and a rank that had finished its work aborted ("terminate called without
+    an active exception") in about half of the launches of ten epochs on this 2-core machine,
+    failing the launch. After a job that ended normally every rank waits for the others first;
+    after an error (a diverged run raises on every rank) this rank closes its end alone, as the
+    others may never arrive.
+    """
+    try:
+        yield
+    except BaseException:
+        _close_group(world, together=False)
+        raise
+    _close_group(world, together=True)
+
+
+def _close_group(world: World, together: bool) -> None:
+    if not world.is_distributed or not torch.distributed.is_initialized():
         return
     pyro.clear_param_store()
     gc.collect()
-    torch.distributed.barrier()
+    if together:
+        torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 

@@ -61,8 +61,11 @@ class EstimatorSpec:
     num_samples: int = option(1000, "K, importance samples per datapoint", low=1, metavar="K")
     chunk_size: int | None = option(
         None,
-        "particles per vectorised pass (default: automatic, sized from free device memory)",
+        "iwae: particles per vectorised pass (default: automatic, sized from free device memory;"
+        " the other methods size their own passes and ignore it; refused with several "
+        "processes, whose passes are sized by the blocks)",
         low=1,
+        metavar="C",
     )
     ais_steps: int = option(500, "AIS: intermediate distributions", low=1, metavar="T")
     ais_chains: int = option(16, "AIS: chains per datapoint", low=1, metavar="C")

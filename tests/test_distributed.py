@@ -389,22 +389,20 @@ def test_early_stopping_schedules_and_clipping_run_the_same_on_every_rank(tmp_pa
 
 def test_a_time_budget_stops_every_rank_after_the_same_epoch(tmp_path):
     """Rank 0's clock decides, and the others hear it: a rank that trained on alone would hang
-    the launch in its next collective (the launch's timeout fails the test)."""
+    the launch in its next collective (the launch's timeout fails the test). A resumed launch of
+    a run at its budget and evaluated makes no collective call that the others do not."""
     tiny = ("train", "--hidden", "16", "--latent-dim", "2", "--batch-size", "64", "--no-progress")
-    done = _launch(
-        *tiny,
-        "--epochs",
-        "1000",
-        "--max-seconds",
-        "2",
-        "--no-eval",
-        "--out",
-        tmp_path / "r",
-        cwd=tmp_path,
-    )
+    args = (*tiny, "--epochs", "1000", "--max-seconds", "2", "--eval-samples", "5")
+    done = _launch(*args, "--out", tmp_path / "r", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("stopped at the time budget of 2 s") == 1  # rank 0 alone prints
     seconds = [r.seconds for r in RunDir(tmp_path / "r").read_metrics()]
     assert len(seconds) < 1000 and sum(seconds[:-1]) < 2 <= sum(seconds)
     last = torch.load(RunDir(tmp_path / "r").checkpoint_path, weights_only=True)
     assert last["epoch"] == len(seconds)
+    (kept,) = RunDir(tmp_path / "r").select_evaluations(num_samples=5)
+    assert kept.evaluation.epochs_trained == len(seconds)
+    again = _launch(*args, "--out", tmp_path / "r", "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("(stopped at its time budget of 2 s; a larger budget") == 1
+    assert len(RunDir(tmp_path / "r").read_metrics()) == len(seconds)

@@ -318,6 +318,13 @@ def test_equal_time_smoke(tmp_path):
         (kept,) = run.select_evaluations(num_samples=8)
         assert kept.evaluation.num_datapoints == 40
         assert float(row["log_px"]) == kept.evaluation.log_px
+    # at the shortest run's time its own last epoch, the other's between two of its epochs
+    shortest = min(rows, key=lambda r: float(r["train_seconds"]))
+    assert float(shortest["val_elbo_at_common_time"]) == pytest.approx(float(shortest["val_elbo"]))
+    for row in rows:  # no value only for a run whose first epoch ended after that time
+        first = RunDir(tmp_path / "runs" / row["net"]).read_metrics()[0].seconds
+        at = float(row["val_elbo_at_common_time"])
+        assert math.isnan(at) == (first > float(shortest["train_seconds"]))
     assert RunDir(tmp_path / "runs" / "conv").read_config().model.channels == (4, 8)
     assert "| conv | 4,8; 8 |" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "equal_time.png").stat().st_size > 1000

@@ -288,14 +288,16 @@ def test_a_time_budget_stops_after_the_epoch_that_reaches_it_and_resumes_exactly
     assert [r.epoch for r in budget.history] == [1, 2, 3]  # 3 s >= 2.5 s, after 2 s it was not
     assert [r.seconds for r in RunDir(tmp_path / "budget").read_metrics()] == [1.0, 1.0, 1.0]
     assert said[-1] == "stopped at the time budget of 2.5 s: training took 3.0 s in 3 epochs"
-    assert said[-2].startswith("epoch    3/50")  # the last epoch's line is printed
+    # a line each time training passes a tenth of the budget (every 5th epoch of 50 without it)
+    lines = [s for s in said if s.startswith("epoch")]
+    assert [line[:13] for line in lines] == ["epoch    1/50", "epoch    2/50", "epoch    3/50"]
     # a run at its budget does not train on ...
     said.clear()
     again = jobs.train(
         config, tmp_path / "budget", resume=True, evaluate_at_end=False, echo=said.append
     )
     assert again.history == budget.history
-    assert "(stopped at its time budget of 2.5 s)" in said[0]
+    assert "(stopped at its time budget of 2.5 s; a larger budget trains on)" in said[0]
     # ... until the budget grows: the earlier epochs' seconds count, and the run continues
     # exactly as one that was never stopped
     more = config.replace(train={"max_seconds": 4.0})
@@ -314,14 +316,27 @@ def test_a_time_budget_stops_after_the_epoch_that_reaches_it_and_resumes_exactly
     assert a["epoch"] == b["epoch"] == 4 and len(whole.history) == 4
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    # --epochs still ends a run whose budget is not spent, and the budget must be positive
-    capped = jobs.train(
-        config.replace(train={"epochs": 2}),
-        tmp_path / "capped",
-        evaluate_at_end=False,
-        echo=said.append,
-    )
-    assert len(capped.history) == 2 and not any("time budget" in s for s in said[-2:])
+    # --epochs ends a run first, or at the same epoch as its budget: no budget is reported
+    for epochs in (2, 3):
+        said.clear()
+        capped = jobs.train(
+            config.replace(train={"epochs": epochs}),
+            tmp_path / f"capped{epochs}",
+            evaluate_at_end=False,
+            echo=said.append,
+        )
+        assert len(capped.history) == epochs and not any("time budget" in s for s in said)
+        said.clear()
+        jobs.train(
+            config.replace(train={"epochs": epochs}),
+            tmp_path / f"capped{epochs}",
+            resume=True,
+            evaluate_at_end=False,
+            echo=said.append,
+        )
+        assert said == [
+            f"{tmp_path / f'capped{epochs}'}: already trained for {epochs} epochs of {epochs}"
+        ]
     with pytest.raises(ConfigError) as e:
         config.replace(train={"max_seconds": 0.0})
     assert e.value.option == "train.max_seconds"

@@ -126,21 +126,21 @@ def _train_claimed(
         ones included (on rank 0, which read them from metrics.csv)."""
         return sum(s.seconds for s in history)
 
-    def out_of_time(sync: bool = True) -> bool:
-        """Whether training's time has reached ``train.max_seconds``: rank 0's
-        :func:`seconds_spent`, which the other ranks receive when ``sync`` (a collective call:
-        every rank makes it, or none)."""
-        if config.train.max_seconds is None:
-            return False
-        spent = seconds_spent() >= config.train.max_seconds
-        return broadcast_object(spent, world) if sync and world.is_distributed else spent
+    def out_of_time() -> bool:
+        """Whether training's time (:func:`seconds_spent`) has reached ``train.max_seconds``."""
+        limit = config.train.max_seconds
+        return limit is not None and seconds_spent() >= limit
 
-    def finished(sync: bool = True) -> bool:
-        return (
+    def finished() -> bool:
+        """Whether training is over: rank 0's decision, which a launch's other ranks receive (a
+        collective call, which every rank makes at the same points: once before the first
+        epoch and once after each)."""
+        over = (
             trainer.epoch >= config.train.epochs
             or stopping.stops_after(trainer.epoch)
-            or out_of_time(sync)
+            or out_of_time()
         )
+        return broadcast_object(over, world) if world.is_distributed else over
 
     def after_epoch(stats: EpochStats) -> bool:
         """The validation score (rank 0's, on every rank) to the schedule and early stopping,
@@ -155,13 +155,16 @@ def _train_claimed(
         return stopping.active and stopping.update(trainer.epoch, score)
 
     if not writes:
-        while not finished():
+        over = finished()
+        while not over:
             after_epoch(trainer.train_epoch())
+            over = finished()
         if _evaluates_after(world, None):  # with rank 0, in shared blocks
             evaluate(run.path, num_samples=config.train.eval_samples, world=world)
         return TrainResult(run.path, history, None)
     run.write_config(config)
-    if finished(sync=False):  # rank 0 alone: the others ask in their loop's first test
+    over = finished()
+    if over:
         done = [  # the evaluation training would make: IWAE of the whole test split
             e
             for e in run.select_evaluations(
@@ -172,8 +175,11 @@ def _train_claimed(
         trained = f"already trained for {plural(trainer.epoch, 'epoch')} of {config.train.epochs}"
         if stopping.stops_after(trainer.epoch) and trainer.epoch < config.train.epochs:
             trained += f" (stopped early; best epoch {stopping.best_epoch})"
-        elif out_of_time(sync=False) and trainer.epoch < config.train.epochs:
-            trained += f" (stopped at its time budget of {config.train.max_seconds:g} s)"
+        elif out_of_time() and trainer.epoch < config.train.epochs:
+            trained += (
+                f" (stopped at its time budget of {config.train.max_seconds:g} s; a larger "
+                "budget trains on)"
+            )
         if evaluate_at_end and done:
             echo(f"{run.path}: {trained} and evaluated ({done[0].json_path})")
             _evaluates_after(world, False)
@@ -183,8 +189,10 @@ def _train_claimed(
             + ("; running its missing evaluation" if evaluate_at_end else "")
         )
     report_every = max(1, config.train.epochs // 10)
+    # with a time budget, also a line each time training passes another tenth of it
+    tick = None if config.train.max_seconds is None else config.train.max_seconds / 10
     identity = training_identity(config)
-    while not finished():
+    while not over:
         best = after_epoch(trainer.train_epoch())
         stats = history[-1]
         state = {
@@ -198,9 +206,11 @@ def _train_claimed(
         run.save_checkpoint(state, identity)
         run.write_metrics(history)
         stops = stopping.stops_after(stats.epoch)
-        timed_out = not stops and out_of_time(sync=False) and stats.epoch < config.train.epochs
+        timed_out = not stops and out_of_time() and stats.epoch < config.train.epochs
         final = stats.epoch == config.train.epochs or stops or timed_out
-        if stats.epoch % report_every == 0 or final:
+        spent = seconds_spent()
+        ticked = tick is not None and spent // tick > (spent - stats.seconds) // tick
+        if stats.epoch % report_every == 0 or final or ticked:
             rate = "" if schedule.lr is None else f"  lr {schedule.lr:.3g}"
             watched = (
                 f"  val L_{config.train.stop_samples} {stats.val_bound:9.3f}"
@@ -222,8 +232,9 @@ def _train_claimed(
         if timed_out:
             echo(
                 f"stopped at the time budget of {config.train.max_seconds:g} s: training took "
-                f"{seconds_spent():.1f} s in {plural(stats.epoch, 'epoch')}"
+                f"{spent:.1f} s in {plural(stats.epoch, 'epoch')}"
             )
+        over = finished()
     evaluation = None
     if _evaluates_after(world, evaluate_at_end):
         evaluation = evaluate(
