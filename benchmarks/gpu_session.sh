@@ -48,7 +48,7 @@ step check bash -c "python3 -m pyro_vae train --device $device --epochs 5 --no-p
 # conv against MLP at equal wall-clock on the device (issue 15's target; the CPU's answer is in
 # docs/results.md): EQUAL_SECONDS of training each, scored with K = 100 on 2000 test images
 step equal_time python3 experiments/equal_time.py --dataset fashion-mnist --device "$device" \
-  --seconds "${EQUAL_SECONDS:-45}" --latent-dim 16 --hidden 512,512 --conv-hidden 512 \
+  --seconds "${EQUAL_SECONDS:-45}" --latent-dim 16 --hidden 512,512 --conv-hidden 512 --conv-channels 32,64 16,32 \
   --test-points 2000 --out /tmp/gpu-equal-time
 cp /tmp/gpu-equal-time/equal_time.png "$out/equal_time_$device.png" 2>/dev/null || true
 exit $status

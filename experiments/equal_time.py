@@ -1,19 +1,19 @@
 """Networks at equal wall-clock: MLP and convolutional VAEs, each trained for the same time.
 
-Each network in --nets trains the base config until its training time (the sum of the epochs'
-seconds, ``pyro-vae train --max-seconds``) reaches --seconds, or --epochs are done, whichever
-comes first; then it is scored on the test split (the first --test-points, K = --eval-samples).
-A run stops after the epoch that reaches the budget, so it overshoots it by up to one of its
-epochs, more for a network with longer epochs. So the table gives each run's own training time
-and test log p(x) (at that time), and, at one time for all, T = the shortest run's time, each
-run's validation ELBO interpolated linearly between the epochs around T. The figure draws the
-validation ELBO of every epoch against the time spent, where the networks can be compared at
-any time up to the budget. Each run's first epoch includes its one-time costs (allocations,
-kernel choices). Runs compared by time want an otherwise idle machine and one thread count
-(--threads). Writes runs/, table.csv, table.md and equal_time.png.
+Each network in --nets (a conv one per list of --conv-channels) trains the base config until its
+training time (the sum of the epochs' seconds, ``pyro-vae train --max-seconds``) reaches
+--seconds, or --epochs are done, whichever comes first; then it is scored on the test split (the
+first --test-points, K = --eval-samples). A run stops after the epoch that reaches the budget,
+so it overshoots it by up to one of its epochs, more for a network with longer epochs. So the
+table gives each run's own training time and test log p(x) (at that time), and, at one time for
+all, T = the shortest run's time, each run's validation ELBO interpolated linearly between the
+epochs around T. The figure draws the validation ELBO of every epoch against the time spent,
+where the networks can be compared at any time up to the budget. Each run's first epoch includes
+its one-time costs (allocations, kernel choices). Runs compared by time want an otherwise idle
+machine and one thread count (--threads). Writes runs/, table.csv, table.md and equal_time.png.
 
 Usage: python experiments/equal_time.py --dataset fashion-mnist --seconds 450 [--nets mlp,conv]
-       [--hidden 512,512] [--conv-hidden 512] [--channels 32,64] [--test-points N]
+       [--hidden 512,512] [--conv-hidden 512] [--conv-channels 32,64 16,32] [--test-points N]
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ from pyro_vae.options import parse_widths
 
 # pyro-vae train's, with no epoch limit short of the time budget and K = 100 at the end
 DEFAULTS = RunConfig().replace(train={"epochs": 100_000, "eval_samples": 100})
-EXTRA_FLAGS = ("model.channels", "train.batch_size", "train.lr")
+EXTRA_FLAGS = ("train.batch_size", "train.lr")
 NETS = ("mlp", "conv")
 
 COLUMNS = [
+    "variant",
     "net",
+    "channels",
     "hidden",
     "epochs",
     "train_seconds",
@@ -61,6 +63,14 @@ def main(argv=None) -> int:
         help="widths of the conv networks' dense layers (default: --hidden)",
     )
     p.add_argument(
+        "--conv-channels",
+        type=parse_widths,
+        nargs="+",
+        default=[RunConfig().model.channels],
+        metavar="C,C",
+        help="the conv networks' channels: one conv run per list (default 32,64)",
+    )
+    p.add_argument(
         "--test-points", type=int, default=None, help="score the first N test points only"
     )
     add_config_flags(p, DEFAULTS, EXTRA_FLAGS)
@@ -73,11 +83,25 @@ def main(argv=None) -> int:
     if not (args.seconds > 0 and math.isfinite(args.seconds)):
         raise SystemExit(f"--seconds must be a positive number, got {args.seconds}")
     base = base_config(args, DEFAULTS).replace(train={"max_seconds": args.seconds})
-    rows, curves = [], {}
+    if len(set(args.conv_channels)) < len(args.conv_channels):
+        raise SystemExit("--conv-channels must name each list once at most")
+    variants = {}  # name -> config
     for net in nets:
-        hidden = base.model.hidden if net == "mlp" else args.conv_hidden or base.model.hidden
-        config = base.replace(model={"net": net, "hidden": hidden})
-        run_dir = args.out / "runs" / net
+        if net == "mlp":
+            variants["mlp"] = base.replace(model={"net": "mlp"})
+            continue
+        for channels in args.conv_channels:
+            name = (
+                "conv" if len(args.conv_channels) == 1 else "conv-" + "-".join(map(str, channels))
+            )
+            hidden = args.conv_hidden or base.model.hidden
+            variants[name] = base.replace(
+                model={"net": "conv", "hidden": hidden, "channels": channels}
+            )
+    rows, curves = [], {}
+    for name, config in variants.items():
+        net, hidden = config.model.net, config.model.hidden
+        run_dir = args.out / "runs" / name
         result, _ = train_fresh(config, run_dir, evaluate_at_end=False)
         ev = jobs.evaluate(run_dir, num_samples=config.train.eval_samples, first=args.test_points)
         history = result.history
@@ -85,9 +109,11 @@ def main(argv=None) -> int:
         for r in history:
             spent += r.seconds
             curve.append((spent, r.val_elbo))
-        curves[net] = curve
+        curves[name] = curve
         row = {
+            "variant": name,
             "net": net,
+            "channels": "" if net == "mlp" else ",".join(map(str, config.model.channels)),
             "hidden": ",".join(map(str, hidden)),
             "epochs": len(history),
             "train_seconds": spent,
@@ -100,19 +126,19 @@ def main(argv=None) -> int:
         }
         rows.append(row)
         print(
-            f"  {net:5s} {len(history):5d} epochs in {spent:7.1f} s: val ELBO "
+            f"  {name:12s} {len(history):5d} epochs in {spent:7.1f} s: val ELBO "
             f"{row['val_elbo']:9.3f}, test log p(x) {ev.log_px:9.3f}",
             file=sys.stderr,
         )
     common = min(r["train_seconds"] for r in rows)
     for row in rows:
-        row["val_elbo_at_common_time"] = value_at(curves[row["net"]], common)
+        row["val_elbo_at_common_time"] = value_at(curves[row["variant"]], common)
     points = "" if args.test_points is None else f" (first {args.test_points})"
     title = (
         f"{args.dataset}, a budget of {args.seconds:g} s of training each, latent "
         f"{base.model.latent_dim}, test split{points}, K={base.train.eval_samples}"
     )
-    print(write_table(rows, args.out, title, base.model.channels, common))
+    print(write_table(rows, args.out, title, common))
     plot(curves, args.seconds, args.out / "equal_time.png", title)
     print(f"wrote {args.out}/table.csv, table.md, equal_time.png")
     return 0
@@ -126,20 +152,18 @@ def value_at(curve: list[tuple[float, float]], t: float) -> float:
     return curve[-1][1] if curve and t == curve[-1][0] else math.nan
 
 
-def write_table(rows: list[dict], out, title: str, channels, common: float) -> str:
+def write_table(rows: list[dict], out, title: str, common: float) -> str:
     lines = [
         f"**{title}**",
         "",
-        f"| net | widths | epochs | train s | val ELBO, last epoch | val ELBO at {common:.4g} s "
+        f"| run | widths | epochs | train s | val ELBO, last epoch | val ELBO at {common:.4g} s "
         "| test log p(x) | ELBO | active | k-hat > 0.7 |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        widths = (
-            r["hidden"] if r["net"] == "mlp" else f"{','.join(map(str, channels))}; {r['hidden']}"
-        )
+        widths = f"{r['channels']}; {r['hidden']}" if r["channels"] else r["hidden"]
         lines.append(
-            f"| {r['net']} | {widths} | {r['epochs']} | {r['train_seconds']:.0f} "
+            f"| {r['variant']} | {widths} | {r['epochs']} | {r['train_seconds']:.0f} "
             f"| {r['val_elbo']:.2f} | {_nats(r['val_elbo_at_common_time'])} "
             f"| {r['log_px']:.2f} ± {r['log_px_stderr']:.2f} "
             f"| {r['elbo']:.2f} | {r['active_units']} "
@@ -159,8 +183,8 @@ def plot(curves: dict[str, list[tuple[float, float]]], budget: float, path, titl
     fig = Figure(figsize=(6.5, 4.2), dpi=120)
     ax = fig.subplots()
     shown = []  # each curve's values after a tenth of its time: its first epochs may be off-scale
-    for net, curve in curves.items():
-        ax.plot([t for t, _ in curve], [v for _, v in curve], "o-", ms=3, label=net)
+    for name, curve in curves.items():
+        ax.plot([t for t, _ in curve], [v for _, v in curve], "o-", ms=3, label=name)
         end = curve[-1][0]
         shown += [v for t, v in curve if t >= end / 10 and math.isfinite(v)]
     ax.axvline(budget, color="0.5", ls="--", lw=1, label=f"budget ({budget:g} s)")

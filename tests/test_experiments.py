@@ -306,11 +306,15 @@ def test_equal_time_smoke(tmp_path):
     from pyro_vae.runs import RunDir
 
     flags = ["--seconds", "1.5", "--latent-dim", "2", "--hidden", "16", "--conv-hidden", "8"]
-    flags += ["--channels", "4,8", "--eval-samples", "8", "--test-points", "40", "--threads", "1"]
-    rows = _run("equal_time.py", tmp_path, *flags)
-    assert [(r["net"], r["hidden"]) for r in rows] == [("mlp", "16"), ("conv", "8")]
+    flags += ["--conv-channels", "4,8", "2,4", "--eval-samples", "8", "--test-points", "40"]
+    rows = _run("equal_time.py", tmp_path, *flags, "--threads", "1")
+    assert [(r["variant"], r["channels"], r["hidden"]) for r in rows] == [
+        ("mlp", "", "16"),
+        ("conv-4-8", "4,8", "8"),
+        ("conv-2-4", "2,4", "8"),
+    ]
     for row in rows:
-        run = RunDir(tmp_path / "runs" / row["net"])
+        run = RunDir(tmp_path / "runs" / row["variant"])
         seconds = [r.seconds for r in run.read_metrics()]
         # each trained until the epoch whose time reached the budget, and no longer
         assert sum(seconds[:-1]) < 1.5 <= sum(seconds) == pytest.approx(float(row["train_seconds"]))
@@ -322,11 +326,11 @@ def test_equal_time_smoke(tmp_path):
     shortest = min(rows, key=lambda r: float(r["train_seconds"]))
     assert float(shortest["val_elbo_at_common_time"]) == pytest.approx(float(shortest["val_elbo"]))
     for row in rows:  # no value only for a run whose first epoch ended after that time
-        first = RunDir(tmp_path / "runs" / row["net"]).read_metrics()[0].seconds
+        first = RunDir(tmp_path / "runs" / row["variant"]).read_metrics()[0].seconds
         at = float(row["val_elbo_at_common_time"])
         assert math.isnan(at) == (first > float(shortest["train_seconds"]))
-    assert RunDir(tmp_path / "runs" / "conv").read_config().model.channels == (4, 8)
-    assert "| conv | 4,8; 8 |" in (tmp_path / "table.md").read_text()
+    assert RunDir(tmp_path / "runs" / "conv-2-4").read_config().model.channels == (2, 4)
+    assert "| conv-4-8 | 4,8; 8 |" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "equal_time.png").stat().st_size > 1000
     refused = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "equal_time.py"), "--seconds", "1"]
