@@ -19,13 +19,33 @@ from pyro_vae.models.likelihoods import (
     LocationScale,
     Support,
 )
-from pyro_vae.models.nets import MLP
+from pyro_vae.models.nets import (
+    MLP,
+    ConvDecoderNet,
+    ConvEncoderNet,
+    ConvNetworks,
+    MLPNetworks,
+    Networks,
+)
 from pyro_vae.models.ppca import ProbabilisticPCA, TwoLevelPPCA
 from pyro_vae.models.precision import networks_in
-from pyro_vae.models.priors import FlowPrior, MixtureOfGaussians, Prior, StandardNormal, VampPrior
+from pyro_vae.models.priors import (
+    FlowPrior,
+    MixtureOfGaussians,
+    Prior,
+    StandardNormal,
+    StudentT,
+    VampPrior,
+)
 from pyro_vae.models.vae import VAE, Generated, TwoLayerVAE
 
 __all__ = [
+    "StudentT",
+    "Networks",
+    "MLPNetworks",
+    "ConvNetworks",
+    "ConvEncoderNet",
+    "ConvDecoderNet",
     "BernoulliLikelihood",
     "BetaLikelihood",
     "ContinuousBernoulliLikelihood",
