@@ -22,8 +22,7 @@ from __future__ import annotations
 import math
 import sys
 
-import torch
-from _common import base_config, parser, train_fresh, write_files
+from _common import base_config, paired, parser, train_fresh, write_files
 
 from pyro_vae import jobs
 from pyro_vae.cli import add_config_flags
@@ -52,18 +51,6 @@ COLUMNS = [
     "best_minus_reference_se",
     "train_seconds",
 ]
-
-
-def paired(a, b, same: bool = False) -> tuple[float, float]:
-    """Mean over datapoints of a - b (two evaluations' per-point values on the same datapoints),
-    and its standard error: the spread of the differences and both Monte Carlo errors. ``same``:
-    both score one model (the same epoch of the same training), so the difference is 0."""
-    if same:  # on a GPU two scorings of one model may differ in the last bits: not a difference
-        return 0.0, 0.0
-    d = a.log_px - b.log_px
-    n = d.numel()
-    mc = (torch.nan_to_num(a.stderr) ** 2 + torch.nan_to_num(b.stderr) ** 2).sum() / n**2
-    return d.mean().item(), (d.var() / n + mc).sqrt().item()
 
 
 def main(argv=None) -> int:

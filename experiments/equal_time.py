@@ -5,12 +5,15 @@ training time (the sum of the epochs' seconds, ``pyro-vae train --max-seconds``)
 --seconds, or --epochs are done, whichever comes first; then it is scored on the test split (the
 first --test-points, K = --eval-samples). A run stops after the epoch that reaches the budget,
 so it overshoots it by up to one of its epochs, more for a network with longer epochs. So the
-table gives each run's own training time and test log p(x) (at that time), and, at one time for
-all, T = the shortest run's time, each run's validation ELBO interpolated linearly between the
-epochs around T. The figure draws the validation ELBO of every epoch against the time spent,
-where the networks can be compared at any time up to the budget. Each run's first epoch includes
-its one-time costs (allocations, kernel choices). Runs compared by time want an otherwise idle
-machine and one thread count (--threads). Writes runs/, table.csv, table.md and equal_time.png.
+table gives each run's own training time and test log p(x) (at that time, with its difference
+from the first run's, paired over the test points, and that difference's standard error: the
+spread over the points and both Monte Carlo errors, not the spread over training seeds), and, at
+one time for all, T = the shortest run's time, each run's validation ELBO interpolated linearly
+between the epochs around T. The figure draws the validation ELBO of every epoch against the
+time spent, where the networks can be compared at any time up to the budget. Each run's first
+epoch includes its one-time costs (allocations, kernel choices). Runs compared by time want an
+otherwise idle machine and one thread count (--threads). Writes runs/, table.csv, table.md and
+equal_time.png.
 
 Usage: python experiments/equal_time.py --dataset fashion-mnist --seconds 450 [--nets mlp,conv]
        [--hidden 512,512] [--conv-hidden 512] [--conv-channels 32,64 16,32] [--test-points N]
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 import sys
 
-from _common import _percent, base_config, parser, train_fresh, write_files
+from _common import _percent, base_config, paired, parser, train_fresh, write_files
 
 from pyro_vae import jobs
 from pyro_vae.cli import add_config_flags
@@ -44,6 +47,8 @@ COLUMNS = [
     "val_elbo_at_common_time",
     "log_px",
     "log_px_stderr",
+    "log_px_minus_first",
+    "log_px_minus_first_se",
     "elbo",
     "active_units",
     "frac_khat_above_threshold",
@@ -98,7 +103,7 @@ def main(argv=None) -> int:
             variants[name] = base.replace(
                 model={"net": "conv", "hidden": hidden, "channels": channels}
             )
-    rows, curves = [], {}
+    rows, curves, first = [], {}, None
     for name, config in variants.items():
         net, hidden = config.model.net, config.model.hidden
         run_dir = args.out / "runs" / name
@@ -110,6 +115,8 @@ def main(argv=None) -> int:
             spent += r.seconds
             curve.append((spent, r.val_elbo))
         curves[name] = curve
+        first = first or ev  # the other runs' difference from the first, paired over datapoints
+        diff, diff_se = paired(ev.per_point, first.per_point, same=ev is first)
         row = {
             "variant": name,
             "net": net,
@@ -120,6 +127,8 @@ def main(argv=None) -> int:
             "val_elbo": history[-1].val_elbo,
             "log_px": ev.log_px,
             "log_px_stderr": ev.log_px_stderr,
+            "log_px_minus_first": diff,
+            "log_px_minus_first_se": diff_se,
             "elbo": ev.elbo,
             "active_units": ev.active_units,
             "frac_khat_above_threshold": ev.frac_khat_above_threshold,
@@ -157,15 +166,16 @@ def write_table(rows: list[dict], out, title: str, common: float) -> str:
         f"**{title}**",
         "",
         f"| run | widths | epochs | train s | val ELBO, last epoch | val ELBO at {common:.4g} s "
-        "| test log p(x) | ELBO | active | k-hat > 0.7 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| test log p(x) | minus {rows[0]['variant']}'s, paired | ELBO | active | k-hat > 0.7 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         widths = f"{r['channels']}; {r['hidden']}" if r["channels"] else r["hidden"]
         lines.append(
             f"| {r['variant']} | {widths} | {r['epochs']} | {r['train_seconds']:.0f} "
             f"| {r['val_elbo']:.2f} | {_nats(r['val_elbo_at_common_time'])} "
-            f"| {r['log_px']:.2f} ± {r['log_px_stderr']:.2f} "
+            f"| {r['log_px']:.3f} ± {r['log_px_stderr']:.3f} "
+            f"| {r['log_px_minus_first']:+.3f} ± {r['log_px_minus_first_se']:.3f} "
             f"| {r['elbo']:.2f} | {r['active_units']} "
             f"| {_percent(r['frac_khat_above_threshold'])} |"
         )

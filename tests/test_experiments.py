@@ -322,6 +322,11 @@ def test_equal_time_smoke(tmp_path):
         (kept,) = run.select_evaluations(num_samples=8)
         assert kept.evaluation.num_datapoints == 40
         assert float(row["log_px"]) == kept.evaluation.log_px
+    assert float(rows[0]["log_px_minus_first"]) == 0.0 == float(rows[0]["log_px_minus_first_se"])
+    for row in rows[1:]:  # the difference of the means, its error above the Monte Carlo errors
+        diff = float(row["log_px"]) - float(rows[0]["log_px"])
+        assert float(row["log_px_minus_first"]) == pytest.approx(diff, abs=1e-9)
+        assert float(row["log_px_minus_first_se"]) > float(row["log_px_stderr"])
     # at the shortest run's time its own last epoch, the other's between two of its epochs
     shortest = min(rows, key=lambda r: float(r["train_seconds"]))
     assert float(shortest["val_elbo_at_common_time"]) == pytest.approx(float(shortest["val_elbo"]))
