@@ -109,23 +109,23 @@ def test_distributed_benchmark_json_interface(tmp_path):
     )
 
 
-def test_bench_conv_layout_refuses_a_k_below_1():
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--conv-layout", "0"],
+def _conv_layout(k: str, timeout: int) -> subprocess.CompletedProcess:
+    """``benchmarks/bench.py --conv-layout K`` in a subprocess."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--conv-layout", k],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
+
+
+def test_bench_conv_layout_refuses_a_k_below_1():
+    r = _conv_layout("0", timeout=120)
     assert r.returncode == 2 and "--conv-layout: K must be at least 1, got 0" in r.stderr
 
 
 @pytest.mark.slow
 def test_bench_conv_layout_times_both_layouts():
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--conv-layout", "2"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    r = _conv_layout("2", timeout=900)
     assert r.returncode == 0, r.stderr
     assert "conv IWAE k=2: channels_last " in r.stderr and "default layout" in r.stderr
