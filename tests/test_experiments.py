@@ -136,6 +136,10 @@ def test_burda_table_smoke(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in kept_files} == before
     assert len(before) == 4  # the IWAE and auto evaluations among them
     assert (tmp_path / "runs" / "iwae-k1-L1-conv" / "checkpoint.pt").is_file()
+    # without --auto, the auto evaluation already kept is shown, and nothing is computed
+    no_auto = [a for a in again if a != "--auto"]
+    assert _run("burda_table.py", tmp_path, *no_auto, "--ks", "1,2", "--resume") == resumed
+    assert {p.name: p.stat().st_mtime_ns for p in kept_files} == before
     # trained on (--epochs 2): its kept evaluations are of the older checkpoint, not reused
     longer = [a if a != "1" else "2" for a in again[:2]] + again[2:]
     on = _run("burda_table.py", tmp_path, *longer, "--ks", "2", "--resume")
