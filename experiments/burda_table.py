@@ -128,16 +128,10 @@ def main(argv=None) -> int:
         )
         seconds = sum(r.seconds for r in result.history)
         trained = result.history[-1].epoch
-        k = config.train.eval_samples
-        ev = kept_evaluation(run_dir, trained, EstimatorSpec(num_samples=k), args.test_points)
-        ev = ev or jobs.evaluate(run_dir, num_samples=k, first=args.test_points)
+        k, first = config.train.eval_samples, args.test_points
+        ev = scored(run_dir, trained, first, num_samples=k)
         settings = {"ais_steps": args.ais_steps, "refine_steps": args.refine_steps}
-        spec = EstimatorSpec(method="auto", num_samples=k, **settings)
-        auto = kept_evaluation(run_dir, trained, spec, args.test_points)
-        if auto is None and args.auto:
-            auto = jobs.evaluate(
-                run_dir, num_samples=k, method="auto", first=args.test_points, **settings
-            )
+        auto = scored(run_dir, trained, first, args.auto, num_samples=k, method="auto", **settings)
         row = {
             "objective": config.train.elbo,
             "k": config.train.num_particles,
@@ -164,6 +158,18 @@ def main(argv=None) -> int:
     plot(rows, args.out / "burda_table.png", title)
     print(f"wrote {args.out}/table.csv, table.md, burda_table.png")
     return 0
+
+
+def scored(
+    run_dir, epochs_trained: int, first: int | None, compute: bool = True, **spec
+) -> Evaluation | None:
+    """The test split's evaluation with the estimator ``spec`` (:class:`EstimatorSpec`'s
+    fields) of the run's checkpoint at ``epochs_trained``: the one kept in ``run_dir``, else,
+    when ``compute``, a new one (kept there too), else None."""
+    kept = kept_evaluation(run_dir, epochs_trained, EstimatorSpec(**spec), first)
+    if kept is not None or not compute:
+        return kept
+    return jobs.evaluate(run_dir, first=first, **spec)
 
 
 def kept_evaluation(

@@ -115,7 +115,8 @@ def main(argv=None) -> int:
             spent += r.seconds
             curve.append((spent, r.val_elbo))
         curves[name] = curve
-        first = first or ev  # the other runs' difference from the first, paired over datapoints
+        # the other runs' difference from the first, paired over datapoints
+        first = ev if first is None else first
         diff, diff_se = paired(ev.per_point, first.per_point, same=ev is first)
         row = {
             "variant": name,
