@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.infer.diagnostics import active_units, guide_means
 from pyro_vae.jobs.loading import load_run
 from pyro_vae.models import VAE
-from pyro_vae.runs import RunDir
+from pyro_vae.runs import RunDir, atomic_write_bytes
 from pyro_vae.text import plural
 
 MAX_SAMPLES_FIGURE = 4096  # draws in one samples figure
@@ -55,10 +56,18 @@ def sample(
     if len(shape) != 2:
         raise ConfigError(f"sample grids need image data; this run's datapoints have shape {shape}")
     out_path = samples_path(run_dir, out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     figure = _samples_figure(vae, config, tuple(shape), num, seed)
-    figure.savefig(out_path, bbox_inches="tight")
+    save_figure(figure, out_path, bbox_inches="tight")
     return out_path
+
+
+def save_figure(figure, path: Path, **savefig) -> None:
+    """Draw ``figure`` as a PNG in memory, then write it atomically
+    (:func:`~pyro_vae.runs.atomic_write_bytes`): a failed write (a full disk) leaves the previous
+    file whole and raises :class:`~pyro_vae.errors.CheckpointError` naming it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", **savefig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def _samples_figure(vae: VAE, config: RunConfig, shape, num: int, seed: int | None = None):
@@ -157,6 +166,6 @@ def plot(
     paths = []
     for name, fig in figures.items():
         path = out / f"{name}.png"
-        fig.savefig(path, bbox_inches="tight" if name == "samples" else None)
+        save_figure(fig, path, bbox_inches="tight" if name == "samples" else None)
         paths.append(path)
     return paths
