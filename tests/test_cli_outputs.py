@@ -71,3 +71,34 @@ def test_a_full_disk_leaves_the_previous_figures_whole_and_names_the_file(
     assert f"cannot write {out}{os.sep}" in err and ".png" in err
     assert "No space left on device" in err and "previous version is kept" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporaries either
+
+
+# item 9: output paths
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["plot", "--out", ""], "--out"),
+        (["sample", "--out", ""], "--out"),
+        (["sample", "--out", " "], "--out"),
+        (["compare", "--csv", ""], "--csv"),
+        (["compare", "--markdown", ""], "--markdown"),
+    ],
+    ids=["plot", "sample", "sample-blank", "compare-csv", "compare-markdown"],
+)
+def test_an_empty_output_path_is_refused(capsys, run_dir, tmp_path, monkeypatch, argv, option):
+    monkeypatch.chdir(tmp_path)
+    err = cli_error(capsys, argv[0], str(run_dir), *argv[1:])
+    assert f"{option} is empty" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current directory
+
+
+def test_compare_writes_no_table_into_a_directory_that_does_not_exist(capsys, run_dir, tmp_path):
+    for option in ("--csv", "--markdown"):
+        table = tmp_path / "missing" / "dir" / "t.txt"
+        err = cli_error(capsys, "compare", str(run_dir), option, str(table))
+        assert f"{option} {table} lies in {table.parent}, which does not exist" in err
+        assert not (tmp_path / "missing").exists()
+    table = tmp_path / "t.csv"
+    assert main(["compare", str(run_dir), "--csv", str(table)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"wrote {table}")
+    assert table.read_text().startswith("run,log_px,")

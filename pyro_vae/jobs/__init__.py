@@ -21,19 +21,22 @@ from pyro_vae.jobs.checks import (
 )
 from pyro_vae.jobs.comparison import (
     Comparison,
+    check_table_path,
     compare,
     comparison_caveats,
     format_comparison,
     write_comparison_csv,
+    write_comparison_markdown,
 )
 from pyro_vae.jobs.evaluation import bdmc, evaluate, format_bdmc, format_evaluation, khat_summary
-from pyro_vae.jobs.figures import plot, sample, samples_path
+from pyro_vae.jobs.figures import plot, plots_dir, sample, samples_path
 from pyro_vae.jobs.loading import CHECKPOINTS, load_run
 from pyro_vae.jobs.training import TrainResult, train
 
 __all__ = [
     "CHECKPOINTS",
     "check_predictive_settings",
+    "check_table_path",
     "check_sbc_settings",
     "Comparison",
     "TrainResult",
@@ -50,6 +53,7 @@ __all__ = [
     "load_data",
     "load_run",
     "plot",
+    "plots_dir",
     "predictive",
     "prepare_splits",
     "resolve_device",
@@ -58,4 +62,5 @@ __all__ = [
     "sbc",
     "train",
     "write_comparison_csv",
+    "write_comparison_markdown",
 ]

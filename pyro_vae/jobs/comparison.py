@@ -14,7 +14,7 @@ from pyro_vae import arviz_compat
 from pyro_vae.errors import CheckpointError, ConfigError, library_name, name_options
 from pyro_vae.jobs.evaluation import IDENTITY_KEYS, TRAINING_DATA_KEYS
 from pyro_vae.jobs.loading import training_identity
-from pyro_vae.runs import RunDir, atomic_write_text, describe_selection
+from pyro_vae.runs import RunDir, atomic_write_text, check_output_file, describe_selection
 from pyro_vae.text import plural
 
 
@@ -262,12 +262,40 @@ def format_comparison(rows: list[Comparison], markdown: bool = False) -> str:
     return "\n".join(fmt.format(*line) for line in [header, *body])
 
 
+def check_table_path(path: str | Path, option: str = "args.csv") -> Path:
+    """Raise :class:`~pyro_vae.errors.ConfigError` (about ``option``) unless a table can be
+    written to ``path``: not empty, not a directory, in a directory that exists (none is
+    created for it). Returns the path."""
+    if not str(path).strip():
+        raise ConfigError("is empty: give the path of a file", option=option)
+    p = check_output_file(path, "{" + option + "}")
+    folder = p.absolute().parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"{p} lies in {folder}, which does not exist; create it first (no directory is "
+            "made for a table)",
+            option=option,
+        )
+    return p
+
+
 def write_comparison_csv(rows: list[Comparison], path: str | Path) -> None:
+    """The table as CSV, one column per field of :class:`Comparison`, written atomically into
+    an existing directory (:func:`check_table_path`)."""
     import csv
     import io
 
+    target = check_table_path(path, "args.csv")
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(dataclasses.asdict(rows[0])), lineterminator="\n")
     writer.writeheader()
     writer.writerows(dataclasses.asdict(r) for r in rows)
-    atomic_write_text(Path(path), out.getvalue())
+    atomic_write_text(target, out.getvalue())
+
+
+def write_comparison_markdown(rows: list[Comparison], notes: list[str], path: str | Path) -> None:
+    """The table as Markdown with ``notes`` (the settings compared, the caveats) below it, one
+    paragraph each, written atomically into an existing directory (:func:`check_table_path`)."""
+    target = check_table_path(path, "args.markdown")
+    table = format_comparison(rows, markdown=True)
+    atomic_write_text(target, table + "\n" + "".join(f"\n{line}\n" for line in notes))

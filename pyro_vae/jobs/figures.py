@@ -16,7 +16,7 @@ from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.infer.diagnostics import active_units, guide_means
 from pyro_vae.jobs.loading import load_run
 from pyro_vae.models import VAE
-from pyro_vae.runs import RunDir, atomic_write_bytes
+from pyro_vae.runs import RunDir, atomic_write_bytes, check_output_dir, check_output_file
 from pyro_vae.text import plural
 
 MAX_SAMPLES_FIGURE = 4096  # draws in one samples figure
@@ -25,17 +25,35 @@ MAX_SAMPLES_FIGURE = 4096  # draws in one samples figure
 def samples_path(run_dir: str | Path, out: str | Path | None) -> Path:
     """Where :func:`sample` writes: ``out`` (``.png`` added when it has no suffix; a directory,
     or a path ending in ``/``, gets ``samples.png`` inside it), by default
-    ``RUN_DIR/samples.png``."""
+    ``RUN_DIR/samples.png``. Raises :class:`~pyro_vae.errors.ConfigError` for an empty ``out``
+    and for one that cannot be written as a file (a directory's name where a file is meant, a
+    path under a file)."""
     if out is None:
         return Path(run_dir) / "samples.png"
+    _not_empty(out, "a file or a directory")
     path = Path(out)
     if path.is_dir() or str(out).endswith(("/", os.sep)):  # a directory, or one to create
-        return path / "samples.png"
-    if path.suffix == "":
-        return path.with_name(path.name + ".png")
-    if path.suffix.lower() != ".png":
+        path = path / "samples.png"
+    elif path.suffix == "":
+        path = path.with_name(path.name + ".png")
+    elif path.suffix.lower() != ".png":
         raise ConfigError(f"the samples figure is a PNG; {path} names a '{path.suffix}' file")
-    return path
+    return check_output_file(path, "{args.out}")
+
+
+def plots_dir(run_dir: str | Path, out: str | Path | None) -> Path:
+    """Where :func:`plot` draws: ``out``, by default ``RUN_DIR/plots``. Raises
+    :class:`~pyro_vae.errors.ConfigError` for an empty ``out`` (not the current directory) and
+    for one that is a file or lies under one."""
+    if out is None:
+        return Path(run_dir) / "plots"
+    _not_empty(out, "a directory")
+    return check_output_dir(out, "{args.out}")
+
+
+def _not_empty(out: str | Path, what: str) -> None:
+    if not str(out).strip():
+        raise ConfigError(f"is empty: give {what}", option="args.out")
 
 
 def sample(
@@ -51,11 +69,11 @@ def sample(
         )
     if seed is not None:
         check_seed(seed)
+    out_path = samples_path(run_dir, out)
     config, vae, meta = load_run(run_dir, "cpu")
     shape = meta.get("image_shape") or []
     if len(shape) != 2:
         raise ConfigError(f"sample grids need image data; this run's datapoints have shape {shape}")
-    out_path = samples_path(run_dir, out)
     figure = _samples_figure(vae, config, tuple(shape), num, seed)
     save_figure(figure, out_path, bbox_inches="tight")
     return out_path
@@ -97,10 +115,9 @@ def plot(
     """
     from pyro_vae import plots
 
+    out = plots_dir(run_dir, out_dir)
     run = RunDir(run_dir).require()
     config, vae, meta = load_run(run_dir, "cpu")
-    out = Path(out_dir) if out_dir is not None else run.path / "plots"
-    out.mkdir(parents=True, exist_ok=True)
     figures = {}
     history = run.read_metrics()
     if history:
