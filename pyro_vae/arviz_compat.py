@@ -10,6 +10,10 @@ day; it is ignored here, narrowly, so that warnings-as-errors runs do not fail o
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import shutil
+import tempfile
 import warnings
 from functools import cache
 from typing import Any
@@ -78,7 +82,34 @@ def _attr(value):
 
 
 def save_netcdf(idata, path) -> None:
-    idata.to_netcdf(str(path))
+    """Write ``idata`` as netCDF to ``path``.
+
+    HDF5 (under h5netcdf) fails badly on a full disk: tracebacks from its handles' finalisers
+    and, at exit, a segmentation fault. So the file is written to a scratch directory in memory
+    (``/dev/shm`` where there is one, else the system's temporary directory), after checking
+    that it has room for it, and its bytes are then copied to ``path`` by plain writes, which
+    fail with an ordinary OSError (ENOSPC) when ``path``'s disk is full.
+    """
+    scratch_root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    need = 2 * _nbytes(idata) + (1 << 20)
+    free = shutil.disk_usage(scratch_root).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"{os.strerror(errno.ENOSPC)} (the netCDF file is staged in {scratch_root}, which "
+            f"has {free} bytes free of the {need} it needs)",
+            scratch_root,
+        )
+    with tempfile.TemporaryDirectory(dir=scratch_root, prefix="pyro-vae-") as folder:
+        staged = os.path.join(folder, "staged.nc")
+        idata.to_netcdf(staged)
+        with open(staged, "rb") as source, open(path, "wb") as target:
+            shutil.copyfileobj(source, target)
+
+
+def _nbytes(idata) -> int:
+    """The bytes of ``idata``'s arrays, over every group."""
+    return sum(int(getattr(idata, group).nbytes) for group in idata.groups())
 
 
 def load_netcdf(path):

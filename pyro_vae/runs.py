@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 import uuid
 import zipfile
@@ -30,6 +31,8 @@ from pyro_vae.records import Evaluation, PerPoint
 from pyro_vae.training import EpochStats
 
 CHECKPOINT_FORMAT = 1
+# The files of a run that only ``train`` writes, holding the run's claim (RunDir.claim).
+TRAINING_FILES = ("config.json", "checkpoint.pt", "best.pt", "metrics.csv")
 METRIC_FIELDS = [f.name for f in dataclasses.fields(EpochStats)]
 # The columns of metrics.csv before val_bound was recorded: read with val_bound None (an empty
 # value, as it is written for an epoch where nothing watched the validation L_K).
@@ -77,13 +80,78 @@ def _write_unit(lock: Path, writes: list[tuple[Path, Callable[[str], None]]]) ->
     temps: list[tuple[str, Path]] = []
     try:
         with _locked(lock):
+            remove_stale_temporaries(lock.parent)  # a killed writer's, which held this lock
             for path, fill in writes:
                 temps.append((_write_temporary(path, fill), path))
-            for tmp, path in temps:
-                os.replace(tmp, path)
+            for i, (tmp, path) in enumerate(temps):
+                try:
+                    os.replace(tmp, path)
+                except OSError as e:
+                    if i == 0:
+                        raise
+                    raise PartlyReplaced(e, [p for _, p in temps[:i]]) from e
     finally:
         for tmp, _ in temps:
             Path(tmp).unlink(missing_ok=True)
+
+
+# The temporary files of this module's writers (``_write_temporary``, ``check_writable``):
+# ``.NAME.XXXXXXXX.tmp``, the suffix mkstemp's eight random characters.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is the name of one of this module's temporary files."""
+    return bool(_TEMPORARY.match(path.name))
+
+
+def remove_stale_temporaries(folder: Path, names: tuple[str, ...] | None = None) -> None:
+    """Remove the temporary files a killed writer left in ``folder`` (those of the files named
+    in ``names`` only, when given). Call it only while holding the lock that every writer of
+    those files holds while its temporaries exist: any found then are stale."""
+
+    def stale(p: Path) -> bool:
+        return is_temporary(p) and (names is None or p.name[1:].rsplit(".", 2)[0] in names)
+
+    try:
+        leftovers = [p for p in folder.iterdir() if stale(p) and p.is_file()]
+    except OSError:
+        return
+    for path in leftovers:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+class PartlyReplaced(OSError):
+    """A unit of files (:func:`_write_unit`) whose first files were renamed into place before a
+    later rename failed: the previous unit is no longer whole.
+
+    Attributes
+    ----------
+    replaced : list of Path
+        The files already replaced.
+    """
+
+    def __init__(self, error: OSError, replaced: list[Path]):
+        super().__init__(error.errno, error.strerror or str(error), error.filename)
+        self.replaced = replaced
+
+
+def _unit_failed(
+    error: OSError, what: str, previous: Path, again: str, kind: str = "result"
+) -> CheckpointError:
+    """The error for a unit of files about ``what`` that could not be written: whether the
+    previous ``kind`` (whose summary is ``previous``) is kept, or was left broken and how to
+    make a whole one (``again``)."""
+    if isinstance(error, PartlyReplaced):
+        names = ", ".join(p.name for p in error.replaced)
+        state = (
+            f"; {names} had already been replaced, so the previous {kind} is no longer whole "
+            f"(readers refuse it): {again}"
+        )
+    else:
+        state = f"; the previous {kind} is kept" if previous.exists() else ""
+    return CheckpointError(f"cannot write {what}: {error.strerror or error}{state}")
 
 
 def _umask() -> int:
@@ -144,6 +212,72 @@ def _metrics_row(line: int, fields: list[str], names: list[str]) -> EpochStats:
     return EpochStats(**values)
 
 
+def metrics_state(history: list[EpochStats]) -> list[dict[str, Any]]:
+    """The epochs' records as a checkpoint keeps them (plain numbers), so that a crash between
+    writing the checkpoint and metrics.csv loses no row: :func:`metrics_from_state` reads them
+    back."""
+    return [dataclasses.asdict(row) for row in history]
+
+
+def metrics_from_state(saved, path: Path) -> list[EpochStats] | None:
+    """The records :func:`metrics_state` kept in the checkpoint at ``path`` (None: a checkpoint
+    of an earlier version, which kept none); raises :class:`~pyro_vae.errors.CheckpointError`
+    for records that are not such."""
+    if saved is None:
+        return None
+    rows = []
+    try:
+        if not isinstance(saved, list):
+            raise _Damaged(0, f"a {type(saved).__name__}, not a list of epochs")
+        for i, row in enumerate(saved, start=1):
+            if not isinstance(row, dict) or set(row) != set(METRIC_FIELDS):
+                raise _Damaged(i, f"fields {sorted(row) if isinstance(row, dict) else row!r:.60}")
+            for name, value in row.items():
+                if value is None and name == "val_bound":  # nothing watched it
+                    continue
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                if not number or (_METRIC_TYPES[name] is int and not isinstance(value, int)):
+                    raise _Damaged(i, f"{name} = {value!r:.40} is not a number")
+            rows.append(EpochStats(**row))
+        if [r.epoch for r in rows] != list(range(1, len(rows) + 1)):
+            raise _Damaged(0, "its epochs are not 1, 2, 3, ...")
+    except _Damaged as e:
+        where = f"record {e.line}: " if e.line else ""
+        raise CheckpointError(
+            f"{path} holds damaged epoch records ({where}{e.why}); restore it from a backup or "
+            "train again into a new run directory"
+        ) from None
+    return rows
+
+
+# A trained network's parameters are of order 1 to 100; beyond this one is damaged (or came from
+# a run that diverged), and every estimate from it would overflow float32.
+MAX_ABS_WEIGHT = 1e8
+
+
+def _check_weights(path: Path, model) -> None:
+    """Refuse a checkpoint whose parameters are not a dict of tensors, or hold NaN, infinite or
+    absurdly large values (beyond :data:`MAX_ABS_WEIGHT`), naming the first such parameter."""
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise CheckpointError(f"{path} holds no model parameters (model)")
+    for name, value in model.items():
+        if not value.is_floating_point() or value.numel() == 0:
+            continue
+        if not torch.isfinite(value).all():
+            raise CheckpointError(
+                f"{path}: parameter {name} holds NaN or infinite values; the checkpoint is "
+                "damaged, or was saved from a run that diverged. Restore it from a backup or "
+                "train again"
+            )
+        largest = value.abs().max().item()
+        if largest > MAX_ABS_WEIGHT:
+            raise CheckpointError(
+                f"{path}: parameter {name} reaches {largest:.3g}, beyond any trained network's "
+                f"({MAX_ABS_WEIGHT:g}); the checkpoint is damaged, or was saved from a run that "
+                "diverged. Restore it from a backup or train again"
+            )
+
+
 def _damaged_member(data: bytes) -> str | None:
     """Why a checkpoint's zip archive fails its integrity check, or None when every member's
     CRC-32 matches."""
@@ -186,15 +320,30 @@ class RunDir:
         return self.config_path.is_file()
 
     def check_writable(self) -> None:
-        """Raise :class:`~pyro_vae.errors.CheckpointError` unless a file can be created here
-        (before long work whose result would have nowhere to go)."""
+        """Raise :class:`~pyro_vae.errors.CheckpointError` unless a file can be created here and
+        in each of the run's result folders that exists (evaluations/, checks/, bdmc/): before
+        long work whose result would have nowhere to go."""
+        folders = [self.path] + [
+            f for f in (self.evaluations_dir, self.checks_dir, self.path / "bdmc") if f.is_dir()
+        ]
+        for folder in folders:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".writable.", suffix=".tmp")
+                os.close(fd)
+                Path(tmp).unlink(missing_ok=True)  # a writer may have removed it as stale
+            except OSError as e:
+                raise CheckpointError(f"cannot write into {folder}: {e.strerror or e}") from None
+
+    def holds_only_leftovers(self) -> bool:
+        """Whether the directory holds nothing but a run's lock and temporary files: what a run
+        killed before its config was written leaves (a new run may start in it)."""
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".writable.", suffix=".tmp")
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as e:
-            raise CheckpointError(f"cannot write into {self.path}: {e.strerror or e}") from None
+            return self.path.is_dir() and all(
+                p.name == self.lock_path.name or is_temporary(p) for p in self.path.iterdir()
+            )
+        except OSError:
+            return False
 
     def remove_if_empty(self) -> None:
         """Remove the directory if it holds nothing but its lock file (a run that never began)."""
@@ -229,6 +378,7 @@ class RunDir:
                 ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+            remove_stale_temporaries(self.path, TRAINING_FILES)  # only a claim's holder writes
             yield self
         finally:
             os.close(fd)  # releases the lock
@@ -240,6 +390,11 @@ class RunDir:
         if not self.path.is_dir():
             raise CheckpointError(f"run directory not found: {self.path}")
         if not self.config_path.is_file():
+            if self.holds_only_leftovers():
+                raise CheckpointError(
+                    f"{self.path} holds no run yet, only what a run stopped before writing its "
+                    "config left: start that run again (without resuming), into this directory"
+                )
             raise CheckpointError(f"{self.path} is not a pyro-vae run directory (no config.json)")
         if checkpoint and not self.checkpoint_path.is_file():
             raise CheckpointError(
@@ -299,6 +454,7 @@ class RunDir:
             raise CheckpointError(f"{path} is not a pyro-vae checkpoint (format)")
         if _saved_config(state.get("config")) != config:
             raise CheckpointError(f"{path} was written for another config than {self.config_path}")
+        _check_weights(path, state.get("model"))
         return state
 
     # metrics
@@ -386,9 +542,12 @@ class RunDir:
         try:
             _write_unit(self.evaluations_dir / ".lock", writes)
         except OSError as e:
-            kept = "; the previous evaluation of this setting is kept" if json_path.exists() else ""
-            raise CheckpointError(
-                f"cannot write {json_path.with_suffix('')}.json/.nc: {e.strerror or e}{kept}"
+            raise _unit_failed(
+                e,
+                f"{json_path.with_suffix('')}.json/.nc",
+                json_path,
+                f"evaluate this setting again ({json_path.stem})",
+                "evaluation of this setting",
             ) from None
         return StoredEvaluation(self, evaluation, json_path, nc_path)
 
@@ -406,11 +565,20 @@ class RunDir:
         import numpy as np
 
         json_path, npz_path = self.bdmc_paths(name)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        atomic_write_bytes(npz_path, buffer.getvalue())
-        atomic_write_text(json_path, json.dumps(json_safe(summary), indent=2, allow_nan=False))
+        text = json.dumps(json_safe(summary), indent=2, allow_nan=False)
+        writes = [
+            (npz_path, lambda n: Path(n).write_bytes(buffer.getvalue())),
+            (json_path, lambda n: Path(n).write_text(text)),
+        ]
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_unit(json_path.parent / ".lock", writes)
+        except OSError as e:
+            raise _unit_failed(
+                e, f"{json_path.with_suffix('')}.json/.npz", json_path, "run bdmc again"
+            ) from None
 
     # workflow checks (pyro-vae check)
     checks_dir = property(lambda self: self.path / "checks")
@@ -455,9 +623,12 @@ class RunDir:
             self.checks_dir.mkdir(parents=True, exist_ok=True)
             _write_unit(self.checks_dir / ".lock", writes)
         except OSError as e:
-            kept = "; the previous check is kept" if json_path.exists() else ""
-            raise CheckpointError(
-                f"cannot write {json_path.with_suffix('')}: {e.strerror or e}{kept}"
+            raise _unit_failed(
+                e,
+                str(json_path.with_suffix("")),
+                json_path,
+                f"run the check again ({name})",
+                "check",
             ) from None
         return [json_path, data_path, *pngs]
 

@@ -88,8 +88,18 @@ class EarlyStopping:
         return {"best": self.best, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        if state is not None:
-            self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+        """Continue from :meth:`state_dict`'s record; raises ValueError for one that is not
+        such a record (a number where a number belongs, a best epoch of 0 or more)."""
+        if state is None:
+            return
+        if not isinstance(state, dict) or set(state) != {"best", "best_epoch"}:
+            raise ValueError(f"expected the keys best and best_epoch, got {state!r:.80}")
+        best, epoch = state["best"], state["best_epoch"]
+        if not isinstance(best, int | float) or isinstance(best, bool) or math.isnan(best):
+            raise ValueError(f"best is {best!r:.40}, not a score")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"best_epoch is {epoch!r:.40}, not an epoch")
+        self.best, self.best_epoch = float(best), epoch
 
 
 class LRSchedule:

@@ -51,7 +51,9 @@ def load_run(
     run = RunDir(run_dir).require()
     config = run.read_config()
     dev = resolve_device(device if device != "auto" else config.train.device)
-    has_best = config.train.patience > 0 and run.best_path.is_file()
+    identity = training_identity(config)
+    last = run.load_checkpoint(identity, map_location=dev)
+    has_best, best_epoch = _best_epoch(run, config, last, checkpoint)
     if checkpoint == "best" and not has_best:
         raise CheckpointError(
             f"{run.path} has no best epoch's checkpoint ({run.best_path.name}): it was trained "
@@ -59,9 +61,15 @@ def load_run(
             "checkpoint is its only one"
         )
     best = has_best and checkpoint != "last"
-    state = run.load_checkpoint(training_identity(config), map_location=dev, best=best)
+    state = run.load_checkpoint(identity, map_location=dev, best=True) if best else last
     which = "best" if best else ("last" if has_best else None)
-    meta = {**_checked_meta(run, state), "checkpoint": which}
+    meta = {**_checked_meta(run, state, best), "checkpoint": which}
+    if best and best_epoch is not None and meta["epoch"] != best_epoch:
+        raise CheckpointError(
+            f"{run.best_path} holds epoch {meta['epoch']}, but the run's best epoch is "
+            f"{best_epoch} ({run.checkpoint_path.name} says so): it was replaced. Restore it from "
+            "a backup, or score the last checkpoint ({args.checkpoint} last)"
+        )
     pyro.clear_param_store()
     shape = meta.get("image_shape")
     vae = registry.build_vae(
@@ -76,11 +84,35 @@ def load_run(
     return config, vae, meta
 
 
-def _checked_meta(run: RunDir, state: dict[str, Any]) -> dict[str, Any]:
+def _best_epoch(
+    run: RunDir, config: RunConfig, last: dict[str, Any], checkpoint: str | None
+) -> tuple[bool, int | None]:
+    """Whether a run keeps a best epoch's checkpoint, and that epoch as the run's last
+    checkpoint records it (None: a checkpoint of an earlier version, which recorded no early
+    stopping state; its best.pt is used when present). Refuses a run whose recorded best epoch
+    has no best.pt, unless the last checkpoint is asked for."""
+    if config.train.patience <= 0:
+        return False, None
+    stopping = last.get("early_stopping")
+    if not isinstance(stopping, dict):
+        return run.best_path.is_file(), None
+    epoch = stopping.get("best_epoch")
+    if not is_int(epoch) or epoch < 1:  # no epoch scored yet: the last checkpoint is the one
+        return False, None
+    if not run.best_path.is_file() and checkpoint != "last":
+        raise CheckpointError(
+            f"{run.path} was trained with early stopping and its best epoch is {epoch}, but "
+            f"{run.best_path.name} is missing: restore it from a backup, or score the last "
+            "checkpoint ({args.checkpoint} last)"
+        )
+    return True, epoch
+
+
+def _checked_meta(run: RunDir, state: dict[str, Any], best: bool = False) -> dict[str, Any]:
     """The checkpoint's metadata (data shape, levels) and epoch, each checked."""
     meta = state.get("meta")
     epoch = state.get("epoch")
-    path = run.checkpoint_path
+    path = run.best_path if best else run.checkpoint_path
     if not isinstance(meta, dict) or not is_int(meta.get("data_dim")) or meta["data_dim"] < 1:
         raise CheckpointError(f"{path} lacks the data shape (meta.data_dim)")
     shape = meta.get("image_shape")

@@ -18,7 +18,7 @@ from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.jobs.evaluation import check_log_weights_fit, evaluate, format_evaluation
 from pyro_vae.jobs.loading import training_identity
 from pyro_vae.records import Evaluation
-from pyro_vae.runs import RunDir
+from pyro_vae.runs import RunDir, is_temporary, metrics_from_state, metrics_state
 from pyro_vae.text import plural
 from pyro_vae.training import EarlyStopping, EpochStats, Trainer
 
@@ -113,12 +113,11 @@ def _train_claimed(
     schedule = built.schedule
     if state is not None:
         _load_model_state(trainer, state)
-        stopping.load_state_dict(state.get("early_stopping"))
-        schedule.load_state_dict(state.get("lr_schedule"))
+        _load_training_state(run, stopping, schedule, state)
         if writes:
-            rows = run.read_metrics(drop_damaged_tail=True)  # a torn tail is rewritten below
-            history = [row for row in rows if row.epoch <= trainer.epoch]
+            history = _resumed_history(run, state, trainer.epoch)
     elif resume:
+        _check_never_trained(run)
         echo(f"{run.path}: no epoch was finished; training from the beginning")
 
     def seconds_spent() -> float:
@@ -165,12 +164,16 @@ def _train_claimed(
     run.write_config(config)
     over = finished()
     if over:
-        done = [  # the evaluation training would make: IWAE of the whole test split
+        # the evaluation training would make (IWAE of the whole test split), of the checkpoint
+        # it would score: an evaluation of an earlier epoch is stale, not done
+        scored = stopping.best_epoch if stopping.active and run.best_path.is_file() else None
+        done = [
             e
             for e in run.select_evaluations(
                 split="test", num_samples=config.train.eval_samples, precision="fp32", method="iwae"
             )
             if e.evaluation.first is None
+            and e.evaluation.epochs_trained == (scored or trainer.epoch)
         ]
         trained = f"already trained for {plural(trainer.epoch, 'epoch')} of {config.train.epochs}"
         if stopping.stops_after(trainer.epoch) and trainer.epoch < config.train.epochs:
@@ -200,6 +203,7 @@ def _train_claimed(
             "meta": meta,
             "early_stopping": stopping.state_dict(),
             "lr_schedule": schedule.state_dict(),
+            "metrics": metrics_state(history),  # metrics.csv's rows, should a crash lose them
         }
         if best:  # written first: a checkpoint names its best epoch only once best.pt holds it
             run.save_checkpoint(state, identity, best=True)
@@ -255,7 +259,9 @@ def _evaluates_after(world: World, decision: bool | None) -> bool:
 
 def _check_new_run_dir(run: RunDir) -> None:
     """A new run goes into a new or empty directory, not into another run's."""
-    others = [p.name for p in run.path.iterdir() if p.name != run.lock_path.name]
+    others = [  # a run killed before its config was written leaves temporaries: removed
+        p.name for p in run.path.iterdir() if p.name != run.lock_path.name and not is_temporary(p)
+    ]
     if others:
         raise ConfigError(
             f"{run.path} is not empty and holds no run ({', '.join(sorted(others)[:3])}"
@@ -285,6 +291,66 @@ def _check_resumable(saved: RunConfig, given: RunConfig) -> None:
     ]
     if diffs:
         raise ConfigError("cannot resume with different options: " + "; ".join(diffs))
+
+
+def _load_training_state(run: RunDir, stopping: EarlyStopping, schedule, state) -> None:
+    """Early stopping's and the schedule's state from the checkpoint, refused in one line when
+    damaged."""
+    try:
+        stopping.load_state_dict(state.get("early_stopping"))
+    except ValueError as e:
+        raise CheckpointError(
+            f"{run.checkpoint_path}: its early-stopping state is damaged ({e}); restore it from a "
+            "backup or train again into a new run directory"
+        ) from None
+    try:
+        schedule.load_state_dict(state.get("lr_schedule"))
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(
+            f"{run.checkpoint_path}: its learning-rate schedule's state is damaged ({first})"
+        ) from None
+
+
+def _resumed_history(run: RunDir, state: dict[str, Any], epoch: int) -> list[EpochStats]:
+    """The records of the epochs up to the checkpoint's, which are written again at once.
+
+    A checkpoint keeps the records with its state, so a crash after writing it and before
+    metrics.csv loses no row; a checkpoint of an earlier version keeps none, and metrics.csv's
+    rows (a torn tail dropped) are all there is."""
+    saved = metrics_from_state(state.get("metrics"), run.checkpoint_path)
+    if saved is None:
+        rows = run.read_metrics(drop_damaged_tail=True)
+        return [row for row in rows if row.epoch <= epoch]
+    if len(saved) != epoch:
+        raise CheckpointError(
+            f"{run.checkpoint_path} holds {plural(len(saved), 'epoch record')} for epoch {epoch}; "
+            "restore it from a backup or train again into a new run directory"
+        )
+    if run.read_metrics(drop_damaged_tail=True) != saved:
+        run.write_metrics(saved)
+    return saved
+
+
+def _check_never_trained(run: RunDir) -> None:
+    """Refuse to start a run again from the beginning when its files say it had trained: its
+    checkpoint is missing, not yet written."""
+    rows = run.read_metrics(drop_damaged_tail=True)
+    kept = [
+        what
+        for what, there in (
+            (f"metrics.csv records {plural(len(rows), 'epoch')}", rows),
+            (f"{run.best_path.name} exists", run.best_path.is_file()),
+            ("it holds evaluations", run.evaluations_dir.is_dir() and run.evaluations()),
+        )
+        if there
+    ]
+    if kept:
+        raise CheckpointError(
+            f"{run.path} has no {run.checkpoint_path.name}, but {' and '.join(kept)}: its "
+            "checkpoint was deleted or lost. Restore it from a backup, or train again into a new "
+            "run directory"
+        )
 
 
 def _load_model_state(trainer: Trainer, state: dict[str, Any]) -> None:
