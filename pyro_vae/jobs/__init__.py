@@ -5,7 +5,8 @@ left to the caller (``echo``), so the same jobs serve the CLI, scripts and tests
 work on are made by :func:`pyro_vae.build.build`. One module per job:
 :mod:`~pyro_vae.jobs.loading` (a run's config and trained VAE), :mod:`~pyro_vae.jobs.training`
 (train and resume), :mod:`~pyro_vae.jobs.evaluation` (log p(x) and its diagnostics, BDMC),
-:mod:`~pyro_vae.jobs.comparison` (paired comparison of runs) and :mod:`~pyro_vae.jobs.figures`
+:mod:`~pyro_vae.jobs.comparison` (paired comparison of runs), :mod:`~pyro_vae.jobs.housekeeping`
+(a run's kept evaluations: current or older, dropping them), :mod:`~pyro_vae.jobs.figures`
 (samples, training curves) and :mod:`~pyro_vae.jobs.checks` (predictive checks and
 simulation-based calibration).
 """
@@ -29,7 +30,13 @@ from pyro_vae.jobs.comparison import (
     write_comparison_markdown,
 )
 from pyro_vae.jobs.evaluation import bdmc, evaluate, format_bdmc, format_evaluation, khat_summary
-from pyro_vae.jobs.figures import plot, plots_dir, sample, samples_path
+from pyro_vae.jobs.figures import Plotted, plot, plots_dir, sample, samples_path
+from pyro_vae.jobs.housekeeping import (
+    KeptEvaluation,
+    drop_evaluations,
+    format_kept,
+    kept_evaluations,
+)
 from pyro_vae.jobs.loading import CHECKPOINTS, load_run
 from pyro_vae.jobs.training import TrainResult, train
 
@@ -39,16 +46,21 @@ __all__ = [
     "check_table_path",
     "check_sbc_settings",
     "Comparison",
+    "KeptEvaluation",
+    "Plotted",
     "TrainResult",
     "bdmc",
     "compare",
+    "drop_evaluations",
     "comparison_caveats",
     "evaluate",
     "format_bdmc",
     "format_comparison",
     "format_evaluation",
+    "format_kept",
     "format_predictive",
     "format_sbc",
+    "kept_evaluations",
     "khat_summary",
     "load_data",
     "load_run",

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from pyro_vae import arviz_compat
-from pyro_vae.errors import CheckpointError, ConfigError, library_name, name_options
+from pyro_vae.errors import ConfigError, library_name, name_options
 from pyro_vae.jobs.evaluation import IDENTITY_KEYS, TRAINING_DATA_KEYS
-from pyro_vae.jobs.loading import training_identity
+from pyro_vae.jobs.housekeeping import checkpoint_epochs
 from pyro_vae.runs import RunDir, atomic_write_text, check_output_file, describe_selection
 from pyro_vae.text import plural
 
@@ -125,7 +125,7 @@ def compare(
                 + (f" [{stored[i].setting}]" if mix_methods else ""),
                 setting=stored[i].setting,
                 epochs_trained=ev.epochs_trained,
-                checkpoint_epochs=_checkpoint_epochs(runs[i], best=ev.checkpoint == "best"),
+                checkpoint_epochs=checkpoint_epochs(runs[i], best=ev.checkpoint == "best"),
                 method=ev.method,
                 frac_unreliable=_nan_if_none(ev.frac_unreliable),
             )
@@ -135,16 +135,6 @@ def compare(
 
 def _nan_if_none(value: float | None) -> float:
     return math.nan if value is None else value
-
-
-def _checkpoint_epochs(run: RunDir, best: bool = False) -> int | None:
-    """Epochs the run's checkpoint (``best``: its best epoch's, which a best-epoch evaluation
-    scored) holds now (None when it cannot be read)."""
-    try:
-        config = training_identity(run.read_config())
-        return int(run.load_checkpoint(config, map_location="cpu", best=best)["epoch"])
-    except (CheckpointError, ConfigError, KeyError, TypeError, ValueError):
-        return None
 
 
 def _common_evaluations(runs: list[RunDir], **wanted) -> list:
@@ -193,10 +183,16 @@ def comparison_caveats(
             and r.epochs_trained is not None
             and r.epochs_trained != r.checkpoint_epochs
         ):
+            since = r.checkpoint_epochs - r.epochs_trained
+            now = (
+                f"the run has trained for {plural(since, 'epoch')} since (its checkpoint "
+                f"holds {plural(r.checkpoint_epochs, 'epoch')})"
+                if since > 0
+                else f"its checkpoint now holds {plural(r.checkpoint_epochs, 'epoch')}"
+            )
             lines.append(
                 f"caveat: {r.run}: its evaluation {r.setting} was made after "
-                f"{plural(r.epochs_trained, 'epoch')}, and the run has trained for "
-                f"{plural(r.checkpoint_epochs, 'epoch')} since; evaluate it again for the "
+                f"{plural(r.epochs_trained, 'epoch')}, and {now}; evaluate it again for the "
                 "current model"
             )
         if r.method == "ais":

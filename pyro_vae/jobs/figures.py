@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,16 @@ from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.config import RunConfig, check_seed
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.infer.diagnostics import active_units, guide_means
+from pyro_vae.jobs.housekeeping import newest
 from pyro_vae.jobs.loading import load_run
 from pyro_vae.models import VAE
-from pyro_vae.runs import RunDir, atomic_write_bytes, check_output_dir, check_output_file
+from pyro_vae.runs import (
+    RunDir,
+    StoredEvaluation,
+    atomic_write_bytes,
+    check_output_dir,
+    check_output_file,
+)
 from pyro_vae.text import plural
 
 MAX_SAMPLES_FIGURE = 4096  # draws in one samples figure
@@ -99,6 +107,16 @@ def _samples_figure(vae: VAE, config: RunConfig, shape, num: int, seed: int | No
     return plots.samples(drawn.mean, drawn.sample, shape, title)
 
 
+@dataclass(frozen=True)
+class Plotted:
+    """What :func:`plot` drew: the paths written, the evaluation the evaluation figures come from
+    (None: none drawn) and a sentence on that choice (why none, or which one of several)."""
+
+    paths: list[Path]
+    setting: str | None
+    note: str
+
+
 def plot(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -107,17 +125,24 @@ def plot(
     num_samples: int | None = None,
     precision: str | None = None,
     method: str | None = None,
-) -> list[Path]:
-    """Draw every figure of a run into ``out_dir`` (default RUN_DIR/plots); return the paths.
+) -> Plotted:
+    """Draw every figure of a run into ``out_dir`` (default RUN_DIR/plots).
 
-    Figures that need an evaluation (bound vs K, k-hat, gap) are drawn from the run's one kept
-    evaluation, or the one ``split``, ``num_samples`` and ``precision`` select (ambiguity raises).
+    The training curves, samples, reconstructions, traversals and the latent space need no
+    evaluation. The figures that do (bound vs K, k-hat, gap) are named after the setting they
+    come from (``gap-test-K1000-fp32.png``), so figures of several settings sit side by side;
+    they are drawn from the newest current evaluation (of the checkpoint the run holds now) of
+    those ``split``, ``num_samples``, ``precision`` and ``method`` select (all by default).
+    Without a current one they are left out and the note says why, unless a selection was
+    given: then its evaluation is refused when it is older than the checkpoint, or missing.
     """
     from pyro_vae import plots
 
     out = plots_dir(run_dir, out_dir)
     run = RunDir(run_dir).require()
     config, vae, meta = load_run(run_dir, "cpu")
+    wanted = {"split": split, "num_samples": num_samples, "precision": precision, "method": method}
+    kept, note = _evaluation_to_plot(run, meta["epoch"], wanted)
     figures = {}
     history = run.read_metrics()
     if history:
@@ -159,30 +184,73 @@ def plot(
     figures["latent"] = plots.latent_space(points, labels, projected)
     if len(shape) == 2:
         figures["samples"] = _samples_figure(vae, config, shape, 64)
-    wanted = {"split": split, "num_samples": num_samples, "precision": precision, "method": method}
-    if run.select_evaluations(**wanted) or any(v is not None for v in wanted.values()):
-        kept = run.find_evaluation(**wanted)  # raises when it is ambiguous or missing
+    if kept is not None:
         ev, per_point = kept.evaluation, kept.per_point()
-        if ev.epochs_trained != meta["epoch"]:
-            raise CheckpointError(
-                f"the evaluation {kept.setting} of {run.path} was made after "
-                f"{plural(ev.epochs_trained or 0, 'epoch')}, but its checkpoint has "
-                f"{meta['epoch']}: its "
-                "figures would describe another model; evaluate it again "
-                f"(pyro-vae evaluate {run.path})"
-            )
         log_px, elbo = per_point.log_px.numpy(), per_point.elbo.numpy()
+        named = {}
         if ev.bounds_vs_k is not None:  # importance sampling's; AIS has no L_K
             proposal = "refined proposals" if ev.method == "refined" else "the guide"
             series = {f"L_K from {proposal} (mean over datapoints)": ev.bounds_vs_k}
-            figures["bound_vs_k"] = plots.bound_vs_k(series, ev.elbo)
+            named["bound_vs_k"] = plots.bound_vs_k(series, ev.elbo)
         khat = per_point.khat.numpy()
         if np.isfinite(khat).any():  # not computed below PSIS_MIN_SAMPLES
-            figures["khat"] = plots.khat(khat)
-        figures["gap"] = plots.gap_histogram(log_px - elbo)
+            named["khat"] = plots.khat(khat)
+        named["gap"] = plots.gap_histogram(log_px - elbo)
+        figures.update({f"{name}-{kept.setting}": figure for name, figure in named.items()})
     paths = []
     for name, fig in figures.items():
         path = out / f"{name}.png"
         save_figure(fig, path, bbox_inches="tight" if name == "samples" else None)
         paths.append(path)
-    return paths
+    return Plotted(paths, None if kept is None else kept.setting, note)
+
+
+def _evaluation_to_plot(
+    run: RunDir, epoch: int, wanted: dict
+) -> tuple[StoredEvaluation | None, str]:
+    """The evaluation :func:`plot` draws (None: none), and what to say about the choice."""
+    asked = any(v is not None for v in wanted.values())
+    kept = run.select_evaluations(**wanted)
+    if asked and not kept:
+        run.find_evaluation(**wanted)  # raises, naming the evaluations kept
+    current = [e for e in kept if e.evaluation.epochs_trained == epoch]
+    older = [e for e in kept if e.evaluation.epochs_trained != epoch]
+    if current:
+        chosen = newest(current)
+        others = [e.setting for e in current if e is not chosen]
+        if not others:
+            return chosen, f"evaluation figures from {chosen.setting}"
+        return chosen, (
+            f"evaluation figures from {chosen.setting}, the newest of "
+            f"{len(current)} current evaluations (also {', '.join(others)}; choose one with "
+            "{args.split}, {args.method}, {args.num_samples} and {args.precision})"
+        )
+    if not kept:
+        return None, (
+            f"no evaluation figures: {run.path} keeps no evaluation (pyro-vae evaluate {run.path})"
+        )
+    made = ", ".join(
+        f"{e.setting} after {plural(e.evaluation.epochs_trained or 0, 'epoch')}" for e in older
+    )
+    if asked and len(older) == 1:
+        (first,) = older
+        raise CheckpointError(
+            f"the evaluation {first.setting} of {run.path} was made after "
+            f"{plural(first.evaluation.epochs_trained or 0, 'epoch')}, but its checkpoint has "
+            f"{epoch}: its figures would describe another model; evaluate it again "
+            f"(pyro-vae evaluate {run.path}), or drop it (pyro-vae evaluations {run.path} "
+            f"{{args.drop}} {first.setting})"
+        )
+    if asked:
+        raise CheckpointError(
+            f"the evaluations of {run.path} selected were made before its checkpoint's "
+            f"{plural(epoch, 'epoch')} ({made}): their figures would describe another model; "
+            f"evaluate the run again (pyro-vae evaluate {run.path}), or drop them (pyro-vae "
+            f"evaluations {run.path} {{args.drop_stale}})"
+        )
+    return None, (
+        f"no evaluation figures: the evaluations {run.path} keeps were made before its "
+        f"checkpoint's {plural(epoch, 'epoch')} ({made}); evaluate the run again (pyro-vae "
+        f"evaluate {run.path}), or drop them (pyro-vae evaluations {run.path} "
+        "{args.drop_stale})"
+    )
