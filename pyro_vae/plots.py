@@ -175,7 +175,12 @@ def _panel_grid(count: int, width: float = 3.2, height: float = 2.6, cols: int =
 
 
 def predictive_checks(
-    idata, kind: str, names: list[str], p_values: dict[str, float], paired: dict | None = None
+    idata,
+    kind: str,
+    names: list[str],
+    p_values: dict[str, float],
+    paired: dict | None = None,
+    own: dict | None = None,
 ) -> Figure:
     """Three rows of panels, one column per statistic: ArviZ's ``plot_ppc`` (the statistic's
     distribution over images, observed against replicated datasets), ``plot_bpv`` with the mean
@@ -186,20 +191,30 @@ def predictive_checks(
     u-values (N,))``, a realised discrepancy such as log p(x|z) whose observed value changes
     with each draw) gets its lower two panels drawn here from those paired values, which
     ArviZ's ``plot_bpv`` cannot pair: the histogram of replicated minus observed mean, and of
-    the u-values."""
+    the u-values. A statistic in ``own`` (the same three arrays, not paired) gets these two
+    panels too, in place of ArviZ's: for a single image, whose integer statistics ArviZ's
+    smoothing cannot interpolate."""
     paired = paired or {}
+    drawn_here = {**(own or {}), **paired}
     cols = len(names)
     fig = Figure(figsize=(3.4 * cols, 8.4), dpi=110)
     axes = np.atleast_2d(fig.subplots(3, cols).reshape(3, cols))
-    arviz_compat.plot_ppc(idata, kind, names, axes[0])
-    plain = [j for j, n in enumerate(names) if n not in paired]
+    if all(n in drawn_here for n in names) and idata.observed_data[names[0]].shape[-1] < 2:
+        for ax, name in zip(axes[0], names, strict=True):  # one image: no density over images
+            rep, obs, _ = (np.asarray(v) for v in drawn_here[name])
+            ax.hist(rep, bins=20, color="C0", alpha=0.7, label=f"{kind} predictive")
+            ax.axvline(obs.mean(), color="k", label="observed")
+            ax.set_yticks([])
+    else:
+        arviz_compat.plot_ppc(idata, kind, names, axes[0])
+    plain = [j for j, n in enumerate(names) if n not in drawn_here]
     if plain:
         chosen = [names[j] for j in plain]
         arviz_compat.plot_bpv(idata, kind, chosen, axes[1, plain], kind="t_stat")
         arviz_compat.plot_bpv(idata, kind, chosen, axes[2, plain], kind="u_value")
     for j, name in enumerate(names):
-        if name in paired:
-            rep, obs, u = (np.asarray(v) for v in paired[name])
+        if name in drawn_here:
+            rep, obs, u = (np.asarray(v) for v in drawn_here[name])
             axes[1, j].hist(rep - obs, bins=20, color="C0", alpha=0.7)
             axes[1, j].axvline(0.0, color="k")
             axes[1, j].set_yticks([])

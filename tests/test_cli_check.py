@@ -78,7 +78,9 @@ def test_the_predictive_check_reads_the_split_it_is_given(capsys, run_dir):
     summary = json.loads((run_dir / "checks" / "predictive-posterior.json").read_text())
     assert summary["split"] == "val" and summary["num_datapoints"] == 180  # all of val
     assert "posterior predictive check on 180 val images" in capsys.readouterr().out
-    assert "unknown split 'dev'" in cli_error(capsys, *argv[:4], "--split", "dev")
+    assert "--split must be train, val or test, got 'dev'" in cli_error(
+        capsys, *argv[:4], "--split", "dev"
+    )
 
 
 def test_checks_are_repeatable(capsys, run_dir):
@@ -138,3 +140,59 @@ def test_a_two_layer_run_is_checked_through_both_latents(capsys, tmp_path):
     assert main(["check", str(out), *SMALL, *SMALL_SBC]) == 0
     sbc = json.loads((out / "checks" / "sbc.json").read_text())
     assert sbc["coordinates"] == ["z2[0]", "z2[1]", "z[0]", "z[1]", "z[2]"]
+
+
+# issue 28, item 4: a check of one datapoint
+def test_one_datapoint_is_checked(capsys, run_dir):
+    argv = ["check", str(run_dir), "--predictive", "posterior", "--num-datapoints", "1"]
+    assert main([*argv, "--num-draws", "5", "--no-progress"]) == 0
+    assert "posterior predictive check on 1 test image, 5 replicates" in capsys.readouterr().out
+    summary = json.loads((run_dir / "checks" / "predictive-posterior.json").read_text())
+    assert summary["num_datapoints"] == 1
+    assert (run_dir / "checks" / "predictive-posterior-checks.png").stat().st_size > 10_000
+
+
+def _stamps(run_dir):
+    checks = run_dir / "checks"
+    return {p.name: p.stat().st_mtime_ns for p in checks.glob("*")} if checks.exists() else {}
+
+
+# issue 28, item 8: the split, and ceilings of the sizes, refused before any work
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sbc", "--split", "bogus"], "--split must be train, val or test, got 'bogus'"),
+        (["--split", "Test"], "--split must be train, val or test"),
+        (["--num-datapoints", str(10**23)], "--num-datapoints must be at most 10,000,000"),
+        (["--num-draws", str(2**31)], "--num-draws must be at most 1,000,000"),
+        (["--sbc", "--num-simulations", str(10**8)], "--num-simulations must be at most"),
+        (["--sbc", "--sbc-draws", str(2**31)], "--sbc-draws must be at most 1,000,000"),
+        (["--sbc", "--sbc-proposals", str(10**23)], "--sbc-proposals must be at most 16,777,216"),
+    ],
+    ids=["split-sbc", "split", "datapoints", "draws", "simulations", "sbc-draws", "proposals"],
+)
+def test_a_bad_split_or_a_size_past_its_ceiling_is_refused(capsys, run_dir, args, message):
+    before = _stamps(run_dir)
+    assert message in cli_error(capsys, "check", str(run_dir), *args)
+    assert _stamps(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    "args, lower",
+    [
+        (["--predictive", "posterior", *SMALL], "lower --num-draws or --num-datapoints"),
+        (["--sbc", *SMALL_SBC], "lower --num-simulations, --sbc-draws or --sbc-proposals"),
+        ([*SMALL, *SMALL_SBC], "lower --num-simulations, --sbc-draws or --sbc-proposals"),
+    ],
+    ids=["predictive", "sbc", "both"],
+)
+def test_a_check_that_cannot_fit_in_memory_is_refused_before_any_work(
+    capsys, run_dir, monkeypatch, args, lower
+):
+    from pyro_vae.jobs import checks
+
+    monkeypatch.setattr(checks, "free_memory_bytes", lambda device: 10**6)
+    before = _stamps(run_dir)
+    err = cli_error(capsys, "check", str(run_dir), *args)
+    assert "GB, more than the 0.001 GB of free memory" in err and lower in err
+    assert _stamps(run_dir) == before

@@ -14,7 +14,9 @@ simulation-based calibration).
 from pyro_vae.build import load_data, prepare_splits, resolve_device
 from pyro_vae.jobs.checks import (
     check_predictive_settings,
+    check_sbc_memory,
     check_sbc_settings,
+    check_split,
     format_predictive,
     format_sbc,
     predictive,
@@ -44,7 +46,9 @@ __all__ = [
     "CHECKPOINTS",
     "check_predictive_settings",
     "check_table_path",
+    "check_sbc_memory",
     "check_sbc_settings",
+    "check_split",
     "Comparison",
     "KeptEvaluation",
     "Plotted",

@@ -13,8 +13,17 @@ import torch
 
 from pyro_vae import arviz_compat
 from pyro_vae.build import load_data, prepare_splits
+from pyro_vae.data.datasets import SPLIT_NAMES
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.predictive import KINDS, LOG_LIK, predictive_check, u_tail_share
+from pyro_vae.infer.importance import free_memory_bytes
+from pyro_vae.infer.predictive import (
+    BLOCK_ELEMENTS,
+    KINDS,
+    LOG_LIK,
+    STATISTICS,
+    predictive_check,
+    u_tail_share,
+)
 from pyro_vae.infer.sbc import (
     LEVELS,
     chi2_uniformity,
@@ -56,11 +65,17 @@ def predictive(
     and, for images, replicates beside their images (``-replicates.png``).
     """
     check_predictive_settings(kind, num_datapoints, num_draws)
+    check_split(split)
     config, vae, meta = load_run(run_dir, device)
     run = RunDir(run_dir)
     run.check_writable()
     data = prepare_splits(config, load_data(config), vae.likelihood, (split,), fixed=True)
-    x = data[split][:num_datapoints].to(next(vae.parameters()).device)
+    device_of = next(vae.parameters()).device
+    statistics = STATISTICS
+    num_statistics = len(statistics) + (2 if kind == "posterior" else 0)  # log_lik: obs and rep
+    n = min(num_datapoints, data[split].shape[0])
+    check_predictive_memory(n, num_draws, data[split].shape[1], num_statistics, device_of)
+    x = data[split][:num_datapoints].to(device_of)
     shape = meta.get("image_shape")
     shape = None if shape is None else tuple(shape)
     pyro.set_rng_seed(config.train.seed)
@@ -71,6 +86,7 @@ def predictive(
         x,
         kind=kind,
         num_draws=num_draws,
+        statistics=statistics,
         image_shape=shape,
         max_plate_nesting=1,
         progress=progress,
@@ -133,8 +149,17 @@ def _predictive_figures(check, idata, x, shape) -> dict[str, Any]:
             check.observed[LOG_LIK].mean(1).numpy(),
             check.u_values(LOG_LIK).numpy(),
         )
+    own = {}
+    if check.num_datapoints < 2:  # ArviZ cannot smooth one image's integer statistics
+        for name in (n for n in names if n not in paired):
+            observed = check.observed_per_image(name).double().mean().item()
+            own[name] = (
+                check.replicated[name].double().mean(1).numpy(),
+                np.full(check.num_draws, observed),
+                check.u_values(name).numpy(),
+            )
     figures = {
-        "checks": plots.predictive_checks(idata, check.kind, names, p_values, paired),
+        "checks": plots.predictive_checks(idata, check.kind, names, p_values, paired, own),
         "pixels": plots.pixel_values(
             check.pixel_edges.numpy(),
             check.observed_pixels.numpy(),
@@ -198,6 +223,7 @@ def sbc(
     """
     check_sbc_settings(num_simulations, num_draws, num_proposals)
     config, vae, meta = load_run(run_dir, device)
+    _check_sbc_memory(config, meta, num_simulations, num_draws, num_proposals, vae)
     run = RunDir(run_dir)
     run.check_writable()
     param = next(vae.parameters())
@@ -315,22 +341,143 @@ def _verdict_line(verdict: list[str], names: list[str]) -> str:
     return "; ".join(f"{v} in {', '.join(ns)}" for v, ns in bad.items())
 
 
+# Ceilings of the checks' sizes, whatever the memory: far above any useful check, and below the
+# sizes that overflow the indexing of PyTorch and Pyro (2**31 and beyond) or take days.
+MAX_DATAPOINTS = 10_000_000  # images of a split checked (a split holds fewer than this)
+MAX_DRAWS = 1_000_000  # replicates of each image; draws of q per SBC simulation
+MAX_SIMULATIONS = 10_000_000  # SBC's simulations
+MAX_PROPOSALS = 2**24  # SBC's draws of q resampled: torch.multinomial takes at most 2**24
+# Bytes a predictive check keeps per replicated value of each statistic (float32 or int64 while
+# computed, a float64 or int64 copy for the InferenceData, the p- and u-values' temporaries),
+# and per value of a block of replicates (the decoder's output, the distribution's parameters,
+# the draws and their log-densities)
+BYTES_PER_STATISTIC_VALUE = 32
+BYTES_PER_BLOCK_VALUE = 32
+
+
+def check_split(split: str) -> None:
+    """Raise :class:`ConfigError` unless ``split`` names a split (train, val or test), whichever
+    checks are run."""
+    if split not in SPLIT_NAMES:
+        raise ConfigError(
+            f"must be {', '.join(SPLIT_NAMES[:-1])} or {SPLIT_NAMES[-1]}, got {split!r}",
+            option="args.split",
+        )
+
+
 def check_predictive_settings(kind: str, num_datapoints: int, num_draws: int) -> None:
-    """Raise :class:`ConfigError` for settings :func:`predictive` refuses (before any work)."""
+    """Raise :class:`ConfigError` for settings :func:`predictive` refuses (before any work):
+    an unknown kind, and sizes outside their ranges (:data:`MAX_DATAPOINTS`,
+    :data:`MAX_DRAWS`). Whether the check fits in memory is known once its data are
+    (:func:`check_predictive_memory`)."""
     if kind not in KINDS:
         raise ConfigError(f"must be prior or posterior, got {kind!r}", option="args.predictive")
-    _at_least(num_datapoints, 1, "args.num_datapoints")
-    _at_least(num_draws, 2, "args.num_draws")
+    _within(num_datapoints, 1, MAX_DATAPOINTS, "args.num_datapoints")
+    _within(num_draws, 2, MAX_DRAWS, "args.num_draws")
 
 
 def check_sbc_settings(num_simulations: int, num_draws: int, num_proposals: int) -> None:
-    """Raise :class:`ConfigError` for settings :func:`sbc` refuses (before any work)."""
-    _at_least(num_simulations, 20, "args.num_simulations")
+    """Raise :class:`ConfigError` for settings :func:`sbc` refuses (before any work): sizes
+    outside their ranges. Whether SBC fits in memory depends on the run
+    (:func:`check_sbc_memory`)."""
+    _within(num_simulations, 20, MAX_SIMULATIONS, "args.num_simulations")
     # 19 draws are the fewest whose 20 rank values resolve a central 90% interval
-    _at_least(num_draws, 19, "args.sbc_draws")
-    _at_least(num_proposals, 0, "args.sbc_proposals")
+    _within(num_draws, 19, MAX_DRAWS, "args.sbc_draws")
+    _within(num_proposals, 0, MAX_PROPOSALS, "args.sbc_proposals")
 
 
-def _at_least(value: int, least: int, option: str) -> None:
+def predictive_memory(
+    num_datapoints: int, num_draws: int, data_dim: int, num_statistics: int
+) -> tuple[int, int]:
+    """Bytes a predictive check needs: for the statistics it keeps (``num_draws x
+    num_datapoints`` values of each) and for one block of replicates (at least one image's
+    ``num_draws x data_dim`` values, see :data:`~pyro_vae.infer.predictive.BLOCK_ELEMENTS`)."""
+    kept = BYTES_PER_STATISTIC_VALUE * num_statistics * num_draws * num_datapoints
+    block = BYTES_PER_BLOCK_VALUE * max(BLOCK_ELEMENTS, num_draws * data_dim)
+    return kept, block
+
+
+def check_predictive_memory(
+    num_datapoints: int, num_draws: int, data_dim: int, num_statistics: int, device
+) -> None:
+    """Raise :class:`ConfigError` when a predictive check's statistics and a block of its
+    replicates (:func:`predictive_memory`) would not fit in free memory (the block on
+    ``device``)."""
+    kept, block = predictive_memory(num_datapoints, num_draws, data_dim, num_statistics)
+    what = (
+        f"a predictive check with {plural(num_draws, 'replicate')} of each of "
+        f"{plural(num_datapoints, 'datapoint')} ({num_statistics} statistics, {data_dim} values "
+        "a datapoint) needs"
+    )
+    _check_fits(what, kept, block, device, "{args.num_draws} or {args.num_datapoints}")
+
+
+def sbc_memory(
+    num_simulations: int,
+    num_draws: int,
+    num_proposals: int,
+    data_dim: int,
+    latent_dim: int,
+    hidden: int,
+) -> tuple[int, int]:
+    """Bytes SBC needs: for what it keeps of every simulation (its data twice, the ranks among q
+    and among the resampled draws) and for one block of simulations (at least one simulation's
+    ``max(num_draws, num_proposals)`` draws of the latents, decoded through ``hidden`` units
+    into ``data_dim`` values)."""
+    kept = num_simulations * (2 * 4 * data_dim + 2 * 8 * latent_dim + 8)
+    draws = max(num_draws, num_proposals)
+    rows = max(1, BLOCK_ELEMENTS // (draws * data_dim))
+    block = 3 * 4 * min(rows, num_simulations) * draws * (data_dim + hidden + 4 * latent_dim)
+    return kept, block
+
+
+def check_sbc_memory(
+    run_dir: str | Path,
+    num_simulations: int,
+    num_draws: int,
+    num_proposals: int,
+    device: str = "auto",
+) -> None:
+    """Raise :class:`ConfigError` when SBC of the run with these settings (:func:`sbc_memory`)
+    would not fit in free memory (its blocks on the run's device): before any check runs."""
+    config, vae, meta = load_run(run_dir, device)
+    _check_sbc_memory(config, meta, num_simulations, num_draws, num_proposals, vae)
+
+
+def _check_sbc_memory(config, meta, num_simulations, num_draws, num_proposals, vae) -> None:
+    model = config.model
+    latent_dim = model.latent_dim + (model.top_latent_dim or 0)
+    hidden = sum(model.hidden) + (sum(model.top_hidden) if model.top_latent_dim else 0)
+    kept, block = sbc_memory(
+        num_simulations, num_draws, num_proposals, meta["data_dim"], latent_dim, hidden
+    )
+    what = (
+        f"SBC of {plural(num_simulations, 'simulation')} with "
+        f"{plural(max(num_draws, num_proposals), 'draw')} of q each needs"
+    )
+    device = next(vae.parameters()).device
+    lower = "{args.num_simulations}, {args.sbc_draws} or {args.sbc_proposals}"
+    _check_fits(what, kept, block, device, lower)
+
+
+def _check_fits(what: str, kept: int, block: int, device, lower: str) -> None:
+    host = free_memory_bytes(torch.device("cpu"))
+    on_device = free_memory_bytes(device) if device.type != "cpu" else None
+    need_host = kept + (block if device.type == "cpu" else 0)
+    for need, free, where in ((need_host, host, "memory"), (block, on_device, f"{device} memory")):
+        if free is not None and need > free:
+            raise ConfigError(
+                f"{what} about {need / 1e9:.3g} GB, more than the {free / 1e9:.3g} GB of "
+                f"free {where}; lower {lower}"
+            )
+
+
+def _within(value: int, least: int, most: int, option: str) -> None:
     if value < least:
         raise ConfigError(f"must be at least {least}, got {value}", option=option)
+    if value > most:
+        raise ConfigError(
+            f"must be at most {most:,} (the checks' ceiling, far above a useful check), got "
+            f"{value:,}",
+            option=option,
+        )
