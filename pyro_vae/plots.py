@@ -84,9 +84,10 @@ def reconstructions(originals, recon, shape) -> Figure:
 def latent_space(means, labels, projected: bool) -> Figure:
     fig = Figure(figsize=(5.5, 5), dpi=120)
     ax = fig.subplots()
-    c = None if labels is None else labels
-    sc = ax.scatter(means[:, 0], means[:, 1], c=c, cmap="tab10", s=8, alpha=0.8)
-    if labels is not None:
+    if labels is None:  # one colour (a colormap without values to map warns)
+        ax.scatter(means[:, 0], means[:, 1], s=8, alpha=0.8)
+    else:
+        sc = ax.scatter(means[:, 0], means[:, 1], c=labels, cmap="tab10", s=8, alpha=0.8)
         fig.colorbar(sc, ax=ax, label="label")
     what = "first two principal components of E_q[z|x]" if projected else "E_q[z|x]"
     ax.set_xlabel(f"{what}, axis 1")
@@ -181,6 +182,8 @@ def predictive_checks(
     p_values: dict[str, float],
     paired: dict | None = None,
     own: dict | None = None,
+    note: str = "",
+    unit: str = "image",
 ) -> Figure:
     """Three rows of panels, one column per statistic: ArviZ's ``plot_ppc`` (the statistic's
     distribution over images, observed against replicated datasets), ``plot_bpv`` with the mean
@@ -193,7 +196,8 @@ def predictive_checks(
     ArviZ's ``plot_bpv`` cannot pair: the histogram of replicated minus observed mean, and of
     the u-values. A statistic in ``own`` (the same three arrays, not paired) gets these two
     panels too, in place of ArviZ's: for a single image, whose integer statistics ArviZ's
-    smoothing cannot interpolate."""
+    smoothing cannot interpolate. ``note`` is added to the title; ``unit`` names a datapoint
+    in the panels' titles (``"image"``, ``"datapoint"``)."""
     paired = paired or {}
     drawn_here = {**(own or {}), **paired}
     cols = len(names)
@@ -230,30 +234,32 @@ def predictive_checks(
             axes[1, j].set_title(
                 f"replicated - observed mean, paired by z: p = {p_values[name]:.3f}", fontsize=8
             )
-            axes[2, j].set_title("per-image u-values, paired by z", fontsize=9)
+            axes[2, j].set_title(f"per-{unit} u-values, paired by z", fontsize=9)
         else:
-            axes[1, j].set_title(f"mean over images: p = {p_values[name]:.3f}", fontsize=9)
-            axes[2, j].set_title("per-image u-values", fontsize=9)
+            axes[1, j].set_title(f"mean over {unit}s: p = {p_values[name]:.3f}", fontsize=9)
+            axes[2, j].set_title(f"per-{unit} u-values", fontsize=9)
         for ax in axes[:, j]:
             ax.tick_params(labelsize=7)
             ax.set_xlabel("")
-    fig.suptitle(f"{kind} predictive checks", fontsize=11)
+    fig.suptitle(f"{kind} predictive checks{note}", fontsize=11)
     fig.tight_layout()
     return fig
 
 
-def pixel_values(edges: np.ndarray, observed: np.ndarray, replicated: np.ndarray, kind: str):
-    """The share of pixel values in each bin, observed against replicated."""
+def pixel_values(
+    edges: np.ndarray, observed: np.ndarray, replicated: np.ndarray, kind: str, what: str = "pixel"
+):
+    """The share of ``what`` values (pixel, feature) in each bin, observed against replicated."""
     fig = Figure(figsize=(6, 3.6), dpi=120)
     ax = fig.subplots()
     centres, widths = (edges[1:] + edges[:-1]) / 2, np.diff(edges)
     ax.bar(centres, observed, width=widths, alpha=0.5, label="observed", color="k")
     ax.step(edges[1:], replicated, where="pre", label=f"{kind} predictive", color="C0")
     ax.set_yscale("log")
-    ax.set_xlabel("pixel value")
-    ax.set_ylabel("share of pixels")
+    ax.set_xlabel(f"{what} value")
+    ax.set_ylabel(f"share of {what} values")
     ax.legend(fontsize=8)
-    ax.set_title(f"pixel values: observed vs {kind} predictive", fontsize=10)
+    ax.set_title(f"{what} values: observed vs {kind} predictive", fontsize=10)
     fig.tight_layout()
     return fig
 

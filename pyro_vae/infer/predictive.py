@@ -96,6 +96,49 @@ STATISTICS: tuple[Statistic, ...] = (
     Statistic("on_pixels", f"number of pixels above {ON_THRESHOLD}", on_pixels, discrete=True),
     Statistic("total_variation", "mean |difference| of neighbouring pixels", total_variation),
 )
+IMAGE_STATISTICS = STATISTICS  # the statistics of images (the default of predictive_check)
+MAX_FEATURES = 16  # features of tabular data given statistics of their own (the first ones)
+
+
+def feature_statistics(x: torch.Tensor, max_features: int = MAX_FEATURES) -> tuple[Statistic, ...]:
+    """Statistics of tabular data, two per feature j of the first ``max_features`` of ``x``
+    ``(N, D)``: ``value_j``, the feature itself, whose mean over the datapoints is the feature's
+    mean; and ``sqdev_j``, its squared deviation :math:`(x_j - \\bar x_j)^2` from the mean
+    :math:`\\bar x_j` of the observed ``x``, whose mean is the feature's variance about it (for
+    replicates: their variance plus their mean's squared shift)."""
+    centre = x.detach().double().mean(0).cpu()
+    values, deviations = [], []
+    for j in range(min(max_features, x.shape[-1])):
+        m = centre[j].item()
+        values.append(Statistic(f"value_{j}", f"value of feature {j}", _feature(j)))
+        deviations.append(
+            Statistic(
+                f"sqdev_{j}", f"(feature {j} - {m:.3g})^2, about its observed mean", _sqdev(j, m)
+            )
+        )
+    return (*values, *deviations)
+
+
+def _feature(j: int):
+    return lambda x, image_shape=None: x[..., j]
+
+
+def _sqdev(j: int, centre: float):
+    return lambda x, image_shape=None: (x[..., j] - centre) ** 2
+
+
+def is_image(image_shape: tuple[int, ...] | None) -> bool:
+    """Whether datapoints of ``image_shape`` are images: ``(H, W)`` or ``(C, H, W)``."""
+    return image_shape is not None and len(image_shape) >= 2
+
+
+def statistics_for(
+    x: torch.Tensor, image_shape: tuple[int, ...] | None, max_features: int = MAX_FEATURES
+) -> tuple[Statistic, ...]:
+    """The statistics that suit the data: :data:`IMAGE_STATISTICS` for images
+    (:func:`is_image`), :func:`feature_statistics` of ``x`` for other (tabular) data, where
+    pixel intensities and neighbours mean nothing."""
+    return IMAGE_STATISTICS if is_image(image_shape) else feature_statistics(x, max_features)
 
 
 @dataclass(frozen=True)
@@ -201,9 +244,13 @@ def predictive_check(
     num_draws : int
         Replicates S of each image.
     statistics : tuple of Statistic
-        The data's test statistics; the posterior predictive adds ``log_lik``.
+        The data's test statistics; the posterior predictive adds ``log_lik``. The default is
+        :data:`IMAGE_STATISTICS`, for images; :func:`statistics_for` picks per-feature
+        statistics for tabular data (:func:`feature_statistics`).
     image_shape : tuple of int, optional
-        The shape of one image, for statistics over neighbouring pixels.
+        The shape of one image, for statistics over neighbouring pixels: without it
+        ``total_variation`` runs over consecutive coordinates of the flat data, across the ends
+        of an image's rows.
     num_bins : int
         Bins of the pixel-value histogram, over the observed values' range.
     num_examples : int

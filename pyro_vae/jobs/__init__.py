@@ -32,7 +32,7 @@ from pyro_vae.jobs.comparison import (
     write_comparison_markdown,
 )
 from pyro_vae.jobs.evaluation import bdmc, evaluate, format_bdmc, format_evaluation, khat_summary
-from pyro_vae.jobs.figures import Plotted, plot, plots_dir, sample, samples_path
+from pyro_vae.jobs.figures import Plotted, Samples, plot, plots_dir, sample, samples_path
 from pyro_vae.jobs.housekeeping import (
     KeptEvaluation,
     drop_evaluations,
@@ -52,6 +52,7 @@ __all__ = [
     "Comparison",
     "KeptEvaluation",
     "Plotted",
+    "Samples",
     "TrainResult",
     "bdmc",
     "compare",

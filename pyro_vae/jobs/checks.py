@@ -20,8 +20,11 @@ from pyro_vae.infer.predictive import (
     BLOCK_ELEMENTS,
     KINDS,
     LOG_LIK,
-    STATISTICS,
+    MAX_FEATURES,
+    ON_THRESHOLD,
+    is_image,
     predictive_check,
+    statistics_for,
     u_tail_share,
 )
 from pyro_vae.infer.sbc import (
@@ -40,6 +43,7 @@ from pyro_vae.text import plural
 
 ALPHA = 0.01  # a p-value outside [ALPHA / 2, 1 - ALPHA / 2] is called extreme
 U_TAILS = 0.025  # per-image u-values below this or above 1 - this are counted as extreme
+MAX_PANELS = 8  # statistics drawn in the checks figure (those with the most extreme p-values)
 
 
 def predictive(
@@ -53,16 +57,19 @@ def predictive(
     progress: bool | str = False,
 ) -> dict[str, Any]:
     """The prior or posterior predictive check of a run on the first ``num_datapoints`` images
-    of ``split`` (prepared as the evaluation prepares them), ``num_draws`` replicates of each
-    (:func:`pyro_vae.infer.predictive.predictive_check`).
+    (or datapoints) of ``split`` (prepared as the evaluation prepares them), ``num_draws``
+    replicates of each (:func:`pyro_vae.infer.predictive.predictive_check`), with the
+    statistics that suit the data (:func:`~pyro_vae.infer.predictive.statistics_for`): image
+    statistics for images, per-feature ones for tabular data; the summary's ``data_kind`` and
+    ``statistics_used`` say which.
 
     Kept as ``checks/predictive-KIND.json`` (the summary: each statistic's observed and
     replicated means, its Bayesian p-value, the share of images with an extreme u-value, and
     the statistics whose p-value is extreme), ``.nc`` (an InferenceData with the
     ``KIND_predictive``, ``observed_data`` and, for the posterior, ``log_likelihood`` groups)
-    and figures: ArviZ's
-    ``plot_ppc`` and ``plot_bpv`` (``-checks.png``), the pixel-value histogram (``-pixels.png``)
-    and, for images, replicates beside their images (``-replicates.png``).
+    and figures: ArviZ's ``plot_ppc`` and ``plot_bpv`` (``-checks.png``, at most
+    :data:`MAX_PANELS` statistics), the histogram of the values (``-pixels.png``) and, for
+    images, replicates beside their images (``-replicates.png``).
     """
     check_predictive_settings(kind, num_datapoints, num_draws)
     check_split(split)
@@ -71,13 +78,13 @@ def predictive(
     run.check_writable()
     data = prepare_splits(config, load_data(config), vae.likelihood, (split,), fixed=True)
     device_of = next(vae.parameters()).device
-    statistics = STATISTICS
-    num_statistics = len(statistics) + (2 if kind == "posterior" else 0)  # log_lik: obs and rep
-    n = min(num_datapoints, data[split].shape[0])
-    check_predictive_memory(n, num_draws, data[split].shape[1], num_statistics, device_of)
-    x = data[split][:num_datapoints].to(device_of)
+    x = data[split][:num_datapoints]
     shape = meta.get("image_shape")
     shape = None if shape is None else tuple(shape)
+    statistics = statistics_for(x, shape)
+    num_statistics = len(statistics) + (2 if kind == "posterior" else 0)  # log_lik: obs and rep
+    check_predictive_memory(x.shape[0], num_draws, x.shape[1], num_statistics, device_of)
+    x = x.to(device_of)
     pyro.set_rng_seed(config.train.seed)
     start = time.perf_counter()
     check = predictive_check(
@@ -109,6 +116,8 @@ def predictive(
     summary: dict[str, Any] = {
         "kind": kind,
         "split": split,
+        "data_kind": "images" if is_image(shape) else "tabular",
+        "statistics_used": _statistics_used(shape, x.shape[1]),
         "num_datapoints": check.num_datapoints,
         "num_draws": check.num_draws,
         "alpha": ALPHA,
@@ -133,6 +142,27 @@ def predictive(
     return summary
 
 
+def _statistics_used(shape: tuple[int, ...] | None, data_dim: int) -> str:
+    """Which statistics :func:`predictive` chose for data of ``shape``, in words."""
+    if is_image(shape):
+        size = "x".join(map(str, shape))
+        return (
+            f"statistics for {size} images: mean intensity, pixels above {ON_THRESHOLD}, total "
+            "variation between neighbouring pixels"
+        )
+    shown = min(data_dim, MAX_FEATURES)
+    which = (
+        f"each of its {data_dim} features"
+        if shown == data_dim
+        else (f"its first {shown} of {data_dim} features")
+    )
+    return (
+        f"statistics for tabular data (not images): for {which}, its value (value_j, whose "
+        "mean is the feature's mean) and its squared deviation from the observed mean "
+        "(sqdev_j, whose mean is the feature's variance)"
+    )
+
+
 def _stored(values: torch.Tensor, discrete: bool) -> np.ndarray:
     return values.numpy().astype(np.int64 if discrete else np.float64)
 
@@ -140,8 +170,15 @@ def _stored(values: torch.Tensor, discrete: bool) -> np.ndarray:
 def _predictive_figures(check, idata, x, shape) -> dict[str, Any]:
     from pyro_vae import plots
 
-    names = list(check.names)
-    p_values = {n: check.p_value(n) for n in names}
+    p_values = {n: check.p_value(n) for n in check.names}
+    names, note = list(check.names), ""
+    if len(names) > MAX_PANELS:  # the most extreme p-values, in their order
+        ranked = sorted(names, key=lambda n: (n != LOG_LIK, -abs(p_values[n] - 0.5)))
+        shown = set(ranked[:MAX_PANELS])
+        names = [n for n in names if n in shown]
+        first = f"{LOG_LIK} and " if LOG_LIK in names else ""
+        note = f" ({len(names)} of {len(check.names)} statistics: {first}the most extreme p-values)"
+    unit = "image" if is_image(shape) else "datapoint"
     paired = {}
     if LOG_LIK in check.observed:
         paired[LOG_LIK] = (
@@ -159,12 +196,15 @@ def _predictive_figures(check, idata, x, shape) -> dict[str, Any]:
                 check.u_values(name).numpy(),
             )
     figures = {
-        "checks": plots.predictive_checks(idata, check.kind, names, p_values, paired, own),
+        "checks": plots.predictive_checks(
+            idata, check.kind, names, p_values, paired, own, note, unit
+        ),
         "pixels": plots.pixel_values(
             check.pixel_edges.numpy(),
             check.observed_pixels.numpy(),
             check.replicated_pixels.numpy(),
             check.kind,
+            "pixel" if is_image(shape) else "feature",
         ),
     }
     if shape is not None and len(shape) == 2:
@@ -175,9 +215,11 @@ def _predictive_figures(check, idata, x, shape) -> dict[str, Any]:
 
 def format_predictive(s: dict[str, Any]) -> str:
     """A short summary of :func:`predictive`'s result."""
+    noun = "image" if s.get("data_kind", "images") == "images" else "datapoint"
     lines = [
-        f"{s['kind']} predictive check on {plural(s['num_datapoints'], s['split'] + ' image')}, "
+        f"{s['kind']} predictive check on {plural(s['num_datapoints'], s['split'] + ' ' + noun)}, "
         f"{plural(s['num_draws'], 'replicate')} of each ({s['seconds']:.1f} s):",
+        *(f"  {line}" for line in _wrapped(s.get("statistics_used"))),
         f"  {'statistic':<16} {'observed':>10} {'replicated (sd)':>20} {'p':>6}  {'extreme u':>9}",
     ]
     for name, st in s["statistics"].items():
@@ -195,7 +237,7 @@ def format_predictive(s: dict[str, Any]) -> str:
         lines.append(f"  no extreme p-values: every p lies in [{lo:g}, {hi:g}]")
     lines.append("  (p: the share of replicated data sets whose mean is at most the observed mean;")
     lines.append(
-        f"   extreme u: images outside the middle {100 - 200 * U_TAILS:g}% of their own "
+        f"   extreme u: {noun}s outside the middle {100 - 200 * U_TAILS:g}% of their own "
         f"replicates, {100 * s['u_extreme_expected']:.1f}% for a correct model with "
         f"{s['num_draws']} replicates)"
     )
@@ -329,6 +371,12 @@ def format_sbc(s: dict[str, Any]) -> str:
             + _verdict_line(resampled["verdict"], s["coordinates"])
         )
     return "\n".join(lines)
+
+
+def _wrapped(text: str | None, width: int = 96) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) if text else []
 
 
 def _verdict_line(verdict: list[str], names: list[str]) -> str:

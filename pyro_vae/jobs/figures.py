@@ -30,22 +30,28 @@ from pyro_vae.text import plural
 MAX_SAMPLES_FIGURE = 4096  # draws in one samples figure
 
 
-def samples_path(run_dir: str | Path, out: str | Path | None) -> Path:
-    """Where :func:`sample` writes: ``out`` (``.png`` added when it has no suffix; a directory,
-    or a path ending in ``/``, gets ``samples.png`` inside it), by default
-    ``RUN_DIR/samples.png``. Raises :class:`~pyro_vae.errors.ConfigError` for an empty ``out``
-    and for one that cannot be written as a file (a directory's name where a file is meant, a
-    path under a file)."""
+def samples_path(run_dir: str | Path, out: str | Path | None, suffix: str = ".png") -> Path:
+    """Where :func:`sample` writes: ``out`` (``suffix`` added when it has none; a directory,
+    or a path ending in ``/``, gets ``samples`` + ``suffix`` inside it), by default
+    ``RUN_DIR/samples.png`` (``.npy``: the draws of a run whose data are not images). Raises
+    :class:`~pyro_vae.errors.ConfigError` for an empty ``out``, another suffix, and a path that
+    cannot be written as a file (a directory's name where a file is meant, a path under a
+    file)."""
     if out is None:
-        return Path(run_dir) / "samples.png"
+        return Path(run_dir) / f"samples{suffix}"
     _not_empty(out, "a file or a directory")
     path = Path(out)
     if path.is_dir() or str(out).endswith(("/", os.sep)):  # a directory, or one to create
-        path = path / "samples.png"
+        path = path / f"samples{suffix}"
     elif path.suffix == "":
-        path = path.with_name(path.name + ".png")
-    elif path.suffix.lower() != ".png":
-        raise ConfigError(f"the samples figure is a PNG; {path} names a '{path.suffix}' file")
+        path = path.with_name(path.name + suffix)
+    elif path.suffix.lower() != suffix:
+        what = (
+            "the samples figure is a PNG"
+            if suffix == ".png"
+            else "this run's data are not images, so its draws are written as an .npy array"
+        )
+        raise ConfigError(f"{what}; {path} names a '{path.suffix}' file")
     return check_output_file(path, "{args.out}")
 
 
@@ -64,12 +70,36 @@ def _not_empty(out: str | Path, what: str) -> None:
         raise ConfigError(f"is empty: give {what}", option="args.out")
 
 
+@dataclass(frozen=True)
+class Samples:
+    """What :func:`sample` wrote: ``path``, a PNG of grids for images, else an ``.npy`` array
+    of the draws x ~ p(x|z), of ``shape`` (draws, values per datapoint)."""
+
+    path: Path
+    shape: tuple[int, int]
+
+    @property
+    def is_figure(self) -> bool:
+        return self.path.suffix == ".png"
+
+    def describe(self) -> str:
+        """``wrote PATH``, and for an array what it holds."""
+        if self.is_figure:
+            return f"wrote {self.path}"
+        return (
+            f"wrote {self.path}: {self.shape[0]} draws x ~ p(x|z) of {self.shape[1]} values, an "
+            f"array of shape {self.shape} (the data are not images: no figure)"
+        )
+
+
 def sample(
     run_dir: str | Path, *, num: int = 64, out: str | Path | None = None, seed: int | None = None
-) -> Path:
-    """Draw ``num`` samples and write a PNG with two labelled grids: decoder means and samples.
+) -> Samples:
+    """Draw ``num`` samples z ~ p(z), x ~ p(x|z). For image data write a PNG with two labelled
+    grids, decoder means and samples; for other data (tabular) the draws x as an ``.npy``
+    array ``(num, D)`` (:func:`samples_path`).
 
-    ``seed`` (default: the run's seed) seeds the draws. Returns the path written.
+    ``seed`` (default: the run's seed) seeds the draws. Returns what was written.
     """
     if not 1 <= num <= MAX_SAMPLES_FIGURE:
         raise ConfigError(
@@ -77,14 +107,20 @@ def sample(
         )
     if seed is not None:
         check_seed(seed)
-    out_path = samples_path(run_dir, out)
     config, vae, meta = load_run(run_dir, "cpu")
-    shape = meta.get("image_shape") or []
-    if len(shape) != 2:
-        raise ConfigError(f"sample grids need image data; this run's datapoints have shape {shape}")
-    figure = _samples_figure(vae, config, tuple(shape), num, seed)
-    save_figure(figure, out_path, bbox_inches="tight")
-    return out_path
+    shape = tuple(meta.get("image_shape") or ())
+    image = len(shape) == 2
+    out_path = samples_path(run_dir, out, ".png" if image else ".npy")
+    if image:
+        save_figure(_samples_figure(vae, config, shape, num, seed), out_path, bbox_inches="tight")
+        return Samples(out_path, (num, meta["data_dim"]))
+    pyro.set_rng_seed(config.train.seed if seed is None else seed)
+    with torch.no_grad():
+        drawn = vae.sample(num).sample.detach().cpu().numpy()
+    buffer = io.BytesIO()
+    np.save(buffer, drawn)
+    atomic_write_bytes(out_path, buffer.getvalue())
+    return Samples(out_path, tuple(drawn.shape))
 
 
 def save_figure(figure, path: Path, **savefig) -> None:
