@@ -45,7 +45,7 @@ import torch
 
 from pyro_vae.infer.ais import ais_log_likelihood
 from pyro_vae.infer.importance import importance_log_likelihood
-from pyro_vae.infer.refine import refine_proposals
+from pyro_vae.infer.refine import RefineSettings, refine_proposals
 
 METHODS = ("iwae", "refined", "ais")
 KHAT_THRESHOLD = 0.7
@@ -118,6 +118,16 @@ class AutoResult:
         return float((~self.reliable).double().mean())
 
 
+def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
+    """Pareto k-hat per datapoint of log weights ``(K, N)``: ``(N,)`` float64, on the device of
+    ``log_weights``; NaN for fewer than :data:`PSIS_MIN_SAMPLES` weights
+    (:func:`pyro_vae.arviz_compat.psis_khat`, which takes the transpose, through ArviZ)."""
+    from pyro_vae import arviz_compat  # ArviZ only for the callers who ask for k-hat
+
+    values = arviz_compat.psis_khat(log_weights.detach().cpu().double().T.numpy())
+    return torch.from_numpy(values).to(log_weights.device)
+
+
 def _flagged(khat, stderr, threshold, tolerance):
     bad = ~torch.isfinite(stderr) | (stderr > tolerance)
     if khat is not None:
@@ -130,7 +140,7 @@ def auto_log_likelihood(
     guide: Callable,
     x: torch.Tensor,
     *,
-    khat: Callable[[torch.Tensor], torch.Tensor],
+    khat: Callable[[torch.Tensor], torch.Tensor] | None = None,
     num_samples: int = 1000,
     max_samples: int | None = None,
     khat_threshold: float = KHAT_THRESHOLD,
@@ -151,10 +161,10 @@ def auto_log_likelihood(
         Pyro programs as for :func:`~pyro_vae.infer.importance_log_likelihood`.
     x : Tensor
         The data.
-    khat : callable
-        Pareto k-hat per datapoint from log weights ``(K, N)``, returning ``(N,)`` (e.g.
-        :func:`pyro_vae.arviz_compat.psis_khat` wrapped for tensors); kept outside ``infer/``,
-        which does not depend on ArviZ.
+    khat : callable, optional
+        Pareto k-hat per datapoint from log weights ``(K, N)``, returning ``(N,)``. By default
+        the library's PSIS k-hat (:func:`psis_khat`, through ArviZ, imported only then: the
+        rest of ``infer/`` does not depend on ArviZ).
     num_samples : int
         K, importance samples per datapoint of stage 1 and of stage 2's first round.
     max_samples : int, optional
@@ -195,7 +205,9 @@ def auto_log_likelihood(
         raise ValueError(
             f"max_samples must be at least num_samples ({num_samples}), got {max_samples}"
         )
+    khat = psis_khat if khat is None else khat
     refine, ais = dict(refine or {}), dict(ais or {})
+    RefineSettings(**refine)  # checked before stage 1, not after it
     start = time.perf_counter()
     seconds = {}
     common = {"max_plate_nesting": max_plate_nesting, "progress": progress}

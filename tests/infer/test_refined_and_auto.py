@@ -2,15 +2,24 @@
 against PPCA's closed form and the quadrature oracle of a VAE with a 2-D latent."""
 
 import math
+import subprocess
+import sys
 
+import pyro
 import pytest
 import torch
 
-from pyro_vae.errors import UnsupportedDataError
-from pyro_vae.estimators import khat_of
-from pyro_vae.infer import importance_log_likelihood
+from pyro_vae.arviz_compat import psis_khat
+from pyro_vae.errors import ConfigError, UnsupportedDataError
+from pyro_vae.estimators import EstimatorSpec, estimate, khat_of
+from pyro_vae.infer import escalate, importance_log_likelihood, predictive, sbc
 from pyro_vae.infer.escalate import METHODS, _more_draws, auto_log_likelihood
-from pyro_vae.infer.refine import refine_proposals, refined_log_likelihood
+from pyro_vae.infer.refine import (
+    MAX_WIDEN,
+    MIN_WIDEN,
+    refine_proposals,
+    refined_log_likelihood,
+)
 from pyro_vae.models import ProbabilisticPCA
 from tests.infer.quadrature import trained_2d_vae, trained_2d_vae_quadrature
 
@@ -113,6 +122,54 @@ def test_auto_with_no_time_left_keeps_the_refined_estimates_flagged():
     assert r.frac_unreliable == 1.0 and "ais" in r.seconds
 
 
+def test_auto_takes_the_library_psis_khat_by_default():
+    """No k-hat function to write: the default is the library's PSIS k-hat, so the same seed
+    gives the same result as passing it (transposed log weights and all) by hand."""
+    ppca = ProbabilisticPCA(d=2, D=6, s2=0.5)
+    x = ppca.sample_data(6)
+    settings = {"num_samples": 50, "stderr_tolerance": 0.02, "ais": {"num_steps": 20}}
+    pyro.set_rng_seed(3)
+    by_default = auto_log_likelihood(ppca.model, _wrong(ppca), x, **settings)
+    pyro.set_rng_seed(3)
+    by_hand = auto_log_likelihood(
+        ppca.model,
+        _wrong(ppca),
+        x,
+        khat=lambda lw: torch.from_numpy(psis_khat(lw.T.numpy())),
+        **settings,
+    )
+    torch.testing.assert_close(by_default.khat, by_hand.khat, equal_nan=True)
+    torch.testing.assert_close(by_default.log_px, by_hand.log_px)
+    assert bool(torch.isfinite(by_default.khat[by_default.method < 2]).all())
+
+
+def test_the_library_psis_khat_reads_log_weights_as_k_by_n():
+    log_weights = torch.randn(100, 3, dtype=torch.float64)
+    log_weights[:, 1] = 0.0  # equal weights: no tail, k-hat 0
+    log_weights[:, 2] = 3.0 * torch.randn(100, dtype=torch.float64) ** 2  # a heavy tail
+    khat = escalate.psis_khat(log_weights)
+    assert khat.shape == (3,) and khat.dtype == torch.float64
+    torch.testing.assert_close(khat, torch.from_numpy(psis_khat(log_weights.T.numpy())))
+    assert khat[1] == 0.0 and khat[2] > 0.7
+    assert torch.isnan(escalate.psis_khat(log_weights[:20])).all()  # too few weights for a tail
+
+
+def test_the_workflow_checks_are_exported_with_the_estimators():
+    import pyro_vae.infer as infer
+
+    for name in ("predictive_check", "PredictiveCheck", "simulation_based_calibration"):
+        assert name in infer.__all__
+    assert infer.predictive_check is predictive.predictive_check
+    assert infer.simulation_based_calibration is sbc.simulation_based_calibration
+    assert infer.SBCResult is sbc.SBCResult
+
+
+def test_importing_infer_leaves_arviz_unimported():
+    code = "import sys, pyro_vae.infer; print(sorted(m for m in sys.modules if 'arviz' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_refined_refuses_unsupported_data():
     import pyro
     import pyro.distributions as dist
@@ -166,6 +223,37 @@ def test_refine_settings_are_checked_and_unknown_ones_refused():
         refine_proposals(ppca.model, _wrong(ppca), x, widenn=1.0)
     with pytest.raises(ValueError, match="init_samples"):
         refined_log_likelihood(ppca.model, _wrong(ppca), x, init_samples=1)
+
+
+@pytest.mark.parametrize("widen", [1e-300, 0.5, MIN_WIDEN, 10.5, 3e38])
+def test_widen_outside_its_range_is_one_config_error_before_any_work(widen):
+    """A proposal narrowed to a point (1e-300 underflowed its scale to 0) or widened past float32
+    ended in a traceback from deep inside; now every method that refines refuses it first, the
+    way ``pyro-vae evaluate`` calls it too (a ConfigError is one error line there). In float32,
+    as a trained VAE is."""
+    ppca = ProbabilisticPCA(d=2, D=6, s2=0.5, dtype=torch.float32)
+    x = ppca.sample_data(3)
+    match = "widen must be above 1/sqrt" if widen <= MIN_WIDEN else "widen must be at most 10"
+    with pytest.raises(ConfigError, match=match):
+        refined_log_likelihood(ppca.model, _wrong(ppca), x, num_samples=30, widen=widen)
+
+    def no_stage_one(log_weights):
+        raise AssertionError("auto ran its first stage before checking its refine settings")
+
+    with pytest.raises(ConfigError, match=match):
+        auto_log_likelihood(ppca.model, _wrong(ppca), x, khat=no_stage_one, refine={"widen": widen})
+    for method in ("refined", "auto"):
+        spec = EstimatorSpec(method=method, widen=widen, num_samples=30, refine_steps=10)
+        with pytest.raises(ConfigError, match=match):
+            estimate(spec, ppca.model, _wrong(ppca), x)
+
+
+def test_widen_at_the_ends_of_its_range_is_accepted():
+    ppca = ProbabilisticPCA(d=2, D=6, s2=0.5, dtype=torch.float32)
+    x = ppca.sample_data(3)
+    for widen in (math.nextafter(MIN_WIDEN, 1.0), MAX_WIDEN):
+        r = refined_log_likelihood(ppca.model, _wrong(ppca), x, num_samples=30, widen=widen)
+        assert torch.isfinite(r.log_px).all()
 
 
 def test_more_draws_round_up_to_k_times_a_power_of_two_within_the_cap():
