@@ -42,6 +42,25 @@ from pyro_vae.infer.importance import (
 )
 
 
+def bijectable(support: constraints.Constraint) -> constraints.Constraint:
+    """The constraint ``biject_to`` maps onto for a site of support ``support``.
+
+    A wrapper that changes only how a value is checked, not the set of values, is unwrapped to
+    its base: torch's ``MixtureSameFamilyConstraint`` (the support of a ``MixtureSameFamily``,
+    checked against every component) is the components' support. ``independent`` constraints
+    keep their event dimensions, around their unwrapped base.
+    """
+    if isinstance(support, constraints.independent):
+        base = bijectable(support.base_constraint)
+        if base is support.base_constraint:
+            return support
+        return constraints.independent(base, support.reinterpreted_batch_ndims)
+    base = getattr(support, "base_constraint", None)
+    if isinstance(base, constraints.Constraint) and base.event_dim == support.event_dim:
+        return bijectable(base)
+    return support
+
+
 @dataclass(frozen=True)
 class LatentSite:
     """One latent sample site: where its datapoint axis is and how it maps to u-space.
@@ -99,7 +118,8 @@ class LatentSpace:
     Notes
     -----
     Each latent site's unconstrained coordinates come from ``biject_to`` of the support of the
-    MODEL's distribution at that site (as in Pyro's HMC); real-valued latents are used as they are.
+    MODEL's distribution at that site (as in Pyro's HMC; a mixture's support is its components',
+    :func:`bijectable`); real-valued latents are used as they are.
     The flat vector of a datapoint concatenates its sites in the model's order.
     """
 
@@ -156,7 +176,7 @@ class LatentSpace:
                     f"{self.max_plate_nesting + 1} batch dimensions (draws and plates)"
                 )
             data_axis = batch_dims + frame.dim
-            support = fn.support
+            support = bijectable(fn.support)
             base = support
             while isinstance(base, constraints.independent):
                 base = base.base_constraint
