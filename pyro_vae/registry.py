@@ -250,8 +250,11 @@ def build_precision(name: str) -> torch.dtype:
 
 
 def check_names(model: ModelConfig, train: TrainConfig) -> None:
-    """Fail early, before any data are loaded, on a name no table knows."""
+    """Fail early, before any data are loaded, on a name no table knows, or on a guide whose
+    hyperparameters do not fit the latent dimension (:meth:`guides.Encoder.check_fit`)."""
     for kind in PIECES:
         piece_class(model, kind)
     lookup(ELBOS, train.elbo, "train.elbo")
     lookup(PRECISIONS, train.precision, "train.precision")
+    guide = piece_class(model, "guide")
+    guide.check_fit(guide.params_from(model), model.latent_dim)

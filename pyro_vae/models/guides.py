@@ -16,6 +16,7 @@ import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
+from pyro_vae.errors import ConfigError
 from pyro_vae.models.nets import MLPNetworks, Network, Networks
 from pyro_vae.options import option
 from pyro_vae.pieces import BuildContext, Piece, PieceParams, params_dict
@@ -43,6 +44,12 @@ class Encoder(Piece, nn.Module):
             **params_dict(params),
             networks=context.networks,
         )
+
+    @classmethod
+    def check_fit(cls, params: PieceParams, latent_dim: int) -> None:
+        """Raise :class:`~pyro_vae.errors.ConfigError` when the hyperparameters ``params`` do not
+        fit a latent space of ``latent_dim`` (checked before any data are loaded); every
+        ``params`` fits by default."""
 
     @staticmethod
     def network(
@@ -121,12 +128,29 @@ class FullCovarianceEncoder(Encoder):
         return dist.MultivariateNormal(loc, scale_tril=tril)
 
 
+# Why a covariance factor of rank above the latent dimension is refused (its capacitance
+# matrix, rank x rank per datapoint, only makes every step slower).
+_RANK_ABOVE_DIM = (
+    "a covariance factor of rank above the latent dimension adds nothing (rank {latent_dim} "
+    "already gives every covariance) and makes each step slower"
+)
+
+
 class LowRankEncoder(Encoder):
     """q(z|x) = N(mu(x), diag(sigma^2(x)) + F(x) F(x)^T) with a rank-``rank`` factor F."""
 
     @dataclass(frozen=True)
     class Params(PieceParams):
         rank: int = option(2, "rank of the covariance factor", low=1, high=4096)
+
+    @classmethod
+    def check_fit(cls, params: Params, latent_dim: int) -> None:
+        if params.rank > latent_dim:
+            raise ConfigError(
+                f"must be at most {{model.latent_dim}} ({latent_dim}), got {params.rank}: "
+                f"{_RANK_ABOVE_DIM.format(latent_dim=latent_dim)}",
+                option="model.rank",
+            )
 
     def __init__(
         self,
@@ -140,6 +164,11 @@ class LowRankEncoder(Encoder):
         super().__init__(latent_dim)
         if rank < 1:
             raise ValueError(f"rank must be at least 1, got {rank}")
+        if rank > latent_dim:
+            raise ValueError(
+                f"rank {rank} is above latent_dim {latent_dim}: "
+                f"{_RANK_ABOVE_DIM.format(latent_dim=latent_dim)}"
+            )
         self.rank = rank
         out = (2 + rank) * latent_dim
         self.net = self.network(networks, data_dim, latent_dim, hidden, out)
