@@ -114,3 +114,51 @@ def test_plot_of_tabular_data_warns_nothing(capsys, run_dir, tmp_path):
     names = {p.name for p in (tmp_path / "p").iterdir()}
     assert {"training.png", "latent.png", "gap-test-K21-fp32.png"} <= names
     assert "samples.png" not in names  # no image grids of tabular data
+
+
+# item 18: advice that fits real-valued data
+def _train_error(capsys, table, tmp_path, *argv):
+    argv = [*TINY, "--dataset", str(table), *argv, "--out", str(tmp_path / "r")]
+    return cli_error(capsys, "train", *argv)
+
+
+def test_real_valued_data_under_a_bernoulli_are_advised_a_real_valued_likelihood(
+    capsys, table, tmp_path
+):
+    err = _train_error(capsys, table, tmp_path, "--binarize", "none")
+    assert "Bernoulli likelihood needs binary data" in err
+    assert "neither probabilities nor pixel intensities" in err and "binarise" not in err
+    assert err.endswith(
+        "(--likelihood gaussian-learned, gaussian or laplace, with --binarize none)"
+    )
+    err = _train_error(capsys, table, tmp_path)  # binarised by default
+    assert "for real-valued data, score them as they are (--binarize none)" in err
+    assert "--likelihood gaussian-learned, gaussian or laplace" in err
+    err = _train_error(capsys, table, tmp_path, "--dequantize", "uniform", "--binarize", "none")
+    assert "continuous already: score them as they are (--dequantize none, --binarize none)" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "binarize, levels, fix, not_fix",
+    [
+        ("dynamic", None, "score them as they are: data.binarize none", "data.dequantize uniform"),
+        ("static", 17, "data.dequantize uniform with data.binarize none", None),
+        ("none", 256, "Dequantise them, data.dequantize uniform", None),
+    ],
+    ids=["continuous-binarised", "levels-binarised", "levels"],
+)
+def test_a_density_of_discrete_values_is_refused_with_the_fix_for_the_data(
+    binarize, levels, fix, not_fix
+):
+    from pyro_vae.data.transforms import check_density_data
+    from pyro_vae.errors import DataError
+
+    with pytest.raises(DataError, match="is a density") as caught:
+        check_density_data("gaussian", False, "wine", binarize, "none", levels)
+    assert fix in str(caught.value)
+    if not_fix:
+        assert not_fix not in str(caught.value)
+    check_density_data("gaussian", False, "wine", "none", "none", None)  # continuous, as stored
+    check_density_data("gaussian", False, "digits", "none", "uniform", 17)  # dequantised
+    check_density_data("bernoulli", True, "digits", "dynamic", "none", 17)  # discrete

@@ -46,8 +46,10 @@ def check_probabilities(x: torch.Tensor, what: str = "data") -> None:
     if lo < 0 or hi > 1:
         raise DataError(
             f"binarisation reads values as probabilities, but {what} lie in [{lo:.3g}, {hi:.3g}]; "
-            "rescale them to [0, 1] (divide 8-bit pixels by 255, or store them as uint8) or use "
-            "{data.binarize} none with a likelihood for real values"
+            "for pixels, rescale them to [0, 1] (divide 8-bit pixels by 255, or store them as "
+            "uint8); for real-valued data, score them as they are ({data.binarize} none) with a "
+            "likelihood for real values ({model.likelihood} gaussian-learned, gaussian or "
+            "laplace)"
         )
 
 
@@ -61,7 +63,8 @@ def check_modes(binarize_mode: str, dequantize_mode: str, levels: int | None) ->
     if dequantize_mode != "none" and levels is None:
         raise DataError(
             "{data.dequantize} needs quantised data (a named image data set, or a uint8 array); "
-            "these data are continuous already"
+            "these data are continuous already: score them as they are ({data.dequantize} none, "
+            "{data.binarize} none)"
         )
 
 
@@ -107,6 +110,46 @@ def minibatch_transform(
     if dequantize_mode == "uniform":
         return lambda x: dequantize(x, levels)
     return None
+
+
+def check_density_data(
+    likelihood: str,
+    discrete: bool,
+    dataset: str,
+    binarize_mode: str,
+    dequantize_mode: str,
+    levels: int | None,
+) -> None:
+    """Raise :class:`~pyro_vae.errors.DataError` when a density (a likelihood that is not
+    ``discrete``) would score discrete values: binarised data, or quantised levels that are
+    not dequantised. The fix depends on the data: continuous data (``levels`` None) are to be
+    scored as they are, not binarised; quantised data dequantised (or scored by a discrete
+    likelihood)."""
+    if discrete or not is_quantised(binarize_mode, dequantize_mode, levels):
+        return
+    if binarize_mode != "none" and levels is None:
+        kind = "binarised"
+        fix = (
+            "These data are continuous, so score them as they are: {data.binarize} none (no "
+            "dequantisation: that is for quantised data)"
+        )
+    elif binarize_mode != "none":
+        kind = "binarised"
+        fix = (
+            "Score the levels dequantised, {data.dequantize} uniform with {data.binarize} none; "
+            "or use a discrete likelihood ({model.likelihood} bernoulli with {data.binarize}, "
+            "or discretized-logistic)"
+        )
+    else:
+        kind = f"quantised ({levels} levels)"
+        fix = (
+            "Dequantise them, {data.dequantize} uniform; or use a discrete likelihood "
+            "({model.likelihood} discretized-logistic)"
+        )
+    raise DataError(
+        f"the {likelihood} likelihood is a density, and {dataset} data are {kind}: a density "
+        f"of discrete values is no valid log-likelihood. {fix}"
+    )
 
 
 def is_quantised(binarize_mode: str, dequantize_mode: str, levels: int | None) -> bool:

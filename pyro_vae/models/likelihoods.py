@@ -83,6 +83,12 @@ class Likelihood(Piece, nn.Module):
         needs, fix = SUPPORT_ADVICE[self.support.name.lower()]
         if self.support is Support.LEVELS:
             needs = f"quantised values k / {self.levels - 1} (k = 0 .. {self.levels - 1})"
+        if lo < 0 or hi > 1:  # not probabilities or intensities: binarising cannot apply
+            fix = (
+                "values outside [0, 1] are neither probabilities nor pixel intensities, so "
+                "choose a likelihood for real values, such as a Gaussian, and score the data "
+                "as they are"
+            )
         count = int(invalid.sum())
         raise UnsupportedDataError(
             f"the {self.name} likelihood needs {needs}, but {what} lie in [{lo:.3g}, {hi:.3g}] "
