@@ -146,7 +146,8 @@ def _samples_figure(vae: VAE, config: RunConfig, shape, num: int, seed: int | No
 @dataclass(frozen=True)
 class Plotted:
     """What :func:`plot` drew: the paths written, the evaluation the evaluation figures come from
-    (None: none drawn) and a sentence on that choice (why none, or which one of several)."""
+    (None: none drawn) and a sentence on that choice (why none, or which one of several), which
+    names options as ``{args.NAME}`` (:func:`pyro_vae.errors.name_options` renders them)."""
 
     paths: list[Path]
     setting: str | None
