@@ -18,12 +18,12 @@ import pyro.optim
 import torch
 
 from pyro_vae import registry
-from pyro_vae.config import RunConfig
+from pyro_vae.config import DEVICES, RunConfig
 from pyro_vae.data import load_dataset, minibatch_transform, prepare_split
 from pyro_vae.data.datasets import Dataset
-from pyro_vae.data.transforms import is_quantised
+from pyro_vae.data.transforms import check_density_data
 from pyro_vae.distributed import SINGLE, World
-from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.errors import ConfigError
 from pyro_vae.infer.optim import JointAdam
 from pyro_vae.models import VAE, Likelihood
 from pyro_vae.training import BetaSchedule, LRSchedule, Trainer
@@ -130,6 +130,10 @@ def build(
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device named ``auto`` (CUDA when there is one, else the CPU), ``cpu`` or ``cuda``;
+    a :class:`~pyro_vae.errors.ConfigError` for any other name (every command's check)."""
+    if name not in DEVICES:
+        raise ConfigError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -165,14 +169,14 @@ def prepare_splits(
     (for an evaluation) every split, the training split included, gets its one seeded draw.
     """
     d = config.data
-    if is_quantised(d.binarize, d.dequantize, dataset.levels) and not likelihood.is_discrete:
-        kind = "binarised" if d.binarize != "none" else f"quantised ({dataset.levels} levels)"
-        raise DataError(
-            f"the {config.model.likelihood} likelihood is a density, and {dataset.name} data "
-            f"are {kind}: a density of discrete values is no valid log-likelihood. Use "
-            "{data.dequantize} uniform (with {data.binarize} none), or a discrete likelihood "
-            "({model.likelihood} bernoulli with {data.binarize}, or discretized-logistic)"
-        )
+    check_density_data(
+        config.model.likelihood,
+        likelihood.is_discrete,
+        dataset.name,
+        d.binarize,
+        d.dequantize,
+        dataset.levels,
+    )
     prepared = {}
     transform = minibatch_transform(d.binarize, d.dequantize, dataset.levels)
     for split in splits:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import gc
+import itertools
 import os
 import sys
 import time
@@ -33,7 +35,7 @@ from pyro_vae.errors import (
 )
 from pyro_vae.estimators import EstimatorSpec
 from pyro_vae.options import declared, flag_of
-from pyro_vae.runs import RunDir, atomic_write_text, check_output_dir, check_output_file
+from pyro_vae.runs import RunDir, check_output_dir
 
 # Flag advice the CLI adds to a library error about data outside a likelihood's support.
 SUPPORT_HINTS = {
@@ -43,6 +45,8 @@ SUPPORT_HINTS = {
     "open_unit_interval": "for quantised pixel data, --dequantize uniform with --binarize none; "
     "continuous data must be moved strictly inside (0, 1)",
     "levels": "--binarize none without --dequantize",
+    # data outside [0, 1] under a likelihood for binary or [0, 1] data: real-valued data
+    "real_valued": "--likelihood gaussian-learned, gaussian or laplace, with --binarize none",
 }
 
 # The estimator's settings that pyro-vae evaluate takes (beside --num-samples and --chunk-size),
@@ -56,8 +60,33 @@ TRAIN_GROUPS = {"data": "data", "model": "model", "train": "training"}
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with errors as one :class:`ConfigError` line, no abbreviated options
+    (``--epoch`` is not taken for ``--epochs``), and a suggestion for a misspelt option."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):
-        raise ConfigError(f"{message} (see {self.prog} --help)")
+        raise ConfigError(f"{message}{self.suggestion(message)} (see {self.prog} --help)")
+
+    def suggestion(self, message: str) -> str:
+        """For "unrecognized arguments: --latent_dim 3": "; did you mean --latent-dim?"."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = list(self._option_string_actions)
+        if self._subparsers is not None:  # the command's own options
+            for command in self._subparsers._group_actions[0].choices.values():
+                known += list(command._option_string_actions)
+        hints = []
+        for word in message.split(":", 1)[1].split():
+            if not word.startswith("--"):
+                continue
+            flag = word.split("=", 1)[0]
+            close = difflib.get_close_matches(flag.replace("_", "-"), known, n=1, cutoff=0.8)
+            if close:
+                hints.append(f"{flag}: did you mean {close[0]}?")
+        return f"; {'; '.join(hints)}" if hints else ""
 
 
 def _add_config_options(parser: argparse.ArgumentParser, defaults: RunConfig) -> None:
@@ -267,18 +296,40 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw the run's figures (PNG) into RUN_DIR/plots")
     pl.add_argument("run_dir")
     pl.add_argument("--out", default=None, help="directory for the PNGs (default RUN_DIR/plots)")
-    _selection_flags(pl)
+    _selection_flags(pl, "which evaluation (default: the newest of the current checkpoint)")
 
-    s = sub.add_parser("sample", help="draw from the model; writes a PNG of means and samples")
+    s = sub.add_parser(
+        "sample",
+        help="draw from the model; writes a PNG of means and samples (for data that are not "
+        "images, the draws as samples.npy)",
+    )
     s.add_argument("run_dir")
     s.add_argument("--num", type=int, default=64, help="number of draws (default 64)")
     s.add_argument(
         "--out",
         default=None,
         help="PNG path (.png is added when missing; a directory gets samples.png; "
-        "default RUN_DIR/samples.png)",
+        "default RUN_DIR/samples.png; .npy for data that are not images)",
     )
     s.add_argument("--seed", type=int, default=None, help="seed of the draws (default: the run's)")
+
+    ev = sub.add_parser(
+        "evaluations",
+        help="list a run's kept evaluations, current or older than its checkpoint; drop some",
+    )
+    ev.add_argument("run_dir")
+    ev.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        metavar="SETTING",
+        help="remove the evaluation of this setting, e.g. test-K1000-fp32 (repeatable)",
+    )
+    ev.add_argument(
+        "--drop-stale",
+        action="store_true",
+        help="remove every evaluation made before its checkpoint was trained further",
+    )
     return parser
 
 
@@ -289,9 +340,11 @@ def _version() -> str:
         return "unknown"
 
 
-def _selection_flags(parser) -> None:
+def _selection_flags(
+    parser, title: str = "which evaluation (needed when a run holds several)"
+) -> None:
     """Which kept evaluation to read, when a run holds several."""
-    g = parser.add_argument_group("which evaluation (needed when a run holds several)")
+    g = parser.add_argument_group(title)
     g.add_argument("--split", default=None, help="the evaluation's split")
     g.add_argument("--num-samples", type=int, default=None, help="the evaluation's K")
     g.add_argument("--precision", default=None, help="the evaluation's precision")
@@ -371,8 +424,21 @@ def train_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _default_out(dataset: str) -> str:
+    """A new, empty run directory named after the data set and the time, made here: two runs
+    started in the same second get names of their own (``-2``, ``-3``, ... added)."""
     name = Path(dataset).stem if is_path(dataset) else dataset
-    return str(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_output_dir(base, "--out")
+    for n in itertools.count(1):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise ConfigError(f"cannot make the run directory {path}: {e.strerror or e}") from None
+        return str(path)
+    raise AssertionError("unreachable")
 
 
 def echo(text: str) -> None:
@@ -406,10 +472,14 @@ def run(argv: list[str] | None = None) -> int:
         if getattr(args, "resume", False) and not hasattr(args, "out"):
             raise ConfigError("--resume needs --out RUN_DIR, the run to continue")
         config = train_config(args)
-        out = getattr(args, "out", None) or _default_out(config.data.dataset)
-        check_output_dir(out, "--out")
+        out = getattr(args, "out", None)
+        if out is not None:
+            check_output_dir(out, "--out")
         world = _join_launch(config.train.device)
-        say = echo
+        made = None  # the default run directory, made here (removed if no run began in it)
+        if out is None and world.is_main:
+            out = made = _default_out(config.data.dataset)
+        say = lambda text: echo(name_options(text, _flag))  # noqa: E731
         if world.is_distributed:
             out = broadcast_object(out, world)  # rank 0's default name (it holds a time)
             if not world.is_main:
@@ -438,6 +508,9 @@ def run(argv: list[str] | None = None) -> int:
             else:
                 _error_line("\ninterrupted before the run began: nothing was written")
             return 130
+        finally:
+            if made is not None and not RunDir(made).exists():
+                RunDir(made).remove_if_empty()
         say(f"run directory: {result.run_dir}")
     elif args.command == "evaluate":
         evaluation = _launched(
@@ -456,22 +529,25 @@ def run(argv: list[str] | None = None) -> int:
             return 0
         json_path, nc_path = RunDir(args.run_dir).evaluation_paths(evaluation)
         echo(jobs.format_evaluation(evaluation))
+        if args.first is not None and evaluation.first is None:
+            echo(
+                f"note: --first {args.first} covers the whole {args.split} split "
+                f"({evaluation.num_datapoints} datapoints): kept as its evaluation"
+            )
         echo(f"wrote {json_path} and {nc_path}")
     elif args.command == "compare":
-        for path, flag in ((args.markdown, "--markdown"), (args.csv, "--csv")):
-            if path:
-                check_output_file(path, flag)
+        for path, option in ((args.markdown, "args.markdown"), (args.csv, "args.csv")):
+            if path is not None:
+                jobs.check_table_path(path, option)
         rows = jobs.compare(args.run_dirs, mix_methods=args.mix_methods, **_selection(args))
         caveats = jobs.comparison_caveats(rows, _flag)
         settings = sorted({r.setting for r in rows})
         setting = f"evaluations compared: {', '.join(settings)}"
         echo("\n".join([jobs.format_comparison(rows), setting, *caveats]))
-        if args.markdown:
-            table = jobs.format_comparison(rows, markdown=True)
-            notes = "".join(f"\n{line}\n" for line in [setting, *caveats])
-            atomic_write_text(Path(args.markdown), table + "\n" + notes)
+        if args.markdown is not None:
+            jobs.write_comparison_markdown(rows, [setting, *caveats], args.markdown)
             echo(f"wrote {args.markdown}")
-        if args.csv:
+        if args.csv is not None:
             jobs.write_comparison_csv(rows, args.csv)
             echo(f"wrote {args.csv}")
     elif args.command == "bdmc":
@@ -491,10 +567,12 @@ def run(argv: list[str] | None = None) -> int:
         echo(f"wrote {' and '.join(summary['paths'])}")
     elif args.command == "check":
         kinds, sbc = _checks_asked(args)
+        jobs.check_split(args.split)  # whichever checks run
         for kind in kinds:
             jobs.check_predictive_settings(kind, args.num_datapoints, args.num_draws)
         if sbc:
             jobs.check_sbc_settings(**sbc)
+            jobs.check_sbc_memory(args.run_dir, device=args.device, **sbc)
         for kind in kinds:
             summary = jobs.predictive(
                 args.run_dir,
@@ -512,15 +590,19 @@ def run(argv: list[str] | None = None) -> int:
             echo(jobs.format_sbc(summary))
             echo(f"wrote {', '.join(summary['paths'])}")
     elif args.command == "plot":
-        if args.out is not None:
-            check_output_dir(args.out, "--out")
-        for path in jobs.plot(args.run_dir, args.out, **_selection(args)):
+        jobs.plots_dir(args.run_dir, args.out)  # refused before any work
+        plotted = jobs.plot(args.run_dir, args.out, **_selection(args))
+        for path in plotted.paths:
             echo(f"wrote {path}")
+        echo(name_options(plotted.note, _flag))
     elif args.command == "sample":
-        if args.out is not None:
-            check_output_file(jobs.samples_path(args.run_dir, args.out), "--out")
-        path = jobs.sample(args.run_dir, num=args.num, out=args.out, seed=args.seed)
-        echo(f"wrote {path}")
+        drawn = jobs.sample(args.run_dir, num=args.num, out=args.out, seed=args.seed)
+        echo(drawn.describe())
+    elif args.command == "evaluations":
+        if args.drop or args.drop_stale:
+            dropped = jobs.drop_evaluations(args.run_dir, args.drop, stale=args.drop_stale)
+            echo(f"dropped {', '.join(dropped)}" if dropped else "dropped none: none is older")
+        echo(jobs.format_kept(args.run_dir, jobs.kept_evaluations(args.run_dir)))
     return 0
 
 
@@ -555,6 +637,9 @@ def _checks_asked(args) -> tuple[list[str], dict | None]:
 def advice(error: PyroVAEError) -> str:
     """The command-line fix for a library error, in flags ("" when there is none to add)."""
     if isinstance(error, UnsupportedDataError):
+        unit = error.support in ("binary", "unit_interval", "open_unit_interval", "levels")
+        if unit and (error.low < 0 or error.high > 1):  # not probabilities: real-valued data
+            return SUPPORT_HINTS["real_valued"]
         return SUPPORT_HINTS.get(error.support, "")
     if isinstance(error, NonFiniteError) and error.cause == "model":
         # the data's own fault (unscaled, NaN) is said by the library; no flag changes it

@@ -58,20 +58,55 @@ class EstimatorSpec:
         "datapoint), ais (annealed importance sampling) or auto (iwae, then refined, then ais "
         "for the datapoints k-hat or the error bar flags)",
     )
-    num_samples: int = option(1000, "K, importance samples per datapoint", low=1, metavar="K")
+    num_samples: int = option(
+        1000,
+        "K, importance samples per datapoint",
+        low=1,
+        high=100_000_000,
+        metavar="K",
+        why="the K log weights of each datapoint are kept in memory, 8 bytes each",
+    )
     chunk_size: int | None = option(
         None,
-        "iwae: particles per vectorised pass (default: automatic, sized from free device memory;"
-        " the other methods size their own passes and ignore it; refused with several "
+        "iwae: particles per vectorised pass, at most K (default: automatic, sized from free "
+        "device memory; the other methods size their own passes and ignore it; refused with "
+        "several "
         "processes, whose passes are sized by the blocks)",
         low=1,
+        high=100_000_000,
         metavar="C",
+        why="a pass never holds more than K particles, and K is at most that",
     )
-    ais_steps: int = option(500, "AIS: intermediate distributions", low=1, metavar="T")
-    ais_chains: int = option(16, "AIS: chains per datapoint", low=1, metavar="C")
-    ais_leapfrog: int = option(5, "AIS: leapfrog steps per HMC transition", low=1, metavar="L")
+    ais_steps: int = option(
+        500,
+        "AIS: intermediate distributions",
+        low=1,
+        high=1_000_000,
+        metavar="T",
+        why="each is an HMC transition of every chain: a million already take hours",
+    )
+    ais_chains: int = option(
+        16,
+        "AIS: chains per datapoint",
+        low=1,
+        high=100_000,
+        metavar="C",
+        why="every chain holds its own latent state, activations and gradients in memory",
+    )
+    ais_leapfrog: int = option(
+        5,
+        "AIS: leapfrog steps per HMC transition",
+        low=1,
+        high=1000,
+        metavar="L",
+        why="each is a gradient of every chain at every one of the T distributions",
+    )
     refine_steps: int = option(
-        1000, "most optimisation steps per datapoint of refined and auto", low=1
+        1000,
+        "most optimisation steps per datapoint of refined and auto",
+        low=1,
+        high=1_000_000,
+        why="the refinement stops earlier once converged; more steps than this only cost time",
     )
     widen: float = option(1.1, "factor on the refined proposal's scale", positive=True)
     max_seconds: float | None = option(
@@ -86,6 +121,9 @@ class EstimatorSpec:
         None,
         "auto: the most fresh draws from a refined proposal whose k-hat is fine but whose "
         "error bar is above the tolerance, before AIS (default 16 times {estimator.num_samples})",
+        low=1,
+        high=100_000_000,
+        why="the log weights of each datapoint's draws are kept in memory, 8 bytes each",
     )
 
     def __post_init__(self):

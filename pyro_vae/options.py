@@ -53,6 +53,9 @@ class Option:
         Text -> value for the command line, when the field's type cannot parse it.
     cli : bool
         False for fields the command line does not set.
+    why : str, optional
+        Why the range is what it is (e.g. the memory a larger value needs), added to the error
+        for a value outside it.
     """
 
     help: str
@@ -65,6 +68,7 @@ class Option:
     metavar: str | None = None
     parse: Callable[[str], Any] | None = None
     cli: bool = True
+    why: str | None = None
 
 
 def option(default, help: str, **declared) -> Any:
@@ -93,7 +97,18 @@ def check_options(section_name: str, section) -> None:
         value = getattr(section, f.name)
         problem = _problem(f.type, value, opt)
         if problem:
-            raise ConfigError(problem, option=f"{section_name}.{f.name}")
+            why = f" ({opt.why})" if opt.why and _out_of_range(f.type, value, opt) else ""
+            raise ConfigError(problem + why, option=f"{section_name}.{f.name}")
+
+
+def _out_of_range(kind: str, value, opt: Option) -> bool:
+    """Whether a number (of the right type) lies above its declared ``high``."""
+    return (
+        kind.removesuffix(" | None") in ("int", "float")
+        and isinstance(value, numbers.Real)
+        and opt.high is not None
+        and value > opt.high
+    )
 
 
 def _problem(kind: str, value, opt: Option) -> str | None:
@@ -108,6 +123,8 @@ def _problem(kind: str, value, opt: Option) -> str | None:
         if not (low <= value <= high):
             if opt.high is None:
                 return f"must be at least {opt.low}, got {value}"
+            if opt.low is None:
+                return f"must be an integer of at most {opt.high}, got {value}"
             return f"must be an integer from {opt.low} to {opt.high}, got {value}"
     elif kind == "float":
         if not isinstance(value, numbers.Real) or isinstance(value, bool):

@@ -13,6 +13,7 @@ interval between plain lines (default 10 s).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -28,11 +29,30 @@ INTERVAL_ENV = "PYRO_VAE_PROGRESS_SECONDS"
 
 
 def line_interval() -> float:
-    """Seconds between plain progress lines: ``$PYRO_VAE_PROGRESS_SECONDS`` or 10."""
-    try:
-        return max(0.0, float(os.environ.get(INTERVAL_ENV, LINE_INTERVAL)))
-    except ValueError:
+    """Seconds between plain progress lines: ``$PYRO_VAE_PROGRESS_SECONDS`` or 10 (0: a line at
+    every update). A value that is not a finite number of seconds, 0 or more, is named in one
+    warning line on stderr (once per value) and the default is used."""
+    text = os.environ.get(INTERVAL_ENV)
+    if text is None:
         return LINE_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and value >= 0:
+        return value
+    if text not in _WARNED:
+        _WARNED.add(text)
+        print(
+            f"pyro-vae: warning: {INTERVAL_ENV}={text!r} is not a number of seconds (0 or more); "
+            f"progress lines every {LINE_INTERVAL:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return LINE_INTERVAL
+
+
+_WARNED: set[str] = set()  # the invalid values already named
 
 
 def progress_mode(progress: bool | str | None) -> str:

@@ -404,9 +404,9 @@ def test_plot_draws_every_figure(capsys, tmp_path):
         "reconstructions",
         "traversals",
         "latent",
-        "bound_vs_k",
-        "khat",
-        "gap",
+        "bound_vs_k-test-K25-fp32",
+        "khat-test-K25-fp32",
+        "gap-test-K25-fp32",
     }
     for p in (run_dir / "plots").glob("*.png"):
         assert p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 2000

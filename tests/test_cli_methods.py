@@ -98,7 +98,7 @@ def test_plot_draws_an_ais_evaluation_without_a_bound_figure(capsys, run_dir, tm
     out = tmp_path / "plots"
     assert main(["plot", str(run_dir), "--method", "ais", "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
-    assert "gap.png" in names and "bound_vs_k.png" not in names
+    assert "gap-test-ais-T8-C4-fp32.png" in names and not any(n.startswith("bound") for n in names)
 
 
 def test_bdmc_keeps_the_simulated_data_and_both_bounds(capsys, run_dir):
@@ -122,9 +122,11 @@ def test_bdmc_keeps_the_simulated_data_and_both_bounds(capsys, run_dir):
     "argv, message",
     [
         (["--method", "hmc"], "unknown estimation method 'hmc'"),
-        (["--method", "ais", "--ais-steps", "0"], "--ais-steps must be at least 1"),
-        (["--method", "ais", "--ais-chains", "0"], "--ais-chains must be at least 1"),
+        (["--method", "ais", "--ais-steps", "0"], "--ais-steps must be an integer from 1 to"),
+        (["--method", "ais", "--ais-chains", "0"], "--ais-chains must be an integer from 1 to"),
         (["--method", "refined", "--widen", "0"], "--widen must be a positive number"),
+        (["--method", "refined", "--widen", "1e-300"], "--widen must be above 1/sqrt(2)"),
+        (["--method", "auto", "--widen", "11"], "--widen must be at most 10"),
         (["--method", "auto", "--max-seconds", "-1"], "--max-seconds must be positive"),
         (
             ["--method", "auto", "--num-samples", "100", "--max-samples", "50"],

@@ -65,9 +65,7 @@ def test_a_crash_between_the_checkpoint_and_metrics_csv_loses_no_row(tmp_path, m
     assert rows[1].seconds > 0  # its seconds count towards a time budget again
 
 
-def test_a_crash_after_the_last_epochs_checkpoint_rewrites_its_row_on_resume(
-    tmp_path, monkeypatch
-):
+def test_a_crash_after_the_last_epochs_checkpoint_rewrites_its_row_on_resume(tmp_path, monkeypatch):
     out = tmp_path / "r"
     real = RunDir.write_metrics
     monkeypatch.setattr(RunDir, "write_metrics", lambda self, rows: (_ for _ in ()).throw(OSError))
@@ -94,9 +92,7 @@ def jobs_config():
     )
 
 
-def test_damaged_epoch_records_in_a_checkpoint_are_refused_in_one_line(
-    capsys, one_epoch, tmp_path
-):
+def test_damaged_epoch_records_in_a_checkpoint_are_refused_in_one_line(capsys, one_epoch, tmp_path):
     out = _copy(one_epoch, tmp_path)
     _rewrite_checkpoint(out / "checkpoint.pt", lambda s: s["metrics"][0].update(epoch="one"))
     err = cli_error(capsys, "train", "--out", str(out), "--resume", "--epochs", "2")
@@ -104,9 +100,7 @@ def test_damaged_epoch_records_in_a_checkpoint_are_refused_in_one_line(
 
 
 # C: a stale evaluation is not the final one
-def test_resume_evaluates_again_when_the_kept_evaluation_is_of_an_earlier_epoch(
-    capsys, tmp_path
-):
+def test_resume_evaluates_again_when_the_kept_evaluation_is_of_an_earlier_epoch(capsys, tmp_path):
     out = tmp_path / "r"
     args = [*TINY, "--eval-samples", "30", "--out", str(out)]
     assert main(["train", *args]) == 0

@@ -109,10 +109,10 @@ def test_evaluations_of_other_settings_are_kept_and_selected(capsys, tmp_path):
     )
     assert main(["compare", str(out), "--split", "test", "--num-samples", "30"]) == 0
     assert f"{test_k30['log_px']:.3f}" in capsys.readouterr().out  # the K=30 test evaluation
-    err = cli_error(capsys, "plot", str(out), "--out", str(tmp_path / "p"))
-    assert "holds 4 evaluations" in err
+    assert main(["plot", str(out), "--out", str(tmp_path / "p")]) == 0  # the newest one
+    assert "test-K1000-bf16, the newest of 4 current evaluations" in capsys.readouterr().out
     assert main(["plot", str(out), "--out", str(tmp_path / "p"), "--split", "val"]) == 0
-    assert (tmp_path / "p" / "gap.png").is_file()
+    assert (tmp_path / "p" / "gap-val-K1000-fp32.png").is_file()
     err = cli_error(capsys, "plot", str(out), "--split", "train", "--out", str(tmp_path / "p"))
     assert "has no evaluation with split=train" in err and "val-K1000-fp32" in err
     # evaluating a setting again replaces only that setting's evaluation
@@ -447,7 +447,7 @@ def test_evaluations_older_than_the_checkpoint_are_flagged_and_not_plotted(capsy
     assert main(["compare", str(out), "--num-samples", "30"]) == 0
     text = capsys.readouterr().out
     assert "evaluations compared: test-K30-fp32" in text
-    assert "made after 1 epoch, and the run has trained for 2 epochs since" in text
+    assert "made after 1 epoch, and the run has trained for 1 epoch since" in text
     assert main(["compare", str(out), "--num-samples", "21"]) == 0
     assert "trained for 2 epochs since" not in capsys.readouterr().out
     err = cli_error(capsys, "plot", str(out), "--num-samples", "30", "--out", str(tmp_path / "p"))

@@ -162,3 +162,12 @@ def test_a_density_of_discrete_values_is_refused_with_the_fix_for_the_data(
     check_density_data("gaussian", False, "wine", "none", "none", None)  # continuous, as stored
     check_density_data("gaussian", False, "digits", "none", "uniform", 17)  # dequantised
     check_density_data("bernoulli", True, "digits", "dynamic", "none", 17)  # discrete
+
+
+def test_a_gaussian_on_binarised_real_valued_data_is_advised_to_score_them_as_they_are(
+    capsys, table, tmp_path
+):
+    err = _train_error(capsys, table, tmp_path, "--likelihood", "gaussian")  # binarised: default
+    assert "gaussian likelihood is a density, and table data are binarised" in err
+    assert "These data are continuous, so score them as they are: --binarize none" in err
+    assert "--dequantize uniform" not in err

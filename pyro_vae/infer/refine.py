@@ -906,15 +906,17 @@ class RefineSettings:
     def __post_init__(self):
         if not self.widen > MIN_WIDEN:
             raise ConfigError(
-                f"widen must be above 1/sqrt(2) = {MIN_WIDEN:.4f}, got {self.widen:g}: a "
+                f"must be above 1/sqrt(2) = {MIN_WIDEN:.4f}, got {self.widen:g}: a "
                 "proposal narrower than that, relative to the posterior it was refined to, gives "
-                "importance weights of infinite variance"
+                "importance weights of infinite variance",
+                option="estimator.widen",
             )
         if not self.widen <= MAX_WIDEN:
             raise ConfigError(
-                f"widen must be at most {MAX_WIDEN:g}, got {self.widen:g}: a proposal c times "
+                f"must be at most {MAX_WIDEN:g}, got {self.widen:g}: a proposal c times "
                 "wider than the posterior keeps about (sqrt(2)/c)^D of its draws effective over "
-                "D latent coordinates"
+                "D latent coordinates",
+                option="estimator.widen",
             )
         if not 0.0 <= self.defensive_weight < 1.0:
             raise ValueError(f"defensive_weight must lie in [0, 1), got {self.defensive_weight}")

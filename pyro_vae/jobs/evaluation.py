@@ -113,6 +113,8 @@ def evaluate(
     x = x.to(next(vae.parameters()).device)
     if method != "ais" and world.is_main:  # K x N log weights for k-hat, on rank 0
         check_log_weights_fit(num_samples, x.shape[0])
+    if method in ("ais", "auto"):
+        check_chains_fit(spec.ais_chains, config, meta["data_dim"], x.device)
     pyro.set_rng_seed(config.train.seed)
     with vae.precision(dtype):
         result = estimate(
@@ -218,7 +220,15 @@ def bdmc(
     spec = EstimatorSpec(method="ais", num_samples=num_samples, **settings)
     if num_datapoints < 1:
         raise ConfigError(f"must be at least 1, got {num_datapoints}", option="args.num_datapoints")
+    if num_datapoints > MAX_BDMC_DATAPOINTS:
+        raise ConfigError(
+            f"must be at most {MAX_BDMC_DATAPOINTS}, got {num_datapoints} (each is simulated, "
+            "kept in memory with its latents, and run through AIS in both directions)",
+            option="args.num_datapoints",
+        )
+    check_log_weights_fit(num_samples, num_datapoints)
     config, vae, meta = load_run(run_dir, device)
+    check_chains_fit(spec.ais_chains, config, meta["data_dim"], next(vae.parameters()).device)
     run = RunDir(run_dir)
     if world.is_main:
         run.check_writable()
@@ -350,6 +360,30 @@ def _auto_khat_fields(khat: torch.Tensor) -> dict[str, Any]:
     """k-hat over the datapoints whose final estimate is importance sampling (AIS has none)."""
     finite = khat[torch.isfinite(khat)]
     return {"khat_mean": finite.mean().item(), "khat_max": finite.max().item()}
+
+
+# Datapoints simulated by one BDMC run (pyro-vae bdmc --num-datapoints).
+MAX_BDMC_DATAPOINTS = 100_000
+# Values one AIS chain holds per number of its network's units: the state, its momentum and
+# gradient, and the activations of a forward and backward pass (float32), with room to spare.
+_CHAIN_COPIES = 8
+
+
+def check_chains_fit(chains: int, config: RunConfig, data_dim: int, device) -> None:
+    """Refuse an AIS run whose ``chains`` for one datapoint (AIS's smallest block) would not fit
+    in the device's free memory: each holds its latent state, momentum and gradient and the
+    networks' activations."""
+    m = config.model
+    units = m.latent_dim + (m.top_latent_dim or 0) + data_dim + 2 * sum(m.hidden)
+    need = chains * units * 4 * _CHAIN_COPIES
+    free = free_memory_bytes(torch.device(device))
+    if free is not None and need > free:
+        raise ConfigError(
+            f"{chains} AIS chains per datapoint need about {need / 1e9:.3g} GB for one "
+            f"datapoint's states and activations, more than the {free / 1e9:.3g} GB free; "
+            "choose fewer chains",
+            option="estimator.ais_chains",
+        )
 
 
 def check_log_weights_fit(num_samples: int, num_datapoints: int) -> None:

@@ -14,7 +14,7 @@ from pyro_vae import registry
 from pyro_vae.build import build
 from pyro_vae.config import RunConfig
 from pyro_vae.distributed import SINGLE, World, broadcast_object
-from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.errors import CheckpointError, ConfigError, library_name, name_options
 from pyro_vae.jobs.evaluation import check_log_weights_fit, evaluate, format_evaluation
 from pyro_vae.jobs.loading import training_identity
 from pyro_vae.records import Evaluation
@@ -37,7 +37,7 @@ def train(
     resume: bool = False,
     evaluate_at_end: bool = True,
     progress: bool | str = False,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
     world: World = SINGLE,
 ) -> TrainResult:
     """Fit a VAE as ``config`` says, checkpointing into ``out`` after every epoch.
@@ -53,6 +53,8 @@ def train(
     resumed run's checkpoint to the others. A rank that fails ends the launch (torchrun stops
     the others).
     """
+    if echo is None:  # options named in a line ({train.epochs}) by their config paths
+        echo = lambda text: print(name_options(text, library_name))  # noqa: E731
     run = RunDir(out)
     registry.check_names(config.model, config.train)
     if not world.is_main:  # rank 0 holds the directory and writes; the others only train
@@ -87,6 +89,11 @@ def _train_claimed(
             _check_new_run_dir(run)
         run.check_writable()
     built = build(config, world=world)
+    if config.train.elbo == "iwae" and config.train.num_particles == 1 and not resume:
+        echo(
+            "note: the IWAE bound with 1 particle is the ELBO itself: this run trains the ELBO "
+            "(give {train.num_particles} K > 1 for the IWAE bound L_K)"
+        )
     dataset = built.dataset
     if evaluate_at_end:  # before training, not after it
         check_log_weights_fit(config.train.eval_samples, dataset.split("test").shape[0])
