@@ -13,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vae import arviz_compat
+from pyro_vae.infer.sbc import coordinate_name
 
 
 def image_grid(images: torch.Tensor, shape, nrow: int) -> np.ndarray:
@@ -106,7 +107,7 @@ def traversals(images, shape, dims, values) -> Figure:
     )
     h = shape[0] + 1
     ax.set_yticks([h * i + h / 2 for i in range(len(dims))])
-    ax.set_yticklabels([f"z_{d}" for d in dims], fontsize=8)
+    ax.set_yticklabels([coordinate_name("z", d) for d in dims], fontsize=8)
     w = shape[1] + 1
     ax.set_xticks([w * i + w / 2 for i in range(len(values))])
     ax.set_xticklabels([f"{v:+.1f}" for v in values], fontsize=7)

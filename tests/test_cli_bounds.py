@@ -173,3 +173,42 @@ def test_an_abbreviated_option_is_refused_not_taken_for_another(capsys):
 def test_an_option_with_underscores_suggests_its_hyphens(capsys):
     err = cli_error(capsys, "train", "--latent_dim", "3")
     assert "--latent_dim: did you mean --latent-dim?" in err
+
+
+# 21: the SBC table and the latents' names
+def test_the_sbc_table_stays_aligned_with_long_verdicts_and_names():
+    from pyro_vae.jobs.checks import format_sbc
+
+    verdicts = ["calibrated", "biased, over-confident", "under-confident"]
+    names = ["z[0]", "z[1]", "z_top_layer[12]"]
+    summary = {
+        "num_simulations": 100,
+        "num_draws": 99,
+        "seconds": 1.0,
+        "coordinates": names,
+        "calibration": {
+            "q": {
+                "coverage_50": [0.5, 0.2, 0.7],
+                "coverage_90": [0.9, 0.5, 0.99],
+                "chi2_p": [0.5, 0.0, 0.01],
+                "verdict": verdicts,
+            }
+        },
+    }
+    lines = format_sbc(summary).splitlines()
+    header, rows = lines[1], lines[2:5]
+    for column in ("cover 90%", "chi2 p"):  # right-aligned numbers end where their title ends
+        end = header.index(column) + len(column)
+        assert all(row[end - 5 : end].strip() and row[end] == " " for row in rows), (column, lines)
+    start = header.index("verdict")
+    assert [row[start:].strip() for row in rows] == verdicts
+
+
+def test_traversals_name_latents_as_sbc_does():
+    import torch
+
+    from pyro_vae import plots
+
+    fig = plots.traversals(torch.rand(2 * 3, 4), (2, 2), [0, 8], [-1.0, 0.0, 1.0])
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["z[0]", "z[8]"]

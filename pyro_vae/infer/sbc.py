@@ -78,6 +78,11 @@ class SBCResult:
         return self.ranks.shape[0]
 
 
+def coordinate_name(site: str, index: int) -> str:
+    """How a latent coordinate is named wherever it is shown: ``z[8]``, the 9th of site z."""
+    return f"{site}[{index}]"
+
+
 def fractional_ranks(ranks: torch.Tensor, num_draws: int) -> torch.Tensor:
     """``(r + 1) / (L + 1)``: uniform on {1, ..., L+1} / (L+1) for calibrated ranks, so that the
     ECDF at k / (L+1) is k / (L+1) in expectation."""
@@ -204,7 +209,7 @@ def simulation_based_calibration(
     x, latents = simulate(model, x_like, max_plate_nesting=max_plate_nesting)
     space = LatentSpace(model, guide, x, max_plate_nesting=max_plate_nesting)
     truth = space.unconstrain({s.name: latents[s.name].unsqueeze(0) for s in space.sites})[0]
-    names = tuple(f"{s.name}[{i}]" for s in space.sites for i in range(s.size))
+    names = tuple(coordinate_name(s.name, i) for s in space.sites for i in range(s.size))
     n = x.shape[0]
     per_row = max(num_draws, num_proposals) * max(1, x[0].numel())
     rows_at_once = batch_size or max(1, BLOCK_ELEMENTS // per_row)

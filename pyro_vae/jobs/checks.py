@@ -345,9 +345,14 @@ def format_sbc(s: dict[str, Any]) -> str:
     """A short summary of :func:`sbc`'s result."""
     cal = s["calibration"]
     resampled = cal.get("resampled")
-    head = f"  {'coordinate':<10} {'cover 50%':>9} {'cover 90%':>9} {'chi2 p':>7}  {'verdict':<16}"
+    # columns as wide as their longest entry (a verdict can join several: "biased, wide")
+    wn = max([len("coordinate"), *map(len, s["coordinates"])])
+    wv = max([len("verdict"), *map(len, cal["q"]["verdict"])])
+    head = (
+        f"  {'coordinate':<{wn}} {'cover 50%':>9} {'cover 90%':>9} {'chi2 p':>7}  {'verdict':<{wv}}"
+    )
     if resampled:
-        head += f" | resampled: {'cover 90%':>9} {'verdict':<15}"
+        head += f" | resampled: {'cover 90%':>9} {'verdict'}"
     lines = [
         f"SBC of q(z|x) on {plural(s['num_simulations'], 'simulation')} from the model, ranks "
         f"among {plural(s['num_draws'], 'draw')} ({s['seconds']:.1f} s):",
@@ -356,13 +361,11 @@ def format_sbc(s: dict[str, Any]) -> str:
     for j, name in enumerate(s["coordinates"]):
         q = cal["q"]
         line = (
-            f"  {name:<10} {q['coverage_50'][j]:>9.3f} {q['coverage_90'][j]:>9.3f} "
-            f"{q['chi2_p'][j]:>7.3f}  {q['verdict'][j]:<16}"
+            f"  {name:<{wn}} {q['coverage_50'][j]:>9.3f} {q['coverage_90'][j]:>9.3f} "
+            f"{q['chi2_p'][j]:>7.3f}  {q['verdict'][j]:<{wv}}"
         )
         if resampled:
-            line += (
-                f" |            {resampled['coverage_90'][j]:>9.3f} {resampled['verdict'][j]:<15}"
-            )
+            line += f" |            {resampled['coverage_90'][j]:>9.3f} {resampled['verdict'][j]}"
         lines.append(line.rstrip())
     lines.append("  q(z|x): " + _verdict_line(cal["q"]["verdict"], s["coordinates"]))
     if resampled:
