@@ -171,3 +171,16 @@ def test_a_gaussian_on_binarised_real_valued_data_is_advised_to_score_them_as_th
     assert "gaussian likelihood is a density, and table data are binarised" in err
     assert "These data are continuous, so score them as they are: --binarize none" in err
     assert "--dequantize uniform" not in err
+
+
+def test_a_fixed_gaussian_scale_far_below_the_datas_spread_is_noted(capsys, table, tmp_path):
+    argv = ["train", *TINY, "--no-eval", "--dataset", str(table), "--binarize", "none"]
+    assert main([*argv, "--likelihood", "gaussian", "--out", str(tmp_path / "g")]) == 0
+    out = capsys.readouterr().out
+    assert "the gaussian likelihood's fixed scale (--gaussian-scale 0.1) is small" in out
+    assert "--likelihood gaussian-learned learns the scale" in out
+    scaled = [*argv, "--likelihood", "gaussian", "--gaussian-scale", "0.5"]
+    assert main([*scaled, "--out", str(tmp_path / "g2")]) == 0
+    assert "fixed scale" not in capsys.readouterr().out
+    assert main([*argv, "--likelihood", "gaussian-learned", "--out", str(tmp_path / "l")]) == 0
+    assert "fixed scale" not in capsys.readouterr().out
