@@ -474,6 +474,8 @@ def run(argv: list[str] | None = None) -> int:
         config = train_config(args)
         out = getattr(args, "out", None)
         if out is not None:
+            if not out.strip():
+                raise ConfigError("--out is empty; give the run directory's path")
             check_output_dir(out, "--out")
         world = _join_launch(config.train.device)
         made = None  # the default run directory, made here (removed if no run began in it)

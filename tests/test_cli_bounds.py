@@ -212,3 +212,10 @@ def test_traversals_name_latents_as_sbc_does():
     fig = plots.traversals(torch.rand(2 * 3, 4), (2, 2), [0, 8], [-1.0, 0.0, 1.0])
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["z[0]", "z[8]"]
+
+
+def test_an_empty_run_directory_path_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for out in ("", " "):
+        assert "--out is empty" in cli_error(capsys, "train", *TINY, "--out", out)
+    assert not list(tmp_path.iterdir())
