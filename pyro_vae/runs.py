@@ -79,7 +79,7 @@ def _write_unit(lock: Path, writes: list[tuple[Path, Callable[[str], None]]]) ->
     fails. Raises OSError."""
     temps: list[tuple[str, Path]] = []
     try:
-        with _locked(lock):
+        with locked(lock):
             remove_stale_temporaries(lock.parent)  # a killed writer's, which held this lock
             for path, fill in writes:
                 temps.append((_write_temporary(path, fill), path))
@@ -824,8 +824,9 @@ def _check_same_evaluation(stored: StoredEvaluation, idata) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive ``flock`` on ``path`` (created if absent), waited for, held for the block."""
+def locked(path: Path):
+    """An exclusive ``flock`` on ``path`` (created if absent), waited for, held for the block:
+    the lock writers of a result folder hold (``evaluations/.lock``, ...)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -4,14 +4,12 @@ older, and dropping those no longer wanted."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.jobs.loading import training_identity
-from pyro_vae.runs import RunDir, StoredEvaluation
+from pyro_vae.runs import RunDir, StoredEvaluation, locked
 from pyro_vae.text import plural
 
 
@@ -96,7 +94,7 @@ def drop_evaluations(
     folder = RunDir(run_dir).evaluations_dir
     path = folder
     try:
-        with _locked(folder / ".lock") if folder.is_dir() else contextlib.nullcontext():
+        with locked(folder / ".lock") if folder.is_dir() else contextlib.nullcontext():
             for k in dropped:
                 for path in (k.stored.json_path, k.stored.nc_path):
                     path.unlink(missing_ok=True)
@@ -122,15 +120,3 @@ def format_kept(run_dir: str | Path, kept: list[KeptEvaluation]) -> str:
             state = f"older: the checkpoint now holds {plural(k.checkpoint_epochs, 'epoch')}"
         lines.append(f"{k.setting:<{width}}  {ev.log_px:>10.3f}  {epochs:>6}  {state}")
     return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive ``flock`` on ``path`` (created if absent), waited for: the lock that
-    :meth:`~pyro_vae.runs.RunDir.write_evaluation` holds."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
