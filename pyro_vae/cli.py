@@ -654,12 +654,7 @@ def _join_launch(device_name: str) -> World:
     joined to the others (its CUDA device is its local rank)."""
     world = world_from_env()
     if world.is_distributed:
-        device = resolve_device(device_name)
-        if device.index is not None:
-            raise ConfigError(
-                f"with several processes each uses the device of its local rank: give the "
-                f"device as {device.type}, not {device}"
-            )
+        device = resolve_device(device_name)  # auto, cpu or cuda: never an indexed device
         if device.type == "cuda":
             torch.cuda.set_device(world.local_rank)
         init_process_group(world, device)
