@@ -27,12 +27,13 @@ from bench import DATA_DIM, HIDDEN, LATENT, load_images
 
 from pyro_vae.config import ModelConfig
 from pyro_vae.distributed import (
+    estimate,
     init_process_group,
-    sharded,
     world_from_env,
 )
 from pyro_vae.infer import DeviceTrace_ELBO
-from pyro_vae.infer.blocks import ais_estimator, block_importance, by_blocks, importance_estimator
+from pyro_vae.infer.ais import AIS
+from pyro_vae.infer.importance import IWAE
 from pyro_vae.registry import build_vae
 from pyro_vae.training import Trainer
 
@@ -75,20 +76,12 @@ def worker(
         seconds = time.perf_counter() - start
         test, _ = load_images(eval_rows, device, split="test")
         start = time.perf_counter()
-        if world.is_distributed:
-            iwae = importance_estimator(vae.model, vae.guide, num_samples=num_samples)
-            sharded(iwae, test, seed=0, world=world)
-        else:
-            block_importance(vae.model, vae.guide, test, num_samples=num_samples, seed=0)
+        iwae = IWAE.Settings(num_samples=num_samples)
+        estimate(IWAE(), iwae, vae.model, vae.guide, test, seed=0, world=world)
         eval_seconds = time.perf_counter() - start
-        ais = ais_estimator(
-            vae.model, vae.guide, num_steps=ais_steps, num_chains=16, max_plate_nesting=1
-        )
+        ais = AIS.Settings(ais_steps=ais_steps, ais_chains=16)
         start = time.perf_counter()
-        if world.is_distributed:
-            sharded(ais, test[:ais_rows], seed=0, world=world)
-        else:
-            by_blocks(ais, test[:ais_rows], seed=0)
+        estimate(AIS(), ais, vae.model, vae.guide, test[:ais_rows], seed=0, world=world)
         ais_seconds = time.perf_counter() - start
     if world.is_main:
         steps = trainer.steps_per_epoch

@@ -31,7 +31,7 @@ from _common import _percent, base_config, parser, write_files
 
 from pyro_vae import jobs
 from pyro_vae.config import RunConfig
-from pyro_vae.estimators import EstimatorSpec
+from pyro_vae.infer.estimators import settings_for
 from pyro_vae.records import Evaluation
 from pyro_vae.runs import RunDir
 
@@ -141,7 +141,9 @@ def main(argv=None) -> int:
             "log_px_stderr": ev.log_px_stderr,
             "log_px_auto": math.nan if auto is None else auto.log_px,
             # the share auto could not clear (k-hat or error bar still flagged after AIS)
-            "frac_unreliable_auto": math.nan if auto is None else auto.frac_unreliable,
+            "frac_unreliable_auto": math.nan
+            if auto is None
+            else auto.method_summary["frac_unreliable"],
             "elbo": ev.elbo,
             "active_units": ev.active_units,
             "frac_khat_above_threshold": ev.frac_khat_above_threshold,
@@ -163,27 +165,33 @@ def main(argv=None) -> int:
 def scored(
     run_dir, epochs_trained: int, first: int | None, compute: bool = True, **spec
 ) -> Evaluation | None:
-    """The test split's evaluation with the estimator ``spec`` (:class:`EstimatorSpec`'s
-    fields) of the run's checkpoint at ``epochs_trained``: the one kept in ``run_dir``, else,
-    when ``compute``, a new one (kept there too), else None."""
-    kept = kept_evaluation(run_dir, epochs_trained, EstimatorSpec(**spec), first)
+    """The test split's evaluation with the estimator ``spec`` (``method`` and the fields of its
+    ``Settings``) of the run's checkpoint at ``epochs_trained``: the one kept in ``run_dir``,
+    else, when ``compute``, a new one (kept there too), else None."""
+    kept = kept_evaluation(run_dir, epochs_trained, dict(spec), first)
     if kept is not None or not compute:
         return kept
     return jobs.evaluate(run_dir, first=first, **spec)
 
 
 def kept_evaluation(
-    run_dir, epochs_trained: int, spec: EstimatorSpec, first: int | None
+    run_dir, epochs_trained: int, spec: dict, first: int | None
 ) -> Evaluation | None:
     """The evaluation of the test split already kept in ``run_dir`` of its checkpoint at
     ``epochs_trained`` (in fp32), with ``spec``'s method and settings and the same subset, or
     None."""
+    method = spec.pop("method", "iwae")
+    settings = settings_for(method, **spec)
     for stored in RunDir(run_dir).select_evaluations(
-        split="test", num_samples=spec.num_samples, precision="fp32", method=spec.method
+        split="test", num_samples=settings.num_samples, precision="fp32", method=method
     ):
         ev = stored.evaluation
         subset = ev.first == first or (ev.first is None and first and ev.num_datapoints <= first)
-        if subset and ev.epochs_trained == epochs_trained and ev.method_settings == spec.settings():
+        if (
+            subset
+            and ev.epochs_trained == epochs_trained
+            and ev.method_settings == settings.recorded()
+        ):
             return ev
     return None
 

@@ -33,7 +33,9 @@ from pyro_vae.errors import (
     UnsupportedDataError,
     name_options,
 )
-from pyro_vae.estimators import EstimatorSpec
+from pyro_vae.infer.ais import AIS
+from pyro_vae.infer.estimators import ESTIMATORS, setting_fields
+from pyro_vae.infer.importance import IWAE
 from pyro_vae.options import declared, flag_of
 from pyro_vae.runs import RunDir, check_output_dir
 
@@ -49,12 +51,8 @@ SUPPORT_HINTS = {
     "real_valued": "--likelihood gaussian-learned, gaussian or laplace, with --binarize none",
 }
 
-# The estimator's settings that pyro-vae evaluate takes (beside --num-samples and --chunk-size),
-# and those of them that pyro-vae bdmc takes.
-AIS_SETTINGS = ("ais_steps", "ais_chains", "ais_leapfrog")
-ESTIMATOR_SETTINGS = tuple(
-    f.name for f, _ in declared(EstimatorSpec) if f.name not in ("num_samples", "chunk_size")
-)
+# The settings of pyro-vae evaluate outside its "estimation method" group.
+SAMPLES_SETTINGS = ("num_samples", "chunk_size")
 # The option groups of ``pyro-vae train``: config section -> group title.
 TRAIN_GROUPS = {"data": "data", "model": "model", "train": "training"}
 
@@ -97,15 +95,25 @@ def _add_config_options(parser: argparse.ArgumentParser, defaults: RunConfig) ->
         _add_declared(group, SECTIONS[section], getattr(defaults, section))
 
 
-def _add_declared(group, kind, defaults, only: tuple[str, ...] | None = None) -> None:
+def _add_declared(
+    group, kind, defaults, only: tuple[str, ...] | None = None, *, unset: bool = False
+) -> None:
     """A flag for each declared field of ``kind`` (those named in ``only``, when given), with
-    its help, its default from ``defaults`` and its parser."""
-    for f, opt in declared(kind):
+    its help, its default from ``defaults`` and its parser. With ``unset``, a flag not given
+    is None (the default is the chosen estimator's, shown in the help)."""
+    fields = kind if isinstance(kind, list) else [f for f, _ in declared(kind)]
+    for f in fields:
+        opt = f.metadata["option"]
         if not opt.cli or (only is not None and f.name not in only):
             continue
         text = name_options(opt.help, _flag)
-        default = getattr(defaults, f.name)
-        extra = {} if group.argument_default is argparse.SUPPRESS else {"default": default}
+        default = f.default if defaults is None else getattr(defaults, f.name)
+        if unset:
+            extra = {"default": None}
+        elif group.argument_default is argparse.SUPPRESS:
+            extra = {}
+        else:
+            extra = {"default": default}
         if f.type == "bool":
             group.add_argument(opt.negate, dest=f.name, action="store_false", help=text, **extra)
             continue
@@ -134,15 +142,17 @@ def _parser_of(parse):
 # The flag of each option, for errors that name the option by its config path.
 FLAGS = {
     f"{section}.{f.name}": opt.negate or flag_of(f.name)
-    for section, kind in {**SECTIONS, "estimator": EstimatorSpec}.items()
+    for section, kind in SECTIONS.items()
     for f, opt in declared(kind)
 }
 
 
 def _flag(path: str) -> str:
-    """The flag of a config path, or of a job's argument (``args.out`` -> ``--out``)."""
-    if path.startswith("args."):
-        return flag_of(path.removeprefix("args."))
+    """The flag of a config path, of an estimator's setting (``estimator.widen`` -> ``--widen``)
+    or of a job's argument (``args.out`` -> ``--out``)."""
+    for prefix in ("args.", "estimator."):
+        if path.startswith(prefix):
+            return flag_of(path.removeprefix(prefix))
     return FLAGS.get(path, path)
 
 
@@ -172,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         "split, K and precision)",
     )
     e.add_argument("run_dir")
-    spec = EstimatorSpec()
-    _add_declared(e, EstimatorSpec, spec, only=("num_samples", "chunk_size"))
+    settings = setting_fields()
+    _add_declared(e, settings, None, only=SAMPLES_SETTINGS, unset=True)
     e.add_argument("--split", default="test", help="train, val or test (default test)")
     e.add_argument(
         "--first",
@@ -196,8 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="precision of the networks: fp32 (default, the reference) or bf16 (faster "
         "approximation; compare refuses to mix it with fp32)",
     )
-    m = e.add_argument_group("estimation method")
-    _add_declared(m, EstimatorSpec, spec, only=ESTIMATOR_SETTINGS)
+    m = e.add_argument_group("estimation method (each setting refused by the methods without it)")
+    m.add_argument(
+        "--method",
+        default=IWAE.name,
+        help="; ".join(f"{name}: {e.label}" for name, e in ESTIMATORS.items())
+        + f" (default {IWAE.name})",
+    )
+    others = tuple(f.name for f in settings if f.name not in SAMPLES_SETTINGS)
+    _add_declared(m, settings, None, only=others, unset=True)
     _progress_flags(e)
 
     b = sub.add_parser(
@@ -219,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="K of the IWAE estimate reported beside the bounds (default 1000)",
     )
     b.add_argument("--device", default="auto", help="auto (the run's device), cpu or cuda")
-    _add_declared(b, EstimatorSpec, spec, only=AIS_SETTINGS)
+    _add_declared(b, AIS.Settings, AIS.Settings())
     _progress_flags(b)
 
     k = sub.add_parser(
@@ -525,7 +542,8 @@ def run(argv: list[str] | None = None) -> int:
             precision=args.precision,
             first=args.first,
             checkpoint=args.checkpoint,
-            **_settings(args, ("num_samples", "chunk_size", *ESTIMATOR_SETTINGS)),
+            method=args.method,
+            **_settings(args, tuple(f.name for f in setting_fields())),
         )
         if evaluation is None:  # a rank other than 0 of a launch: rank 0 prints
             return 0
@@ -561,7 +579,7 @@ def run(argv: list[str] | None = None) -> int:
             num_datapoints=args.num_datapoints,
             num_samples=args.num_samples,
             device=args.device,
-            **_settings(args, AIS_SETTINGS),
+            **_settings(args, tuple(f.name for f, _ in declared(AIS.Settings))),
         )
         if summary is None:  # a rank other than 0 of a launch: rank 0 prints
             return 0

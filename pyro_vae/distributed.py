@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.infer.blocks import by_blocks, joined, num_blocks
+from pyro_vae.infer.driver import by_blocks, joined, num_blocks, run_blocks
 from pyro_vae.infer.svi import DeviceSVI
 
 # How long a rank waits for the others in one collective before the job fails.
@@ -182,15 +182,57 @@ def seed_rank(seed: int, world: World, epoch: int) -> None:
     pyro.set_rng_seed(rank_seed(seed, world.rank, epoch))
 
 
-def sharded(estimator, x: torch.Tensor, *, seed: int, world: World, stream: int = 0):
-    """A block-seeded estimator (:func:`pyro_vae.infer.blocks.by_blocks`) of ``x`` shared among
-    the ranks: rank r computes blocks r, r + W, ...; rank 0 gathers them and returns the whole
-    estimate, bit for bit the one a single process computes block by block (the other ranks
-    return None)."""
+def estimate(
+    estimator,
+    settings,
+    model,
+    guide,
+    x: torch.Tensor,
+    *,
+    seed: int,
+    world: World = SINGLE,
+    stream: int = 0,
+    max_plate_nesting: int | None = None,
+    progress: bool | str | None = False,
+):
+    """``estimator`` (an :class:`~pyro_vae.infer.estimator.Estimator`) on every row of ``x`` in
+    seeded blocks (:func:`pyro_vae.infer.driver.run_blocks`): all of them in one process; with
+    several ranks, rank r computes blocks r, r + W, ... and rank 0 gathers them. Either way the
+    whole estimate, on rank 0, is bit for bit the same (the other ranks return None)."""
+
+    def compute(blocks):
+        return run_blocks(
+            estimator,
+            settings,
+            model,
+            guide,
+            x,
+            seed=seed,
+            blocks=blocks,
+            stream=stream,
+            max_plate_nesting=max_plate_nesting,
+            progress=progress if world.is_main else "off",
+        )
+
+    if not world.is_distributed:
+        return joined(compute(None))
+    return _shared(compute, x, world)
+
+
+def sharded(function, x: torch.Tensor, *, seed: int, world: World, stream: int = 0):
+    """``function(rows)`` of each block of ``x`` seeded as the estimators' blocks
+    (:func:`pyro_vae.infer.driver.by_blocks`), shared among the ranks as :func:`estimate`
+    shares them: the whole result, joined in block order, on rank 0 (None on the others)."""
+    return _shared(
+        lambda blocks: by_blocks(function, x, seed=seed, blocks=blocks, stream=stream), x, world
+    )
+
+
+def _shared(compute, x: torch.Tensor, world: World):
+    """``compute(blocks)`` of this rank's blocks, gathered and joined on rank 0."""
     blocks = range(world.rank, num_blocks(x.shape[0]), world.size)
     try:
-        mine = by_blocks(estimator, x, seed=seed, blocks=blocks, stream=stream)
-        mine = {b: _on_host(r) for b, r in mine.items()}
+        mine = {b: _on_host(r) for b, r in compute(blocks).items()}
     except PyroVAEError as e:  # its message goes to rank 0, which raises it: the others return
         mine = _Failed(type(e).__name__, world.rank, e.template)
     gathered = [None] * world.size if world.is_main else None

@@ -56,6 +56,9 @@ class Option:
     why : str, optional
         Why the range is what it is (e.g. the memory a larger value needs), added to the error
         for a value outside it.
+    recorded : bool
+        False for a setting that only splits the work (e.g. particles per pass), left out of
+        what an evaluation records as its method's settings.
     """
 
     help: str
@@ -69,6 +72,7 @@ class Option:
     parse: Callable[[str], Any] | None = None
     cli: bool = True
     why: str | None = None
+    recorded: bool = True
 
 
 def option(default, help: str, **declared) -> Any:

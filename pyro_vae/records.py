@@ -15,6 +15,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from pyro_vae.errors import CheckpointError
@@ -30,9 +31,9 @@ MINUS_INF_IF_NULL = ("log_px", "elbo")
 class PerPoint:
     """The per-datapoint values of an evaluation, each ``(N,)`` on the host.
 
-    ``khat`` is NaN where it is undefined (AIS); ``method`` (the stage behind each estimate,
-    indexing :data:`pyro_vae.infer.escalate.METHODS`) and ``draws`` are ``auto``'s,
-    ``acceptance`` AIS's.
+    ``khat`` is NaN where it is undefined (AIS); ``estimator`` names the estimator (a stage of
+    ``auto``) behind each estimate, ``draws`` counts its importance draws (or AIS chains), and
+    ``extras`` holds one method's own values (``acceptance`` of AIS, ``reliable`` of ``auto``).
     """
 
     log_px: torch.Tensor
@@ -40,9 +41,35 @@ class PerPoint:
     ess: torch.Tensor
     stderr: torch.Tensor
     khat: torch.Tensor
-    method: torch.Tensor | None = None
+    estimator: tuple[str, ...] | None = None
     draws: torch.Tensor | None = None
-    acceptance: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, block) -> PerPoint:
+        """The values of an estimate (a :class:`~pyro_vae.infer.estimator.LogZBlock`)."""
+        return cls(
+            log_px=block.log_px,
+            elbo=block.elbo,
+            ess=block.ess,
+            stderr=block.stderr,
+            khat=block.khat,
+            estimator=block.estimator,
+            draws=block.draws,
+            extras=dict(block.extras),
+        )
+
+    def stats(self, stages: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The diagnostics as the ``.nc`` file keeps them (numbers only): ``method`` is each
+        datapoint's estimator as its index in ``stages`` (recorded in the summary), kept only
+        where the method has several stages, as is ``draws``."""
+        out = {k: getattr(self, k).numpy() for k in ("khat", "ess", "stderr")}
+        if len(stages) > 1 and self.estimator is not None:
+            out["method"] = np.array([stages.index(name) for name in self.estimator])
+            out["draws"] = self.draws.numpy()
+        for key, value in self.extras.items():
+            out[key] = value.double().numpy()
+        return out
 
 
 @dataclass(frozen=True)
@@ -78,16 +105,10 @@ class Evaluation:
     active_units: int | None = None
     latent_dim: int | None = None
     kl_per_dim: list[float] | None = None
-    # the estimator
+    # the estimator, its settings and its own summary (its fields in the JSON's top level)
     method: str = "iwae"
     method_settings: dict[str, Any] | None = None
-    acceptance_mean: float | None = None  # ais
-    num_per_method: dict[str, int] | None = None  # auto, and its stages' other fields:
-    frac_unreliable: float | None = None
-    num_unreliable: int | None = None
-    num_more_draws: int | None = None
-    seconds_per_method: dict[str, float] | None = None
-    stages: list[str] | None = None
+    method_summary: dict[str, Any] = field(default_factory=dict)
     num_datapoints: int | None = None
     first: int | None = None  # the first rows of the split only (None: all of it)
     precision: str = "fp32"
@@ -126,6 +147,9 @@ class Evaluation:
             value = getattr(self, f.name)
             if f.name in OPTIONAL and value is None:
                 continue
+            if f.name == "method_summary":
+                out.update(value)
+                continue
             out[f.name] = value
         return {**out, **self.extra}
 
@@ -135,10 +159,14 @@ class Evaluation:
         it is not one: not an object, a required key missing, or a value of the wrong type."""
         if not isinstance(d, dict) or not REQUIRED <= set(d):
             raise CheckpointError(f"{where} is not an evaluation summary")
-        values, extra = {}, {}
+        values, extra, summary = {}, {}, {}
+        summary_keys = _summary_keys()
         for key, value in d.items():
             f = _BY_NAME.get(key)
-            if f is None:
+            if key in summary_keys:
+                summary[key] = value
+                continue
+            if f is None or key == "method_summary":
                 extra[key] = value
                 continue
             if value is None and key not in OPTIONAL and not f.type.endswith("| None"):
@@ -152,7 +180,7 @@ class Evaluation:
             if not _has_type(value, f.type):
                 raise CheckpointError(f"{where}: {key} = {value!r} is not of type {f.type}")
             values[key] = value
-        return cls(**values, extra=extra)
+        return cls(**values, method_summary=summary, extra=extra)
 
     def replace(self, **changes) -> Evaluation:
         return dataclasses.replace(self, **changes)
@@ -165,18 +193,18 @@ REQUIRED = {"split", "num_samples", "log_px"}
 OPTIONAL = {
     "khat_note",
     "bounds_vs_k",
-    "acceptance_mean",
-    "num_per_method",
-    "frac_unreliable",
-    "num_unreliable",
-    "num_more_draws",
-    "seconds_per_method",
-    "stages",
     "bits_per_dim",
     "processes",
     "checkpoint",
     "evaluation_id",
 }
+
+
+def _summary_keys() -> set[str]:
+    """The keys of every estimator's own summary fields (the table's ``summary_keys``)."""
+    from pyro_vae.infer.estimators import ESTIMATORS
+
+    return {k for e in ESTIMATORS.values() for k in e.summary_keys}
 
 
 def _has_type(value, declared: str) -> bool:

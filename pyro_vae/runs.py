@@ -702,13 +702,14 @@ def evaluation_setting(evaluation: Evaluation) -> str:
     chains; ``-firstN`` is added for an evaluation of the split's first N datapoints only, and
     ``-last`` for one of the last checkpoint of a run that keeps a best epoch's checkpoint.
     """
+    from pyro_vae.infer.estimators import ESTIMATORS
+
     method, k = evaluation.method, evaluation.num_samples
-    if method == "iwae":
-        middle = f"K{k}"
-    elif method == "ais":
-        middle = f"ais-T{evaluation.method_settings.get('ais_steps')}-C{k}"
-    else:
+    estimator = ESTIMATORS.get(method)
+    if estimator is None:  # a method this version does not know
         middle = f"{method}-K{k}"
+    else:
+        middle = estimator.setting_name(k, evaluation.method_settings)
     subset = "" if evaluation.first is None else f"-first{evaluation.first}"
     last = "-last" if evaluation.checkpoint == "last" else ""
     return f"{evaluation.split}-{middle}-{evaluation.precision}{subset}{last}"
@@ -773,11 +774,23 @@ class StoredEvaluation:
         def values(group, name):
             return torch.as_tensor(group[name].values[0, 0]) if name in group else None
 
+        log_px = values(idata.log_likelihood, "log_px")
+        stages = self.evaluation.method_summary.get("stages") or [self.evaluation.method]
+        codes = values(stats, "method")  # each datapoint's stage, as its index in ``stages``
+        if codes is None:
+            estimator = (self.evaluation.method,) * log_px.shape[0]
+        else:
+            estimator = tuple(stages[int(c)] for c in codes.tolist())
+        common = ("ess", "stderr", "khat", "method", "draws")
+        extras = {k: values(stats, k) for k in stats.data_vars if k not in common}
+        if "reliable" in extras:
+            extras["reliable"] = extras["reliable"].bool()
         return PerPoint(
-            log_px=values(idata.log_likelihood, "log_px"),
+            log_px=log_px,
             elbo=values(idata.log_likelihood, "elbo"),
-            **{k: values(stats, k) for k in ("ess", "stderr", "khat", "method", "draws")},
-            acceptance=values(stats, "acceptance"),
+            **{k: values(stats, k) for k in ("ess", "stderr", "khat", "draws")},
+            estimator=estimator,
+            extras=extras,
         )
 
 

@@ -156,9 +156,9 @@ def test_long_work_prints_plain_progress_lines_when_stderr_is_not_a_terminal(run
     )
     assert r.returncode == 0, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert lines and all(line.startswith("log p(x): ") for line in lines), r.stderr
-    assert "passes (" in lines[0] and "s left" in lines[0]
-    assert lines[-1].startswith("log p(x): 20/20 passes, done in")
+    assert lines and all(line.startswith("log p(x) iwae: ") for line in lines), r.stderr
+    assert "datapoints (" in lines[0] and "s left" in lines[0]  # by blocks of 64 datapoints
+    assert lines[-1].startswith("log p(x) iwae: 359/359 datapoints, done in")
     assert "\r" not in r.stderr  # no bar redrawn in place
 
 

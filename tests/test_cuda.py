@@ -54,9 +54,10 @@ def test_train_and_evaluate_on_cuda(tmp_path):
 
 @requires_cuda
 def test_free_memory_and_pass_budget_on_cuda():
-    from pyro_vae.infer.importance import _AUTO_CHUNK_ELEMENTS, free_memory_bytes, pass_budget
+    from pyro_vae.infer.passes import PASS_VALUES, pass_values
+    from pyro_vae.memory import free_memory_bytes
 
     device = torch.device("cuda")
     free = free_memory_bytes(device)
     assert 0 < free <= torch.cuda.get_device_properties(device).total_memory
-    assert 1 <= pass_budget(device) <= _AUTO_CHUNK_ELEMENTS["cuda"]
+    assert pass_values(device) == PASS_VALUES["cuda"]

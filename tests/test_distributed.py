@@ -15,17 +15,11 @@ import torch
 from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.distributed import World, check_shards, rank_seed, shard_bounds, world_from_env
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import khat_of
-from pyro_vae.infer import DeviceTrace_ELBO
-from pyro_vae.infer.blocks import (
-    ais_estimator,
-    auto_estimator,
-    block_importance,
-    by_blocks,
-    joined,
-    refined_estimator,
-    reverse_ais_estimator,
-)
+from pyro_vae.infer import DeviceTrace_ELBO, estimate
+from pyro_vae.infer.ais import ais_log_likelihood, latent_rows, reverse_ais_log_likelihood
+from pyro_vae.infer.driver import by_blocks, joined, run_blocks
+from pyro_vae.infer.estimators import ESTIMATORS, settings_for
+from pyro_vae.infer.latent import LatentSpace
 from pyro_vae.infer.optim import JointAdam
 from pyro_vae.jobs.loading import load_run
 from pyro_vae.runs import RunDir
@@ -139,11 +133,12 @@ def test_two_ranks_train_as_one_process_on_the_same_minibatches(tmp_path):
     assert trained  # the steps moved the parameters
 
 
-def _launch(*args, cwd):
-    """``torchrun --standalone --nproc_per_node=2 -m pyro_vae ARGS`` on gloo."""
+def _launch(*args, cwd, processes: int = 2):
+    """``torchrun --standalone --nproc_per_node=PROCESSES -m pyro_vae ARGS`` on gloo."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(RANK_THREADS)}
     env.pop("RANK", None)
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    nodes = f"--nproc_per_node={processes}"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", nodes]
     return subprocess.run(
         [*launch, "-m", "pyro_vae", *map(str, args)],
         cwd=cwd,
@@ -201,30 +196,23 @@ def test_the_cli_trains_resumes_exactly_and_writes_once_from_rank_0(tmp_path):
     assert stored.evaluation.processes == 2
     config, vae, _ = load_run(tmp_path / "split", "cpu")
     x = prepare_splits(config, load_data(config), vae.likelihood, ("test",), fixed=True)["test"]
-    alone = block_importance(vae.model, vae.guide, x, num_samples=40, seed=config.train.seed)
+    seed = config.train.seed
+    alone = estimate(vae.model, vae.guide, x, "iwae", seed=seed, num_samples=40)
     per_point = stored.per_point()
-    assert torch.equal(per_point.log_px, joined(alone).log_px)
-    assert torch.equal(per_point.stderr, joined(alone).stderr)
-    some = block_importance(
-        vae.model, vae.guide, x, num_samples=40, seed=config.train.seed, blocks=[3, 1]
-    )
-    assert all(torch.equal(some[b].log_px, alone[b].log_px) for b in (1, 3))
+    assert torch.equal(per_point.log_px, alone.log_px)
+    assert torch.equal(per_point.stderr, alone.stderr)
+    iwae, settings = ESTIMATORS["iwae"], settings_for("iwae", num_samples=40)
+    blocks = run_blocks(iwae, settings, vae.model, vae.guide, x, seed=seed)
+    some = run_blocks(iwae, settings, vae.model, vae.guide, x, seed=seed, blocks=[3, 1])
+    assert all(torch.equal(some[b].log_px, blocks[b].log_px) for b in (1, 3))
     # AIS too: its pilot run and chains per block, from the block's stream
     ais = ("--method", "ais", "--ais-steps", "5", "--ais-chains", "4", "--ais-leapfrog", "2")
     shared = _launch("evaluate", tmp_path / "split", *ais, "--no-progress", cwd=tmp_path)
     assert shared.returncode == 0, shared.stderr[-3000:]
     (stored,) = RunDir(tmp_path / "split").select_evaluations(method="ais")
-    estimator = ais_estimator(
-        vae.model, vae.guide, num_steps=5, num_chains=4, num_leapfrog=2, max_plate_nesting=1
-    )
-    alone = joined(by_blocks(estimator, x, seed=config.train.seed))
+    alone = estimate(vae.model, vae.guide, x, "ais", seed=seed, **AIS_SETTINGS)
     assert stored.evaluation.processes == 2
-    assert torch.equal(stored.per_point().log_px, alone.log_px.double())
-    refused = _launch(
-        "evaluate", tmp_path / "split", "--chunk-size", "8", "--no-progress", cwd=tmp_path
-    )
-    assert refused.returncode != 0 and refused.stderr.count("pyro-vae: error:") == 1
-    assert "sized by the blocks, not by --chunk-size" in refused.stderr
+    assert torch.equal(stored.per_point().log_px, alone.log_px)
 
 
 @pytest.fixture(scope="module")
@@ -242,47 +230,58 @@ def one_epoch_run(tmp_path_factory):
 
 REFINE = ("--num-samples", "30", "--refine-steps", "50")
 AIS = ("--ais-steps", "5", "--ais-chains", "4", "--ais-leapfrog", "2")
-AIS_SETTINGS = {"num_steps": 5, "num_chains": 4, "num_leapfrog": 2}
+AIS_SETTINGS = {"ais_steps": 5, "ais_chains": 4, "ais_leapfrog": 2}
+AIS_KEYWORDS = {"num_steps": 5, "num_chains": 4, "num_leapfrog": 2}
 
 
-def test_refined_and_auto_evaluations_are_shared_bit_for_bit(one_epoch_run):
+# Every estimator of the table, with settings that keep it quick and reach its every stage.
+LAUNCHED_METHODS = {
+    "iwae": (("--num-samples", "30"), {"num_samples": 30}),
+    "refined": (REFINE, {"num_samples": 30, "refine_steps": 50}),
+    "ais": (AIS, AIS_SETTINGS),
+    "prior": (("--num-samples", "30"), {"num_samples": 30}),
+    "auto": (
+        (*REFINE, *AIS, "--stderr-tolerance", "0.02"),
+        {"num_samples": 30, "refine_steps": 50, "stderr_tolerance": 0.02, **AIS_SETTINGS},
+    ),
+}
+
+
+def test_the_table_is_what_the_launch_test_covers():
+    assert set(LAUNCHED_METHODS) == set(ESTIMATORS)
+
+
+@pytest.mark.parametrize(
+    "method, processes",
+    [(m, 2) for m in LAUNCHED_METHODS] + [("auto", 3), ("iwae", 3)],
+    ids=[f"{m}-2" for m in LAUNCHED_METHODS] + ["auto-3", "iwae-3"],
+)
+def test_every_method_is_bit_for_bit_the_one_process_evaluation(one_epoch_run, method, processes):
+    """One process (jobs.evaluate, one process's seeded blocks) and 2 or 3 launched processes
+    give the same per-datapoint numbers, bit for bit, for every method of the table."""
+    from pyro_vae import jobs
+
     run, vae, x, seed = one_epoch_run
-    refined = _launch("evaluate", run, "--method", "refined", *REFINE, "--no-progress", cwd=run)
-    assert refined.returncode == 0, refined.stderr[-3000:]
-    (stored,) = RunDir(run).select_evaluations(method="refined")
-    estimator = refined_estimator(
-        vae.model, vae.guide, num_samples=30, max_steps=50, widen=1.1, max_plate_nesting=1
+    flags, settings = LAUNCHED_METHODS[method]
+    one = jobs.evaluate(run, method=method, device="cpu", **settings).per_point
+    done = _launch(
+        "evaluate", run, "--method", method, *flags, "--no-progress", cwd=run, processes=processes
     )
-    alone = joined(by_blocks(estimator, x, seed=seed))
-    assert stored.evaluation.processes == 2
-    assert torch.equal(stored.per_point().log_px, alone.log_px.double())
-    assert torch.equal(stored.per_point().khat, khat_of(alone.log_weights))
-    # auto: a tolerance that sends some datapoints on to AIS, each stage on the whole block
-    flags = ("--method", "auto", *REFINE, *AIS, "--stderr-tolerance", "0.02", "--no-progress")
-    auto = _launch("evaluate", run, *flags, cwd=run)
-    assert auto.returncode == 0, auto.stderr[-3000:]
-    (stored,) = RunDir(run).select_evaluations(method="auto")
-    estimator = auto_estimator(
-        vae.model,
-        vae.guide,
-        num_samples=30,
-        khat=khat_of,
-        stderr_tolerance=0.02,
-        refine={"max_steps": 50, "widen": 1.1},
-        ais=AIS_SETTINGS,
-        max_plate_nesting=1,
-    )
-    alone = joined(by_blocks(estimator, x, seed=seed))
-    per_point = stored.per_point()
-    assert len(set(alone.method.tolist())) >= 2  # more than one stage was reached
-    assert stored.evaluation.num_per_method == alone.counts()
-    for name in ("log_px", "stderr", "method", "draws"):
-        assert torch.equal(
-            getattr(per_point, name),
-            getattr(alone, name).to(
-                per_point.log_px.dtype if name in ("log_px", "stderr") else torch.long
-            ),
-        ), name
+    assert done.returncode == 0, done.stderr[-3000:]
+    (stored,) = RunDir(run).select_evaluations(method=method)
+    assert stored.evaluation.processes == processes
+    launched = stored.per_point()
+    for name in ("log_px", "stderr", "ess", "elbo"):
+        assert torch.equal(getattr(launched, name), getattr(one, name)), name
+    torch.testing.assert_close(launched.khat, one.khat, rtol=0, atol=0, equal_nan=True)
+    if method == "auto":
+        assert len(set(one.estimator)) >= 2  # more than one stage was reached
+        assert launched.estimator == one.estimator
+        assert torch.equal(launched.draws, one.draws)
+        alone = estimate(
+            vae.model, vae.guide, x, "auto", seed=seed, max_plate_nesting=1, **settings
+        )
+        assert torch.equal(alone.log_px, one.log_px)  # the public call: the same numbers
 
 
 def test_bdmc_is_shared_bit_for_bit(one_epoch_run):
@@ -298,20 +297,37 @@ def test_bdmc_is_shared_bit_for_bit(one_epoch_run):
     pyro.set_rng_seed(seed)
     simulated, latents = simulate(vae.model, torch.zeros(70, x.shape[1], dtype=x.dtype))
     assert torch.equal(torch.from_numpy(arrays["x"]), simulated)  # rank 0's simulation
-    lower = by_blocks(
-        ais_estimator(vae.model, vae.guide, **AIS_SETTINGS, max_plate_nesting=1),
-        simulated,
-        seed=seed,
-        stream=1,
-    )
-    reverse = reverse_ais_estimator(
-        vae.model, vae.guide, simulated, latents, **AIS_SETTINGS, max_plate_nesting=1
-    )
+
+    def forward(rows):
+        return ais_log_likelihood(
+            vae.model,
+            vae.guide,
+            rows,
+            batch_size=rows.shape[0],
+            max_plate_nesting=1,
+            **AIS_KEYWORDS,
+        )
+
+    def reverse(index):
+        first, stop = int(index[0]), int(index[-1]) + 1
+        space = LatentSpace(vae.model, vae.guide, simulated[first:stop], max_plate_nesting=1)
+        start = latent_rows(latents, space, first, stop, 70)
+        return reverse_ais_log_likelihood(
+            vae.model,
+            vae.guide,
+            simulated[first:stop],
+            start,
+            batch_size=stop - first,
+            max_plate_nesting=1,
+            **AIS_KEYWORDS,
+        )
+
+    lower = by_blocks(forward, simulated, seed=seed, stream=1)
     upper = by_blocks(reverse, torch.arange(70), seed=seed, stream=2)
-    iwae = block_importance(vae.model, vae.guide, simulated, num_samples=20, seed=seed)
+    iwae = estimate(vae.model, vae.guide, simulated, "iwae", seed=seed, num_samples=20)
     assert np.array_equal(arrays["lower"], joined(lower).log_px.numpy())
     assert np.array_equal(arrays["upper"], joined(upper).log_px.numpy())
-    assert np.array_equal(arrays["iwae"], joined(iwae).log_px.double().numpy())
+    assert np.array_equal(arrays["iwae"], iwae.log_px.numpy())
     assert not np.array_equal(arrays["lower"], arrays["upper"])  # two streams, two directions
 
 
@@ -332,7 +348,7 @@ def test_a_blocks_failure_names_its_rows_in_the_whole_data():
     x = torch.bernoulli(torch.full((130, 6), 0.5, dtype=torch.float64))
     x[70, 2] = float("nan")
     with pytest.raises(UnsupportedDataError) as e, pyro.validation_enabled(False):
-        block_importance(vae.model, vae.guide, x, num_samples=3, seed=0)
+        estimate(vae.model, vae.guide, x, "iwae", seed=0, num_samples=3)
     assert str(e.value).startswith("in rows 64-127 (rows below counted from 64): ")
 
     def failing(rows):

@@ -61,3 +61,14 @@ def test_the_train_table_shows_each_declared_default():
             rows = [r for r in CLI.splitlines() if r.startswith(f"| `{flag_of(f.name)}")]
             assert rows, f"docs/cli.md's train table lacks {flag_of(f.name)}"
             assert f"| `{shown}` |" in rows[0], f"docs/cli.md shows another default for {rows[0]}"
+
+
+def methods_missing_from_the_cli_reference() -> list[str]:
+    """The estimators of the table without a row in docs/cli.md's table of methods."""
+    from pyro_vae.infer.estimators import ESTIMATORS
+
+    return [name for name in ESTIMATORS if f"| `{name}`" not in CLI]
+
+
+def test_every_estimator_has_a_row_in_the_cli_reference():
+    assert methods_missing_from_the_cli_reference() == []

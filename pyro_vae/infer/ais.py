@@ -47,16 +47,24 @@ Neal (2011), "MCMC using Hamiltonian dynamics", Handbook of MCMC.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.errors import NonFiniteEstimate
-from pyro_vae.infer.importance import LogWeightAccumulator, guess_max_plate_nesting, plan_blocks
+from pyro_vae.infer.estimator import Estimator, LogZBlock
+from pyro_vae.infer.estimator import Settings as EstimatorSettings
+from pyro_vae.infer.importance import LogWeightAccumulator, guide_elbo
 from pyro_vae.infer.latent import LatentSpace, check_data
+from pyro_vae.infer.nonfinite import raise_if_not_finite
+from pyro_vae.infer.passes import plan_blocks
+from pyro_vae.infer.traces import guess_max_plate_nesting
+from pyro_vae.options import option
 from pyro_vae.progress import progress_bar
 
+# The defaults of the settings a user chooses (AIS.Settings; Wu et al. 2017 use 16 chains).
+NUM_CHAINS, NUM_STEPS, NUM_LEAPFROG = 16, 500, 5
 START_DISTRIBUTIONS = ("guide", "prior")
 SCHEDULES = ("sigmoid", "linear")
 MASS_MATRICES = ("guide", "identity")
@@ -415,25 +423,15 @@ def _run(model, guide, x, settings, batch_size, max_plate_nesting, keep, progres
                 )
             )
     result = AISResult.concat(parts)
-    _check_finite(result, x)
-    return result
-
-
-def _check_finite(result: AISResult, x: torch.Tensor) -> None:
-    bad = torch.isnan(result.log_px) | (result.log_px == math.inf)
-    if not bool(bad.any()):
-        return
-    rows = bad.nonzero().flatten().tolist()
-    data_abs_max = float(x.detach().double().abs().max())
-    cause = "model" if math.isfinite(data_abs_max) else "data"
-    raise NonFiniteEstimate(
-        f"the AIS estimate of log p(x) is NaN or +inf for {len(rows)} of {x.shape[0]} datapoints "
-        f"(first: row {rows[0]}): the model's networks produce non-finite values for them",
-        datapoints=rows,
-        site=None,
-        cause=cause,
-        data_abs_max=data_abs_max,
+    raise_if_not_finite(
+        result.log_px,
+        x,
+        model=model,
+        guide=guide,
+        max_plate_nesting=max_plate_nesting,
+        what="the AIS estimate of log p(x)",
     )
+    return result
 
 
 def ais_log_likelihood(
@@ -441,9 +439,9 @@ def ais_log_likelihood(
     guide: Callable,
     x: torch.Tensor,
     *,
-    num_chains: int = 16,
-    num_steps: int = 500,
-    num_leapfrog: int = 5,
+    num_chains: int = NUM_CHAINS,
+    num_steps: int = NUM_STEPS,
+    num_leapfrog: int = NUM_LEAPFROG,
     schedule: str = "sigmoid",
     start: str = "guide",
     mass_matrix: str = "guide",
@@ -502,7 +500,7 @@ def ais_log_likelihood(
         The pilot's starting step size; default ``0.5 D^(-1/4)`` for D latent coordinates.
     batch_size : int, optional
         Datapoints per block (all C chains of each block run together); by default as many as
-        fit the estimator's pass budget (:func:`~pyro_vae.infer.importance.pass_budget`).
+        fit the estimator's pass budget (:func:`~pyro_vae.infer.passes.pass_values`).
     max_plate_nesting : int, optional
         Found from one trace when not given.
     keep_log_weights : bool
@@ -534,9 +532,9 @@ def reverse_ais_log_likelihood(
     x: torch.Tensor,
     latents: dict[str, torch.Tensor],
     *,
-    num_chains: int = 16,
-    num_steps: int = 500,
-    num_leapfrog: int = 5,
+    num_chains: int = NUM_CHAINS,
+    num_steps: int = NUM_STEPS,
+    num_leapfrog: int = NUM_LEAPFROG,
     schedule: str = "sigmoid",
     start: str = "guide",
     mass_matrix: str = "guide",
@@ -629,4 +627,97 @@ def _settings(**kw) -> _Settings:
         target_accept=kw["target_accept"],
         step_size_bounds=(float(low), float(high)),
         initial_step_size=kw["initial_step_size"],
+    )
+
+
+class AIS(Estimator):
+    """Annealed importance sampling from the guide (:func:`ais_log_likelihood`), every chain
+    of the block's rows at once."""
+
+    name = "ais"
+    label = "annealed importance sampling"
+    has_khat = False
+    summary_keys = ("acceptance_mean",)
+
+    @dataclass(frozen=True)
+    class Settings(EstimatorSettings):
+        ais_steps: int = option(
+            NUM_STEPS,
+            "AIS: intermediate distributions",
+            low=1,
+            high=1_000_000,
+            metavar="T",
+            why="each is an HMC transition of every chain: a million already take hours",
+        )
+        ais_chains: int = option(
+            NUM_CHAINS,
+            "AIS: chains per datapoint",
+            low=1,
+            high=100_000,
+            metavar="C",
+            why="every chain holds its own latent state, activations and gradients in memory",
+        )
+        ais_leapfrog: int = option(
+            NUM_LEAPFROG,
+            "AIS: leapfrog steps per HMC transition",
+            low=1,
+            high=1000,
+            metavar="L",
+            why="each is a gradient of every chain at every one of the T distributions",
+        )
+
+        def ais(self) -> dict:
+            """The keywords of :func:`ais_log_likelihood` these choose."""
+            return {
+                "num_steps": self.ais_steps,
+                "num_chains": self.ais_chains,
+                "num_leapfrog": self.ais_leapfrog,
+            }
+
+    def run_block(self, model, guide, x, settings, context) -> LogZBlock:
+        start = time.perf_counter()
+        r = ais_log_likelihood(
+            model,
+            guide,
+            x,
+            batch_size=x.shape[0],
+            max_plate_nesting=context.max_plate_nesting,
+            **settings.ais(),
+        )
+        elbo = guide_elbo(model, guide, x, context.max_plate_nesting)
+        return block_of(r, self.name, elbo, time.perf_counter() - start)
+
+    def draws_per_point(self, settings) -> int:
+        return settings.ais_chains
+
+    def setting_name(self, draws, recorded) -> str:
+        return f"ais-T{recorded.get('ais_steps')}-C{draws}"
+
+    def describe(self, draws, recorded) -> str:
+        chains = f"{draws} chain" + ("" if draws == 1 else "s")
+        return f"AIS with {chains} x {recorded.get('ais_steps')} distributions"
+
+    def summary(self, block, settings) -> dict:
+        return {"acceptance_mean": float(block.extras["acceptance"].mean())}
+
+    def summary_lines(self, summary, num_datapoints, draws) -> list[str]:
+        return [f"  HMC       {summary['acceptance_mean']:10.2f} mean acceptance rate"]
+
+    def caveat(self, summary, frac_khat_above) -> str | None:
+        return None  # no importance weights: its error bars are over its chains
+
+
+def block_of(r: AISResult, name: str, elbo: torch.Tensor, seconds: float) -> LogZBlock:
+    """The :class:`~pyro_vae.infer.estimator.LogZBlock` of an AIS estimate."""
+    n = r.log_px.shape[0]
+    return LogZBlock(
+        log_px=r.log_px.detach().cpu().double(),
+        stderr=r.stderr.detach().cpu().double(),
+        ess=r.ess.detach().cpu().double(),
+        elbo=elbo.detach().cpu().double(),
+        khat=torch.full((n,), math.nan, dtype=torch.float64),
+        estimator=(name,) * n,
+        draws=torch.full((n,), r.num_chains, dtype=torch.long),
+        seconds={name: seconds},
+        extras={"acceptance": r.acceptance.detach().cpu().double()},
     )

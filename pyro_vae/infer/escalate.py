@@ -39,100 +39,39 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.infer.ais import ais_log_likelihood
-from pyro_vae.infer.importance import importance_log_likelihood
-from pyro_vae.infer.refine import RefineSettings, refine_proposals
+from pyro_vae.errors import ConfigError
+from pyro_vae.infer.ais import AIS, ais_log_likelihood
+from pyro_vae.infer.estimator import PSIS_MIN_SAMPLES, Estimator, LogZBlock, psis_khat
+from pyro_vae.infer.importance import IWAE, importance_log_likelihood
+from pyro_vae.infer.refine import Refined, RefineSettings, refine_proposals
+from pyro_vae.options import option
 
-METHODS = ("iwae", "refined", "ais")
 KHAT_THRESHOLD = 0.7
-PSIS_MIN_SAMPLES = 21  # the fewest importance weights whose Pareto tail can be fitted
 MAX_SAMPLES_FACTOR = 16  # auto_log_likelihood(max_samples=None): at most 16 K draws per datapoint
 MORE_DRAWS_ROUNDS = 2  # rounds of more draws for refined datapoints whose error bar is too wide
 MORE_DRAWS_MARGIN = 1.2  # draws asked for: this times what the error bar says it takes
 MORE_DRAWS_WEIGHTS = 2**24  # log weights kept at once in those rounds (128 MB of float64)
+# The stages, in order: each an estimator of the table.
+STAGES = (IWAE.name, Refined.name, AIS.name)
 
 
 @dataclass(frozen=True)
-class AutoResult:
-    """Per-datapoint results of :func:`auto_log_likelihood`, each of shape ``(N,)``.
+class _Flags:
+    """Which estimates auto escalates: k-hat above ``threshold`` (NaN included: too few finite
+    weights) or an error bar above ``tolerance`` (or not finite)."""
 
-    Attributes
-    ----------
-    log_px, stderr : Tensor
-        The estimate of the last stage each datapoint reached, and its Monte Carlo error bar.
-    elbo : Tensor
-        The guide's ELBO (mean log weight of stage 1's draws), for every datapoint.
-    ess : Tensor
-        Effective sample size of the final stage's weights (of its ``draws``: K or more
-        importance draws, or the AIS chains).
-    khat : Tensor
-        Pareto k-hat of the final stage's importance weights; NaN for AIS datapoints.
-    method : LongTensor
-        Index into :data:`METHODS` of the stage that produced each estimate.
-    draws : LongTensor
-        Importance draws behind each estimate (K, or more for a refined datapoint whose error
-        bar needed them), or AIS chains.
-    reliable : BoolTensor
-        Whether the final estimate passed its diagnostic (k-hat and error bar, or the error bar
-        for AIS).
-    seconds : dict of str to float
-        Wall time spent in each stage.
-    """
+    threshold: float
+    tolerance: float
 
-    log_px: torch.Tensor
-    stderr: torch.Tensor
-    elbo: torch.Tensor
-    ess: torch.Tensor
-    khat: torch.Tensor
-    method: torch.Tensor
-    draws: torch.Tensor
-    reliable: torch.Tensor
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @staticmethod
-    def concat(parts: list[AutoResult]) -> AutoResult:
-        """Join results on consecutive blocks of datapoints (their stage times added up)."""
-        if len(parts) == 1:
-            return parts[0]
-        joined = {
-            name: torch.cat([getattr(p, name) for p in parts])
-            for name in ("log_px", "stderr", "elbo", "ess", "khat", "method", "draws", "reliable")
-        }
-        seconds: dict[str, float] = {}
-        for p in parts:
-            for stage, t in p.seconds.items():
-                seconds[stage] = seconds.get(stage, 0.0) + t
-        return AutoResult(**joined, seconds=seconds)
-
-    def counts(self) -> dict[str, int]:
-        """Datapoints whose estimate each stage produced."""
-        return {m: int((self.method == i).sum()) for i, m in enumerate(METHODS)}
-
-    @property
-    def frac_unreliable(self) -> float:
-        """The share of datapoints whose final estimate failed its diagnostic."""
-        return float((~self.reliable).double().mean())
-
-
-def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
-    """Pareto k-hat per datapoint of log weights ``(K, N)``: ``(N,)`` float64, on the device of
-    ``log_weights``; NaN for fewer than :data:`PSIS_MIN_SAMPLES` weights
-    (:func:`pyro_vae.arviz_compat.psis_khat`, which takes the transpose, through ArviZ)."""
-    from pyro_vae import arviz_compat  # ArviZ only for the callers who ask for k-hat
-
-    values = arviz_compat.psis_khat(log_weights.detach().cpu().double().T.numpy())
-    return torch.from_numpy(values).to(log_weights.device)
-
-
-def _flagged(khat, stderr, threshold, tolerance):
-    bad = ~torch.isfinite(stderr) | (stderr > tolerance)
-    if khat is not None:
-        bad |= ~(khat <= threshold)  # NaN k-hat (too few finite weights) counts as flagged
-    return bad
+    def __call__(self, khat: torch.Tensor | None, stderr: torch.Tensor) -> torch.Tensor:
+        bad = ~torch.isfinite(stderr) | (stderr > self.tolerance)
+        if khat is not None:
+            bad |= ~(khat <= self.threshold)
+        return bad
 
 
 def auto_log_likelihood(
@@ -152,7 +91,7 @@ def auto_log_likelihood(
     chunk_size: int | None = None,
     batch_size: int | None = None,
     progress: bool | str | None = False,
-) -> AutoResult:
+) -> LogZBlock:
     """log p(x) per datapoint, escalating from IWAE to refined IWAE to AIS where diagnostics ask.
 
     Parameters
@@ -163,8 +102,7 @@ def auto_log_likelihood(
         The data.
     khat : callable, optional
         Pareto k-hat per datapoint from log weights ``(K, N)``, returning ``(N,)``. By default
-        the library's PSIS k-hat (:func:`psis_khat`, through ArviZ, imported only then: the
-        rest of ``infer/`` does not depend on ArviZ).
+        the library's PSIS k-hat (:func:`~pyro_vae.infer.estimator.psis_khat`, through ArviZ).
     num_samples : int
         K, importance samples per datapoint of stage 1 and of stage 2's first round.
     max_samples : int, optional
@@ -186,10 +124,17 @@ def auto_log_likelihood(
         Found from one trace when not given.
     chunk_size, batch_size : int, optional
         Particles and datapoints per vectorised pass of stage 1
-        (:func:`~pyro_vae.infer.importance_log_likelihood`'s; sized from free memory when
+        (:func:`~pyro_vae.infer.importance_log_likelihood`'s; planned from the data's shape when
         not given).
     progress : bool, str or None
         Progress of each stage (see :mod:`pyro_vae.progress`).
+
+    Returns
+    -------
+    LogZBlock
+        Each datapoint's estimate from the last stage it reached (``estimator`` names the
+        stage), the guide's ELBO from stage 1, and ``extras["reliable"]``: whether the final
+        estimate passed its diagnostic (k-hat and error bar, or the error bar for AIS).
     """
     if not 0.0 < khat_threshold:
         raise ValueError(f"khat_threshold must be positive, got {khat_threshold}")
@@ -206,6 +151,7 @@ def auto_log_likelihood(
             f"max_samples must be at least num_samples ({num_samples}), got {max_samples}"
         )
     khat = psis_khat if khat is None else khat
+    flag = _Flags(khat_threshold, stderr_tolerance)
     refine, ais = dict(refine or {}), dict(ais or {})
     RefineSettings(**refine)  # checked before stage 1, not after it
     start = time.perf_counter()
@@ -222,46 +168,14 @@ def auto_log_likelihood(
         batch_size=batch_size,
         **common,
     )
-    k1 = khat(first.log_weights).to(first.log_px)
-    log_px, stderr, ess = first.log_px.clone(), first.stderr.clone(), first.ess.clone()
-    khats = k1.clone()
-    method = torch.zeros(x.shape[0], dtype=torch.long, device=log_px.device)
-    flagged = _flagged(k1, first.stderr, khat_threshold, stderr_tolerance)
-    seconds["iwae"] = time.perf_counter() - start
-
-    draws = torch.full_like(method, num_samples)
-    rows = flagged.nonzero().flatten()
+    state = _State.of(first, khat(first.log_weights), num_samples, flag)
+    seconds[IWAE.name] = time.perf_counter() - start
+    rows = state.flagged.nonzero().flatten()
     if rows.numel():
         t = time.perf_counter()
         refined = refine_proposals(model, guide, x[rows.to(x.device)], **common, **refine)
-        local = torch.arange(rows.numel())
-        pending = local
-        k_now = torch.full((rows.numel(),), num_samples, dtype=torch.long)
-        method[rows] = 1
-        for _ in range(1 + MORE_DRAWS_ROUNDS):
-            for k, sel in _by_draws(k_now, pending):
-                r = refined.log_likelihood(k, rows=sel, keep_log_weights=True)
-                at = rows[sel.to(rows.device)]
-                log_px[at], stderr[at], ess[at] = (
-                    r.log_px.to(log_px),
-                    r.stderr.to(log_px),
-                    r.ess.to(log_px),
-                )
-                khats[at] = khat(r.log_weights).to(log_px)
-                draws[at] = k
-            flagged[rows] = _flagged(khats[rows], stderr[rows], khat_threshold, stderr_tolerance)
-            # more draws only where k-hat is fine and the error bar alone is too wide
-            wide = (
-                (khats[rows] <= khat_threshold) & torch.isfinite(stderr[rows]) & flagged[rows]
-            ).cpu() & (k_now < max_samples)
-            if not bool(wide.any()):
-                break
-            ratio = (stderr[rows].cpu() / stderr_tolerance) ** 2 * MORE_DRAWS_MARGIN
-            k_now = torch.where(wide, _more_draws(k_now, ratio, num_samples, max_samples), k_now)
-            pending = local[wide]
-        rows = rows[flagged[rows]]
-        seconds["refined"] = time.perf_counter() - t
-
+        rows = _refined_stage(state, refined, rows, khat, flag, num_samples, max_samples)
+        seconds[Refined.name] = time.perf_counter() - t
     if rows.numel():
         t = time.perf_counter()
         block = ais.pop("batch_size", None) or max(1, min(rows.numel(), 64))
@@ -269,29 +183,195 @@ def auto_log_likelihood(
             if max_seconds is not None and time.perf_counter() - start > max_seconds:
                 break
             part = rows[first_row : first_row + block]
-            third = ais_log_likelihood(model, guide, x[part.to(x.device)], **common, **ais)
-            log_px[part] = third.log_px.to(log_px)
-            stderr[part] = third.stderr.to(log_px)
-            ess[part] = third.ess.to(log_px)
-            khats[part] = math.nan
-            method[part] = 2
-            draws[part] = third.num_chains
-            flagged[part] = _flagged(
-                None, third.stderr.to(log_px), khat_threshold, stderr_tolerance
-            )
-        seconds["ais"] = time.perf_counter() - t
+            r = ais_log_likelihood(model, guide, x[part.to(x.device)], **common, **ais)
+            state.update(part, r, math.nan, r.num_chains, AIS.name)
+            state.flagged[part] = flag(None, r.stderr.to(state.log_px))
+        seconds[AIS.name] = time.perf_counter() - t
+    return state.block(first.elbo, seconds)
 
-    return AutoResult(
-        log_px=log_px,
-        stderr=stderr,
-        elbo=first.elbo,
-        ess=ess,
-        khat=khats,
-        method=method,
-        draws=draws,
-        reliable=~flagged,
-        seconds=seconds,
+
+@dataclass
+class _State:
+    """Each datapoint's estimate so far, as :func:`auto_log_likelihood`'s stages go."""
+
+    log_px: torch.Tensor
+    stderr: torch.Tensor
+    ess: torch.Tensor
+    khat: torch.Tensor
+    draws: torch.Tensor
+    flagged: torch.Tensor
+    stage: list[str]
+
+    @classmethod
+    def of(cls, first, khat, num_samples: int, flag) -> _State:
+        khat = khat.to(first.log_px)
+        n = first.log_px.shape[0]
+        return cls(
+            log_px=first.log_px.clone(),
+            stderr=first.stderr.clone(),
+            ess=first.ess.clone(),
+            khat=khat,
+            draws=torch.full((n,), num_samples, dtype=torch.long, device=first.log_px.device),
+            flagged=flag(khat, first.stderr),
+            stage=[IWAE.name] * n,
+        )
+
+    def update(self, at: torch.Tensor, r, khat, draws: int, stage: str) -> None:
+        """The estimates ``r`` (and ``khat``) of the datapoints ``at``, by ``stage``."""
+        self.log_px[at] = r.log_px.to(self.log_px)
+        self.stderr[at] = r.stderr.to(self.log_px)
+        self.ess[at] = r.ess.to(self.log_px)
+        self.khat[at] = khat if isinstance(khat, float) else khat.to(self.log_px)
+        self.draws[at] = draws
+        for row in at.tolist():
+            self.stage[row] = stage
+
+    def block(self, elbo: torch.Tensor, seconds: dict[str, float]) -> LogZBlock:
+        return LogZBlock(
+            log_px=self.log_px.cpu().double(),
+            stderr=self.stderr.cpu().double(),
+            ess=self.ess.cpu().double(),
+            elbo=elbo.cpu().double(),
+            khat=self.khat.cpu().double(),
+            estimator=tuple(self.stage),
+            draws=self.draws.cpu(),
+            seconds=seconds,
+            extras={"reliable": (~self.flagged).cpu()},
+        )
+
+
+def _refined_stage(state, refined, rows, khat, flag, num_samples: int, max_samples: int):
+    """Stage 2 on the flagged ``rows``: K fresh draws of each refined proposal, then up to
+    :data:`MORE_DRAWS_ROUNDS` rounds of more draws where k-hat is fine and only the error bar
+    is too wide. Returns the rows still flagged."""
+    local = torch.arange(rows.numel())
+    pending = local
+    k_now = torch.full((rows.numel(),), num_samples, dtype=torch.long)
+    for _ in range(1 + MORE_DRAWS_ROUNDS):
+        for k, sel in _by_draws(k_now, pending):
+            r = refined.log_likelihood(k, rows=sel, keep_log_weights=True)
+            state.update(rows[sel.to(rows.device)], r, khat(r.log_weights), k, Refined.name)
+        state.flagged[rows] = flag(state.khat[rows], state.stderr[rows])
+        # more draws only where k-hat is fine and the error bar alone is too wide
+        fine = (state.khat[rows] <= flag.threshold) & torch.isfinite(state.stderr[rows])
+        wide = (fine & state.flagged[rows]).cpu() & (k_now < max_samples)
+        if not bool(wide.any()):
+            break
+        ratio = (state.stderr[rows].cpu() / flag.tolerance) ** 2 * MORE_DRAWS_MARGIN
+        k_now = torch.where(wide, _more_draws(k_now, ratio, num_samples, max_samples), k_now)
+        pending = local[wide]
+    return rows[state.flagged[rows]]
+
+
+class Auto(Estimator):
+    """IWAE for every datapoint, escalated to refined proposals and then AIS where k-hat or the
+    error bar flags it (:func:`auto_log_likelihood`), each stage on the whole block at once."""
+
+    name = "auto"
+    label = "iwae, then refined, then ais for the datapoints k-hat or the error bar flags"
+    stages = STAGES
+    summary_keys = (
+        "num_per_method",
+        "frac_unreliable",
+        "num_unreliable",
+        "num_more_draws",
+        "seconds_per_method",
+        "stages",
     )
+
+    @dataclass(frozen=True)
+    class Settings(Refined.Settings, AIS.Settings):
+        max_seconds: float | None = option(
+            None,
+            "soft time budget of auto: no new block of its AIS stage starts once it is spent "
+            "(default none)",
+        )
+        stderr_tolerance: float = option(
+            0.05, "error bar in nats above which auto escalates a datapoint", positive=True
+        )
+        max_samples: int | None = option(
+            None,
+            "auto: the most fresh draws from a refined proposal whose k-hat is fine but whose "
+            "error bar is above the tolerance, before AIS (default 16 times "
+            "{estimator.num_samples})",
+            low=1,
+            high=100_000_000,
+            why="the log weights of each datapoint's draws are kept in memory, 8 bytes each",
+        )
+
+        def check(self) -> None:
+            super().check()
+            if self.num_samples < PSIS_MIN_SAMPLES:
+                raise ConfigError(
+                    f"must be at least {PSIS_MIN_SAMPLES} for {{estimator.method}} auto, whose "
+                    f"k-hat needs that many importance samples, got {self.num_samples}",
+                    option="estimator.num_samples",
+                )
+            if self.max_samples is not None and self.max_samples < self.num_samples:
+                raise ConfigError(
+                    f"must be at least {{estimator.num_samples}} ({self.num_samples}), "
+                    f"got {self.max_samples}",
+                    option="estimator.max_samples",
+                )
+            if self.max_seconds is not None and not self.max_seconds > 0:
+                raise ConfigError(
+                    f"must be positive, got {self.max_seconds}", option="estimator.max_seconds"
+                )
+
+    def run_block(self, model, guide, x, settings, context) -> LogZBlock:
+        left = None
+        if settings.max_seconds is not None:
+            left = max(0.0, settings.max_seconds - (time.perf_counter() - context.started))
+        n = x.shape[0]
+        return auto_log_likelihood(
+            model,
+            guide,
+            x,
+            num_samples=settings.num_samples,
+            max_samples=settings.max_samples,
+            stderr_tolerance=settings.stderr_tolerance,
+            refine={**settings.refine(), "batch_size": n},
+            ais={**settings.ais(), "batch_size": n},
+            max_seconds=left,
+            max_plate_nesting=context.max_plate_nesting,
+            batch_size=n,
+        )
+
+    def describe(self, draws, recorded) -> str:
+        return f"auto (IWAE, then refined, then AIS where flagged), K={draws} importance samples"
+
+    def summary(self, block, settings) -> dict:
+        counts = block.counts(STAGES)
+        reliable = block.extras["reliable"]
+        refined = block.where(Refined.name)
+        return {
+            "num_per_method": counts,
+            "frac_unreliable": float((~reliable).double().mean()),
+            "num_unreliable": int((~reliable).sum()),
+            "num_more_draws": int((refined & (block.draws > settings.num_samples)).sum()),
+            "seconds_per_method": {k: round(v, 3) for k, v in block.seconds.items()},
+            "stages": list(STAGES),
+        }
+
+    def summary_lines(self, summary, num_datapoints, draws) -> list[str]:
+        more = f" ({summary['num_more_draws']} with more than {draws} draws)"
+        counts = ", ".join(
+            f"{n} {m}" + (more if m == Refined.name and summary["num_more_draws"] else "")
+            for m, n in summary["num_per_method"].items()
+        )
+        return [
+            f"  methods   {counts}; {summary['num_unreliable']} of {num_datapoints} still "
+            f"flagged ({100 * summary['frac_unreliable']:.2f}%)"
+        ]
+
+    def caveat(self, summary, frac_khat_above) -> str | None:
+        share = summary.get("frac_unreliable") or 0.0
+        if share > 0:
+            return (
+                f"{100 * share:.1f}% of its datapoints are still flagged after escalation "
+                "(k-hat or error bar; a larger {estimator.max_seconds} lets AIS reach them)"
+            )
+        return None
 
 
 def _more_draws(k_now, ratio, num_samples: int, max_samples: int) -> torch.Tensor:

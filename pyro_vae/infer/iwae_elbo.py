@@ -27,7 +27,8 @@ import torch
 from pyro.infer import ELBO
 from pyro.util import warn_if_nan
 
-from pyro_vae.infer.importance import data_plate, log_weights_from_traces, vectorized_traces
+from pyro_vae.infer.plates import data_plate
+from pyro_vae.infer.traces import log_weights_from_traces, vectorized_traces
 
 
 class IWAE_ELBO(ELBO):
@@ -55,7 +56,7 @@ class IWAE_ELBO(ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         """One guide trace and the model replayed against it: a single particle, as in
-        :func:`~pyro_vae.infer.importance.vectorized_traces` with K = 1."""
+        :func:`~pyro_vae.infer.traces.vectorized_traces` with K = 1."""
         return vectorized_traces(model, guide, 1, self.max_plate_nesting, *args, **kwargs)
 
     def _get_traces(self, model, guide, args, kwargs):

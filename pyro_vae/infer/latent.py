@@ -15,7 +15,7 @@ row n depends only on ``u[:, n]`` and ``x[n]``.
 
 The programs follow the convention of :func:`~pyro_vae.infer.importance_log_likelihood`: every
 sample site lies in one plate over the rows of ``x`` (``pyro.plate("data")``; found by structure,
-:func:`~pyro_vae.infer.importance.data_plate`). Site scales (a KL weight from
+:func:`~pyro_vae.infer.plates.data_plate`). Site scales (a KL weight from
 ``poutine.scale``) are ignored, masks are applied: the densities are the model's own.
 """
 
@@ -30,14 +30,13 @@ import torch
 from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import biject_to, constraints
 
-from pyro_vae.infer.importance import LATENT_DRAWS_PLATE as _PARTICLE_PLATE
-from pyro_vae.infer.importance import (
-    check_observed_support,
+from pyro_vae.infer.plates import LATENT_DRAWS_PLATE as _PARTICLE_PLATE
+from pyro_vae.infer.plates import data_plate, plate_nesting
+from pyro_vae.infer.support import check_observed_support
+from pyro_vae.infer.traces import (
     compute_log_prob,
-    data_plate,
     guess_max_plate_nesting,
     per_datapoint_log_prob,
-    plate_nesting,
     vectorized_traces,
 )
 
@@ -109,7 +108,7 @@ class LatentSpace:
     ----------
     model, guide : callable
         Pyro programs called as ``model(x)`` and ``guide(x)``; every sample site lies in one
-        plate over the rows of ``x`` (:func:`~pyro_vae.infer.importance.data_plate`).
+        plate over the rows of ``x`` (:func:`~pyro_vae.infer.plates.data_plate`).
     x : Tensor
         The data, first dimension indexing datapoints (N of them).
     max_plate_nesting : int, optional
@@ -360,7 +359,7 @@ def check_data(model, guide, x, max_plate_nesting: int, rows: tuple[int, int] = 
     """Raise :class:`~pyro_vae.errors.UnsupportedDataError` if ``x`` lies outside the support of
     an observed site of ``model`` (one trace, whose draws are discarded; the caller's random
     streams are left as they were). ``rows`` as for
-    :func:`~pyro_vae.infer.importance.check_observed_support`."""
+    :func:`~pyro_vae.infer.support.check_observed_support`."""
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         model_trace, _ = vectorized_traces(model, guide, 1, max_plate_nesting, x)

@@ -28,7 +28,7 @@ scored at the same z_sn, and its p-value pairs them draw by draw. It is given fo
 predictive only (under the prior predictive z is unrelated to the observed image).
 
 The programs follow the convention of the estimators: every sample site lies in one plate over the
-rows of ``x`` (:func:`~pyro_vae.infer.importance.data_plate`), and the model has one observed
+rows of ``x`` (:func:`~pyro_vae.infer.plates.data_plate`), and the model has one observed
 site, whose value has the shape of ``x``.
 """
 
@@ -42,9 +42,9 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_vae.infer.importance import (
-    LATENT_DRAWS_PLATE,
-    data_plate,
+from pyro_vae.infer.passes import PASS_VALUES
+from pyro_vae.infer.plates import LATENT_DRAWS_PLATE, data_plate
+from pyro_vae.infer.traces import (
     guess_max_plate_nesting,
     per_datapoint_log_prob,
     vectorized_traces,
@@ -54,9 +54,9 @@ from pyro_vae.progress import progress_bar
 KINDS = ("prior", "posterior")
 LOG_LIK = "log_lik"  # the realised discrepancy log p(x | z), posterior predictive only
 ON_THRESHOLD = 0.5  # a pixel is "on" above this value
-# Values drawn per block of rows by default: a fixed size, so that the draws (and the numbers)
-# do not depend on the free memory of the machine
-BLOCK_ELEMENTS = 2**22
+# Values drawn per block of rows by default: the one planner's fixed budget on a CPU, so that the
+# draws (and the numbers) do not depend on the free memory of the machine
+BLOCK_ELEMENTS = PASS_VALUES["cpu"]
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ Implications for Functional Genomics", Stat. Appl. Genet. Mol. Biol. 4(1).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -63,13 +64,17 @@ from typing import Protocol
 import torch
 
 from pyro_vae.errors import ConfigError, NonFiniteEstimate
+from pyro_vae.infer.estimator import Estimator, ImportanceSettings, LogZBlock, from_weights
 from pyro_vae.infer.importance import (
     ImportanceResult,
     LogWeightAccumulator,
-    guess_max_plate_nesting,
-    plan_blocks,
+    guide_elbo,
 )
 from pyro_vae.infer.latent import LatentSpace, check_data
+from pyro_vae.infer.nonfinite import not_finite
+from pyro_vae.infer.passes import plan_blocks
+from pyro_vae.infer.traces import guess_max_plate_nesting
+from pyro_vae.options import option
 from pyro_vae.progress import progress_bar
 
 LogTarget = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -746,7 +751,7 @@ def proposal_log_likelihood(
             if keep_log_weights:
                 kept.append(log_w)
         result = accumulator.result(torch.cat(kept) if keep_log_weights else None)
-    bad = ~(_not_nan_or_pos_inf(result.log_px) & _not_nan_or_pos_inf(result.elbo))
+    bad = not_finite(result.log_px) | not_finite(result.elbo)
     if bool(bad.any()):
         rows = torch.nonzero(bad).flatten().tolist()
         raise NonFiniteEstimate(
@@ -755,10 +760,6 @@ def proposal_log_likelihood(
             datapoints=rows,
         )
     return result
-
-
-def _not_nan_or_pos_inf(t: torch.Tensor) -> torch.Tensor:
-    return ~torch.isnan(t) & (t != math.inf)
 
 
 def _diagonal(m: torch.Tensor) -> torch.Tensor:
@@ -1055,3 +1056,47 @@ class RefinedProposals:
                 )
             )
         return ImportanceResult.concat(parts)
+
+
+class Refined(Estimator):
+    """Importance sampling from a full-covariance Gaussian refined for each datapoint
+    (:func:`refined_log_likelihood`), the block's rows refined together."""
+
+    name = "refined"
+    label = "from refined proposals"
+
+    @dataclass(frozen=True)
+    class Settings(ImportanceSettings):
+        refine_steps: int = option(
+            RefineSettings.max_steps,
+            "most optimisation steps per datapoint of refined and auto",
+            low=1,
+            high=1_000_000,
+            why="the refinement stops earlier once converged; more steps than this only cost time",
+        )
+        widen: float = option(
+            RefineSettings.widen, "factor on the refined proposal's scale", positive=True
+        )
+
+        def check(self) -> None:
+            super().check()
+            RefineSettings(widen=self.widen)  # its range, with its reasons
+
+        def refine(self) -> dict:
+            """The settings of :class:`RefineSettings` these choose."""
+            return {"max_steps": self.refine_steps, "widen": self.widen}
+
+    def run_block(self, model, guide, x, settings, context) -> LogZBlock:
+        start = time.perf_counter()
+        r = refined_log_likelihood(
+            model,
+            guide,
+            x,
+            num_samples=settings.num_samples,
+            keep_log_weights=True,
+            max_plate_nesting=context.max_plate_nesting,
+            batch_size=x.shape[0],
+            **settings.refine(),
+        )
+        elbo = guide_elbo(model, guide, x, context.max_plate_nesting)
+        return from_weights(r, self.name, elbo=elbo, seconds=time.perf_counter() - start)

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.infer.importance import guess_max_plate_nesting
 from pyro_vae.infer.latent import LatentSpace, simulate
 from pyro_vae.infer.predictive import BLOCK_ELEMENTS
+from pyro_vae.infer.traces import guess_max_plate_nesting
 from pyro_vae.progress import progress_bar
 
 LEVELS = (0.5, 0.9)  # central intervals whose coverage is reported

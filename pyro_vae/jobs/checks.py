@@ -15,7 +15,6 @@ from pyro_vae import arviz_compat
 from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.data.datasets import SPLIT_NAMES
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.importance import free_memory_bytes
 from pyro_vae.infer.predictive import (
     BLOCK_ELEMENTS,
     KINDS,
@@ -38,6 +37,7 @@ from pyro_vae.infer.sbc import (
 )
 from pyro_vae.jobs.evaluation import run_fields
 from pyro_vae.jobs.loading import load_run
+from pyro_vae.memory import free_memory_bytes
 from pyro_vae.runs import RunDir
 from pyro_vae.text import plural
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from pyro_vae import arviz_compat
 from pyro_vae.errors import ConfigError, library_name, name_options
+from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.jobs.evaluation import IDENTITY_KEYS, TRAINING_DATA_KEYS
 from pyro_vae.jobs.housekeeping import checkpoint_epochs
 from pyro_vae.runs import RunDir, atomic_write_text, check_output_file, describe_selection
@@ -36,7 +36,7 @@ class Comparison:
     epochs_trained: int | None = None  # when the evaluation was made
     checkpoint_epochs: int | None = None  # the run's checkpoint now
     method: str = "iwae"  # the estimation method
-    frac_unreliable: float = math.nan  # auto: the share whose final estimate failed its check
+    method_summary: dict = field(default_factory=dict)  # the method's own summary fields
 
 
 def compare(
@@ -127,7 +127,7 @@ def compare(
                 epochs_trained=ev.epochs_trained,
                 checkpoint_epochs=checkpoint_epochs(runs[i], best=ev.checkpoint == "best"),
                 method=ev.method,
-                frac_unreliable=_nan_if_none(ev.frac_unreliable),
+                method_summary=dict(ev.method_summary),
             )
         )
     return rows
@@ -175,7 +175,6 @@ def comparison_caveats(
     each run whose estimate is unreliable (PSIS k-hat above the threshold) for some of its
     datapoints, naming the share: the ranking rests on those estimates. Options are named by
     ``name`` (config paths and keywords; the command line gives flags)."""
-    threshold = arviz_compat.KHAT_THRESHOLD
     lines = []
     for r in rows:
         if (
@@ -195,26 +194,14 @@ def comparison_caveats(
                 f"{plural(r.epochs_trained, 'epoch')}, and {now}; evaluate it again for the "
                 "current model"
             )
-        if r.method == "ais":
-            continue  # no importance weights: its error bars are over its chains
-        if r.method == "auto":
-            if r.frac_unreliable > 0:
-                lines.append(
-                    f"caveat: {r.run}: {100 * r.frac_unreliable:.1f}% of its datapoints are still "
-                    "flagged after escalation (k-hat or error bar; a larger "
-                    "{estimator.max_seconds} lets AIS reach them)"
-                )
-            continue
-        share = r.frac_khat_above_threshold
-        if math.isnan(share):
-            lines.append(f"caveat: {r.run}: k-hat was not computed (too few importance samples)")
-        elif share > 0:
-            most = "most of its" if share > 0.5 else "some of its"
-            lines.append(
-                f"caveat: {r.run}: {100 * share:.1f}% of its datapoints have k-hat > {threshold} "
-                f"({most} estimates of log p(x) are unreliable lower bounds; more samples or a "
-                "better proposal may change the ranking)"
-            )
+        estimator = ESTIMATORS.get(r.method)
+        why = (
+            None
+            if estimator is None
+            else estimator.caveat(r.method_summary, r.frac_khat_above_threshold)
+        )
+        if why is not None:
+            lines.append(f"caveat: {r.run}: {why}")
     return [name_options(line, name) for line in lines]
 
 

@@ -3,7 +3,6 @@ sandwich; and their printed summaries."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -15,13 +14,20 @@ import torch
 from pyro_vae import arviz_compat, registry
 from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.config import RunConfig
-from pyro_vae.distributed import SINGLE, World, broadcast_object, sharded
+from pyro_vae.distributed import SINGLE, World, broadcast_object, estimate, sharded
 from pyro_vae.errors import ConfigError
-from pyro_vae.estimators import EstimatorSpec, estimate
-from pyro_vae.infer.blocks import ais_estimator, reverse_ais_estimator
+from pyro_vae.infer.ais import (
+    AIS,
+    ais_log_likelihood,
+    latent_rows,
+    reverse_ais_log_likelihood,
+)
 from pyro_vae.infer.diagnostics import active_units, bounds_vs_k, guide_means, kl_per_dimension
-from pyro_vae.infer.importance import free_memory_bytes
+from pyro_vae.infer.estimators import get, settings_for
+from pyro_vae.infer.importance import IWAE
+from pyro_vae.infer.latent import LatentSpace
 from pyro_vae.jobs.loading import load_run
+from pyro_vae.memory import free_memory_bytes
 from pyro_vae.records import Evaluation, PerPoint
 from pyro_vae.runs import RunDir
 from pyro_vae.text import plural
@@ -53,13 +59,13 @@ TRAINING_DATA_KEYS = ("dataset", "binarize", "binarize_seed", "dequantize", "lev
 def evaluate(
     run_dir: str | Path,
     *,
-    num_samples: int = 1000,
+    num_samples: int | None = None,
     chunk_size: int | None = None,
     split: str = "test",
     device: str = "auto",
     precision: str = "fp32",
     progress: bool | str = False,
-    method: str = "iwae",
+    method: str = IWAE.name,
     first: int | None = None,
     checkpoint: str | None = None,
     world: World = SINGLE,
@@ -69,10 +75,11 @@ def evaluate(
     ``evaluations/SETTING.json`` and ``.nc`` (one evaluation per setting: another split, method,
     K or precision adds one; the same setting replaces its earlier one).
 
-    ``method`` and ``settings`` choose the estimator (:class:`~pyro_vae.estimators.EstimatorSpec`:
-    ``iwae``, the default, is importance sampling from the guide with K = ``num_samples``;
-    ``refined``, ``ais`` and ``auto`` are recorded in the evaluation, and :func:`compare` does not
-    rank evaluations of different methods together unless asked).
+    ``method`` (a name in :data:`~pyro_vae.infer.estimators.ESTIMATORS`) and ``settings`` (the
+    fields of its ``Settings``; a setting it does not take is refused) choose the estimator:
+    ``iwae``, the default, is importance sampling from the guide with K = ``num_samples``. The
+    method and its settings are recorded in the evaluation, and :func:`compare` does not rank
+    evaluations of different methods together unless asked.
 
     The split is binarised (if the run binarises) with the run's fixed ``binarize_seed`` and the
     estimator is seeded with the run's seed, so evaluating twice gives the same numbers.
@@ -89,15 +96,17 @@ def evaluate(
     "last"`` scores its last one instead, kept as a setting of its own (``test-K1000-fp32-last``),
     and ``"best"`` insists on the best one (see :func:`~pyro_vae.jobs.loading.load_run`).
 
-    With ``world`` holding several ranks (a torchrun launch), the ranks share the datapoints in
-    seeded blocks (:func:`~pyro_vae.distributed.sharded`, every method): the numbers do not
-    depend on the number of processes (2 or more; one process draws as planned by its free
-    memory instead), and ``processes`` records it; rank 0 writes and returns the evaluation,
+    Every method runs in seeded blocks of fixed size (:mod:`pyro_vae.infer.driver`): with
+    ``world`` holding several ranks (a torchrun launch), the ranks share the blocks
+    (:func:`~pyro_vae.distributed.estimate`), and the numbers are the same, bit for bit, whatever
+    the number of processes or the free memory; ``processes`` records it; rank 0 writes and
+    returns the evaluation,
     the other ranks return None. Every rank reads the run directory: on several machines it
     must be on a filesystem they share.
     """
     dtype = registry.build_precision(precision)
-    spec = EstimatorSpec(method=method, num_samples=num_samples, chunk_size=chunk_size, **settings)
+    estimator = get(method)
+    chosen = settings_for(method, num_samples=num_samples, chunk_size=chunk_size, **settings)
     config, vae, meta = load_run(run_dir, device, checkpoint)
     if world.is_main:
         RunDir(run_dir).check_writable()  # before the computation, whose result must go somewhere
@@ -111,26 +120,35 @@ def evaluate(
         else:
             x = x[:first]
     x = x.to(next(vae.parameters()).device)
-    if method != "ais" and world.is_main:  # K x N log weights for k-hat, on rank 0
-        check_log_weights_fit(num_samples, x.shape[0])
-    if method in ("ais", "auto"):
-        check_chains_fit(spec.ais_chains, config, meta["data_dim"], x.device)
+    k = estimator.draws_per_point(chosen)
+    if estimator.has_khat and world.is_main:  # K x N log weights for k-hat, on rank 0
+        check_log_weights_fit(k, x.shape[0])
+    if hasattr(chosen, "ais_chains"):
+        check_chains_fit(chosen.ais_chains, config, meta["data_dim"], x.device)
     pyro.set_rng_seed(config.train.seed)
+    start = time.perf_counter()
     with vae.precision(dtype):
         result = estimate(
-            spec, vae.model, vae.guide, x, progress=progress, world=world, seed=config.train.seed
+            estimator,
+            chosen,
+            vae.model,
+            vae.guide,
+            x,
+            seed=config.train.seed,
+            world=world,
+            max_plate_nesting=1,
+            progress=progress,
         )
     if result is None:  # a rank other than 0: its blocks went to rank 0
         return None
-    per_point = PerPoint(**{f.name: getattr(result, f.name) for f in dataclasses.fields(PerPoint)})
-    k = spec.weights_per_datapoint
+    seconds = time.perf_counter() - start
+    per_point = PerPoint.of(result)
     with torch.no_grad():
         q = vae.encoder(x)
         n_active, _ = active_units(guide_means(q).cpu())
         prior = vae.marginal_prior  # None with a layer above z: its p(z|z2) has no KL here
         kl = None if prior is None else kl_per_dimension(q, prior)
     n = x.shape[0]
-    finite_khat = bool(torch.isfinite(result.khat).any())
     summary: dict[str, Any] = {
         "log_px": per_point.log_px.mean().item(),
         "log_px_stderr": (per_point.stderr.pow(2).sum().sqrt() / n).item() if k > 1 else None,
@@ -139,12 +157,10 @@ def evaluate(
         "gap": (per_point.log_px - per_point.elbo).mean().item(),
         "ess_mean": per_point.ess.mean().item(),
         "ess_min": per_point.ess.min().item(),
-        **khat_summary(result.khat, k, method=method),
+        **khat_summary(result.khat, k, estimator.has_khat),
     }
-    if method == "auto" and finite_khat:
-        summary.update(_auto_khat_fields(result.khat))
     if result.log_weights is not None:
-        bounds = bounds_vs_k(result.log_weights, BOUND_KS + (num_samples,))
+        bounds = bounds_vs_k(result.log_weights, BOUND_KS + (k,))
         summary["bounds_vs_k"] = {str(kk): v.mean().item() for kk, v in bounds.items()}
     summary.update(
         {
@@ -152,8 +168,8 @@ def evaluate(
             "latent_dim": vae.latent_dim,
             "kl_per_dim": None if kl is None else [round(v, 6) for v in kl.cpu().tolist()],
             "method": method,
-            "method_settings": spec.settings(),
-            **result.summary,
+            "method_settings": chosen.recorded(),
+            "method_summary": estimator.summary(result, chosen),
             "num_samples": k,
             "num_datapoints": n,
             "first": first,
@@ -165,7 +181,7 @@ def evaluate(
             "dequantize": config.data.dequantize,
             "levels": meta.get("levels"),
             **run_fields(config, meta),
-            "seconds": result.seconds,
+            "seconds": seconds,
             "processes": world.size if world.is_distributed else None,
         }
     )
@@ -178,11 +194,7 @@ def evaluate(
         for k in IDENTITY_KEYS + ("likelihood", "prior", "guide", "objective", "seed")
         if k != "method_settings"  # a dict: in the json summary only
     }
-    stats = {
-        k: getattr(per_point, k).numpy()
-        for k in ("khat", "ess", "stderr", "method", "draws", "acceptance")
-        if getattr(per_point, k) is not None
-    }
+    stats = per_point.stats(estimator.stage_names())
     idata = arviz_compat.to_inference_data(
         {"log_px": per_point.log_px.numpy(), "elbo": per_point.elbo.numpy()}, stats, attrs
     )
@@ -217,7 +229,8 @@ def bdmc(
     """
     from pyro_vae.infer import bdmc as sandwich
 
-    spec = EstimatorSpec(method="ais", num_samples=num_samples, **settings)
+    chosen = settings_for(AIS.name, **settings)
+    iwae_settings = settings_for(IWAE.name, num_samples=num_samples)
     if num_datapoints < 1:
         raise ConfigError(f"must be at least 1, got {num_datapoints}", option="args.num_datapoints")
     if num_datapoints > MAX_BDMC_DATAPOINTS:
@@ -228,7 +241,7 @@ def bdmc(
         )
     check_log_weights_fit(num_samples, num_datapoints)
     config, vae, meta = load_run(run_dir, device)
-    check_chains_fit(spec.ais_chains, config, meta["data_dim"], next(vae.parameters()).device)
+    check_chains_fit(chosen.ais_chains, config, meta["data_dim"], next(vae.parameters()).device)
     run = RunDir(run_dir)
     if world.is_main:
         run.check_writable()
@@ -236,25 +249,22 @@ def bdmc(
     x_like = torch.zeros(num_datapoints, meta["data_dim"], dtype=param.dtype, device=param.device)
     pyro.set_rng_seed(config.train.seed)
     start = time.perf_counter()
-    ais = {
-        "num_steps": spec.ais_steps,
-        "num_chains": spec.ais_chains,
-        "num_leapfrog": spec.ais_leapfrog,
-        "max_plate_nesting": 1,
-    }
+    ais = {**chosen.ais(), "max_plate_nesting": 1}
     if world.is_distributed:
         result = _shared_sandwich(vae, x_like, ais, config.train.seed, world)
     else:
         result = sandwich(vae.model, vae.guide, x_like, progress=progress, **ais)
     ais_seconds = time.perf_counter() - start
     iwae = estimate(
-        spec.replace(method="iwae"),
+        get(IWAE.name),
+        iwae_settings,
         vae.model,
         vae.guide,
         result.x,
-        progress=progress,
-        world=world,
         seed=config.train.seed,
+        world=world,
+        max_plate_nesting=1,
+        progress=progress,
     )
     if iwae is None:  # a rank other than 0: its blocks went to rank 0
         return None
@@ -273,12 +283,12 @@ def bdmc(
         "iwae_num_samples": num_samples,
         "iwae_above_upper": (iwae.log_px - upper).mean().item(),
         "acceptance_mean": result.lower.acceptance.mean().item(),
-        "method_settings": spec.settings(),
+        "method_settings": chosen.recorded(),
         **run_fields(config, meta),
         "seconds": ais_seconds,
         "processes": world.size if world.is_distributed else None,
     }
-    name = f"bdmc-T{spec.ais_steps}-C{spec.ais_chains}"
+    name = f"bdmc-T{chosen.ais_steps}-C{chosen.ais_chains}"
     arrays = {
         "x": result.x.cpu().numpy(),
         **{f"latent_{k}": v.cpu().numpy() for k, v in result.latents.items()},
@@ -309,16 +319,22 @@ def _shared_sandwich(vae, x_like, ais: dict[str, Any], seed: int, world: World):
     x, latents = broadcast_object(simulated, world)
     x = x.to(x_like.device)
     latents = {k: v.to(x_like.device) for k, v in latents.items()}
-    lower = sharded(
-        ais_estimator(vae.model, vae.guide, **ais), x, seed=seed, world=world, stream=BDMC_LOWER
-    )
-    upper = sharded(
-        reverse_ais_estimator(vae.model, vae.guide, x, latents, **ais),
-        torch.arange(x.shape[0], device=x.device),
-        seed=seed,
-        world=world,
-        stream=BDMC_UPPER,
-    )
+
+    def forward(rows: torch.Tensor):
+        return ais_log_likelihood(vae.model, vae.guide, rows, batch_size=rows.shape[0], **ais)
+
+    def reverse(index: torch.Tensor):  # a block's row indices: it needs the rows' latents too
+        first, stop = int(index[0]), int(index[-1]) + 1
+        rows = x[first:stop]
+        space = LatentSpace(vae.model, vae.guide, rows, max_plate_nesting=1)
+        start = latent_rows(latents, space, first, stop, x.shape[0])
+        return reverse_ais_log_likelihood(
+            vae.model, vae.guide, rows, start, batch_size=stop - first, **ais
+        )
+
+    lower = sharded(forward, x, seed=seed, world=world, stream=BDMC_LOWER)
+    index = torch.arange(x.shape[0], device=x.device)
+    upper = sharded(reverse, index, seed=seed, world=world, stream=BDMC_UPPER)
     return BDMCResult(x=x, latents=latents, lower=lower, upper=upper)
 
 
@@ -354,12 +370,6 @@ def format_bdmc(s: dict[str, Any]) -> str:
             f"  HMC       {s['acceptance_mean']:10.2f} mean acceptance rate",
         ]
     )
-
-
-def _auto_khat_fields(khat: torch.Tensor) -> dict[str, Any]:
-    """k-hat over the datapoints whose final estimate is importance sampling (AIS has none)."""
-    finite = khat[torch.isfinite(khat)]
-    return {"khat_mean": finite.mean().item(), "khat_max": finite.max().item()}
 
 
 # Datapoints simulated by one BDMC run (pyro-vae bdmc --num-datapoints).
@@ -399,14 +409,15 @@ def check_log_weights_fit(num_samples: int, num_datapoints: int) -> None:
         )
 
 
-def khat_summary(khat: torch.Tensor, num_samples: int, method: str = "iwae") -> dict[str, Any]:
+def khat_summary(khat: torch.Tensor, num_samples: int, has_khat: bool = True) -> dict[str, Any]:
     """The k-hat fields of an evaluation. Below :data:`~pyro_vae.arviz_compat.PSIS_MIN_SAMPLES`
-    importance samples PSIS has no tail to fit, and AIS has no importance weights: the fields are
-    None and ``khat_note`` says why. Datapoints without a k-hat (NaN: AIS's, under ``auto``) are
-    not counted above the threshold."""
+    importance samples PSIS has no tail to fit, and a method without importance weights (AIS)
+    has none: the fields are None and ``khat_note`` says why. Datapoints without a k-hat (NaN:
+    AIS's, under ``auto``) are neither averaged nor counted above the threshold."""
     threshold = arviz_compat.KHAT_THRESHOLD
-    if method == "ais" or num_samples < arviz_compat.PSIS_MIN_SAMPLES:
-        if method == "ais":
+    finite = khat[torch.isfinite(khat)]
+    if not has_khat or num_samples < arviz_compat.PSIS_MIN_SAMPLES or not finite.numel():
+        if not has_khat:
             why = (
                 "AIS has no importance weights for PSIS; its error bar is over its "
                 f"{plural(num_samples, 'chain')}"
@@ -426,10 +437,10 @@ def khat_summary(khat: torch.Tensor, num_samples: int, method: str = "iwae") -> 
             "frac_khat_above_threshold": None,
             "khat_note": f"not computed: {why}",
         }
-    unreliable = int((khat > threshold).sum())
+    unreliable = int((finite > threshold).sum())
     return {
-        "khat_mean": khat.mean().item(),
-        "khat_max": khat.max().item(),
+        "khat_mean": finite.mean().item(),
+        "khat_max": finite.max().item(),
         "khat_threshold": threshold,
         "num_khat_above_threshold": unreliable,
         "frac_khat_above_threshold": unreliable / khat.shape[0],
@@ -454,16 +465,7 @@ def _data_label(ev: Evaluation) -> str:
 
 def _estimator_label(ev: Evaluation) -> str:
     """``K=1000 importance samples``, ``AIS with 16 chains x 500 distributions``, ..."""
-    k, method = ev.num_samples, ev.method
-    samples = f"K={k} importance {'sample' if k == 1 else 'samples'}"
-    if method == "ais":
-        steps = ev.method_settings.get("ais_steps")
-        return f"AIS with {plural(k, 'chain')} x {steps} distributions"
-    if method == "refined":
-        return f"{samples} from refined proposals"
-    if method == "auto":
-        return f"auto (IWAE, then refined, then AIS where flagged), {samples}"
-    return samples
+    return get(ev.method).describe(ev.num_samples, ev.method_settings)
 
 
 def format_evaluation(ev: Evaluation) -> str:
@@ -488,18 +490,8 @@ def format_evaluation(ev: Evaluation) -> str:
         f"  gap       {ev.gap:10.3f} nats  (log p(x) - ELBO, estimates KL(q || posterior))",
         f"  ESS       {ev.ess_mean:10.1f} of {ev.num_samples} on average (min {ev.ess_min:.1f})",
     ]
-    if ev.acceptance_mean is not None:
-        lines.append(f"  HMC       {ev.acceptance_mean:10.2f} mean acceptance rate")
-    if ev.num_per_method:
-        more = f" ({ev.num_more_draws} with more than {ev.num_samples} draws)"
-        counts = ", ".join(
-            f"{n} {m}" + (more if m == "refined" and ev.num_more_draws else "")
-            for m, n in ev.num_per_method.items()
-        )
-        lines.append(
-            f"  methods   {counts}; {ev.num_unreliable} of {ev.num_datapoints} still flagged "
-            f"({100 * ev.frac_unreliable:.2f}%)"
-        )
+    if ev.method_summary:
+        lines += get(ev.method).summary_lines(ev.method_summary, ev.num_datapoints, ev.num_samples)
     if ev.khat_note:
         lines.append(f"  k-hat     {ev.khat_note}")
     elif ev.khat_max is not None:

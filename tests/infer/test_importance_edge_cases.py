@@ -183,7 +183,7 @@ def test_support_of_each_observed_site_is_named(likelihood, value, support, vali
 
 def test_valid_data_pass_the_check_unchanged():
     """The support check draws no random numbers: the estimate equals one made by hand."""
-    from pyro_vae.infer.importance import _log_weights
+    from pyro_vae.infer.traces import log_weights as _log_weights
 
     vae = tiny_vae()
     x = binary_data(10)

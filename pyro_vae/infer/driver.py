@@ -1,0 +1,127 @@
+"""The one block driver: every estimate of log p(x) runs here, in seeded blocks of fixed size.
+
+The rows of ``x`` are cut into blocks of :data:`BLOCK_ROWS`, and block b draws from a stream of
+its own, seeded by ``(seed, b)`` (:func:`block_seed`); within a block, an estimator plans its
+passes from the block's shape alone (:mod:`pyro_vae.infer.passes`), never from the free memory.
+A block's estimate is therefore the same wherever, and with whatever else, it is computed: one
+process computing every block and W processes computing every W-th block each
+(:func:`pyro_vae.distributed.sharded_estimate`) agree bit for bit on the same device, whatever
+memory is free.
+
+Pyro draws from torch's global random stream, so the driver seeds that stream for each block
+(inside ``torch.random.fork_rng``: the caller's streams are left as they were).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+
+from pyro_vae.errors import PyroVAEError, library_name
+from pyro_vae.infer.estimator import BlockContext, Estimator, LogZBlock, Settings
+from pyro_vae.infer.traces import guess_max_plate_nesting
+from pyro_vae.progress import progress_bar
+
+BLOCK_ROWS = 64
+
+
+def num_blocks(num_rows: int, block_rows: int = BLOCK_ROWS) -> int:
+    return -(-num_rows // block_rows)
+
+
+def block_seed(seed: int, block: int, stream: int = 0) -> int:
+    """The seed of block ``block``'s draws in an estimate seeded ``seed`` (NumPy's
+    SeedSequence: independent streams), in 0 .. 2**32 - 1. ``stream`` tells apart estimates
+    of the same rows that must not share their draws (BDMC's two directions)."""
+    entropy = [seed, block, 0x1B10C] + ([stream] if stream else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def run_blocks(
+    estimator: Estimator,
+    settings: Settings,
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    seed: int,
+    blocks: Iterable[int] | None = None,
+    stream: int = 0,
+    max_plate_nesting: int | None = None,
+    progress: bool | str | None = False,
+) -> dict[int, LogZBlock]:
+    """``estimator`` on each of the ``blocks`` of ``x`` (all when None), each block drawing from
+    the stream :func:`block_seed` gives it; the results on the host, by block."""
+    total = num_blocks(x.shape[0])
+    wanted = list(range(total) if blocks is None else blocks)
+    for b in wanted:
+        if not 0 <= b < total:
+            raise ValueError(f"block {b} is outside the {total} blocks of the data")
+    devices = [x.device] if x.device.type == "cuda" else []
+    if max_plate_nesting is None:
+        max_plate_nesting = guess_max_plate_nesting(model, guide, x[:BLOCK_ROWS])
+    started = time.perf_counter()
+    rows = sum(min(BLOCK_ROWS, x.shape[0] - b * BLOCK_ROWS) for b in wanted)
+    bar = progress_bar(
+        total=rows, desc=f"log p(x) {estimator.name}", unit="datapoint", progress=progress
+    )
+    out = {}
+    with bar, torch.random.fork_rng(devices=devices):
+        for b in wanted:
+            seed_b = block_seed(seed, b, stream)
+            torch.manual_seed(seed_b)
+            lo = b * BLOCK_ROWS
+            block = x[lo : lo + BLOCK_ROWS]
+            context = BlockContext(max_plate_nesting, started, seed_b)
+            try:
+                out[b] = estimator.run_block(model, guide, block, settings, context).on_host()
+            except PyroVAEError as e:
+                raise _in_rows(e, lo, lo + block.shape[0]) from None
+            bar.update(block.shape[0])
+    return out
+
+
+def by_blocks(
+    function: Callable[[torch.Tensor], object],
+    x: torch.Tensor,
+    *,
+    seed: int,
+    blocks: Iterable[int] | None = None,
+    stream: int = 0,
+) -> dict[int, object]:
+    """``function(rows)`` of each of the ``blocks`` of ``x`` (all when None), seeded as
+    :func:`run_blocks` seeds an estimator's blocks: for computations on blocks that are not an
+    estimator of the table (BDMC's reverse AIS from known latents)."""
+    total = num_blocks(x.shape[0])
+    devices = [x.device] if x.device.type == "cuda" else []
+    out = {}
+    with torch.random.fork_rng(devices=devices):
+        for b in range(total) if blocks is None else blocks:
+            if not 0 <= b < total:
+                raise ValueError(f"block {b} is outside the {total} blocks of the data")
+            torch.manual_seed(block_seed(seed, b, stream))
+            lo = b * BLOCK_ROWS
+            rows = x[lo : lo + BLOCK_ROWS]
+            try:
+                out[b] = function(rows)
+            except PyroVAEError as e:
+                raise _in_rows(e, lo, lo + rows.shape[0]) from None
+    return out
+
+
+def joined(results: dict[int, LogZBlock]) -> LogZBlock:
+    """Every block's estimate joined in block order."""
+    parts = [results[b] for b in sorted(results)]
+    return type(parts[0]).concat(parts)
+
+
+def _in_rows(error: PyroVAEError, lo: int, hi: int) -> PyroVAEError:
+    """``error`` of the block of rows ``lo .. hi - 1``, its datapoints counted in all of x."""
+    if isinstance(getattr(error, "datapoints", None), list):
+        error.datapoints = [d + lo for d in error.datapoints]
+    error.template = f"in rows {lo}-{hi - 1} (rows below counted from {lo}): {error.template}"
+    error.args = (error.render(library_name),)
+    return error
