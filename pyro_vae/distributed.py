@@ -216,7 +216,7 @@ def estimate(
 
     if not world.is_distributed:
         return joined(compute(None))
-    return _shared(compute, x, world)
+    return _shared(compute, num_blocks(x.shape[0], estimator.block_rows), world)
 
 
 def sharded(function, x: torch.Tensor, *, seed: int, world: World, stream: int = 0):
@@ -224,13 +224,15 @@ def sharded(function, x: torch.Tensor, *, seed: int, world: World, stream: int =
     (:func:`pyro_vae.infer.driver.by_blocks`), shared among the ranks as :func:`estimate`
     shares them: the whole result, joined in block order, on rank 0 (None on the others)."""
     return _shared(
-        lambda blocks: by_blocks(function, x, seed=seed, blocks=blocks, stream=stream), x, world
+        lambda blocks: by_blocks(function, x, seed=seed, blocks=blocks, stream=stream),
+        num_blocks(x.shape[0]),
+        world,
     )
 
 
-def _shared(compute, x: torch.Tensor, world: World):
-    """``compute(blocks)`` of this rank's blocks, gathered and joined on rank 0."""
-    blocks = range(world.rank, num_blocks(x.shape[0]), world.size)
+def _shared(compute, total: int, world: World):
+    """``compute(blocks)`` of this rank's blocks (of ``total``), gathered and joined on rank 0."""
+    blocks = range(world.rank, total, world.size)
     try:
         mine = {b: _on_host(r) for b, r in compute(blocks).items()}
     except PyroVAEError as e:  # its message goes to rank 0, which raises it: the others return

@@ -1,12 +1,13 @@
 """The one block driver: every estimate of log p(x) runs here, in seeded blocks of fixed size.
 
-The rows of ``x`` are cut into blocks of :data:`BLOCK_ROWS`, and block b draws from a stream of
-its own, seeded by ``(seed, b)`` (:func:`block_seed`); within a block, an estimator plans its
-passes from the block's shape alone (:mod:`pyro_vae.infer.passes`), never from the free memory.
-A block's estimate is therefore the same wherever, and with whatever else, it is computed: one
-process computing every block and W processes computing every W-th block each
-(:func:`pyro_vae.distributed.sharded_estimate`) agree bit for bit on the same device, whatever
-memory is free.
+The rows of ``x`` are cut into blocks of the estimator's fixed ``block_rows`` (64 unless it
+declares more: the refining estimators, whose per-datapoint optimisation runs a block's rows
+together, take 256), and block b draws from a stream of its own, seeded by ``(seed, b)``
+(:func:`block_seed`); within a block, an estimator plans its passes from the block's shape alone
+(:mod:`pyro_vae.infer.passes`), never from the free memory. A block's estimate is therefore the
+same wherever, and with whatever else, it is computed: one process computing every block and W
+processes computing every W-th block each (:func:`pyro_vae.distributed.estimate`) agree bit for
+bit on the same device, whatever memory is free.
 
 Pyro draws from torch's global random stream, so the driver seeds that stream for each block
 (inside ``torch.random.fork_rng``: the caller's streams are left as they were).
@@ -55,16 +56,17 @@ def run_blocks(
 ) -> dict[int, LogZBlock]:
     """``estimator`` on each of the ``blocks`` of ``x`` (all when None), each block drawing from
     the stream :func:`block_seed` gives it; the results on the host, by block."""
-    total = num_blocks(x.shape[0])
+    size = estimator.block_rows
+    total = num_blocks(x.shape[0], size)
     wanted = list(range(total) if blocks is None else blocks)
     for b in wanted:
         if not 0 <= b < total:
             raise ValueError(f"block {b} is outside the {total} blocks of the data")
     devices = [x.device] if x.device.type == "cuda" else []
     if max_plate_nesting is None:
-        max_plate_nesting = guess_max_plate_nesting(model, guide, x[:BLOCK_ROWS])
+        max_plate_nesting = guess_max_plate_nesting(model, guide, x[:size])
     started = time.perf_counter()
-    rows = sum(min(BLOCK_ROWS, x.shape[0] - b * BLOCK_ROWS) for b in wanted)
+    rows = sum(min(size, x.shape[0] - b * size) for b in wanted)
     bar = progress_bar(
         total=rows, desc=f"log p(x) {estimator.name}", unit="datapoint", progress=progress
     )
@@ -73,8 +75,8 @@ def run_blocks(
         for b in wanted:
             seed_b = block_seed(seed, b, stream)
             torch.manual_seed(seed_b)
-            lo = b * BLOCK_ROWS
-            block = x[lo : lo + BLOCK_ROWS]
+            lo = b * size
+            block = x[lo : lo + size]
             context = BlockContext(max_plate_nesting, started, seed_b)
             try:
                 out[b] = estimator.run_block(model, guide, block, settings, context).on_host()

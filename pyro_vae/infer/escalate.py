@@ -269,6 +269,7 @@ class Auto(Estimator):
 
     name = "auto"
     label = "iwae, then refined, then ais for the datapoints k-hat or the error bar flags"
+    block_rows = 256
     stages = STAGES
     summary_keys = (
         "num_per_method",
@@ -331,7 +332,7 @@ class Auto(Estimator):
             max_samples=settings.max_samples,
             stderr_tolerance=settings.stderr_tolerance,
             refine={**settings.refine(), "batch_size": n},
-            ais={**settings.ais(), "batch_size": n},
+            ais={**settings.ais(), "batch_size": min(n, AIS.block_rows)},
             max_seconds=left,
             max_plate_nesting=context.max_plate_nesting,
             batch_size=n,

@@ -204,6 +204,10 @@ class Estimator:
     stages: ClassVar[tuple[str, ...] | None] = None
     # Keys of the method's own summary fields (:meth:`summary`) in an evaluation.
     summary_keys: ClassVar[tuple[str, ...]] = ()
+    # Datapoints per block of the driver: fixed, so that the draws do not depend on how the
+    # blocks are shared. More for estimators whose per-block cost is mostly fixed (a
+    # per-datapoint optimisation runs the block's rows together until the slowest converges).
+    block_rows: ClassVar[int] = 64
 
     def run_block(
         self,

@@ -83,10 +83,11 @@ def estimate(
     :data:`ESTIMATORS`) with its ``settings`` (the fields of its ``Settings``).
 
     ``model(x)`` and ``guide(x)`` are Pyro programs whose every sample site lies in one plate
-    over the rows of ``x``. The rows are estimated in blocks of 64, block b drawing from a stream
-    seeded by ``(seed, b)``: the same seed gives the same numbers, however the work is split.
-    ``seed`` None draws one from torch's stream (so ``pyro.set_rng_seed`` makes the call
-    repeatable). Returns a :class:`~pyro_vae.infer.estimator.LogZBlock` on the host.
+    over the rows of ``x``. The rows are estimated in blocks of the estimator's fixed
+    ``block_rows``, block b drawing from a stream seeded by ``(seed, b)``: the same seed gives
+    the same numbers, however the work is split. ``seed`` None draws one from torch's stream
+    (so ``pyro.set_rng_seed`` makes the call repeatable). Returns a
+    :class:`~pyro_vae.infer.estimator.LogZBlock` on the host.
     """
     estimator = get(method)
     chosen = settings_for(method, **settings)

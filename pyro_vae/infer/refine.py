@@ -1064,6 +1064,7 @@ class Refined(Estimator):
 
     name = "refined"
     label = "from refined proposals"
+    block_rows = 256
 
     @dataclass(frozen=True)
     class Settings(ImportanceSettings):
