@@ -219,12 +219,16 @@ def estimate(
     return _shared(compute, num_blocks(x.shape[0], estimator.block_rows), world)
 
 
-def sharded(function, x: torch.Tensor, *, seed: int, world: World, stream: int = 0):
+def sharded(function, x: torch.Tensor, *, seed: int, world: World, stream: int = 0, **bar):
     """``function(rows)`` of each block of ``x`` seeded as the estimators' blocks
     (:func:`pyro_vae.infer.driver.by_blocks`), shared among the ranks as :func:`estimate`
-    shares them: the whole result, joined in block order, on rank 0 (None on the others)."""
+    shares them: the whole result, joined in block order, on rank 0 (None on the others); in
+    one process, every block in turn."""
+    if not world.is_distributed:
+        return joined(by_blocks(function, x, seed=seed, stream=stream, **bar))
+    bar = bar if world.is_main else {}
     return _shared(
-        lambda blocks: by_blocks(function, x, seed=seed, blocks=blocks, stream=stream),
+        lambda blocks: by_blocks(function, x, seed=seed, blocks=blocks, stream=stream, **bar),
         num_blocks(x.shape[0]),
         world,
     )

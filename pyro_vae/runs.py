@@ -775,7 +775,13 @@ class StoredEvaluation:
             return torch.as_tensor(group[name].values[0, 0]) if name in group else None
 
         log_px = values(idata.log_likelihood, "log_px")
-        stages = self.evaluation.method_summary.get("stages") or [self.evaluation.method]
+        from pyro_vae.infer.estimators import ESTIMATORS
+
+        method = self.evaluation.method
+        known = ESTIMATORS.get(method)
+        stages = self.evaluation.method_summary.get("stages") or (
+            known.stage_names() if known is not None else (method,)
+        )
         codes = values(stats, "method")  # each datapoint's stage, as its index in ``stages``
         if codes is None:
             estimator = (self.evaluation.method,) * log_px.shape[0]

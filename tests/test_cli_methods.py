@@ -165,6 +165,7 @@ def test_compare_refuses_the_same_method_with_other_settings(capsys, tmp_path):
 def test_a_setting_the_method_does_not_take_is_refused(capsys, run_dir):
     err = cli_error(capsys, "evaluate", str(run_dir), "--widen", "1.2")
     assert "--widen is not a setting of --method iwae" in err and "refined, auto" in err
+    assert "iwae takes --num-samples, --chunk-size" in err
     err = cli_error(capsys, "evaluate", str(run_dir), "--method", "ais", "--num-samples", "30")
     assert "--num-samples is not a setting of --method ais" in err
 

@@ -285,10 +285,14 @@ def test_every_method_is_bit_for_bit_the_one_process_evaluation(one_epoch_run, m
 
 
 def test_bdmc_is_shared_bit_for_bit(one_epoch_run):
+    from pyro_vae.cli import main
     from pyro_vae.infer.latent import simulate
 
     run, vae, x, seed = one_epoch_run
-    done = _launch("bdmc", run, "--num-datapoints", "70", "--num-samples", "20", *AIS, cwd=run)
+    bdmc = ("bdmc", run, "--num-datapoints", "70", "--num-samples", "20", *AIS)
+    assert main([*map(str, bdmc), "--no-progress"]) == 0  # one process, the same blocks
+    alone = dict(np.load(run / "bdmc" / "bdmc-T5-C4.npz"))
+    done = _launch(*bdmc, cwd=run)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote ") == 1
     summary = json.loads((run / "bdmc" / "bdmc-T5-C4.json").read_text())
@@ -329,6 +333,8 @@ def test_bdmc_is_shared_bit_for_bit(one_epoch_run):
     assert np.array_equal(arrays["upper"], joined(upper).log_px.numpy())
     assert np.array_equal(arrays["iwae"], iwae.log_px.numpy())
     assert not np.array_equal(arrays["lower"], arrays["upper"])  # two streams, two directions
+    for name in ("x", "lower", "upper", "iwae"):
+        assert np.array_equal(arrays[name], alone[name]), name  # one process: bit for bit
 
 
 def test_a_refused_launch_says_why_once_and_leaves_nothing(tmp_path):

@@ -73,3 +73,34 @@ def test_a_registered_estimator_is_bit_for_bit_its_blocks(toy):
     iwae = estimate(vae.model, vae.guide, x, "iwae", seed=4, num_samples=25)
     assert torch.equal(whole.log_px, iwae.log_px)  # the same draws as IWAE's, from the driver
     assert whole.estimator == ("toy",) * 150 and whole.log_weights.shape == (25, 150)
+
+
+QUICK = {
+    "iwae": {"num_samples": 30},
+    "refined": {"num_samples": 30, "refine_steps": 20},
+    "ais": {"ais_steps": 4, "ais_chains": 4, "ais_leapfrog": 2},
+    "auto": {"num_samples": 30, "refine_steps": 20, "ais_steps": 4, "ais_chains": 4},
+    "prior": {"num_samples": 30},
+}
+
+
+def test_the_quick_settings_cover_the_table():
+    assert set(QUICK) == set(ESTIMATORS)
+
+
+@pytest.mark.parametrize("method", sorted(QUICK))
+def test_the_numbers_do_not_depend_on_the_free_memory(tmp_path_factory, monkeypatch, method):
+    """Every method, one process: an evaluation with little free memory (1 MB, enough for
+    what the jobs refuse) equals, bit for bit, one with plenty (1 TB)."""
+    from pyro_vae import jobs, memory
+    from pyro_vae.jobs import evaluation
+
+    run = tmp_path_factory.mktemp("memory") / "r"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    results = []
+    for free in (10**6, 10**12):
+        for module in (memory, evaluation):
+            monkeypatch.setattr(module, "free_memory_bytes", lambda device, free=free: free)
+        results.append(jobs.evaluate(run, method=method, first=100, **QUICK[method]).per_point)
+    for name in ("log_px", "stderr", "ess", "elbo"):
+        assert torch.equal(getattr(results[0], name), getattr(results[1], name)), name

@@ -703,6 +703,10 @@ class AIS(Estimator):
     def summary_lines(self, summary, num_datapoints, draws) -> list[str]:
         return [f"  HMC       {summary['acceptance_mean']:10.2f} mean acceptance rate"]
 
+    def khat_note(self, draws) -> str:
+        chains = f"{draws} chain" + ("" if draws == 1 else "s")
+        return f"AIS has no importance weights for PSIS; its error bar is over its {chains}"
+
     def caveat(self, summary, frac_khat_above) -> str | None:
         return None  # no importance weights: its error bars are over its chains
 

@@ -93,15 +93,19 @@ def by_blocks(
     seed: int,
     blocks: Iterable[int] | None = None,
     stream: int = 0,
+    progress: bool | str | None = False,
+    desc: str = "blocks",
 ) -> dict[int, object]:
     """``function(rows)`` of each of the ``blocks`` of ``x`` (all when None), seeded as
     :func:`run_blocks` seeds an estimator's blocks: for computations on blocks that are not an
     estimator of the table (BDMC's reverse AIS from known latents)."""
     total = num_blocks(x.shape[0])
     devices = [x.device] if x.device.type == "cuda" else []
+    wanted = list(range(total) if blocks is None else blocks)
+    bar = progress_bar(total=len(wanted), desc=desc, unit="block", progress=progress)
     out = {}
-    with torch.random.fork_rng(devices=devices):
-        for b in range(total) if blocks is None else blocks:
+    with bar, torch.random.fork_rng(devices=devices):
+        for b in wanted:
             if not 0 <= b < total:
                 raise ValueError(f"block {b} is outside the {total} blocks of the data")
             torch.manual_seed(block_seed(seed, b, stream))
@@ -111,6 +115,7 @@ def by_blocks(
                 out[b] = function(rows)
             except PyroVAEError as e:
                 raise _in_rows(e, lo, lo + rows.shape[0]) from None
+            bar.update()
     return out
 
 

@@ -36,6 +36,7 @@ Vehtari, Simpson, Gelman, Yao & Gabry (2024), "Pareto smoothed importance sampli
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, PyroVAEError, library_name
 from pyro_vae.infer.ais import AIS, ais_log_likelihood
 from pyro_vae.infer.estimator import PSIS_MIN_SAMPLES, Estimator, LogZBlock, psis_khat
 from pyro_vae.infer.importance import IWAE, importance_log_likelihood
@@ -173,8 +174,9 @@ def auto_log_likelihood(
     rows = state.flagged.nonzero().flatten()
     if rows.numel():
         t = time.perf_counter()
-        refined = refine_proposals(model, guide, x[rows.to(x.device)], **common, **refine)
-        rows = _refined_stage(state, refined, rows, khat, flag, num_samples, max_samples)
+        with _rows_of(rows):
+            refined = refine_proposals(model, guide, x[rows.to(x.device)], **common, **refine)
+            rows = _refined_stage(state, refined, rows, khat, flag, num_samples, max_samples)
         seconds[Refined.name] = time.perf_counter() - t
     if rows.numel():
         t = time.perf_counter()
@@ -183,11 +185,25 @@ def auto_log_likelihood(
             if max_seconds is not None and time.perf_counter() - start > max_seconds:
                 break
             part = rows[first_row : first_row + block]
-            r = ais_log_likelihood(model, guide, x[part.to(x.device)], **common, **ais)
+            with _rows_of(part):
+                r = ais_log_likelihood(model, guide, x[part.to(x.device)], **common, **ais)
             state.update(part, r, math.nan, r.num_chains, AIS.name)
             state.flagged[part] = flag(None, r.stderr.to(state.log_px))
         seconds[AIS.name] = time.perf_counter() - t
     return state.block(first.elbo, seconds)
+
+
+@contextlib.contextmanager
+def _rows_of(rows: torch.Tensor):
+    """An error of a stage run on ``x[rows]`` names its datapoints as rows of ``x``."""
+    try:
+        yield
+    except PyroVAEError as e:
+        if isinstance(getattr(e, "datapoints", None), list):
+            e.datapoints = [int(rows[d]) for d in e.datapoints]
+            e.template = f"{e.template} (datapoints counted in the block: {e.datapoints[:5]})"
+            e.args = (e.render(library_name),)
+        raise
 
 
 @dataclass
@@ -281,20 +297,25 @@ class Auto(Estimator):
     )
 
     @dataclass(frozen=True)
-    class Settings(Refined.Settings, AIS.Settings):
+    class Settings(AIS.Settings, Refined.Settings):
         max_seconds: float | None = option(
             None,
             "soft time budget of auto: no new block of its AIS stage starts once it is spent "
             "(default none)",
+            metavar="SECONDS",
         )
         stderr_tolerance: float = option(
-            0.05, "error bar in nats above which auto escalates a datapoint", positive=True
+            0.05,
+            "error bar in nats above which auto escalates a datapoint",
+            positive=True,
+            metavar="NATS",
         )
         max_samples: int | None = option(
             None,
             "auto: the most fresh draws from a refined proposal whose k-hat is fine but whose "
             "error bar is above the tolerance, before AIS (default 16 times "
             "{estimator.num_samples})",
+            metavar="K",
             low=1,
             high=100_000_000,
             why="the log weights of each datapoint's draws are kept in memory, 8 bytes each",
@@ -355,14 +376,19 @@ class Auto(Estimator):
         }
 
     def summary_lines(self, summary, num_datapoints, draws) -> list[str]:
-        more = f" ({summary['num_more_draws']} with more than {draws} draws)"
-        counts = ", ".join(
-            f"{n} {m}" + (more if m == Refined.name and summary["num_more_draws"] else "")
-            for m, n in summary["num_per_method"].items()
+        counts = summary.get("num_per_method")
+        if not counts:
+            return []
+        more_draws = summary.get("num_more_draws") or 0  # evaluations before more draws: none
+        more = f" ({more_draws} with more than {draws} draws)"
+        text = ", ".join(
+            f"{n} {m}" + (more if m == Refined.name and more_draws else "")
+            for m, n in counts.items()
         )
+        share = summary.get("frac_unreliable") or 0.0
+        flagged = summary.get("num_unreliable", round(share * num_datapoints))
         return [
-            f"  methods   {counts}; {summary['num_unreliable']} of {num_datapoints} still "
-            f"flagged ({100 * summary['frac_unreliable']:.2f}%)"
+            f"  methods   {text}; {flagged} of {num_datapoints} still flagged ({100 * share:.2f}%)"
         ]
 
     def caveat(self, summary, frac_khat_above) -> str | None:

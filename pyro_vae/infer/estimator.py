@@ -32,10 +32,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from pyro_vae.arviz_compat import KHAT_THRESHOLD, PSIS_MIN_SAMPLES  # ArviZ itself is lazy
 from pyro_vae.options import check_options, declared, option
-
-# The fewest importance weights whose Pareto tail PSIS can fit (arviz_compat.PSIS_MIN_SAMPLES).
-PSIS_MIN_SAMPLES = 21
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class ImportanceSettings(Settings):
 
     num_samples: int = option(
         1000,
-        "K, importance samples per datapoint",
+        "K, importance samples per datapoint (iwae, refined, auto, prior)",
         low=1,
         high=100_000_000,
         metavar="K",
@@ -233,7 +231,7 @@ class Estimator:
     def describe(self, draws: int, recorded: dict[str, Any]) -> str:
         """How an evaluation's numbers were made, for its printed summary."""
         samples = f"K={draws} importance {'sample' if draws == 1 else 'samples'}"
-        return f"{samples}, {self.label}"
+        return f"{samples} ({self.label})"
 
     def summary(self, block: LogZBlock, settings: Settings) -> dict[str, Any]:
         """The method's own summary fields of an evaluation (JSON values; keys in
@@ -244,6 +242,10 @@ class Estimator:
         """Lines of the printed evaluation for the method's own summary fields."""
         return []
 
+    def khat_note(self, draws: int) -> str | None:
+        """Why the method's estimates have no k-hat at all, or None (they have one)."""
+        return None
+
     def caveat(self, summary: dict[str, Any], frac_khat_above: float) -> str | None:
         """Why a comparison's ranking may rest on unreliable estimates of this method, or None.
         By default, the share of datapoints whose k-hat is above the threshold."""
@@ -252,7 +254,8 @@ class Estimator:
         if frac_khat_above > 0:
             most = "most of its" if frac_khat_above > 0.5 else "some of its"
             return (
-                f"{100 * frac_khat_above:.1f}% of its datapoints have k-hat > 0.7 ({most} "
+                f"{100 * frac_khat_above:.1f}% of its datapoints have k-hat > {KHAT_THRESHOLD} "
+                f"({most} "
                 "estimates of log p(x) are unreliable lower bounds; more samples or a better "
                 "proposal may change the ranking)"
             )

@@ -33,8 +33,7 @@ def get(method: str) -> Estimator:
         return ESTIMATORS[method]
     except (KeyError, TypeError):
         raise ConfigError(
-            f"unknown estimation method {method!r}; choose one of {tuple(ESTIMATORS)}",
-            option="estimator.method",
+            f"unknown estimation method {method!r}; choose one of {', '.join(ESTIMATORS)}"
         ) from None
 
 
@@ -45,17 +44,21 @@ def settings_for(method: str, **given) -> Settings:
     names = {f.name for f, _ in declared(estimator.Settings)}
     ignored = [k for k, v in given.items() if v is not None and k not in names]
     if ignored:
-        takers = [m for m, e in ESTIMATORS.items() if ignored[0] in _names(e.Settings)]
+        takes = ", ".join(f"{{estimator.{n}}}" for n in _ordered(estimator.Settings))
         raise ConfigError(
-            f"is not a setting of {{estimator.method}} {method} (it is one of "
-            f"{', '.join(takers) or 'no method'}); leave it out",
-            option=f"estimator.{ignored[0]}",
+            "; ".join(_not_taken(name, method) for name in ignored) + f"; {method} takes {takes}"
         )
     return estimator.Settings(**{k: v for k, v in given.items() if k in names and v is not None})
 
 
-def _names(kind) -> set[str]:
-    return {f.name for f, _ in declared(kind)}
+def _ordered(kind) -> list[str]:
+    return [f.name for f, _ in declared(kind)]
+
+
+def _not_taken(name: str, method: str) -> str:
+    takers = [m for m, e in ESTIMATORS.items() if name in _ordered(e.Settings)]
+    whose = f"the methods taking it: {', '.join(takers)}" if takers else "no method takes it"
+    return f"{{estimator.{name}}} is not a setting of {{estimator.method}} {method} ({whose})"
 
 
 def setting_fields() -> list[dataclasses.Field]:
@@ -91,8 +94,12 @@ def estimate(
     """
     estimator = get(method)
     chosen = settings_for(method, **settings)
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError("x holds no datapoints")
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    elif not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be a non-negative integer below 2**63, got {seed}")
     blocks = run_blocks(
         estimator,
         chosen,

@@ -353,8 +353,8 @@ class IWAE(Estimator):
     class Settings(ImportanceSettings):
         chunk_size: int | None = option(
             None,
-            "particles per vectorised pass, at most K (default: planned from the block's shape; "
-            "the other methods plan their own passes)",
+            "iwae only: particles per vectorised pass, at most K (default: planned from the "
+            "block's shape)",
             low=1,
             high=100_000_000,
             metavar="C",

@@ -1,10 +1,13 @@
 """The one non-finite policy of the estimators: which datapoints, which site, whose fault.
 
 An estimate of log p(x) may be -inf (every weight zero: a legitimate value of the bound) but never
-NaN or +inf. Every estimator checks its per-datapoint estimates once, at the end, with
-:func:`raise_if_not_finite`: the datapoints affected, the first guide or model site whose
-log-density is not finite when the first of them is traced again, and the cause: the data (NaN,
-infinite, or unscaled values) or the model.
+NaN or +inf. The estimators that score a Pyro model/guide pair (importance sampling from the
+guide or the prior, AIS, and auto's stages through them) check their per-datapoint estimates
+once, at the end, with :func:`raise_if_not_finite`; refined proposals, scored through a generic
+log target without the data, raise the same error naming the datapoints only
+(:func:`~pyro_vae.infer.refine.proposal_log_likelihood`). The check gives the datapoints
+affected, the first guide or model site whose log-density is not finite when the first of them
+is traced again, and the cause: the data (NaN, infinite, or unscaled values) or the model.
 """
 
 from __future__ import annotations

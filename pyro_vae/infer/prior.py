@@ -25,7 +25,7 @@ from pyro_vae.infer.passes import plan_passes
 
 class Prior(Estimator):
     name = "prior"
-    label = "importance sampling from the prior p(z) (a sanity baseline)"
+    label = "importance sampling from the prior p(z), a sanity baseline"
     Settings = ImportanceSettings
 
     def run_block(self, model, guide, x, settings, context) -> LogZBlock:
@@ -41,6 +41,13 @@ class Prior(Estimator):
                 accumulator.update(log_w)
                 kept.append(log_w)
         result = accumulator.result(torch.cat(kept))
-        raise_if_not_finite(result.log_px, x, max_plate_nesting=context.max_plate_nesting)
+        raise_if_not_finite(
+            result.log_px,
+            x,
+            model=model,
+            guide=guide,
+            max_plate_nesting=context.max_plate_nesting,
+            what="the prior's importance estimate of log p(x)",
+        )
         elbo = guide_elbo(model, guide, x, context.max_plate_nesting)
         return from_weights(result, self.name, elbo=elbo, seconds=time.perf_counter() - start)

@@ -1063,7 +1063,7 @@ class Refined(Estimator):
     (:func:`refined_log_likelihood`), the block's rows refined together."""
 
     name = "refined"
-    label = "from refined proposals"
+    label = "importance sampling from a proposal refined per datapoint"
     block_rows = 256
 
     @dataclass(frozen=True)
@@ -1071,6 +1071,7 @@ class Refined(Estimator):
         refine_steps: int = option(
             RefineSettings.max_steps,
             "most optimisation steps per datapoint of refined and auto",
+            metavar="S",
             low=1,
             high=1_000_000,
             why="the refinement stops earlier once converged; more steps than this only cost time",
@@ -1086,6 +1087,11 @@ class Refined(Estimator):
         def refine(self) -> dict:
             """The settings of :class:`RefineSettings` these choose."""
             return {"max_steps": self.refine_steps, "widen": self.widen}
+
+    def describe(self, draws, recorded) -> str:
+        return (
+            f"K={draws} importance {'sample' if draws == 1 else 'samples'} from refined proposals"
+        )
 
     def run_block(self, model, guide, x, settings, context) -> LogZBlock:
         start = time.perf_counter()

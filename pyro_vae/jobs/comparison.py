@@ -270,10 +270,21 @@ def write_comparison_csv(rows: list[Comparison], path: str | Path) -> None:
 
     target = check_table_path(path, "args.csv")
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(dataclasses.asdict(rows[0])), lineterminator="\n")
+    records = [_csv_record(r) for r in rows]
+    writer = csv.DictWriter(out, fieldnames=list(records[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(dataclasses.asdict(r) for r in rows)
+    writer.writerows(records)
     atomic_write_text(target, out.getvalue())
+
+
+def _csv_record(row: Comparison) -> dict:
+    """A row's CSV columns: its fields, with the method's summary left out but for the share of
+    datapoints still flagged (auto's ``frac_unreliable``, NaN for the other methods)."""
+    record = dataclasses.asdict(row)
+    summary = record.pop("method_summary")
+    unreliable = summary.get("frac_unreliable")
+    record["frac_unreliable"] = math.nan if unreliable is None else unreliable
+    return record
 
 
 def write_comparison_markdown(rows: list[Comparison], notes: list[str], path: str | Path) -> None:

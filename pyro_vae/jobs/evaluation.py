@@ -157,7 +157,7 @@ def evaluate(
         "gap": (per_point.log_px - per_point.elbo).mean().item(),
         "ess_mean": per_point.ess.mean().item(),
         "ess_min": per_point.ess.min().item(),
-        **khat_summary(result.khat, k, estimator.has_khat),
+        **khat_summary(result.khat, k, estimator.khat_note(k)),
     }
     if result.log_weights is not None:
         bounds = bounds_vs_k(result.log_weights, BOUND_KS + (k,))
@@ -227,8 +227,6 @@ def bdmc(
     their own), so the numbers do not depend on the number of processes; ``processes``
     records it, and rank 0 writes and returns the summary (the other ranks return None).
     """
-    from pyro_vae.infer import bdmc as sandwich
-
     chosen = settings_for(AIS.name, **settings)
     iwae_settings = settings_for(IWAE.name, num_samples=num_samples)
     if num_datapoints < 1:
@@ -250,10 +248,7 @@ def bdmc(
     pyro.set_rng_seed(config.train.seed)
     start = time.perf_counter()
     ais = {**chosen.ais(), "max_plate_nesting": 1}
-    if world.is_distributed:
-        result = _shared_sandwich(vae, x_like, ais, config.train.seed, world)
-    else:
-        result = sandwich(vae.model, vae.guide, x_like, progress=progress, **ais)
+    result = _sandwich(vae, x_like, ais, config.train.seed, world, progress)
     ais_seconds = time.perf_counter() - start
     iwae = estimate(
         get(IWAE.name),
@@ -305,10 +300,11 @@ def bdmc(
 BDMC_LOWER, BDMC_UPPER = 1, 2
 
 
-def _shared_sandwich(vae, x_like, ais: dict[str, Any], seed: int, world: World):
-    """BDMC's simulation (on rank 0, sent to every rank) and its two directions of AIS in
-    seeded blocks shared among the ranks: the whole sandwich on rank 0; on the others the
-    simulated data, without bounds."""
+def _sandwich(vae, x_like, ais: dict[str, Any], seed: int, world: World, progress):
+    """BDMC's simulation (on rank 0, sent to the other ranks of a launch) and its two directions
+    of AIS in seeded blocks (:func:`~pyro_vae.infer.driver.by_blocks`, shared among the ranks
+    of a launch): the same numbers in one process or several. The whole sandwich on rank 0; on
+    the others the simulated data, without bounds."""
     from pyro_vae.infer import BDMCResult
     from pyro_vae.infer.latent import simulate
 
@@ -316,7 +312,7 @@ def _shared_sandwich(vae, x_like, ais: dict[str, Any], seed: int, world: World):
     if world.is_main:
         x, latents = simulate(vae.model, x_like)
         simulated = x.cpu(), {k: v.cpu() for k, v in latents.items()}
-    x, latents = broadcast_object(simulated, world)
+    x, latents = broadcast_object(simulated, world) if world.is_distributed else simulated
     x = x.to(x_like.device)
     latents = {k: v.to(x_like.device) for k, v in latents.items()}
 
@@ -332,9 +328,11 @@ def _shared_sandwich(vae, x_like, ais: dict[str, Any], seed: int, world: World):
             vae.model, vae.guide, rows, start, batch_size=stop - first, **ais
         )
 
-    lower = sharded(forward, x, seed=seed, world=world, stream=BDMC_LOWER)
+    bar = {"progress": progress}
+    lower = sharded(forward, x, seed=seed, world=world, stream=BDMC_LOWER, desc="AIS", **bar)
     index = torch.arange(x.shape[0], device=x.device)
-    upper = sharded(reverse, index, seed=seed, world=world, stream=BDMC_UPPER)
+    desc = "reverse AIS"
+    upper = sharded(reverse, index, seed=seed, world=world, stream=BDMC_UPPER, desc=desc, **bar)
     return BDMCResult(x=x, latents=latents, lower=lower, upper=upper)
 
 
@@ -409,19 +407,21 @@ def check_log_weights_fit(num_samples: int, num_datapoints: int) -> None:
         )
 
 
-def khat_summary(khat: torch.Tensor, num_samples: int, has_khat: bool = True) -> dict[str, Any]:
+def khat_summary(
+    khat: torch.Tensor, num_samples: int, no_khat: str | None = None
+) -> dict[str, Any]:
     """The k-hat fields of an evaluation. Below :data:`~pyro_vae.arviz_compat.PSIS_MIN_SAMPLES`
-    importance samples PSIS has no tail to fit, and a method without importance weights (AIS)
-    has none: the fields are None and ``khat_note`` says why. Datapoints without a k-hat (NaN:
-    AIS's, under ``auto``) are neither averaged nor counted above the threshold."""
+    importance samples PSIS has no tail to fit, and a method without importance weights (AIS,
+    whose estimator says why in ``no_khat``) has none: the fields are None and ``khat_note``
+    says why. Datapoints without a k-hat (NaN: AIS's, under ``auto``) are neither averaged nor
+    counted above the threshold."""
     threshold = arviz_compat.KHAT_THRESHOLD
     finite = khat[torch.isfinite(khat)]
-    if not has_khat or num_samples < arviz_compat.PSIS_MIN_SAMPLES or not finite.numel():
-        if not has_khat:
-            why = (
-                "AIS has no importance weights for PSIS; its error bar is over its "
-                f"{plural(num_samples, 'chain')}"
-            )
+    if no_khat or num_samples < arviz_compat.PSIS_MIN_SAMPLES or not finite.numel():
+        if no_khat:
+            why = no_khat
+        elif num_samples >= arviz_compat.PSIS_MIN_SAMPLES:
+            why = "no datapoint's final estimate has importance weights (all reached AIS)"
         elif num_samples == 1:
             why = "K=1 is the ELBO, with no importance weights to diagnose"
         else:

@@ -15,6 +15,7 @@ from pyro_vae.build import load_data, prepare_splits
 from pyro_vae.config import RunConfig, check_seed
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.infer.diagnostics import active_units, guide_means
+from pyro_vae.infer.estimators import ESTIMATORS
 from pyro_vae.jobs.housekeeping import newest
 from pyro_vae.jobs.loading import load_run
 from pyro_vae.models import VAE
@@ -226,8 +227,9 @@ def plot(
         log_px, elbo = per_point.log_px.numpy(), per_point.elbo.numpy()
         named = {}
         if ev.bounds_vs_k is not None:  # importance sampling's; AIS has no L_K
-            proposal = "refined proposals" if ev.method == "refined" else "the guide"
-            series = {f"L_K from {proposal} (mean over datapoints)": ev.bounds_vs_k}
+            known = ESTIMATORS.get(ev.method)
+            how = ev.method if known is None else known.label
+            series = {f"L_K, {how} (mean over datapoints)": ev.bounds_vs_k}
             named["bound_vs_k"] = plots.bound_vs_k(series, ev.elbo)
         khat = per_point.khat.numpy()
         if np.isfinite(khat).any():  # not computed below PSIS_MIN_SAMPLES

@@ -15,6 +15,7 @@ from pyro_vae.build import build
 from pyro_vae.config import RunConfig
 from pyro_vae.distributed import SINGLE, World, broadcast_object
 from pyro_vae.errors import CheckpointError, ConfigError, library_name, name_options
+from pyro_vae.infer.importance import IWAE
 from pyro_vae.jobs.evaluation import check_log_weights_fit, evaluate, format_evaluation
 from pyro_vae.jobs.loading import training_identity
 from pyro_vae.models.likelihoods import GaussianLikelihood
@@ -181,7 +182,10 @@ def _train_claimed(
         done = [
             e
             for e in run.select_evaluations(
-                split="test", num_samples=config.train.eval_samples, precision="fp32", method="iwae"
+                split="test",
+                num_samples=config.train.eval_samples,
+                precision="fp32",
+                method=IWAE.name,
             )
             if e.evaluation.first is None
             and e.evaluation.epochs_trained == (scored or trainer.epoch)

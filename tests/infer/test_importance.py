@@ -178,25 +178,6 @@ def test_plan_passes(n, d, k, chunk, batch, expected):
     assert plan_passes(torch.zeros(n, d), k, chunk, batch) == expected
 
 
-def test_the_passes_do_not_depend_on_the_free_memory(ppca, monkeypatch):
-    """The estimators never read the free memory (the jobs do, to refuse what cannot fit): the
-    same seed gives the same draws, bit for bit, whatever memory is free."""
-    from pyro_vae import memory
-
-    x = ppca.sample_data(23)
-    results = []
-    for free in (2**40, 20 * 64 * x.shape[1] * 2, None):
-        monkeypatch.setattr(memory, "free_memory_bytes", lambda device, free=free: free)
-        pyro.set_rng_seed(0)
-        results.append(
-            importance_log_likelihood(
-                ppca.model, ppca.wrong_guide, x, num_samples=300, keep_log_weights=True
-            )
-        )
-    for r in results[1:]:
-        assert torch.equal(r.log_weights, results[0].log_weights)
-
-
 def test_free_memory_is_read_on_cpu():
     from pyro_vae.memory import free_memory_bytes
 
