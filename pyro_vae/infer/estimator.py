@@ -32,8 +32,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from pyro_vae.arviz_compat import KHAT_THRESHOLD, PSIS_MIN_SAMPLES  # ArviZ itself is lazy
 from pyro_vae.options import check_options, declared, option
+
+# PSIS's constants, as pyro_vae.arviz_compat states them (a test checks that they agree): infer/
+# imports nothing of ArviZ's until a k-hat is computed.
+KHAT_THRESHOLD = 0.7
+PSIS_MIN_SAMPLES = 21
 
 
 @dataclass(frozen=True)

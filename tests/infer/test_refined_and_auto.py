@@ -164,6 +164,14 @@ def test_the_workflow_checks_are_exported_with_the_estimators():
     assert infer.SBCResult is sbc.SBCResult
 
 
+def test_the_estimators_psis_constants_are_arviz_compats():
+    from pyro_vae import arviz_compat
+    from pyro_vae.infer import estimator
+
+    assert estimator.KHAT_THRESHOLD == arviz_compat.KHAT_THRESHOLD
+    assert estimator.PSIS_MIN_SAMPLES == arviz_compat.PSIS_MIN_SAMPLES
+
+
 def test_importing_infer_leaves_arviz_unimported():
     code = "import sys, pyro_vae.infer; print(sorted(m for m in sys.modules if 'arviz' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
