@@ -253,8 +253,8 @@ def test_the_table_is_what_the_launch_test_covers():
 
 @pytest.mark.parametrize(
     "method, processes",
-    [(m, 2) for m in LAUNCHED_METHODS] + [("auto", 3), ("iwae", 3)],
-    ids=[f"{m}-2" for m in LAUNCHED_METHODS] + ["auto-3", "iwae-3"],
+    [(m, w) for w in (2, 3) for m in LAUNCHED_METHODS],
+    ids=[f"{m}-{w}" for w in (2, 3) for m in LAUNCHED_METHODS],
 )
 def test_every_method_is_bit_for_bit_the_one_process_evaluation(one_epoch_run, method, processes):
     """One process (jobs.evaluate, one process's seeded blocks) and 2 or 3 launched processes
