@@ -104,3 +104,19 @@ def test_the_numbers_do_not_depend_on_the_free_memory(tmp_path_factory, monkeypa
         results.append(jobs.evaluate(run, method=method, first=100, **QUICK[method]).per_point)
     for name in ("log_px", "stderr", "ess", "elbo"):
         assert torch.equal(getattr(results[0], name), getattr(results[1], name)), name
+
+
+def test_estimate_refuses_bad_input_in_one_line():
+    from pyro_vae.errors import ConfigError
+    from tests.helpers import tiny_vae
+
+    vae = tiny_vae()
+    x = torch.bernoulli(torch.full((5, 12), 0.5))
+    with pytest.raises(ValueError, match="x holds no datapoints"):
+        estimate(vae.model, vae.guide, x[:0], "iwae", seed=0, num_samples=5)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        estimate(vae.model, vae.guide, x, "iwae", seed=-1, num_samples=5)
+    with pytest.raises(ConfigError, match="unknown estimation method 'smc'; choose one of iwae"):
+        estimate(vae.model, vae.guide, x, "smc", seed=0)
+    with pytest.raises(ConfigError, match="num_sampels is not a setting of"):
+        estimate(vae.model, vae.guide, x, "iwae", seed=0, num_sampels=5)

@@ -54,36 +54,27 @@ def run_blocks(
     max_plate_nesting: int | None = None,
     progress: bool | str | None = False,
 ) -> dict[int, LogZBlock]:
-    """``estimator`` on each of the ``blocks`` of ``x`` (all when None), each block drawing from
-    the stream :func:`block_seed` gives it; the results on the host, by block."""
+    """``estimator`` on each of the ``blocks`` of ``x`` (all when None), in blocks of its
+    ``block_rows``, each block drawing from the stream :func:`block_seed` gives it; the results
+    on the host, by block."""
     size = estimator.block_rows
-    total = num_blocks(x.shape[0], size)
-    wanted = list(range(total) if blocks is None else blocks)
-    for b in wanted:
-        if not 0 <= b < total:
-            raise ValueError(f"block {b} is outside the {total} blocks of the data")
-    devices = [x.device] if x.device.type == "cuda" else []
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, x[:size])
-    started = time.perf_counter()
-    rows = sum(min(size, x.shape[0] - b * size) for b in wanted)
-    bar = progress_bar(
-        total=rows, desc=f"log p(x) {estimator.name}", unit="datapoint", progress=progress
+    context = BlockContext(max_plate_nesting, time.perf_counter())
+
+    def one_block(rows: torch.Tensor) -> LogZBlock:
+        return estimator.run_block(model, guide, rows, settings, context).on_host()
+
+    return by_blocks(
+        one_block,
+        x,
+        seed=seed,
+        blocks=blocks,
+        stream=stream,
+        progress=progress,
+        desc=f"log p(x) {estimator.name}",
+        block_rows=size,
     )
-    out = {}
-    with bar, torch.random.fork_rng(devices=devices):
-        for b in wanted:
-            seed_b = block_seed(seed, b, stream)
-            torch.manual_seed(seed_b)
-            lo = b * size
-            block = x[lo : lo + size]
-            context = BlockContext(max_plate_nesting, started, seed_b)
-            try:
-                out[b] = estimator.run_block(model, guide, block, settings, context).on_host()
-            except PyroVAEError as e:
-                raise _in_rows(e, lo, lo + block.shape[0]) from None
-            bar.update(block.shape[0])
-    return out
 
 
 def by_blocks(
@@ -95,27 +86,32 @@ def by_blocks(
     stream: int = 0,
     progress: bool | str | None = False,
     desc: str = "blocks",
+    block_rows: int = BLOCK_ROWS,
 ) -> dict[int, object]:
-    """``function(rows)`` of each of the ``blocks`` of ``x`` (all when None), seeded as
-    :func:`run_blocks` seeds an estimator's blocks: for computations on blocks that are not an
-    estimator of the table (BDMC's reverse AIS from known latents)."""
-    total = num_blocks(x.shape[0])
-    devices = [x.device] if x.device.type == "cuda" else []
+    """``function(rows)`` of each of the ``blocks`` of ``x`` (all when None): block b is rows
+    ``b * block_rows`` up to ``(b + 1) * block_rows``, drawing from the stream
+    :func:`block_seed` gives it (the caller's streams are left as they were), with progress
+    over datapoints. :func:`run_blocks` runs an estimator of the table so; BDMC's two
+    directions of AIS run so directly."""
+    total = num_blocks(x.shape[0], block_rows)
     wanted = list(range(total) if blocks is None else blocks)
-    bar = progress_bar(total=len(wanted), desc=desc, unit="block", progress=progress)
+    for b in wanted:
+        if not 0 <= b < total:
+            raise ValueError(f"block {b} is outside the {total} blocks of the data")
+    devices = [x.device] if x.device.type == "cuda" else []
+    rows_in_all = sum(min(block_rows, x.shape[0] - b * block_rows) for b in wanted)
+    bar = progress_bar(total=rows_in_all, desc=desc, unit="datapoint", progress=progress)
     out = {}
     with bar, torch.random.fork_rng(devices=devices):
         for b in wanted:
-            if not 0 <= b < total:
-                raise ValueError(f"block {b} is outside the {total} blocks of the data")
             torch.manual_seed(block_seed(seed, b, stream))
-            lo = b * BLOCK_ROWS
-            rows = x[lo : lo + BLOCK_ROWS]
+            lo = b * block_rows
+            rows = x[lo : lo + block_rows]
             try:
                 out[b] = function(rows)
             except PyroVAEError as e:
                 raise _in_rows(e, lo, lo + rows.shape[0]) from None
-            bar.update()
+            bar.update(rows.shape[0])
     return out
 
 

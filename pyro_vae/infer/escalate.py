@@ -46,7 +46,13 @@ import torch
 
 from pyro_vae.errors import ConfigError, PyroVAEError, library_name
 from pyro_vae.infer.ais import AIS, ais_log_likelihood
-from pyro_vae.infer.estimator import PSIS_MIN_SAMPLES, Estimator, LogZBlock, psis_khat
+from pyro_vae.infer.estimator import (
+    PSIS_MIN_SAMPLES,
+    Estimator,
+    LogZBlock,
+    importance_samples,
+    psis_khat,
+)
 from pyro_vae.infer.importance import IWAE, importance_log_likelihood
 from pyro_vae.infer.refine import Refined, RefineSettings, refine_proposals
 from pyro_vae.options import option
@@ -360,7 +366,7 @@ class Auto(Estimator):
         )
 
     def describe(self, draws, recorded) -> str:
-        return f"auto (IWAE, then refined, then AIS where flagged), K={draws} importance samples"
+        return f"auto (IWAE, then refined, then AIS where flagged), {importance_samples(draws)}"
 
     def summary(self, block, settings) -> dict:
         counts = block.counts(STAGES)

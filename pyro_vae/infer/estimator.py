@@ -180,15 +180,12 @@ _TENSORS = ("log_px", "stderr", "ess", "elbo", "khat", "draws")
 
 @dataclass(frozen=True)
 class BlockContext:
-    """What the driver tells an estimator about the block it runs.
-
-    ``max_plate_nesting`` of the programs (found once); ``started``: ``time.perf_counter()``
-    when the estimate began (for a time budget across blocks); ``seed`` of the block's stream
-    (already set when ``run_block`` is called)."""
+    """What the driver tells an estimator about the block it runs: ``max_plate_nesting`` of
+    the programs (found once) and ``started``, ``time.perf_counter()`` when the estimate began
+    (for a time budget across blocks). The block's stream is already seeded."""
 
     max_plate_nesting: int
     started: float
-    seed: int
 
 
 class Estimator:
@@ -234,8 +231,7 @@ class Estimator:
 
     def describe(self, draws: int, recorded: dict[str, Any]) -> str:
         """How an evaluation's numbers were made, for its printed summary."""
-        samples = f"K={draws} importance {'sample' if draws == 1 else 'samples'}"
-        return f"{samples} ({self.label})"
+        return f"{importance_samples(draws)} ({self.label})"
 
     def summary(self, block: LogZBlock, settings: Settings) -> dict[str, Any]:
         """The method's own summary fields of an evaluation (JSON values; keys in
@@ -264,6 +260,11 @@ class Estimator:
                 "proposal may change the ranking)"
             )
         return None
+
+
+def importance_samples(draws: int) -> str:
+    """``K=1000 importance samples`` (``sample`` for one)."""
+    return f"K={draws} importance {'sample' if draws == 1 else 'samples'}"
 
 
 def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:

@@ -41,10 +41,10 @@ def settings_for(method: str, **given) -> Settings:
     """``method``'s settings from ``given`` (None: its default). A setting the method does not
     take is refused when given (not None), naming the methods that take it."""
     estimator = get(method)
-    names = {f.name for f, _ in declared(estimator.Settings)}
+    names = _ordered(estimator.Settings)
     ignored = [k for k, v in given.items() if v is not None and k not in names]
     if ignored:
-        takes = ", ".join(f"{{estimator.{n}}}" for n in _ordered(estimator.Settings))
+        takes = ", ".join(f"{{estimator.{n}}}" for n in names)
         raise ConfigError(
             "; ".join(_not_taken(name, method) for name in ignored) + f"; {method} takes {takes}"
         )

@@ -32,7 +32,13 @@ import pyro.poutine as poutine
 import torch
 
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.infer.estimator import Estimator, ImportanceSettings, LogZBlock, from_weights
+from pyro_vae.infer.estimator import (
+    Estimator,
+    ImportanceSettings,
+    LogZBlock,
+    from_weights,
+    importance_samples,
+)
 from pyro_vae.infer.nonfinite import not_finite, raise_if_not_finite
 from pyro_vae.infer.passes import plan_passes
 from pyro_vae.infer.rng import rng_state, set_rng_state
@@ -380,7 +386,7 @@ class IWAE(Estimator):
         return f"K{draws}"  # the names of earlier versions, which had only this method
 
     def describe(self, draws, recorded) -> str:
-        return f"K={draws} importance {'sample' if draws == 1 else 'samples'}"
+        return importance_samples(draws)
 
 
 def guide_elbo(model, guide, x, max_plate_nesting: int) -> torch.Tensor:

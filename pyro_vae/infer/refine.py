@@ -64,7 +64,13 @@ from typing import Protocol
 import torch
 
 from pyro_vae.errors import ConfigError, NonFiniteEstimate
-from pyro_vae.infer.estimator import Estimator, ImportanceSettings, LogZBlock, from_weights
+from pyro_vae.infer.estimator import (
+    Estimator,
+    ImportanceSettings,
+    LogZBlock,
+    from_weights,
+    importance_samples,
+)
 from pyro_vae.infer.importance import (
     ImportanceResult,
     LogWeightAccumulator,
@@ -1089,9 +1095,7 @@ class Refined(Estimator):
             return {"max_steps": self.refine_steps, "widen": self.widen}
 
     def describe(self, draws, recorded) -> str:
-        return (
-            f"K={draws} importance {'sample' if draws == 1 else 'samples'} from refined proposals"
-        )
+        return f"{importance_samples(draws)} from refined proposals"
 
     def run_block(self, model, guide, x, settings, context) -> LogZBlock:
         start = time.perf_counter()

@@ -125,7 +125,7 @@ def evaluate(
         check_log_weights_fit(k, x.shape[0])
     if hasattr(chosen, "ais_chains"):
         check_chains_fit(chosen.ais_chains, config, meta["data_dim"], x.device)
-    pyro.set_rng_seed(config.train.seed)
+    pyro.set_rng_seed(config.train.seed)  # guide means drawn by sampling (flows) repeat
     start = time.perf_counter()
     with vae.precision(dtype):
         result = estimate(
