@@ -25,11 +25,11 @@ model, lower than plain IWAE (measured against quadrature; docs/numbers.md). Wit
 estimate of a datapoint whose pilot passed is an ordinary L_K, a stochastic lower bound of
 log p(x), whatever the pilot drew.
 
-The estimate's own draws are checked too (``extras["reliable"]``: k-hat and error bar at those
-draws), and a datapoint whose estimate fails that check goes on to the next stage. That one
-choice is still made on the estimate's own draws, so it keeps a selection effect, but only on
-the datapoints a pilot passed and the estimate failed (rare when the pilot is right), where
-the old rule had it on every datapoint.
+The estimate's own draws are checked too, and the result is reported (``extras["reliable"]``:
+k-hat and error bar at those draws), but never acted on: sending a datapoint whose estimate
+failed on to the next stage would again keep only estimates that passed their own check. The
+pilot asks for 1.2 times the draws its error bar says the tolerance takes, so that the
+estimate's own error bar usually meets it as well.
 
 Each datapoint reports the estimate of the last stage it reached, with that stage's error bar,
 and which stage it was (a datapoint that no stage estimated, because AIS ran out of time, keeps
@@ -257,27 +257,30 @@ class _Stage:
         return self.finish(rows, p, self.khat(p.log_weights), name, draws, more_draws=more_draws)
 
     def finish(self, rows, p, khat, name: str, draws, *, more_draws: bool) -> torch.Tensor:
-        """The stage after its pilot ``p`` (k-hat ``khat``) on ``rows``; returns the rows that
-        go on."""
+        """The stage after its pilot ``p`` (k-hat ``khat``) on ``rows``; returns the rows the
+        pilot sends on."""
         state, flag = self.state, self.flag
         khat = khat.to(state.log_px).clone()  # (may be the state's own k-hat)
         # the pilot's estimate stands (flagged) until a stage replaces it
         state.update(rows, p, khat, self.pilot, name)
         state.flagged[rows] = True
-        # the error bar shrinks as 1/sqrt(K): the draws the tolerance asks for, by the pilot
-        ratio = (p.stderr.cpu().double() / flag.tolerance) ** 2 * self.pilot / self.num_samples
+        # the error bar shrinks as 1/sqrt(K): the draws the tolerance asks for, by the pilot,
+        # with a margin so that the estimate's own error bar is likely to meet it too
+        wanted = (p.stderr.cpu().double() / flag.tolerance) ** 2 * self.pilot * MORE_DRAWS_MARGIN
         k_final = torch.full((rows.numel(),), self.num_samples, dtype=torch.long)
-        fine = (khat.cpu() <= flag.threshold) & torch.isfinite(p.stderr.cpu())
         if more_draws:
-            wanted = ratio * MORE_DRAWS_MARGIN
-            k_final = _more_draws(k_final, wanted, self.num_samples, self.max_samples)
-        go = fine & (ratio * self.num_samples / k_final <= 1.0)
+            k_final = _more_draws(
+                k_final, wanted / self.num_samples, self.num_samples, self.max_samples
+            )
+        fine = (khat.cpu() <= flag.threshold) & torch.isfinite(p.stderr.cpu())
+        go = fine & (wanted <= k_final)
         for k, sel in _by_draws(k_final, torch.arange(rows.numel())[go]):
             r = draws(k, sel)
             at = rows[sel.to(rows.device)]
             state.update(at, r, self.khat(r.log_weights), k, name)
+            # reported, never acted on: acting on it would select estimates by their own draws
             state.flagged[at] = flag(state.khat[at], state.stderr[at])
-        return rows[state.flagged[rows].cpu()]
+        return rows[~go]
 
 
 @contextlib.contextmanager

@@ -297,3 +297,54 @@ def test_auto_spends_more_draws_where_only_the_error_bar_is_too_wide():
     assert bool((r.draws[r.where("refined")] == 100).all())
     with pytest.raises(ValueError, match="max_samples"):
         auto_log_likelihood(ppca.model, _wrong(ppca), x, max_samples=99, **settings)
+
+
+def test_auto_decides_on_pilot_draws_and_estimates_from_fresh_ones():
+    ppca = ProbabilisticPCA(d=5, D=20, s2=0.5)
+    x = ppca.sample_data(8)
+    seen = []
+
+    def recording_khat(log_weights):
+        seen.append(log_weights.shape[0])
+        return torch.zeros(log_weights.shape[1], dtype=log_weights.dtype)
+
+    r = auto_log_likelihood(
+        ppca.model, _wrong(ppca), x, khat=recording_khat, num_samples=300, stderr_tolerance=10.0
+    )
+    assert r.counts(STAGES)["iwae"] == 8 and bool((r.draws == 300).all())
+    assert seen == [escalate.pilot_size(300), 300] == [100, 300]  # the pilot's, then the estimate's
+    assert escalate.pilot_size(21) == 21 and escalate.pilot_size(5000) == 500
+
+
+def test_auto_estimates_where_its_check_passed_are_not_biased_by_that_check():
+    """A datapoint kept at stage 1 holds an ordinary L_K: its mean over repeats equals plain
+    IWAE's mean, whereas keeping the draws that passed the check (the rule before pilots) sits
+    well below it. K = 30 draws of a wrong guide on PPCA, about half the repeats passing."""
+    ppca = ProbabilisticPCA(d=2, D=6, s2=0.5)
+    torch.manual_seed(1)
+    x = ppca.sample_data(1).repeat(4000, 1)
+    exact = ppca.log_px(x)
+    guide = lambda x: ppca.wrong_guide(x, shift=0.5, inflate=1.0)  # noqa: E731
+    pyro.set_rng_seed(0)
+    plain = importance_log_likelihood(ppca.model, guide, x, num_samples=30)
+    tolerance = float(plain.stderr.median())
+    # the old rule: keep the draws whose own error bar passed
+    passed = plain.stderr <= tolerance
+    old_gap, old_se = _mean_and_se((plain.log_px - exact)[passed])
+    plain_gap, plain_se = _mean_and_se(plain.log_px - exact)
+    assert old_gap < plain_gap - 3 * math.hypot(old_se, plain_se)  # the test can tell
+    r = auto_log_likelihood(
+        ppca.model,
+        guide,
+        x,
+        khat=lambda lw: torch.zeros(lw.shape[1], dtype=lw.dtype),
+        num_samples=30,
+        pilot_samples=30,
+        stderr_tolerance=tolerance,
+        refine={"max_steps": 20},
+        max_seconds=1e-9,  # no AIS: only stage 1's datapoints are looked at
+    )
+    kept = r.where("iwae")
+    assert 1000 < int(kept.sum()) < 3000
+    gap, se = _mean_and_se((r.log_px - exact)[kept])
+    assert abs(gap - plain_gap) < 3 * math.hypot(se, plain_se), (gap, plain_gap, old_gap)
