@@ -15,7 +15,7 @@ Carlo error bar above a tolerance. :func:`auto_log_likelihood` escalates datapoi
    datapoint is done or the time budget is spent.
 
 **The draws that decide are not the draws that estimate.** Each importance stage first draws a
-pilot (:func:`pilot_size`: K/10, at least 100) from its proposal; the pilot's k-hat and error bar
+pilot (K draws, ``pilot_samples``) from its proposal; the pilot's k-hat and error bar
 decide whether the stage makes the datapoint's estimate, and from how many draws; the estimate
 then comes from fresh draws, and the pilot's are discarded. An estimate kept because a check
 passed on its own draws is biased low: the check passes most often when no large weight was
@@ -29,7 +29,10 @@ The estimate's own draws are checked too, and the result is reported (``extras["
 k-hat and error bar at those draws), but never acted on: sending a datapoint whose estimate
 failed on to the next stage would again keep only estimates that passed their own check. The
 pilot asks for 1.2 times the draws its error bar says the tolerance takes, so that the
-estimate's own error bar usually meets it as well.
+estimate's own error bar usually meets it as well. The pilot is as large as the estimate by
+default: k-hat from 100 draws misjudged k-hat at 1000 often enough that, on 256 Fashion-MNIST
+test points, 7% of them went on to AIS (against 0.4% with pilots of 1000 draws) and 27% of the
+estimates failed their own check (against 10%), for a longer run in all (45 s against 38 s).
 
 Each datapoint reports the estimate of the last stage it reached, with that stage's error bar,
 and which stage it was (a datapoint that no stage estimated, because AIS ran out of time, keeps
@@ -68,8 +71,6 @@ from pyro_vae.options import option
 KHAT_THRESHOLD = 0.7
 MAX_SAMPLES_FACTOR = 16  # auto_log_likelihood(max_samples=None): at most 16 K draws per datapoint
 MORE_DRAWS_MARGIN = 1.2  # draws asked for: this times what the pilot's error bar says it takes
-PILOT_MIN = 100  # pilot_size(K): at least this many draws (k-hat's tail holds 20 of them) ...
-PILOT_FRACTION = 10  # ... and K over this
 MORE_DRAWS_WEIGHTS = 2**24  # log weights kept at once in those rounds (128 MB of float64)
 # auto's refinement stops sooner than refined's (windows of 10 steps, not 25: median 100 steps
 # against 250), since its pilot asks for the draws a wider error bar takes. On 256 Fashion-MNIST
@@ -132,7 +133,8 @@ def auto_log_likelihood(
         K, the importance samples of a datapoint's estimate by the guide or a refined proposal.
     pilot_samples : int, optional
         Draws of each stage's pilot, which decides whether the stage's estimate is made (and
-        from how many draws) and is then discarded (default :func:`pilot_size`).
+        from how many draws) and is then discarded (default K: smaller pilots misjudge k-hat,
+        see the module's docstring).
     max_samples : int, optional
         The most fresh draws from a refined proposal for a datapoint whose pilot k-hat is fine
         but whose error bar at K draws would be above ``stderr_tolerance`` (default
@@ -174,7 +176,7 @@ def auto_log_likelihood(
             f"num_samples must be at least {PSIS_MIN_SAMPLES} for k-hat to tell which datapoints "
             f"to escalate, got {num_samples}"
         )
-    pilot = pilot_size(num_samples) if pilot_samples is None else pilot_samples
+    pilot = num_samples if pilot_samples is None else pilot_samples
     if not PSIS_MIN_SAMPLES <= pilot:
         raise ValueError(
             f"pilot_samples must be at least {PSIS_MIN_SAMPLES} for k-hat, got {pilot_samples}"
@@ -233,12 +235,6 @@ def auto_log_likelihood(
             state.flagged[part] = flag(None, r.stderr.to(state.log_px))
         seconds[AIS.name] = time.perf_counter() - t
     return state.block(first.elbo, seconds)
-
-
-def pilot_size(num_samples: int) -> int:
-    """The pilot draws of a stage of :func:`auto_log_likelihood` for K = ``num_samples``: a
-    tenth of K, at least 100 (k-hat's tail then holds 20 draws) and at most K."""
-    return min(num_samples, max(PILOT_MIN, num_samples // PILOT_FRACTION))
 
 
 @dataclass
@@ -388,8 +384,7 @@ class Auto(Estimator):
         pilot_samples: int | None = option(
             None,
             "auto: draws of each importance stage's pilot, which decides whether that stage "
-            "estimates a datapoint and is then discarded (default {estimator.num_samples}/10, "
-            "at least 100)",
+            "estimates a datapoint and is then discarded (default {estimator.num_samples})",
             metavar="K",
             low=PSIS_MIN_SAMPLES,
             high=100_000_000,

@@ -312,8 +312,18 @@ def test_auto_decides_on_pilot_draws_and_estimates_from_fresh_ones():
         ppca.model, _wrong(ppca), x, khat=recording_khat, num_samples=300, stderr_tolerance=10.0
     )
     assert r.counts(STAGES)["iwae"] == 8 and bool((r.draws == 300).all())
-    assert seen == [escalate.pilot_size(300), 300] == [100, 300]  # the pilot's, then the estimate's
-    assert escalate.pilot_size(21) == 21 and escalate.pilot_size(5000) == 500
+    assert seen == [300, 300]  # the pilot's (K by default), then the estimate's
+    seen.clear()
+    r = auto_log_likelihood(
+        ppca.model,
+        _wrong(ppca),
+        x,
+        khat=recording_khat,
+        num_samples=300,
+        pilot_samples=50,
+        stderr_tolerance=10.0,
+    )
+    assert seen == [50, 300] and bool((r.draws == 300).all())
 
 
 def test_auto_estimates_where_its_check_passed_are_not_biased_by_that_check():
