@@ -20,7 +20,7 @@ decide whether the stage makes the datapoint's estimate, and from how many draws
 then comes from fresh draws, and the pilot's are discarded. An estimate kept because a check
 passed on its own draws is biased low: the check passes most often when no large weight was
 drawn, and an earlier version of this function, which kept stage 1's draws where they passed,
-sat 0.007 nats below the exact mean of a 2-D digits VAE and 0.011 below that of a two-level
+sat 0.005-0.007 nats below the exact mean of 2-D digits VAEs and 0.011 below that of a two-level
 model, lower than plain IWAE (measured against quadrature; docs/numbers.md). With the pilot the
 estimate of a datapoint whose pilot passed is an ordinary L_K, a stochastic lower bound of
 log p(x), whatever the pilot drew.
@@ -71,7 +71,7 @@ from pyro_vae.options import option
 KHAT_THRESHOLD = 0.7
 MAX_SAMPLES_FACTOR = 16  # auto_log_likelihood(max_samples=None): at most 16 K draws per datapoint
 MORE_DRAWS_MARGIN = 1.2  # draws asked for: this times what the pilot's error bar says it takes
-MORE_DRAWS_WEIGHTS = 2**24  # log weights kept at once in those rounds (128 MB of float64)
+MORE_DRAWS_WEIGHTS = 2**24  # log weights kept at once by a stage's draws (128 MB of float64)
 # auto's refinement stops sooner than refined's (windows of 10 steps, not 25: median 100 steps
 # against 250), since its pilot asks for the draws a wider error bar takes. On 256 Fashion-MNIST
 # test points (ELBO model of docs/results.md) the refined proposals' mean moved by 0.001 nats,
@@ -208,9 +208,10 @@ def auto_log_likelihood(
 
     everyone = torch.arange(x.shape[0])
     first = guide_draws(pilot, everyone)
-    state = _State.of(first, khat(first.log_weights), pilot, flag)
+    state = _State.empty(x.shape[0], first.log_px)
     stage = _Stage(state, khat, flag, num_samples, pilot, max_samples)
-    rows = stage.finish(everyone, first, state.khat, IWAE.name, guide_draws, more_draws=False)
+    kh = khat(first.log_weights)
+    rows = stage.finish(everyone, first, kh, IWAE.name, guide_draws, more_draws=False)
     seconds[IWAE.name] = time.perf_counter() - start
     if rows.numel():
         t = time.perf_counter()
@@ -242,7 +243,8 @@ class _Stage:
     """One stage of :func:`auto_log_likelihood` on some rows: a pilot of ``pilot`` draws from
     the stage's proposal decides, for each row, whether the stage makes its estimate and from
     how many draws; the estimate is then made from fresh draws, independent of the pilot's, and
-    checked at its own draws. Rows the pilot or that check flags go on to the next stage.
+    checked at its own draws (reported in ``flagged``, never acted on). Rows the pilot flags go
+    on to the next stage.
 
     ``draws(k, local)`` scores rows ``local`` (positions within the stage's rows) with k fresh
     draws each and returns an ImportanceResult with its log weights.
@@ -264,7 +266,7 @@ class _Stage:
         """The stage after its pilot ``p`` (k-hat ``khat``) on ``rows``; returns the rows the
         pilot sends on."""
         state, flag = self.state, self.flag
-        khat = khat.to(state.log_px).clone()  # (may be the state's own k-hat)
+        khat = khat.to(state.log_px)
         # the pilot's estimate stands (flagged) until a stage replaces it
         state.update(rows, p, khat, self.pilot, name)
         state.flagged[rows] = True
@@ -313,16 +315,17 @@ class _State:
     stage: list[str]
 
     @classmethod
-    def of(cls, first, khat, num_samples: int, flag) -> _State:
-        khat = khat.to(first.log_px)
-        n = first.log_px.shape[0]
+    def empty(cls, n: int, like: torch.Tensor) -> _State:
+        """No estimate yet for ``n`` datapoints (every one flagged), in ``like``'s dtype and
+        device: stage 1's pilot fills it."""
+        nan = torch.full((n,), math.nan, dtype=like.dtype, device=like.device)
         return cls(
-            log_px=first.log_px.clone(),
-            stderr=first.stderr.clone(),
-            ess=first.ess.clone(),
-            khat=khat,
-            draws=torch.full((n,), num_samples, dtype=torch.long, device=first.log_px.device),
-            flagged=flag(khat, first.stderr),
+            log_px=nan.clone(),
+            stderr=nan.clone(),
+            ess=nan.clone(),
+            khat=nan.clone(),
+            draws=torch.zeros(n, dtype=torch.long, device=like.device),
+            flagged=torch.ones(n, dtype=torch.bool, device=like.device),
             stage=[IWAE.name] * n,
         )
 

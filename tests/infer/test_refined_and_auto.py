@@ -358,3 +358,14 @@ def test_auto_estimates_where_its_check_passed_are_not_biased_by_that_check():
     assert 1000 < int(kept.sum()) < 3000
     gap, se = _mean_and_se((r.log_px - exact)[kept])
     assert abs(gap - plain_gap) < 3 * math.hypot(se, plain_se), (gap, plain_gap, old_gap)
+
+
+def test_auto_refuses_a_pilot_too_small_for_k_hat():
+    ppca = ProbabilisticPCA(d=2, D=6, s2=0.5)
+    x = ppca.sample_data(3)
+    with pytest.raises(ValueError, match="pilot_samples must be at least 21"):
+        auto_log_likelihood(ppca.model, _wrong(ppca), x, num_samples=100, pilot_samples=20)
+    with pytest.raises(ConfigError) as e:
+        escalate.Auto.Settings(pilot_samples=20)
+    assert e.value.option == "estimator.pilot_samples"
+    assert escalate.Auto.Settings(pilot_samples=21).pilot_samples == 21
