@@ -46,17 +46,23 @@ def psis_khat(log_weights: np.ndarray) -> np.ndarray:
     are all equal (the guide is the exact posterior) has no tail to fit; its k-hat is set to 0,
     where ArviZ would report inf. With fewer than :data:`PSIS_MIN_SAMPLES` weights per row there
     is no tail to fit: every k-hat is NaN (undefined), where ArviZ reports inf or, for one
-    weight, fails.
+    weight, fails. ArviZ's own loop over rows: the library computes the same numbers batched
+    (:func:`pyro_vae.infer.psis.pareto_khat`); this is its oracle.
     """
     lw = np.asarray(log_weights, dtype=np.float64)
     if lw.shape[-1] < PSIS_MIN_SAMPLES:
         return np.full(lw.shape[:-1], np.nan)
+    flat = np.ptp(lw, axis=-1) < 1e-8
+    return np.where(flat, 0.0, arviz_khat(lw))
+
+
+def arviz_khat(log_weights: np.ndarray) -> np.ndarray:
+    """ArviZ's ``psislw`` k-hat of each row of ``log_weights`` (N, K) as it reports it (inf for a
+    row of equal weights)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-        _, khat = _arviz().psislw(lw)
-    khat = np.asarray(khat, dtype=np.float64)
-    flat = np.ptp(lw, axis=-1) < 1e-8
-    return np.where(flat, 0.0, khat)
+        _, khat = _arviz().psislw(np.asarray(log_weights, dtype=np.float64))
+    return np.asarray(khat, dtype=np.float64).reshape(np.shape(log_weights)[:-1])
 
 
 def to_inference_data(

@@ -269,14 +269,17 @@ def importance_samples(draws: int) -> str:
 
 def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
     """Pareto k-hat per datapoint of log weights ``(K, N)``: ``(N,)`` float64 on the host; NaN
-    for fewer than :data:`PSIS_MIN_SAMPLES` weights (through ArviZ, imported only here: the rest
-    of ``infer/`` does not depend on it)."""
+    for fewer than :data:`PSIS_MIN_SAMPLES` weights, 0 where a datapoint's weights are all equal
+    (no tail: the proposal is its exact posterior). Batched
+    (:func:`~pyro_vae.infer.psis.pareto_khat`, equal to ArviZ's ``psislw``, which the rest of
+    ``infer/`` does not import)."""
     if log_weights.shape[0] < PSIS_MIN_SAMPLES:
         return torch.full((log_weights.shape[1],), math.nan, dtype=torch.float64)
-    from pyro_vae import arviz_compat
+    from pyro_vae.infer.psis import pareto_khat
 
-    values = arviz_compat.psis_khat(log_weights.detach().cpu().double().T.numpy())
-    return torch.from_numpy(values)
+    lw = log_weights.detach().cpu().double()
+    flat = (lw.max(0).values - lw.min(0).values) < 1e-8
+    return torch.where(flat, 0.0, pareto_khat(lw))
 
 
 def from_weights(
