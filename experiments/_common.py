@@ -38,6 +38,7 @@ CONFIG_FLAGS = (
     "model.hidden",
     "train.epochs",
     "train.eval_samples",
+    "train.eval_method",
     "train.device",
     "train.seed",
 )

@@ -34,6 +34,7 @@ from pyro_vae.errors import (
     name_options,
 )
 from pyro_vae.infer.ais import AIS
+from pyro_vae.infer.escalate import Auto
 from pyro_vae.infer.estimators import ESTIMATORS, setting_fields
 from pyro_vae.infer.importance import IWAE
 from pyro_vae.options import declared, flag_of
@@ -211,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         default=IWAE.name,
         help="; ".join(f"{name}: {e.label}" for name, e in ESTIMATORS.items())
-        + f" (default {IWAE.name})",
+        + f" (default {IWAE.name}, the fastest; {Auto.name} certifies where it can)",
     )
     others = tuple(f.name for f in settings if f.name not in SAMPLES_SETTINGS)
     _add_declared(m, settings, None, only=others, unset=True)

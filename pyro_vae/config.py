@@ -105,6 +105,13 @@ class _TrainFields:
     device: str = option("auto", "auto, cpu or cuda", choices=DEVICES)
     log_every: int = option(50, "steps between progress updates", low=1, high=MAX_STEPS)
     eval_samples: int = option(1000, "K of the evaluation after training", low=1, high=MAX_STEPS)
+    eval_method: str = option(
+        "iwae",
+        "estimation method of the evaluation after training: iwae (plain IWAE, the fastest) or "
+        "any method of pyro-vae evaluate (auto: certified where it can be, IWAE where PSIS "
+        "passes it, refined proposals then AIS where not; K >= 21)",
+        metavar="METHOD",
+    )
     patience: int = option(
         0,
         "early stopping: stop once the validation L_K (K = {train.stop_samples}) has not "
@@ -294,6 +301,7 @@ ADDED_LATER = {
         "lr_patience": 5,
         "clip_norm": None,
         "max_seconds": None,
+        "eval_method": "iwae",  # the one method before the option
     },
 }
 

@@ -256,5 +256,26 @@ def check_names(model: ModelConfig, train: TrainConfig) -> None:
         piece_class(model, kind)
     lookup(ELBOS, train.elbo, "train.elbo")
     lookup(PRECISIONS, train.precision, "train.precision")
+    _check_eval_method(train)
     guide = piece_class(model, "guide")
     guide.check_fit(guide.params_from(model), model.latent_dim)
+
+
+def _check_eval_method(train: TrainConfig) -> None:
+    """The evaluation after training: a method the estimators' table knows, which takes
+    ``train.eval_samples`` importance samples (auto needs K >= 21 for its k-hat)."""
+    from pyro_vae.infer import estimators
+
+    if train.eval_method not in estimators.ESTIMATORS:
+        raise ConfigError(
+            f"must be one of {', '.join(estimators.ESTIMATORS)}, got {train.eval_method!r}",
+            option="train.eval_method",
+        )
+    try:
+        estimators.settings_for(train.eval_method, num_samples=train.eval_samples)
+    except ConfigError as e:
+        raise ConfigError(
+            f"{{train.eval_method}} {train.eval_method} cannot take {{train.eval_samples}} "
+            f"{train.eval_samples} ({e.template}); raise {{train.eval_samples}} or choose "
+            "another {train.eval_method} (iwae takes any K)"
+        ) from None

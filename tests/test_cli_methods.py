@@ -219,3 +219,32 @@ def test_evaluate_first_scores_a_prefix_of_the_split_as_a_setting_of_its_own(cap
     assert "--first must be at least 1, got 0" in cli_error(
         capsys, "evaluate", str(run_dir), "--first", "0"
     )
+
+
+def test_train_evaluates_with_the_method_asked_for(capsys, tmp_path):
+    out = tmp_path / "r"
+    argv = ["train", *TINY, "--eval-method", "auto", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert "auto (IWAE, then refined, then AIS where flagged)" in capsys.readouterr().out
+    ev, _ = _evaluation(out, "test-auto-K25-fp32")
+    assert ev["method"] == "auto" and ev["num_samples"] == 25
+    assert not (out / "evaluations" / "test-K25-fp32.json").exists()
+    assert json.loads((out / "config.json").read_text())["train"]["eval_method"] == "auto"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--eval-method", "bogus"], "--eval-method must be one of iwae, refined, ais, auto"),
+        (
+            ["--eval-method", "auto", "--eval-samples", "20"],
+            "--eval-method auto cannot take --eval-samples 20 (must be at least 21",
+        ),
+    ],
+)
+def test_train_refuses_an_evaluation_it_cannot_make_before_training(
+    capsys, tmp_path, argv, message
+):
+    err = cli_error(capsys, "train", *TINY, *argv, "--out", str(tmp_path / "r"))
+    assert message in err
+    assert not (tmp_path / "r").exists()

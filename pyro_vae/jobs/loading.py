@@ -17,7 +17,7 @@ from pyro_vae.runs import RunDir
 
 # Options that may change when a run is resumed: they do not change what is being fitted.
 RESUMABLE = {
-    "train": {"epochs", "max_seconds", "device", "log_every", "eval_samples"},
+    "train": {"epochs", "max_seconds", "device", "log_every", "eval_samples", "eval_method"},
     "data": {"data_dir"},
 }
 

@@ -15,7 +15,6 @@ from pyro_vae.build import build
 from pyro_vae.config import RunConfig
 from pyro_vae.distributed import SINGLE, World, broadcast_object
 from pyro_vae.errors import CheckpointError, ConfigError, library_name, name_options
-from pyro_vae.infer.importance import IWAE
 from pyro_vae.jobs.evaluation import check_log_weights_fit, evaluate, format_evaluation
 from pyro_vae.jobs.loading import training_identity
 from pyro_vae.models.likelihoods import GaussianLikelihood
@@ -171,12 +170,17 @@ def _train_claimed(
             after_epoch(trainer.train_epoch())
             over = finished()
         if _evaluates_after(world, None):  # with rank 0, in shared blocks
-            evaluate(run.path, num_samples=config.train.eval_samples, world=world)
+            evaluate(
+                run.path,
+                num_samples=config.train.eval_samples,
+                method=config.train.eval_method,
+                world=world,
+            )
         return TrainResult(run.path, history, None)
     run.write_config(config)
     over = finished()
     if over:
-        # the evaluation training would make (IWAE of the whole test split), of the checkpoint
+        # the evaluation training would make (its method on the whole test split), of the checkpoint
         # it would score: an evaluation of an earlier epoch is stale, not done
         scored = stopping.best_epoch if stopping.active and run.best_path.is_file() else None
         done = [
@@ -185,7 +189,7 @@ def _train_claimed(
                 split="test",
                 num_samples=config.train.eval_samples,
                 precision="fp32",
-                method=IWAE.name,
+                method=config.train.eval_method,
             )
             if e.evaluation.first is None
             and e.evaluation.epochs_trained == (scored or trainer.epoch)
@@ -257,7 +261,11 @@ def _train_claimed(
     evaluation = None
     if _evaluates_after(world, evaluate_at_end):
         evaluation = evaluate(
-            run.path, num_samples=config.train.eval_samples, progress=progress, world=world
+            run.path,
+            num_samples=config.train.eval_samples,
+            method=config.train.eval_method,
+            progress=progress,
+            world=world,
         )
         echo(format_evaluation(evaluation))
     return TrainResult(run.path, history, evaluation)
