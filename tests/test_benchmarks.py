@@ -129,3 +129,32 @@ def test_bench_conv_layout_times_both_layouts():
     r = _conv_layout("2", timeout=900)
     assert r.returncode == 0, r.stderr
     assert "conv IWAE k=2: channels_last " in r.stderr and "default layout" in r.stderr
+
+
+def test_khat_speed_runs_and_agrees_with_arviz():
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "khat_speed.py"), "--datapoints", "30"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "30 datapoints x K=1000: batched" in r.stdout
+    assert float(r.stdout.rsplit("difference ", 1)[1]) < 1e-12
+
+
+@pytest.mark.slow
+def test_certified_cost_runs_and_counts_certified_points(tmp_path):
+    from pyro_vae.cli import main
+
+    run = tmp_path / "r"
+    tiny = ["--epochs", "2", "--hidden", "32", "--latent-dim", "2", "--no-eval", "--no-progress"]
+    assert main(["train", *tiny, "--out", str(run)]) == 0
+    out = tmp_path / "c.json"
+    _run_benchmark(
+        "certified_cost.py", run, "--first", "30", "--methods", "iwae,auto", "--json", out
+    )
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["iwae", "auto"]
+    assert all(r["points"] == 30 and 0.0 <= r["certified"] <= 1.0 for r in rows)
+    assert rows[0]["ratio_to_iwae"] == 1.0 and rows[1]["stages"] is not None

@@ -4,6 +4,7 @@ against PPCA's closed form and the quadrature oracle of a VAE with a 2-D latent.
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pyro
 import pytest
@@ -12,7 +13,14 @@ import torch
 from pyro_vae.arviz_compat import psis_khat
 from pyro_vae.errors import ConfigError, UnsupportedDataError
 from pyro_vae.infer import escalate, estimate, importance_log_likelihood, predictive, sbc
-from pyro_vae.infer.escalate import STAGES, _more_draws, auto_log_likelihood
+from pyro_vae.infer.escalate import (
+    STAGES,
+    _Flags,
+    _more_draws,
+    _Stage,
+    _State,
+    auto_log_likelihood,
+)
 from pyro_vae.infer.estimator import psis_khat as khat_of
 from pyro_vae.infer.refine import (
     MAX_WIDEN,
@@ -337,9 +345,11 @@ def test_auto_estimates_where_its_check_passed_are_not_biased_by_that_check():
     guide = lambda x: ppca.wrong_guide(x, shift=0.5, inflate=1.0)  # noqa: E731
     pyro.set_rng_seed(0)
     plain = importance_log_likelihood(ppca.model, guide, x, num_samples=30)
-    tolerance = float(plain.stderr.median())
+    # stage 1 keeps a datapoint where its pilot's error bar, with the margin, is within the
+    # tolerance: about half of them here
+    tolerance = float(plain.stderr.median()) * math.sqrt(escalate.MORE_DRAWS_MARGIN)
     # the old rule: keep the draws whose own error bar passed
-    passed = plain.stderr <= tolerance
+    passed = plain.stderr <= tolerance / math.sqrt(escalate.MORE_DRAWS_MARGIN)
     old_gap, old_se = _mean_and_se((plain.log_px - exact)[passed])
     plain_gap, plain_se = _mean_and_se(plain.log_px - exact)
     assert old_gap < plain_gap - 3 * math.hypot(old_se, plain_se)  # the test can tell
@@ -369,3 +379,41 @@ def test_auto_refuses_a_pilot_too_small_for_k_hat():
         escalate.Auto.Settings(pilot_samples=20)
     assert e.value.option == "estimator.pilot_samples"
     assert escalate.Auto.Settings(pilot_samples=21).pilot_samples == 21
+
+
+def test_a_stage_routes_by_the_draws_needed_and_draws_twice_as_many_within_the_cap():
+    # pilots of 100 draws with error bars 0.01 .. 0.08 against a tolerance of 0.02: they need
+    # (s / 0.02)^2 * 100 draws (25, 100, 400, 900, 1600) and get twice that, rounded up to
+    # 100 * 2^j, at most 1600; a datapoint needing more than the cap goes on
+    stderr = torch.tensor([0.01, 0.02, 0.04, 0.06, 0.08, 0.09], dtype=torch.float64)
+    n = stderr.numel()
+
+    def result(k, rows):
+        m = rows.numel()
+        zeros = torch.zeros(m, dtype=torch.float64)
+        return SimpleNamespace(
+            log_px=zeros, stderr=zeros, ess=zeros + k, log_weights=torch.zeros(k, m)
+        )
+
+    asked = {}
+
+    def draws(k, rows):
+        for row in rows.tolist():
+            asked[row] = k
+        return result(k, rows)
+
+    state = _State.empty(n, torch.zeros(n, dtype=torch.float64))
+    stage = _Stage(state, lambda lw: torch.zeros(lw.shape[1]), _Flags(0.7, 0.02), 100, 100, 1600)
+    pilot = SimpleNamespace(
+        log_px=torch.zeros(n), stderr=stderr, ess=torch.zeros(n), log_weights=torch.zeros(100, n)
+    )
+    rows = torch.arange(n)
+    sent_on = stage.finish(rows, pilot, torch.zeros(n), "refined", draws, more_draws=True)
+    assert asked == {0: 100, 1: 200, 2: 800, 3: 1600, 4: 1600}
+    assert sent_on.tolist() == [5]  # needs 2025 draws, above the cap of 1600
+    # a stage without more draws keeps K and estimates only where twice the need fits in K
+    asked.clear()
+    state = _State.empty(n, torch.zeros(n, dtype=torch.float64))
+    stage = _Stage(state, lambda lw: torch.zeros(lw.shape[1]), _Flags(0.7, 0.02), 100, 100, 1600)
+    sent_on = stage.finish(rows, pilot, torch.zeros(n), "iwae", draws, more_draws=False)
+    assert asked == {0: 100} and sent_on.tolist() == [1, 2, 3, 4, 5]
