@@ -5,8 +5,9 @@ largest M = ceil(min(S/5, 3 sqrt(S))) of a datapoint's S weights (above the (M+1
 the empirical-Bayes estimator of Zhang & Stephens (2009), with a weak prior pulling k towards 0.5
 (10 pseudo-observations). This module computes the same k as ArviZ 0.2x's ``psislw`` (the
 oracle in the tests: equal to 1e-12), for all datapoints in a few batched tensor operations
-instead of a Python loop over them: ArviZ's loop took 1.5 s of a 3 s IWAE evaluation of 256
-Fashion-MNIST points at K = 1000. Only k is computed, not the smoothed weights.
+instead of a Python loop over them: 0.60 s for 10,000 datapoints of K = 1000 against 2.68 s
+(``python benchmarks/khat_speed.py``, 2-core CPU), and without importing ArviZ (1.6 s here).
+Only k is computed, not the smoothed weights.
 
 Rows the batched path does not cover exactly as ArviZ does (a non-finite weight, a tie at the
 tail's edge, weights below float64's smallest normal number relative to the largest) go to
