@@ -109,7 +109,7 @@ class _TrainFields:
         "iwae",
         "estimation method of the evaluation after training: iwae (plain IWAE, the fastest) or "
         "any method of pyro-vae evaluate (auto: certified where it can be, IWAE where PSIS "
-        "passes it, refined proposals then AIS where not; K >= 21)",
+        "passes it, refined proposals then AIS where not; K >= 21; ais takes its own chains)",
         metavar="METHOD",
     )
     patience: int = option(

@@ -261,18 +261,25 @@ def check_names(model: ModelConfig, train: TrainConfig) -> None:
     guide.check_fit(guide.params_from(model), model.latent_dim)
 
 
+def final_evaluation(train: TrainConfig) -> dict:
+    """The method and K of the evaluation after training, as :func:`pyro_vae.jobs.evaluate`
+    takes them: ``train.eval_samples`` only for a method that takes importance samples (AIS
+    takes its own chains)."""
+    from pyro_vae.infer import estimators
+
+    estimator = lookup(estimators.ESTIMATORS, train.eval_method, "train.eval_method")
+    takes_k = "num_samples" in {f.name for f in dataclasses.fields(estimator.Settings)}
+    return {"method": train.eval_method, "num_samples": train.eval_samples if takes_k else None}
+
+
 def _check_eval_method(train: TrainConfig) -> None:
     """The evaluation after training: a method the estimators' table knows, which takes
     ``train.eval_samples`` importance samples (auto needs K >= 21 for its k-hat)."""
     from pyro_vae.infer import estimators
 
-    if train.eval_method not in estimators.ESTIMATORS:
-        raise ConfigError(
-            f"must be one of {', '.join(estimators.ESTIMATORS)}, got {train.eval_method!r}",
-            option="train.eval_method",
-        )
+    chosen = final_evaluation(train)
     try:
-        estimators.settings_for(train.eval_method, num_samples=train.eval_samples)
+        estimators.settings_for(**chosen)
     except ConfigError as e:
         raise ConfigError(
             f"{{train.eval_method}} {train.eval_method} cannot take {{train.eval_samples}} "

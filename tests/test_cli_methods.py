@@ -235,7 +235,7 @@ def test_train_evaluates_with_the_method_asked_for(capsys, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--eval-method", "bogus"], "--eval-method must be one of iwae, refined, ais, auto"),
+        (["--eval-method", "bogus"], "unknown --eval-method 'bogus'; choose one of iwae, refined"),
         (
             ["--eval-method", "auto", "--eval-samples", "20"],
             "--eval-method auto cannot take --eval-samples 20 (must be at least 21",
@@ -248,3 +248,16 @@ def test_train_refuses_an_evaluation_it_cannot_make_before_training(
     err = cli_error(capsys, "train", *TINY, *argv, "--out", str(tmp_path / "r"))
     assert message in err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_evaluation_after_training_gives_eval_samples_only_to_methods_taking_k():
+    from pyro_vae import registry
+    from pyro_vae.config import RunConfig
+
+    def chosen(method):
+        config = RunConfig().replace(train={"eval_method": method, "eval_samples": 30})
+        registry.check_names(config.model, config.train)  # accepted before training
+        return registry.final_evaluation(config.train)
+
+    assert chosen("auto") == {"method": "auto", "num_samples": 30}
+    assert chosen("ais") == {"method": "ais", "num_samples": None}  # AIS takes its chains

@@ -99,8 +99,9 @@ def _train_claimed(
             "(give {train.num_particles} K > 1 for the IWAE bound L_K)"
         )
     dataset = built.dataset
-    if evaluate_at_end:  # before training, not after it
-        check_log_weights_fit(config.train.eval_samples, dataset.split("test").shape[0])
+    k = registry.final_evaluation(config.train)["num_samples"]  # None: AIS, no log weights
+    if evaluate_at_end and k is not None:  # before training, not after it
+        check_log_weights_fit(k, dataset.split("test").shape[0])
     trainer = built.trainer(progress=progress, world=world)
     device = built.device
     meta = {
@@ -170,12 +171,7 @@ def _train_claimed(
             after_epoch(trainer.train_epoch())
             over = finished()
         if _evaluates_after(world, None):  # with rank 0, in shared blocks
-            evaluate(
-                run.path,
-                num_samples=config.train.eval_samples,
-                method=config.train.eval_method,
-                world=world,
-            )
+            evaluate(run.path, **registry.final_evaluation(config.train), world=world)
         return TrainResult(run.path, history, None)
     run.write_config(config)
     over = finished()
@@ -187,9 +183,8 @@ def _train_claimed(
             e
             for e in run.select_evaluations(
                 split="test",
-                num_samples=config.train.eval_samples,
                 precision="fp32",
-                method=config.train.eval_method,
+                **registry.final_evaluation(config.train),
             )
             if e.evaluation.first is None
             and e.evaluation.epochs_trained == (scored or trainer.epoch)
@@ -261,11 +256,7 @@ def _train_claimed(
     evaluation = None
     if _evaluates_after(world, evaluate_at_end):
         evaluation = evaluate(
-            run.path,
-            num_samples=config.train.eval_samples,
-            method=config.train.eval_method,
-            progress=progress,
-            world=world,
+            run.path, **registry.final_evaluation(config.train), progress=progress, world=world
         )
         echo(format_evaluation(evaluation))
     return TrainResult(run.path, history, evaluation)
