@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         help="also evaluate with --method auto (without it, the auto column shows only auto "
         "evaluations already kept in the runs)",
     )
-    p.add_argument("--ais-steps", type=int, default=500, help="auto's AIS distributions")
+    p.add_argument("--smc-particles", type=int, default=64, help="particles of auto's SMC sweeps")
     p.add_argument("--refine-steps", type=int, default=1000, help="auto's refinement steps")
     p.add_argument(
         "--test-points", type=int, default=None, help="evaluate the first N test points only"
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         trained = result.history[-1].epoch
         k, first = config.train.eval_samples, args.test_points
         ev = scored(run_dir, trained, first, num_samples=k)
-        settings = {"ais_steps": args.ais_steps, "refine_steps": args.refine_steps}
+        settings = {"smc_particles": args.smc_particles, "refine_steps": args.refine_steps}
         auto = scored(run_dir, trained, first, args.auto, num_samples=k, method="auto", **settings)
         row = {
             "objective": config.train.elbo,

@@ -131,7 +131,7 @@ def measure(name: str, run_dir: Path, args) -> list[dict]:
             x,
             khat=khat_of,
             num_samples=args.refined_k,
-            ais={"num_steps": args.auto_ais_steps},
+            smc={"num_particles": args.auto_smc_particles},
             max_seconds=args.auto_seconds,
             **m,
         )
@@ -338,7 +338,7 @@ def main(argv=None) -> int:
     p.add_argument("--refined-k", type=int, default=1000)
     p.add_argument("--ais-steps", type=_ints, default=[10, 100, 1000])
     p.add_argument("--ais-points", type=int, default=50, help="test datapoints for AIS")
-    p.add_argument("--auto-ais-steps", type=int, default=500)
+    p.add_argument("--auto-smc-particles", type=int, default=64)
     p.add_argument("--auto-seconds", type=float, default=None)
     p.add_argument("--bdmc-points", type=int, default=50)
     p.add_argument("--bdmc-steps", type=int, default=500)

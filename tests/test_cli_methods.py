@@ -11,13 +11,15 @@ from tests.helpers import cli_error
 
 TINY = ["--epochs", "2", "--hidden", "32", "--latent-dim", "2", "--eval-samples", "25"]
 AIS_FAST = ["--ais-steps", "8", "--ais-chains", "4"]
+SMC_FAST = ["--smc-particles", "8", "--smc-replicates", "4"]
 REFINE_FAST = ["--num-samples", "30", "--refine-steps", "100"]
 # Each method's quick settings (a setting a method does not take is refused).
 FAST = {
     "iwae": ["--num-samples", "30", "--no-progress"],
     "refined": [*REFINE_FAST, "--no-progress"],
     "ais": [*AIS_FAST, "--no-progress"],
-    "auto": [*REFINE_FAST, *AIS_FAST, "--no-progress"],
+    "smc": ["--refine-steps", "100", *SMC_FAST, "--no-progress"],
+    "auto": [*REFINE_FAST, *SMC_FAST, "--no-progress"],
 }
 
 
@@ -38,6 +40,7 @@ def _evaluation(run_dir, setting):
     [
         ("refined", "test-refined-K30-fp32"),
         ("ais", "test-ais-T8-C4-fp32"),
+        ("smc", "test-smc-P8-R4-fp32"),
         ("auto", "test-auto-K30-fp32"),
     ],
 )
@@ -57,6 +60,16 @@ def test_each_method_is_kept_as_its_own_setting_and_recorded(capsys, run_dir, me
         assert ev["khat_max"] is None and "AIS has no importance weights" in ev["khat_note"]
         assert 0 < ev["acceptance_mean"] < 1 and "bounds_vs_k" not in ev
         assert "AIS with 4 chains x 8 distributions" in out
+    elif method == "smc":
+        assert ev["num_samples"] == 32 and ev["khat_max"] is None
+        assert ev["method_settings"] == {
+            "refine_steps": 100,
+            "widen": 1.1,
+            "smc_particles": 8,
+            "smc_replicates": 4,
+        }
+        assert "over its replicates" in ev["khat_note"] and 0 < ev["acceptance_mean"] < 1
+        assert ev["levels_mean"] >= 1 and "SMC with 4 sweeps x 8 particles" in out
     else:
         assert ev["num_samples"] == 30
         assert ("bounds_vs_k" in ev) == (method == "refined")  # auto's weights are of 2 stages
@@ -64,7 +77,7 @@ def test_each_method_is_kept_as_its_own_setting_and_recorded(capsys, run_dir, me
         assert ev["method_settings"]["widen"] == 1.1
     if method == "auto":
         counts = ev["num_per_method"]
-        assert sum(counts.values()) == 359 and set(counts) == {"iwae", "refined", "ais"}
+        assert sum(counts.values()) == 359 and set(counts) == {"iwae", "refined", "smc"}
         stages = idata.sample_stats["method"].values[0, 0]
         assert [int((stages == i).sum()) for i in range(3)] == list(counts.values())
         assert ev["num_unreliable"] == round(ev["frac_unreliable"] * 359)
@@ -164,7 +177,7 @@ def test_compare_refuses_the_same_method_with_other_settings(capsys, tmp_path):
 
 def test_a_setting_the_method_does_not_take_is_refused(capsys, run_dir):
     err = cli_error(capsys, "evaluate", str(run_dir), "--widen", "1.2")
-    assert "--widen is not a setting of --method iwae" in err and "refined, auto" in err
+    assert "--widen is not a setting of --method iwae" in err and "refined, smc, auto" in err
     assert "iwae takes --num-samples, --chunk-size" in err
     err = cli_error(capsys, "evaluate", str(run_dir), "--method", "ais", "--num-samples", "30")
     assert "--num-samples is not a setting of --method ais" in err
@@ -225,7 +238,7 @@ def test_train_evaluates_with_the_method_asked_for(capsys, tmp_path):
     out = tmp_path / "r"
     argv = ["train", *TINY, "--eval-method", "auto", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
-    assert "auto (IWAE, then refined, then AIS where flagged)" in capsys.readouterr().out
+    assert "auto (IWAE, then refined, then SMC where flagged)" in capsys.readouterr().out
     ev, _ = _evaluation(out, "test-auto-K25-fp32")
     assert ev["method"] == "auto" and ev["num_samples"] == 25
     assert not (out / "evaluations" / "test-K25-fp32.json").exists()

@@ -232,6 +232,8 @@ REFINE = ("--num-samples", "30", "--refine-steps", "50")
 AIS = ("--ais-steps", "5", "--ais-chains", "4", "--ais-leapfrog", "2")
 AIS_SETTINGS = {"ais_steps": 5, "ais_chains": 4, "ais_leapfrog": 2}
 AIS_KEYWORDS = {"num_steps": 5, "num_chains": 4, "num_leapfrog": 2}
+SMC = ("--smc-particles", "8", "--smc-replicates", "2")
+SMC_SETTINGS = {"smc_particles": 8, "smc_replicates": 2}
 
 
 # Every estimator of the table, with settings that keep it quick and reach its every stage.
@@ -239,10 +241,11 @@ LAUNCHED_METHODS = {
     "iwae": (("--num-samples", "30"), {"num_samples": 30}),
     "refined": (REFINE, {"num_samples": 30, "refine_steps": 50}),
     "ais": (AIS, AIS_SETTINGS),
+    "smc": (("--refine-steps", "50", *SMC), {"refine_steps": 50, **SMC_SETTINGS}),
     "prior": (("--num-samples", "30"), {"num_samples": 30}),
     "auto": (
-        (*REFINE, *AIS, "--stderr-tolerance", "0.02"),
-        {"num_samples": 30, "refine_steps": 50, "stderr_tolerance": 0.02, **AIS_SETTINGS},
+        (*REFINE, *SMC, "--stderr-tolerance", "0.02"),
+        {"num_samples": 30, "refine_steps": 50, "stderr_tolerance": 0.02, **SMC_SETTINGS},
     ),
 }
 

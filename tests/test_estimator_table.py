@@ -79,7 +79,8 @@ QUICK = {
     "iwae": {"num_samples": 30},
     "refined": {"num_samples": 30, "refine_steps": 20},
     "ais": {"ais_steps": 4, "ais_chains": 4, "ais_leapfrog": 2},
-    "auto": {"num_samples": 30, "refine_steps": 20, "ais_steps": 4, "ais_chains": 4},
+    "smc": {"refine_steps": 20, "smc_particles": 8, "smc_replicates": 2},
+    "auto": {"num_samples": 30, "refine_steps": 20, "smc_particles": 8, "smc_replicates": 2},
     "prior": {"num_samples": 30},
 }
 
@@ -116,7 +117,7 @@ def test_estimate_refuses_bad_input_in_one_line():
         estimate(vae.model, vae.guide, x[:0], "iwae", seed=0, num_samples=5)
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         estimate(vae.model, vae.guide, x, "iwae", seed=-1, num_samples=5)
-    with pytest.raises(ConfigError, match="unknown estimation method 'smc'; choose one of iwae"):
-        estimate(vae.model, vae.guide, x, "smc", seed=0)
+    with pytest.raises(ConfigError, match="unknown estimation method 'nested'; choose one of iwae"):
+        estimate(vae.model, vae.guide, x, "nested", seed=0)
     with pytest.raises(ConfigError, match="num_sampels is not a setting of"):
         estimate(vae.model, vae.guide, x, "iwae", seed=0, num_sampels=5)

@@ -80,7 +80,7 @@ def test_burda_table_smoke(tmp_path):
 
     flags = ["--ks", "2", "--objectives", "iwae", "--layers", "1,2", "--nets", "conv"]
     flags += ["--threads", "3"]  # not the default on any runner: torch's is the cores or OMP's
-    fast = ["--eval-samples", "21", "--hidden", "16", "--auto", "--ais-steps", "3"]
+    fast = ["--eval-samples", "21", "--hidden", "16", "--auto", "--smc-particles", "8"]
     rows = _run(
         "burda_table.py",
         tmp_path,
@@ -274,7 +274,7 @@ def test_estimators_smoke(tmp_path):
         tmp_path,
         *("--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--points", "12"),
         *("--iwae-ks", "1,25", "--refined-k", "25", "--ais-steps", "3,6", "--ais-points", "4"),
-        *("--auto-ais-steps", "3", "--bdmc-points", "4", "--bdmc-steps", "3"),
+        *("--auto-smc-particles", "8", "--bdmc-points", "4", "--bdmc-steps", "3"),
     )
     methods = {(r["model"], r["data"], r["method"]) for r in rows}
     for model in ("ELBO", "IWAE"):

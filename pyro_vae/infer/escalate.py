@@ -5,16 +5,21 @@ good enough; where it is not, its own diagnostics say so: a Pareto k-hat above 0
 al. 2024: the weights' tail is too heavy for the estimate to converge at a usable rate) or a Monte
 Carlo error bar above a tolerance. :func:`auto_log_likelihood` escalates datapoint by datapoint:
 
-1. IWAE from the guide for every datapoint;
+1. IWAE from the guide for every datapoint, where it pays: the guide's pilot first screens 32
+   evenly spaced datapoints of a block (of 128 or more), and where fewer than a fifth of them
+   would keep the guide's estimate, the whole block goes straight to stage 2 (on Fashion-MNIST
+   none would, and the guide's pilot was an eighth of auto's time);
 2. for the datapoints stage 1 flags, importance sampling from a proposal refined for each of
    them (:func:`~pyro_vae.infer.refine.refine_proposals`); where the refined proposal's k-hat is
    fine but K draws would leave the error bar above the tolerance, as many fresh draws as the
    error bar says it takes (it shrinks as 1/sqrt(K); times 2, rounded up to K times a power
-   of two), at most ``max_samples``: far cheaper than AIS for the same error bar. A datapoint
+   of two), at most ``max_samples``: far cheaper than SMC for the same error bar. A datapoint
    goes on only where its k-hat is too high or even ``max_samples`` draws would leave the error
    bar above the tolerance;
-3. for those still flagged, AIS (:func:`~pyro_vae.infer.ais.ais_log_likelihood`), until every
-   datapoint is done or the time budget is spent.
+3. for those still flagged, tempered SMC (:func:`~pyro_vae.infer.smc.refined_smc`) started from
+   the proposal stage 2 refined for the datapoint, until every datapoint is done or the time
+   budget is spent. (Until issue 30's third session this stage was AIS from the guide: about 7 s
+   a Fashion-MNIST point, against about 0.3 s for SMC, whose error bars were also narrower.)
 
 **The draws that decide are not the draws that estimate.** Each importance stage first draws a
 pilot (K draws, ``pilot_samples``) from its proposal; the pilot's k-hat and error bar
@@ -34,16 +39,17 @@ pilot asks for twice the draws its error bar says the tolerance takes, so that t
 estimate's own error bar usually meets it as well (an error bar from heavy-tailed weights is
 itself noisy: with 1.2 times, 10% and 27% of the estimates on 256 Fashion-MNIST test points of
 the ELBO- and IWAE-trained models ended above the tolerance; with 2 times, 4% and 13%, for 3%
-less and 24% more time). The pilot is as large as the estimate by
-default: k-hat from 100 draws misjudged k-hat at 1000 often enough that, on 256 Fashion-MNIST
-test points, 7% of them went on to AIS (against 0.4% with pilots of 1000 draws) and 27% of the
-estimates failed their own check (against 10%), for a longer run in all (45 s against 38 s).
+less and 24% more time). The pilot is as large as the estimate by default: k-hat from 100 draws
+misjudged k-hat at 1000 often enough that, on 256 Fashion-MNIST test points, 7% of them went on
+to the last stage (against 0.4% with pilots of 1000 draws) and 27% of the estimates failed their
+own check (against 10%), for a longer run in all (45 s against 38 s).
 
 Each datapoint reports the estimate of the last stage it reached, with that stage's error bar,
-and which stage it was (a datapoint that no stage estimated, because AIS ran out of time, keeps
-the last pilot's estimate, flagged). AIS has too few chains for k-hat; an AIS datapoint counts
-as reliable when its error bar over its chains is within the tolerance, a rough check with 16
-chains (chains that all miss the same mode agree with each other).
+and which stage it was (a datapoint that no stage estimated, because the time budget ran out
+before SMC reached it, keeps the last pilot's estimate, flagged). SMC has too few replicates for
+k-hat; an SMC datapoint counts as reliable when its error bar over its replicates is within the
+tolerance, a rough check with 8 replicates (replicates that all miss the same mode agree with
+each other).
 
 References
 ----------
@@ -61,7 +67,6 @@ from dataclasses import dataclass
 import torch
 
 from pyro_vae.errors import ConfigError, PyroVAEError, library_name
-from pyro_vae.infer.ais import AIS, ais_log_likelihood
 from pyro_vae.infer.estimator import (
     PSIS_MIN_SAMPLES,
     Estimator,
@@ -69,8 +74,9 @@ from pyro_vae.infer.estimator import (
     importance_samples,
     psis_khat,
 )
-from pyro_vae.infer.importance import IWAE, importance_log_likelihood
+from pyro_vae.infer.importance import IWAE, guide_elbo, importance_log_likelihood
 from pyro_vae.infer.refine import Refined, RefineSettings, refine_proposals
+from pyro_vae.infer.smc import SMC, refined_smc
 from pyro_vae.options import option
 
 KHAT_THRESHOLD = 0.7
@@ -86,7 +92,17 @@ MORE_DRAWS_WEIGHTS = 2**24  # log weights kept at once by a stage's draws (128 M
 # Fewer particles (4 or 2), patience 1 or a larger step size cost more draws than they save.
 AUTO_REFINE = {"check_every": 10}
 # The stages, in order: each an estimator of the table.
-STAGES = (IWAE.name, Refined.name, AIS.name)
+STAGES = (IWAE.name, Refined.name, SMC.name)
+# Datapoints per block of the SMC stage (the time budget is checked between blocks).
+SMC_BLOCK = 16
+# Stage 1 screens a block first: its pilot on SCREEN_ROWS evenly spaced rows, and the rest only
+# where at least SCREEN_KEEPS of those would keep the guide's estimate. A datapoint stage 1
+# keeps costs 2 K draws (pilot and estimate); one it sends on costs its K pilot draws on top of
+# stage 2's refinement, pilot and estimate (about 5 K on Fashion-MNIST), so the pilot pays where
+# more than about a quarter of the datapoints pass it. On Fashion-MNIST none does (12 of 102 s
+# per 1000 test points went to the guide's pilot); on the quick start's digits two thirds do.
+SCREEN_ROWS = 32
+SCREEN_KEEPS = 0.2
 
 
 @dataclass(frozen=True)
@@ -116,14 +132,14 @@ def auto_log_likelihood(
     khat_threshold: float = KHAT_THRESHOLD,
     stderr_tolerance: float = 0.05,
     refine: dict | None = None,
-    ais: dict | None = None,
+    smc: dict | None = None,
     max_seconds: float | None = None,
     max_plate_nesting: int | None = None,
     chunk_size: int | None = None,
     batch_size: int | None = None,
     progress: bool | str | None = False,
 ) -> LogZBlock:
-    """log p(x) per datapoint, escalating from IWAE to refined IWAE to AIS where diagnostics ask.
+    """log p(x) per datapoint, escalating from IWAE to refined IWAE to SMC where diagnostics ask.
 
     Parameters
     ----------
@@ -143,18 +159,19 @@ def auto_log_likelihood(
     max_samples : int, optional
         The most fresh draws from a refined proposal for a datapoint whose pilot k-hat is fine
         but whose error bar at K draws would be above ``stderr_tolerance`` (default
-        ``16 * num_samples``; set it to ``num_samples`` to send such datapoints to AIS).
+        ``16 * num_samples``; set it to ``num_samples`` to send such datapoints to SMC).
     khat_threshold : float
         k-hat above this flags a datapoint (0.7, Vehtari et al. 2024).
     stderr_tolerance : float
         An error bar above this (in nats) flags a datapoint.
-    refine, ais : dict, optional
+    refine, smc : dict, optional
         Settings passed to :func:`~pyro_vae.infer.refine.refine_proposals` (over
-        :data:`AUTO_REFINE`) and :func:`~pyro_vae.infer.ais.ais_log_likelihood`.
+        :data:`AUTO_REFINE`) and :func:`~pyro_vae.infer.smc.smc_log_normalizer` (``batch_size``:
+        datapoints per SMC block, default :data:`SMC_BLOCK`).
     max_seconds : float, optional
-        A soft wall-time budget: checked before each block of (at most 64) datapoints of the AIS
-        stage, so a block begun in time runs to its end, and stages 1 and 2 always run. The
-        datapoints AIS does not reach keep their stage-2 estimate, flagged unreliable.
+        A soft wall-time budget: checked before each block of datapoints of the SMC stage, so a
+        block begun in time runs to its end, and stages 1 and 2 always run. The datapoints SMC
+        does not reach keep their stage-2 estimate, flagged unreliable.
     max_plate_nesting : int, optional
         Found from one trace when not given.
     chunk_size, batch_size : int, optional
@@ -168,9 +185,10 @@ def auto_log_likelihood(
     -------
     LogZBlock
         Each datapoint's estimate from the last stage it reached (``estimator`` names the
-        stage), the guide's ELBO from stage 1's pilot, and ``extras["reliable"]``: whether the
+        stage), the guide's ELBO from stage 1's pilot (or from 100 guide draws where the screen
+        skipped stage 1), and ``extras["reliable"]``: whether the
         final estimate passed its diagnostic (k-hat and error bar at its own draws, or the error
-        bar for AIS).
+        bar for SMC).
     """
     if not 0.0 < khat_threshold:
         raise ValueError(f"khat_threshold must be positive, got {khat_threshold}")
@@ -193,7 +211,7 @@ def auto_log_likelihood(
         )
     khat = psis_khat if khat is None else khat
     flag = _Flags(khat_threshold, stderr_tolerance)
-    refine, ais = {**AUTO_REFINE, **(refine or {})}, dict(ais or {})
+    refine, smc = {**AUTO_REFINE, **(refine or {})}, dict(smc or {})
     RefineSettings(**refine)  # checked before stage 1, not after it
     start = time.perf_counter()
     seconds = {}
@@ -211,15 +229,38 @@ def auto_log_likelihood(
             **common,
         )
 
-    everyone = torch.arange(x.shape[0])
-    first = guide_draws(pilot, everyone)
-    state = _State.empty(x.shape[0], first.log_px)
+    n = x.shape[0]
+    screened = _screen_rows(n)
+    first = guide_draws(pilot, screened)
+    state = _State.empty(n, first.log_px)
     stage = _Stage(state, khat, flag, num_samples, pilot, max_samples)
     kh = khat(first.log_weights)
-    rows = stage.finish(everyone, first, kh, IWAE.name, guide_draws, more_draws=False)
+    if screened.numel() < n and stage.keeps(first, kh).double().mean() < SCREEN_KEEPS:
+        # stage 1 would keep too few datapoints to pay for its pilot: all go on to stage 2,
+        # the screened ones included (their estimates will come from other draws)
+        rows = torch.arange(n)
+        elbo = guide_elbo(model, guide, x, max_plate_nesting)
+    else:
+        rest = _others(n, screened)
+        elbo = torch.empty(n, dtype=first.elbo.dtype, device=first.elbo.device)
+        elbo[screened.to(elbo.device)] = first.elbo
+        parts = [(screened, first, kh)]
+        if rest.numel():
+            p = guide_draws(pilot, rest)
+            elbo[rest.to(elbo.device)] = p.elbo
+            parts.append((rest, p, khat(p.log_weights)))
+        on = []
+        for part, p, k in parts:
+
+            def draws(k_: int, sel: torch.Tensor, part=part):
+                return guide_draws(k_, part[sel.to(part.device)])
+
+            on.append(stage.finish(part, p, k, IWAE.name, draws, more_draws=False))
+        rows = torch.cat(on).sort().values
     seconds[IWAE.name] = time.perf_counter() - start
     if rows.numel():
         t = time.perf_counter()
+        refined_rows = rows
         with _rows_of(rows):
             refined = refine_proposals(model, guide, x[rows.to(x.device)], **common, **refine)
 
@@ -230,17 +271,18 @@ def auto_log_likelihood(
         seconds[Refined.name] = time.perf_counter() - t
     if rows.numel():
         t = time.perf_counter()
-        block = ais.pop("batch_size", None) or max(1, min(rows.numel(), 64))
+        block = smc.pop("batch_size", None) or SMC_BLOCK
         for first_row in range(0, rows.numel(), block):
             if max_seconds is not None and time.perf_counter() - start > max_seconds:
                 break
             part = rows[first_row : first_row + block]
-            with _rows_of(part):
-                r = ais_log_likelihood(model, guide, x[part.to(x.device)], **common, **ais)
-            state.update(part, r, math.nan, r.num_chains, AIS.name)
+            with _rows_of(part):  # SMC starts from the proposals refined in stage 2
+                local = torch.searchsorted(refined_rows.cpu(), part.cpu())
+                r = refined_smc(refined, local, **smc)
+            state.update(part, r, math.nan, r.num_particles * r.num_replicates, SMC.name)
             state.flagged[part] = flag(None, r.stderr.to(state.log_px))
-        seconds[AIS.name] = time.perf_counter() - t
-    return state.block(first.elbo, seconds)
+        seconds[SMC.name] = time.perf_counter() - t
+    return state.block(elbo, seconds)
 
 
 @dataclass
@@ -278,15 +320,7 @@ class _Stage:
         # the error bar shrinks as 1/sqrt(K): the draws the tolerance asks for, by the pilot,
         # and, with a margin, the draws drawn, so that the estimate's own error bar is likely to
         # meet it too
-        needed = (p.stderr.cpu().double() / flag.tolerance) ** 2 * self.pilot
-        wanted = needed * MORE_DRAWS_MARGIN
-        k_final = torch.full((rows.numel(),), self.num_samples, dtype=torch.long)
-        if more_draws:  # the stage estimates where the tolerance is in reach within the cap
-            k_final = _more_draws(
-                k_final, wanted / self.num_samples, self.num_samples, self.max_samples
-            )
-        fine = (khat.cpu() <= flag.threshold) & torch.isfinite(p.stderr.cpu())
-        go = fine & ((needed if more_draws else wanted) <= k_final)
+        k_final, go = self._routes(p, khat, more_draws)
         for k, sel in _by_draws(k_final, torch.arange(rows.numel())[go]):
             r = draws(k, sel)
             at = rows[sel.to(rows.device)]
@@ -294,6 +328,38 @@ class _Stage:
             # reported, never acted on: acting on it would select estimates by their own draws
             state.flagged[at] = flag(state.khat[at], state.stderr[at])
         return rows[~go]
+
+    def keeps(self, p, khat) -> torch.Tensor:
+        """Which rows a pilot ``p`` (k-hat ``khat``) of a stage without more draws (stage 1)
+        would keep: ``(N,)`` bool."""
+        return self._routes(p, khat.to(self.state.log_px), more_draws=False)[1]
+
+    def _routes(self, p, khat, more_draws: bool):
+        """The draws of each row's estimate and whether the stage makes it (``go``)."""
+        flag = self.flag
+        needed = (p.stderr.cpu().double() / flag.tolerance) ** 2 * self.pilot
+        wanted = needed * MORE_DRAWS_MARGIN
+        k_final = torch.full((p.stderr.shape[0],), self.num_samples, dtype=torch.long)
+        if more_draws:  # the stage estimates where the tolerance is in reach within the cap
+            k_final = _more_draws(
+                k_final, wanted / self.num_samples, self.num_samples, self.max_samples
+            )
+        fine = (khat.cpu() <= flag.threshold) & torch.isfinite(p.stderr.cpu())
+        return k_final, fine & ((needed if more_draws else wanted) <= k_final)
+
+
+def _screen_rows(n: int) -> torch.Tensor:
+    """The rows stage 1's pilot screens first: :data:`SCREEN_ROWS` evenly spaced rows of a
+    block of at least four times as many, or every row."""
+    if n < 4 * SCREEN_ROWS:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, SCREEN_ROWS).round().long().unique()
+
+
+def _others(n: int, rows: torch.Tensor) -> torch.Tensor:
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[rows] = False
+    return torch.arange(n)[keep]
 
 
 @contextlib.contextmanager
@@ -361,11 +427,11 @@ class _State:
 
 
 class Auto(Estimator):
-    """IWAE for every datapoint, escalated to refined proposals and then AIS where k-hat or the
+    """IWAE for every datapoint, escalated to refined proposals and then SMC where k-hat or the
     error bar flags it (:func:`auto_log_likelihood`), each stage on the whole block at once."""
 
     name = "auto"
-    label = "iwae, then refined, then ais for the datapoints k-hat or the error bar flags"
+    label = "iwae, then refined, then smc for the datapoints k-hat or the error bar flags"
     block_rows = 256
     stages = STAGES
     summary_keys = (
@@ -378,10 +444,10 @@ class Auto(Estimator):
     )
 
     @dataclass(frozen=True)
-    class Settings(AIS.Settings, Refined.Settings):
+    class Settings(SMC.Settings, Refined.Settings):
         max_seconds: float | None = option(
             None,
-            "soft time budget of auto: no new block of its AIS stage starts once it is spent "
+            "soft time budget of auto: no new block of its SMC stage starts once it is spent "
             "(default none)",
             metavar="SECONDS",
         )
@@ -403,7 +469,7 @@ class Auto(Estimator):
         max_samples: int | None = option(
             None,
             "auto: the most fresh draws from a refined proposal whose k-hat is fine but whose "
-            "error bar is above the tolerance, before AIS (default 16 times "
+            "error bar is above the tolerance, before SMC (default 16 times "
             "{estimator.num_samples})",
             metavar="K",
             low=1,
@@ -444,14 +510,14 @@ class Auto(Estimator):
             max_samples=settings.max_samples,
             stderr_tolerance=settings.stderr_tolerance,
             refine={**settings.refine(), "batch_size": n},
-            ais={**settings.ais(), "batch_size": min(n, AIS.block_rows)},
+            smc=settings.smc(),
             max_seconds=left,
             max_plate_nesting=context.max_plate_nesting,
             batch_size=n,
         )
 
     def describe(self, draws, recorded) -> str:
-        return f"auto (IWAE, then refined, then AIS where flagged), {importance_samples(draws)}"
+        return f"auto (IWAE, then refined, then SMC where flagged), {importance_samples(draws)}"
 
     def summary(self, block, settings) -> dict:
         counts = block.counts(STAGES)
@@ -487,7 +553,7 @@ class Auto(Estimator):
         if share > 0:
             return (
                 f"{100 * share:.1f}% of its datapoints are still flagged after escalation "
-                "(k-hat or error bar; a larger {estimator.max_seconds} lets AIS reach them)"
+                "(k-hat or error bar; a larger {estimator.max_seconds} lets SMC reach them)"
             )
         return None
 

@@ -22,9 +22,12 @@ from pyro_vae.infer.estimator import Estimator, LogZBlock, Settings
 from pyro_vae.infer.importance import IWAE
 from pyro_vae.infer.prior import Prior
 from pyro_vae.infer.refine import Refined
+from pyro_vae.infer.smc import SMC
 from pyro_vae.options import declared
 
-ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (IWAE(), Refined(), AIS(), Auto(), Prior())}
+ESTIMATORS: dict[str, Estimator] = {
+    e.name: e for e in (IWAE(), Refined(), AIS(), SMC(), Auto(), Prior())
+}
 
 
 def get(method: str) -> Estimator:

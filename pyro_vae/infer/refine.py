@@ -71,6 +71,7 @@ from pyro_vae.infer.estimator import (
     from_weights,
     importance_samples,
 )
+from pyro_vae.infer.estimator import Settings as EstimatorSettings
 from pyro_vae.infer.importance import (
     ImportanceResult,
     LogWeightAccumulator,
@@ -1037,13 +1038,25 @@ class RefinedProposals:
         Each call draws afresh, so a call made because an earlier one's error bar was too wide
         is a stochastic lower bound of log p(x) given that it was made.
         """
+        return ImportanceResult.concat(
+            [
+                proposal_log_likelihood(
+                    space.log_target, proposal, num_samples, keep_log_weights=keep_log_weights
+                )
+                for space, proposal in self.of_rows(rows)
+            ]
+        )
+
+    def of_rows(self, rows: torch.Tensor | None = None):
+        """``(space, proposal)`` for the datapoints ``rows`` (increasing indices into ``x``;
+        all when None), block by block in the order of ``rows``: the latent space of those rows
+        and their refined proposals."""
         n = self.x.shape[0]
         rows = torch.arange(n) if rows is None else torch.as_tensor(rows).flatten().long().cpu()
         if rows.numel() == 0:
             raise ValueError("rows selects no datapoints")
         if bool((rows[1:] <= rows[:-1]).any()) or int(rows[0]) < 0 or int(rows[-1]) >= n:
             raise ValueError(f"rows must be increasing indices in [0, {n})")
-        parts = []
         for (first, stop), proposal in zip(self.blocks, self.proposals, strict=True):
             local = rows[(rows >= first) & (rows < stop)] - first
             if local.numel() == 0:
@@ -1056,12 +1069,33 @@ class RefinedProposals:
             space = LatentSpace(
                 self.model, self.guide, xb, max_plate_nesting=self.max_plate_nesting
             )
-            parts.append(
-                proposal_log_likelihood(
-                    space.log_target, proposal, num_samples, keep_log_weights=keep_log_weights
-                )
-            )
-        return ImportanceResult.concat(parts)
+            yield space, proposal
+
+
+@dataclass(frozen=True)
+class RefineOptions(EstimatorSettings):
+    """The settings of the estimators that refine a proposal per datapoint (refined, smc,
+    auto): declared once here."""
+
+    refine_steps: int = option(
+        RefineSettings.max_steps,
+        "most optimisation steps per datapoint of refined, smc and auto",
+        metavar="S",
+        low=1,
+        high=1_000_000,
+        why="the refinement stops earlier once converged; more steps than this only cost time",
+    )
+    widen: float = option(
+        RefineSettings.widen, "factor on the refined proposal's scale", positive=True
+    )
+
+    def check(self) -> None:
+        super().check()
+        RefineSettings(widen=self.widen)  # its range, with its reasons
+
+    def refine(self) -> dict:
+        """The settings of :class:`RefineSettings` these choose."""
+        return {"max_steps": self.refine_steps, "widen": self.widen}
 
 
 class Refined(Estimator):
@@ -1073,26 +1107,8 @@ class Refined(Estimator):
     block_rows = 256
 
     @dataclass(frozen=True)
-    class Settings(ImportanceSettings):
-        refine_steps: int = option(
-            RefineSettings.max_steps,
-            "most optimisation steps per datapoint of refined and auto",
-            metavar="S",
-            low=1,
-            high=1_000_000,
-            why="the refinement stops earlier once converged; more steps than this only cost time",
-        )
-        widen: float = option(
-            RefineSettings.widen, "factor on the refined proposal's scale", positive=True
-        )
-
-        def check(self) -> None:
-            super().check()
-            RefineSettings(widen=self.widen)  # its range, with its reasons
-
-        def refine(self) -> dict:
-            """The settings of :class:`RefineSettings` these choose."""
-            return {"max_steps": self.refine_steps, "widen": self.widen}
+    class Settings(RefineOptions, ImportanceSettings):
+        pass
 
     def describe(self, draws, recorded) -> str:
         return f"{importance_samples(draws)} from refined proposals"

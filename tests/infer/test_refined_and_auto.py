@@ -98,7 +98,7 @@ def test_auto_escalates_only_the_flagged_datapoints_and_says_which_method():
         khat=khat_of,
         num_samples=200,
         stderr_tolerance=0.03,
-        ais={"num_steps": 100, "num_chains": 32},
+        smc={"num_particles": 64, "num_replicates": 8},
     )
     first = importance_log_likelihood(vae.model, vae.guide, x, num_samples=200)
     counts = r.counts(STAGES)
@@ -109,8 +109,8 @@ def test_auto_escalates_only_the_flagged_datapoints_and_says_which_method():
     assert bool((r.stderr[r.extras["reliable"]] <= 0.03).all())
     err = r.log_px - exact
     assert bool((err.abs() < 4 * r.stderr + 0.02).all()), err.tolist()
-    assert bool(torch.isnan(r.khat[r.where("ais")]).all())
-    assert bool(torch.isfinite(r.khat[~r.where("ais")]).all())
+    assert bool(torch.isnan(r.khat[r.where("smc")]).all())
+    assert bool(torch.isfinite(r.khat[~r.where("smc")]).all())
     assert r.elbo.shape == first.elbo.shape
 
 
@@ -124,10 +124,10 @@ def test_auto_with_no_time_left_keeps_the_refined_estimates_flagged():
         khat=khat_of,
         num_samples=100,
         stderr_tolerance=1e-6,  # nothing passes it: everything escalates
-        max_seconds=1e-9,  # ... but AIS gets no time
+        max_seconds=1e-9,  # ... but SMC gets no time
     )
-    assert r.counts(STAGES) == {"iwae": 0, "refined": 10, "ais": 0}
-    assert not r.extras["reliable"].any() and "ais" in r.seconds
+    assert r.counts(STAGES) == {"iwae": 0, "refined": 10, "smc": 0}
+    assert not r.extras["reliable"].any() and "smc" in r.seconds
 
 
 def test_auto_takes_the_library_psis_khat_by_default():
@@ -135,7 +135,7 @@ def test_auto_takes_the_library_psis_khat_by_default():
     gives the same result as passing it (transposed log weights and all) by hand."""
     ppca = ProbabilisticPCA(d=2, D=6, s2=0.5)
     x = ppca.sample_data(6)
-    settings = {"num_samples": 50, "stderr_tolerance": 0.02, "ais": {"num_steps": 20}}
+    settings = {"num_samples": 50, "stderr_tolerance": 0.02, "smc": {"num_particles": 16}}
     pyro.set_rng_seed(3)
     by_default = auto_log_likelihood(ppca.model, _wrong(ppca), x, **settings)
     pyro.set_rng_seed(3)
@@ -148,7 +148,7 @@ def test_auto_takes_the_library_psis_khat_by_default():
     )
     torch.testing.assert_close(by_default.khat, by_hand.khat, equal_nan=True)
     torch.testing.assert_close(by_default.log_px, by_hand.log_px)
-    assert bool(torch.isfinite(by_default.khat[~by_default.where("ais")]).all())
+    assert bool(torch.isfinite(by_default.khat[~by_default.where("smc")]).all())
 
 
 def test_the_library_psis_khat_reads_log_weights_as_k_by_n():
@@ -286,22 +286,22 @@ def test_auto_spends_more_draws_where_only_the_error_bar_is_too_wide():
     settings = {"khat": khat_of, "num_samples": 100, "stderr_tolerance": 0.03}
     refine = {"widen": 1.2}
     r = auto_log_likelihood(ppca.model, _wrong(ppca), x, refine=refine, **settings)
-    assert r.counts(STAGES) == {"iwae": 0, "refined": 10, "ais": 0}
+    assert r.counts(STAGES) == {"iwae": 0, "refined": 10, "smc": 0}
     assert bool(r.extras["reliable"].all()) and bool((r.stderr <= 0.03).all())
     assert bool((r.draws > 100).all()) and bool((r.draws <= 1600).all())
     err = r.log_px - exact
     assert bool((err.abs() < 4 * r.stderr + 0.005).all()), err.tolist()
-    # with no more draws allowed, the same datapoints go on to AIS instead
+    # with no more draws allowed, the same datapoints go on to SMC instead
     r = auto_log_likelihood(
         ppca.model,
         _wrong(ppca),
         x,
         refine=refine,
         max_samples=100,
-        ais={"num_steps": 20, "num_chains": 4},
+        smc={"num_particles": 8, "num_replicates": 4},
         **settings,
     )
-    assert r.counts(STAGES)["ais"] > 0 and bool((r.draws[r.where("ais")] == 4).all())
+    assert r.counts(STAGES)["smc"] > 0 and bool((r.draws[r.where("smc")] == 32).all())
     assert bool((r.draws[r.where("refined")] == 100).all())
     with pytest.raises(ValueError, match="max_samples"):
         auto_log_likelihood(ppca.model, _wrong(ppca), x, max_samples=99, **settings)

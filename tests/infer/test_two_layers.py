@@ -90,7 +90,7 @@ def test_refined_ais_and_auto_agree_with_the_exact_log_px(two_level):
         khat=lambda w: torch.zeros(w.shape[1], dtype=w.dtype),
         num_samples=200,
         stderr_tolerance=0.02,
-        ais={"num_steps": 50},
+        smc={"num_particles": 32, "num_replicates": 4},
     )
     err, se = _mean_and_se(auto.log_px - exact)
     assert abs(err) < 3 * se + 0.02

@@ -177,7 +177,7 @@ def test_every_estimator_runs_on_a_convolutional_vae():
         khat=lambda w: torch.zeros(w.shape[1]),
         num_samples=50,
         refine={"max_steps": 30},
-        ais={"num_steps": 10, "num_chains": 4},
+        smc={"num_particles": 8, "num_replicates": 2},
     )
     for r in (iwae, refined, ais, auto):
         assert torch.isfinite(r.log_px).all()
