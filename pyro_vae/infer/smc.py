@@ -64,8 +64,10 @@ from dataclasses import dataclass
 
 import torch
 
+from pyro_vae.errors import NonFiniteEstimate
 from pyro_vae.infer.estimator import Estimator, LogZBlock
 from pyro_vae.infer.importance import ImportanceResult, LogWeightAccumulator, guide_elbo
+from pyro_vae.infer.nonfinite import not_finite
 from pyro_vae.infer.passes import plan_blocks
 from pyro_vae.infer.refine import (
     DefensiveMixture,
@@ -191,7 +193,7 @@ class _Whitened:
             (grad,) = torch.autograd.grad(delta.sum(), v)
         delta = delta.detach()
         grad = torch.nan_to_num(grad, 0.0, 0.0, 0.0)
-        return torch.where(torch.isnan(delta), -math.inf, delta), grad
+        return delta, grad  # NaN and +inf kept: a move there is rejected, a weight raises
 
 
 @dataclass
@@ -215,10 +217,11 @@ class _Particles:
         r, p, n = log_w.shape
         w = torch.softmax(log_w.double(), dim=1).permute(0, 2, 1)  # (R, N, P)
         cum = w.cumsum(-1)
-        cum[..., -1] = 1.0
+        cum = cum / cum[..., -1:]
         offset = torch.rand((r, n, 1), dtype=cum.dtype, device=cum.device)
         points = (offset + torch.arange(p, dtype=cum.dtype, device=cum.device)) / p
-        idx = torch.searchsorted(cum.contiguous(), points).clamp(max=p - 1)  # (R, N, P)
+        # intervals [cum[i-1], cum[i]): a zero-weight particle's is empty, never hit
+        idx = torch.searchsorted(cum.contiguous(), points, right=True).clamp(max=p - 1)
         idx = idx.permute(0, 2, 1)  # (R, P, N)
         d = self.v.shape[-1]
         idx_d = idx.unsqueeze(-1).expand(r, p, n, d)
@@ -246,6 +249,8 @@ def _hmc(f: _Whitened, ps: _Particles, beta: torch.Tensor, step: torch.Tensor, l
         mom = mom + (e if i < leapfrog - 1 else 0.5 * e) * g
     h1 = 0.5 * (q * q).sum(-1) - b * delta + 0.5 * (mom * mom).sum(-1)
     log_accept = (h0 - h1).double()
+    # a proposal where the target is NaN or +inf is rejected (it is no state to move to)
+    log_accept = torch.where(torch.isnan(delta) | (delta == math.inf), -math.inf, log_accept)
     log_accept = torch.where(torch.isnan(log_accept), -math.inf, log_accept).clamp(max=0.0)
     accept = torch.rand_like(log_accept).log() < log_accept
     a3 = accept.unsqueeze(-1)
@@ -279,8 +284,12 @@ def _next_beta(delta: torch.Tensor, beta: torch.Tensor, target: float) -> torch.
         ok = ess_share(mid) >= target
         lo = torch.where(ok, mid, lo)
         hi = torch.where(ok, hi, mid)
-    # at least a sliver, so that a datapoint whose particles all lost one draw still advances
-    step = torch.where(done, room, lo.clamp(min=torch.minimum(room, torch.full_like(room, 1e-6))))
+    # where no particle has a finite weight (the ESS is undefined) the pilot's estimate is 0 in
+    # any case: jump to 1 rather than creep for every datapoint of the block; where bisection
+    # found no step at all, a sliver, so that the datapoint still advances
+    hopeless = torch.isnan(ess_share(room))
+    sliver = torch.minimum(room, torch.full_like(room, 1e-6))
+    step = torch.where(done | hopeless, room, torch.where(lo > 0, lo, sliver))
     return torch.where(room > 0, (beta + step).clamp(max=1.0), beta)
 
 
@@ -289,7 +298,7 @@ def _increment(delta: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, t
     temperature steps ``step`` ``(R, N)`` (zero: nothing added)."""
     lw = step.unsqueeze(1) * delta.double()
     lw = torch.where(step.unsqueeze(1) == 0, 0.0, lw)  # 0 * -inf: a finished datapoint
-    lw = torch.where(torch.isnan(lw), -math.inf, lw)
+    # NaN and +inf stay: the estimate they make is refused (smc_log_normalizer)
     return lw, torch.logsumexp(lw, 1) - math.log(lw.shape[1])
 
 
@@ -367,7 +376,9 @@ def smc_sweeps(
             ps, accept = _hmc(f, ps, beta, eps, num_leapfrog)
             accepted += accept.mean((0, 1))
             moves += 1
-    return log_z, accepted / max(moves, 1)
+    if moves == 0:  # no level moved its particles: no acceptance to report
+        return log_z, torch.full_like(accepted, math.nan)
+    return log_z, accepted / moves
 
 
 def smc_log_normalizer(
@@ -436,6 +447,14 @@ def smc_log_normalizer(
     r = LogWeightAccumulator()
     r.update(log_z)
     res = r.result()
+    bad = not_finite(res.log_px)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten().tolist()
+        raise NonFiniteEstimate(
+            f"the SMC estimate is NaN or +inf for {len(rows)} datapoint(s) (first: {rows[:5]}): "
+            "the target is NaN or +inf at some particles",
+            datapoints=rows,
+        )
     return SMCResult(
         log_px=res.log_px,
         stderr=res.stderr,

@@ -271,10 +271,13 @@ def test_widen_at_the_ends_of_its_range_is_accepted():
         assert torch.isfinite(r.log_px).all()
 
 
-def test_more_draws_round_up_to_k_times_a_power_of_two_within_the_cap():
-    k_now = torch.tensor([1000, 1000, 1000, 2000, 8000])
-    ratio = torch.tensor([1.5, 3.0, 1.0001, 5.0, 100.0])
-    assert _more_draws(k_now, ratio, 1000, 16000).tolist() == [2000, 4000, 2000, 16000, 16000]
+def test_more_draws_round_up_to_k_times_a_power_of_two_or_a_multiple_within_the_cap():
+    k_now = torch.tensor([1000, 1000, 1000, 2000, 8000, 1000, 1000])
+    ratio = torch.tensor([1.5, 3.0, 1.0001, 5.0, 100.0, 2.1, math.nan])
+    powers = [2000, 4000, 2000, 16000, 16000, 4000, 16000]
+    assert _more_draws(k_now, ratio, 1000, 16000).tolist() == powers
+    multiples = [2000, 3000, 2000, 10000, 16000, 3000, 16000]
+    assert _more_draws(k_now, ratio, 1000, 16000, powers_of_two=False).tolist() == multiples
 
 
 def test_auto_spends_more_draws_where_only_the_error_bar_is_too_wide():
@@ -301,7 +304,10 @@ def test_auto_spends_more_draws_where_only_the_error_bar_is_too_wide():
         smc={"num_particles": 8, "num_replicates": 4},
         **settings,
     )
-    assert r.counts(STAGES)["smc"] > 0 and bool((r.draws[r.where("smc")] == 32).all())
+    assert r.counts(STAGES)["smc"] > 0
+    # SMC's particles: 8 per sweep, the sweeps a multiple of the pilot's 4, at most 16 times it
+    sweeps = r.draws[r.where("smc")]
+    assert bool((sweeps % 32 == 0).all()) and bool(((sweeps >= 32) & (sweeps <= 512)).all())
     assert bool((r.draws[r.where("refined")] == 100).all())
     with pytest.raises(ValueError, match="max_samples"):
         auto_log_likelihood(ppca.model, _wrong(ppca), x, max_samples=99, **settings)
@@ -383,8 +389,8 @@ def test_auto_refuses_a_pilot_too_small_for_k_hat():
 
 def test_a_stage_routes_by_the_draws_needed_and_draws_twice_as_many_within_the_cap():
     # pilots of 100 draws with error bars 0.01 .. 0.08 against a tolerance of 0.02: they need
-    # (s / 0.02)^2 * 100 draws (25, 100, 400, 900, 1600) and get twice that, rounded up to
-    # 100 * 2^j, at most 1600; a datapoint needing more than the cap goes on
+    # (s / 0.02)^2 * 100 draws (25, 100, 400, 900, 1600) and get twice that, rounded up to a
+    # multiple of 100, at most 1600; a datapoint needing more than the cap goes on
     stderr = torch.tensor([0.01, 0.02, 0.04, 0.06, 0.08, 0.09], dtype=torch.float64)
     n = stderr.numel()
 
@@ -417,3 +423,72 @@ def test_a_stage_routes_by_the_draws_needed_and_draws_twice_as_many_within_the_c
     stage = _Stage(state, lambda lw: torch.zeros(lw.shape[1]), _Flags(0.7, 0.02), 100, 100, 1600)
     sent_on = stage.finish(rows, pilot, torch.zeros(n), "iwae", draws, more_draws=False)
     assert asked == {0: 100} and sent_on.tolist() == [1, 2, 3, 4, 5]
+
+
+def test_the_smc_stage_sizes_its_estimate_by_a_pilot_round_and_estimates_from_fresh_sweeps(
+    monkeypatch,
+):
+    """A pilot round of 4 sweeps with error bars 0.01 .. 0.1 against a tolerance of 0.02: the
+    estimate takes twice the sweeps the error bar asks for, (s / 0.02)^2 * 4 * 2, a multiple of
+    4 and at most 64; the estimates kept are the fresh rounds', never the pilot's."""
+    from pyro_vae.infer.smc import SMCResult
+
+    pilot_se = torch.tensor([0.01, 0.02, 0.03, 0.05, 0.1], dtype=torch.float64)
+    calls = []
+
+    def fake_smc(refined, local, num_particles, num_replicates):
+        calls.append((local.tolist(), num_replicates))
+        m = local.numel()
+        first = len(calls) == 1
+        return SMCResult(
+            log_px=torch.full((m,), -1.0 if first else float(num_replicates), dtype=torch.float64),
+            stderr=pilot_se[local] if first else torch.full((m,), 0.01, dtype=torch.float64),
+            ess=torch.ones(m, dtype=torch.float64),
+            acceptance=torch.ones(m, dtype=torch.float64),
+            levels=torch.ones(m, dtype=torch.long),
+            log_z=torch.zeros(num_replicates, m, dtype=torch.float64),
+            num_particles=num_particles,
+        )
+
+    monkeypatch.setattr(escalate, "refined_smc", fake_smc)
+    n = pilot_se.numel()
+    local = torch.arange(n)
+    part = torch.arange(10, 10 + n)
+    state = _State.empty(10 + n, torch.zeros(10 + n, dtype=torch.float64))
+    smc = {"num_particles": 8, "num_replicates": 4}
+    escalate._smc_stage(state, _Flags(0.7, 0.02), None, local, part, smc)
+    assert calls[0] == ([0, 1, 2, 3, 4], 4)  # the pilot round, on every row
+    # needs 1, 4, 9, 25, 100 sweeps; twice that: 2, 8, 18, 50, 200 -> 4, 8, 20, 52, 64 (cap)
+    assert sorted(calls[1:], key=lambda c: c[1]) == [
+        ([0], 4),
+        ([1], 8),
+        ([2], 20),
+        ([3], 52),
+        ([4], 64),
+    ]
+    assert state.log_px[part].tolist() == [4.0, 8.0, 20.0, 52.0, 64.0]  # the fresh rounds'
+    assert state.draws[part].tolist() == [32, 64, 160, 416, 512]
+    assert not bool(state.flagged[part].any())  # each fresh round met the tolerance
+    assert set(state.stage[10:]) == {"smc"}
+
+
+def test_stage_one_is_screened_first_and_skipped_only_where_it_would_keep_too_few():
+    """Blocks of 128 rows or more: with PPCA's exact guide the screen keeps stage 1 (every
+    datapoint kept there, each row with the guide's ELBO); with a wrong guide no screened row
+    would be kept, so the block starts at refinement and the ELBO comes from the guide's own
+    draws. Both within the error bars of the closed form."""
+    ppca = ProbabilisticPCA(d=2, D=6, s2=0.5)
+    pyro.set_rng_seed(11)
+    x = ppca.sample_data(130)
+    exact = ppca.log_px(x)
+    settings = {"khat": khat_of, "num_samples": 50, "refine": {"max_steps": 50}}
+    settings["smc"] = {"num_particles": 8, "num_replicates": 4}
+    kept = auto_log_likelihood(ppca.model, ppca.exact_guide, x, **settings)
+    assert kept.counts(STAGES)["iwae"] == 130
+    torch.testing.assert_close(kept.elbo, exact, atol=1e-6, rtol=0)  # the exact guide's ELBO
+    skipped = auto_log_likelihood(ppca.model, _wrong(ppca), x, **settings)
+    assert skipped.counts(STAGES)["iwae"] == 0 and torch.isfinite(skipped.elbo).all()
+    assert bool((skipped.elbo < exact).all())  # a wrong guide's ELBO, below log p(x)
+    for r in (kept, skipped):
+        err = r.log_px - exact
+        assert bool((err.abs() < 4 * r.stderr + 0.01).all()), err

@@ -5,8 +5,10 @@ schedule and its resampling."""
 import math
 
 import pyro
+import pytest
 import torch
 
+from pyro_vae.errors import NonFiniteEstimate
 from pyro_vae.infer import estimate
 from pyro_vae.infer.smc import (
     Schedule,
@@ -58,10 +60,14 @@ def test_from_a_poor_start_smc_beats_importance_sampling_with_as_many_draws():
     err = r.log_px - log_z
     assert bool((err.abs() < 4 * r.stderr + 0.01).all()), (err, r.stderr)
     start = torch.distributions.MultivariateNormal(loc, scale_tril=scale)
-    u = start.sample((64 * 16,))
-    lw = log_target(u, None) - start.log_prob(u)
-    is_err = torch.logsumexp(lw, 0) - math.log(lw.shape[0]) - log_z
-    assert float(err.pow(2).mean()) < 0.25 * float(is_err.pow(2).mean()), (err, is_err)
+    is_errs = []
+    for seed in range(5):  # importance sampling's errors, from draws SMC's did not move
+        torch.manual_seed(100 + seed)
+        u = start.sample((64 * 16,))
+        lw = log_target(u, None) - start.log_prob(u)
+        is_errs.append(torch.logsumexp(lw, 0) - math.log(lw.shape[0]) - log_z)
+    is_err = torch.stack(is_errs)
+    assert float(err.abs().mean()) < 0.5 * float(is_err.abs().mean()), (err, is_err)
     assert bool((r.levels > 1).all())  # the schedule bridged the gap in several levels
 
 
@@ -80,9 +86,10 @@ def test_z_hat_is_unbiased_and_log_z_hat_a_lower_bound():
     assert float(se.max()) < 0.05  # the check has teeth
 
 
-def test_a_two_mode_target_is_found_from_a_gaussian_start():
+def test_a_two_mode_target_within_the_starts_reach_is_estimated():
     """gamma = Z (0.6 N(a, 0.3^2 I) + 0.4 N(b, 0.3^2 I)) in 2-D: from a Gaussian covering both
-    modes, SMC finds log Z within its error bar."""
+    modes, SMC's estimate is within its error bar of log Z. (Importance sampling from this start
+    passes too; a mode the start does not reach is missed by both: docs/numbers.md.)"""
     d = 2
     a, b = torch.tensor([-1.0, 0.0], dtype=torch.float64), torch.tensor([1.0, 0.5])
     b = b.double()
@@ -157,3 +164,67 @@ def test_smc_on_ppca_and_the_2d_vae_matches_the_exact_log_px():
     err = r.log_px - exact
     assert bool((err.abs() < 4 * r.stderr + 0.01).all()), err
     assert float(err.mean()) < 2 * float(err.std() / math.sqrt(err.numel()))  # not above
+
+
+def test_resampling_gives_each_particle_its_expected_share_and_none_to_a_zero_weight():
+    torch.manual_seed(6)
+    p, calls = 8, 20000
+    log_w = torch.randn(1, p, 1, dtype=torch.float64)
+    log_w[0, 3, 0] = -math.inf
+    ps = _Particles(
+        torch.zeros(calls, p, 1, 1, dtype=torch.float64),
+        torch.arange(p, dtype=torch.float64).view(1, p, 1).expand(calls, p, 1).contiguous(),
+        torch.zeros(calls, p, 1, 1, dtype=torch.float64),
+    )
+    picked = ps.resampled(log_w.expand(calls, p, 1)).delta.long().flatten()
+    counts = torch.bincount(picked, minlength=p).double() / calls  # mean offspring per call
+    expected = torch.softmax(log_w.flatten(), 0) * p
+    assert counts[3] == 0
+    # systematic resampling: each count is floor or ceil of P w, so its variance is <= 1/4
+    assert bool(((counts - expected).abs() < 4 * 0.5 / math.sqrt(calls)).all()), (counts, expected)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_target_nan_or_plus_inf_at_some_particles_is_refused_not_estimated(bad):
+    d = 2
+    loc, tril = torch.zeros(2, d, dtype=torch.float64), torch.eye(d).expand(2, d, d).double()
+    normal = torch.distributions.Normal(0.0, 1.0)
+
+    def log_target(u, rows):
+        lp = normal.log_prob(u).sum(-1)
+        lp[:, 1] = torch.where(u[:, 1, 0] > 1.5, bad, lp[:, 1])  # datapoint 1 only
+        return lp
+
+    torch.manual_seed(7)
+    with pytest.raises(NonFiniteEstimate, match="NaN or \\+inf for 1 datapoint") as e:
+        smc_log_normalizer(log_target, loc, tril, num_particles=64, num_replicates=4)
+    assert e.value.datapoints == [1]
+
+
+def test_a_target_zero_on_a_region_gives_its_mass():
+    """A half-plane truncated N(0, I): Z = 1/2; -inf is a zero weight, not an error."""
+    d = 2
+    loc, tril = torch.zeros(1, d, dtype=torch.float64), torch.eye(d).expand(1, d, d).double()
+    normal = torch.distributions.Normal(0.0, 1.0)
+
+    def log_target(u, rows):
+        lp = normal.log_prob(u).sum(-1)
+        return torch.where(u[..., 0] > 0, lp, -math.inf)
+
+    torch.manual_seed(8)
+    r = smc_log_normalizer(log_target, loc, tril, num_particles=256, num_replicates=8)
+    assert abs(float(r.log_px[0]) + math.log(2)) < 4 * float(r.stderr[0]) + 0.01
+
+
+def test_a_datapoint_without_a_finite_particle_does_not_hold_the_block_at_max_levels():
+    """Datapoint 1's target is zero at every draw: the pilot jumps it to beta = 1 rather than
+    creeping, so the block's schedule stays as short as datapoint 0 needs."""
+    mu, tril, _, log_target = _gaussians(n=2, d=2)
+
+    def zero_for_one(u, rows):
+        lp = log_target(u, rows)
+        return torch.stack([lp[:, 0], torch.full_like(lp[:, 1], -math.inf)], 1)
+
+    torch.manual_seed(9)
+    schedule = pilot_schedule(zero_for_one, *_poor_start(mu, tril))
+    assert schedule.num_levels < 20 and int(schedule.levels()[1]) == 1
