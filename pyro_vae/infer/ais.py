@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pyro_vae.infer.estimator import Estimator, LogZBlock
+from pyro_vae.infer.estimator import Estimator, LogZBlock, without_khat
 from pyro_vae.infer.estimator import Settings as EstimatorSettings
 from pyro_vae.infer.importance import LogWeightAccumulator, guide_elbo
 from pyro_vae.infer.latent import LatentSpace, check_data
@@ -713,15 +713,4 @@ class AIS(Estimator):
 
 def block_of(r: AISResult, name: str, elbo: torch.Tensor, seconds: float) -> LogZBlock:
     """The :class:`~pyro_vae.infer.estimator.LogZBlock` of an AIS estimate."""
-    n = r.log_px.shape[0]
-    return LogZBlock(
-        log_px=r.log_px.detach().cpu().double(),
-        stderr=r.stderr.detach().cpu().double(),
-        ess=r.ess.detach().cpu().double(),
-        elbo=elbo.detach().cpu().double(),
-        khat=torch.full((n,), math.nan, dtype=torch.float64),
-        estimator=(name,) * n,
-        draws=torch.full((n,), r.num_chains, dtype=torch.long),
-        seconds={name: seconds},
-        extras={"acceptance": r.acceptance.detach().cpu().double()},
-    )
+    return without_khat(r, name, elbo, seconds, r.num_chains, {"acceptance": r.acceptance})

@@ -282,6 +282,25 @@ def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
     return torch.where(flat, 0.0, pareto_khat(lw))
 
 
+def without_khat(
+    result, name: str, elbo: torch.Tensor, seconds: float, draws: int, extras: dict
+) -> LogZBlock:
+    """The block of an estimate with no importance weights for k-hat (AIS, SMC): ``result``'s
+    ``log_px``, ``stderr`` and ``ess``, k-hat NaN, ``draws`` chains or particles a datapoint."""
+    n = result.log_px.shape[0]
+    return LogZBlock(
+        log_px=result.log_px.detach().cpu().double(),
+        stderr=result.stderr.detach().cpu().double(),
+        ess=result.ess.detach().cpu().double(),
+        elbo=elbo.detach().cpu().double(),
+        khat=torch.full((n,), math.nan, dtype=torch.float64),
+        estimator=(name,) * n,
+        draws=torch.full((n,), draws, dtype=torch.long),
+        seconds={name: seconds},
+        extras={k: v.detach().cpu().double() for k, v in extras.items()},
+    )
+
+
 def from_weights(
     result, name: str, *, elbo: torch.Tensor | None = None, seconds: float = 0.0, keep: bool = True
 ) -> LogZBlock:

@@ -65,7 +65,7 @@ from dataclasses import dataclass
 import torch
 
 from pyro_vae.errors import NonFiniteEstimate
-from pyro_vae.infer.estimator import Estimator, LogZBlock
+from pyro_vae.infer.estimator import Estimator, LogZBlock, without_khat
 from pyro_vae.infer.importance import ImportanceResult, LogWeightAccumulator, guide_elbo
 from pyro_vae.infer.nonfinite import not_finite
 from pyro_vae.infer.passes import plan_blocks
@@ -152,21 +152,9 @@ class SMCResult:
     def block(self, name: str, elbo: torch.Tensor, seconds: float) -> LogZBlock:
         """The :class:`~pyro_vae.infer.estimator.LogZBlock` of these estimates (``draws``: the
         particles of all sweeps; ``extras``: ``acceptance`` and ``levels``)."""
-        n = self.log_px.shape[0]
-        return LogZBlock(
-            log_px=self.log_px.detach().cpu().double(),
-            stderr=self.stderr.detach().cpu().double(),
-            ess=self.ess.detach().cpu().double(),
-            elbo=elbo.detach().cpu().double(),
-            khat=torch.full((n,), math.nan, dtype=torch.float64),
-            estimator=(name,) * n,
-            draws=torch.full((n,), self.num_particles * self.num_replicates, dtype=torch.long),
-            seconds={name: seconds},
-            extras={
-                "acceptance": self.acceptance.detach().cpu().double(),
-                "levels": self.levels.detach().cpu().double(),
-            },
-        )
+        extras = {"acceptance": self.acceptance, "levels": self.levels}
+        draws = self.num_particles * self.num_replicates
+        return without_khat(self, name, elbo, seconds, draws, extras)
 
 
 _PER_POINT = ("log_px", "stderr", "ess", "acceptance", "levels")
